@@ -1,0 +1,101 @@
+//! `govcfs get URL/PATH [-o FILE] [--range START-END]`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::api::EntryType;
+use crate::client::{CancellationToken, DownloadOptions};
+
+/// Arguments of `govcfs get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// http://HOST:PORT/REPO/PATH
+    pub url: String,
+    /// Write to FILE (atomically: a partial download never has this name) instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Only bytes START to END, inclusive (`START-` for the rest).
+    #[arg(long, value_name = "START-END")]
+    pub range: Option<String>,
+    /// Branch or commit to read.
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+}
+
+/// Parses `START-END` (inclusive) or `START-` into an exclusive range clamped to `len`.
+pub fn parse_range(text: &str, len: u64) -> anyhow::Result<std::ops::Range<u64>> {
+    let (start, end) = text.split_once('-').context("--range must be START-END")?;
+    let start: u64 = start.trim().parse().context("invalid range start")?;
+    let end: u64 = if end.trim().is_empty() { len } else { end.trim().parse::<u64>().context("invalid range end")?.saturating_add(1).min(len) };
+    if start >= len || start >= end {
+        anyhow::bail!("range {text} is outside the file ({len} bytes)");
+    }
+    Ok(start..end)
+}
+
+/// Downloads one file with a progress bar.
+pub async fn run(args: GetArgs) -> anyhow::Result<()> {
+    let (client, url) = super::client_for(&args.url)?;
+    let cancel = CancellationToken::new();
+    let entry = client.stat(&url.path, args.reference.as_deref(), &cancel).await?;
+    if entry.kind == EntryType::Directory {
+        anyhow::bail!("{} is a directory", args.url);
+    }
+    let range = args.range.as_deref().map(|r| parse_range(r, entry.size)).transpose()?;
+    let total = range.as_ref().map_or(entry.size, |r| r.end - r.start);
+    let bar = super::progress::bar(Some(total));
+    let progress_bar = bar.clone();
+    let options = DownloadOptions { range, progress: Some(Arc::new(move |done, _| progress_bar.set_position(done))) };
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    match &args.output {
+        Some(path) => {
+            let partial = partial_name(path);
+            let file = tokio::fs::File::create(&partial).await.with_context(|| format!("cannot create {}", partial.display()))?;
+            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+            let result = client.download(&entry.hash, &mut out, &options, &cancel).await;
+            if let Err(e) = result {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(e.into());
+            }
+            out.into_inner().sync_all().await?;
+            tokio::fs::rename(&partial, path).await?;
+        }
+        None => {
+            let mut out = tokio::io::stdout();
+            client.download(&entry.hash, &mut out, &options, &cancel).await?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn partial_name(path: &std::path::Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".govcfs-partial");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("0-9", 100).unwrap(), 0..10);
+        assert_eq!(parse_range("90-", 100).unwrap(), 90..100);
+        assert_eq!(parse_range("90-1000", 100).unwrap(), 90..100);
+        assert!(parse_range("100-", 100).is_err());
+        assert!(parse_range("5-2", 100).is_err());
+        assert!(parse_range("x", 100).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! `govcfs serve`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::server::{shutdown_signal, Server, ServerConfig};
+use crate::store::Backend;
+
+/// Arguments of `govcfs serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Local store directory [default: $XDG_DATA_HOME/govcfs or ~/.local/share/govcfs].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Store URL: file:///abs/dir (same as --data).
+    #[arg(long, value_name = "URL", conflicts_with = "data")]
+    pub store: Option<String>,
+    /// Bearer token clients must send (repeatable).
+    #[arg(long = "auth-token", value_name = "TOKEN")]
+    pub auth_tokens: Vec<String>,
+    /// Largest file an upload may create (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "1T", value_parser = super::parse_size_arg)]
+    pub max_upload_size: u64,
+}
+
+/// The default data directory: `$XDG_DATA_HOME/govcfs` or `~/.local/share/govcfs`.
+pub fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(xdg) => PathBuf::from(xdg).join("govcfs"),
+        None => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            home.join(".local/share/govcfs")
+        }
+    }
+}
+
+/// Opens the backend chosen by `--store` or `--data`.
+pub fn backend_for(data: Option<PathBuf>, store: Option<&str>) -> anyhow::Result<Backend> {
+    Ok(match store {
+        Some(url) => Backend::from_url(url)?,
+        None => Backend::local(&data.unwrap_or_else(default_data_dir))?,
+    })
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async move {
+        let backend = backend_for(args.data, args.store.as_deref())?;
+        let config = ServerConfig { max_upload_size: args.max_upload_size, auth_tokens: args.auth_tokens };
+        let server = Server::bind(backend, config, &args.listen).await?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "govcfs: listening on http://{}", server.local_addr())?;
+        stdout.flush()?;
+        server.run(shutdown_signal()).await?;
+        log::info!("server stopped");
+        Ok(())
+    })
+}

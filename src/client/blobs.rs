@@ -1,0 +1,185 @@
+//! Blob downloads: bounded ranges into memory (MD5-checked), and long downloads streamed
+//! into a writer that resume from the last byte written after a failure and check the whole
+//! blob id when the whole blob was fetched.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::Method;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{check, CancellationToken, Client, ClientError, Result};
+use crate::api::CHECKSUM_HEADER;
+use crate::store::BlobHasher;
+
+/// Options of [`Client::download`].
+#[derive(Clone, Default)]
+pub struct DownloadOptions {
+    /// Only this byte range (end exclusive); the whole blob when `None`.
+    pub range: Option<Range<u64>>,
+    /// Called with (bytes done, bytes total) as data arrives.
+    pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+fn verify_md5(expected: Option<&str>, data: &[u8]) -> Result<()> {
+    if let Some(expected) = expected {
+        let actual = hex::encode(Md5::digest(data));
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(ClientError::Checksum { expected: expected.to_string(), actual });
+        }
+    }
+    Ok(())
+}
+
+/// Total length from `Content-Range: bytes a-b/LEN`.
+fn total_from_content_range(value: &str) -> Option<u64> {
+    value.rsplit('/').next()?.trim().parse().ok()
+}
+
+impl Client {
+    /// Reads `range` of blob `hash` into memory, checking the server's MD5. A range past the
+    /// end is clamped to it; a range starting at or past the end is an error (416).
+    pub async fn read_range(&self, hash: &str, range: Range<u64>, cancel: &CancellationToken) -> Result<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let url = self.url(&format!("/blobs/{hash}"));
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        self.options
+            .retry
+            .run(cancel, || async {
+                let response = self.request(Method::GET, &url).header(RANGE, &header).send().await.map_err(ClientError::Transport)?;
+                let response = check(response).await?;
+                let partial = response.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+                let md5 = response.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let data = response.bytes().await.map_err(ClientError::Transport)?;
+                verify_md5(md5.as_deref(), &data)?;
+                if partial {
+                    Ok(data)
+                } else {
+                    // A server that ignored Range sent everything: cut out the range.
+                    let end = (range.end as usize).min(data.len());
+                    Ok(data.slice((range.start as usize).min(end)..end))
+                }
+            })
+            .await
+    }
+
+    /// Size of blob `hash`.
+    pub async fn blob_size(&self, hash: &str, cancel: &CancellationToken) -> Result<u64> {
+        let url = self.url(&format!("/blobs/{hash}"));
+        let response = self.send(cancel, || self.request(Method::HEAD, &url)).await?;
+        response
+            .content_length()
+            .or_else(|| response.headers().get("content-length")?.to_str().ok()?.parse().ok())
+            .ok_or_else(|| ClientError::Protocol("no Content-Length on HEAD".into()))
+    }
+
+    /// Streams blob `hash` (or a range of it) into `writer`. After a dropped connection it
+    /// resumes from the last byte written; a full download is checked against the blob id.
+    /// Returns the number of bytes written.
+    pub async fn download<W: AsyncWrite + Unpin>(
+        &self,
+        hash: &str,
+        writer: &mut W,
+        options: &DownloadOptions,
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
+        let url = self.url(&format!("/blobs/{hash}"));
+        let start = options.range.as_ref().map_or(0, |r| r.start);
+        let mut end = options.range.as_ref().map(|r| r.end);
+        let mut pos = start;
+        let mut hasher: Option<BlobHasher> = None;
+        let mut failures = 0u32;
+        loop {
+            if end.is_some_and(|e| pos >= e) {
+                break;
+            }
+            let range = match end {
+                Some(e) => format!("bytes={pos}-{}", e - 1),
+                None => format!("bytes={pos}-"),
+            };
+            let outcome: Result<()> = async {
+                let response = tokio::select! {
+                    _ = cancel.cancelled() => return Err(ClientError::Cancelled),
+                    r = self.request(Method::GET, &url).header(RANGE, &range).send() => r.map_err(ClientError::Transport)?,
+                };
+                let response = check(response).await?;
+                let total = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(total_from_content_range)
+                    .or(response.content_length())
+                    .ok_or_else(|| ClientError::Protocol("no length in the answer".into()))?;
+                if end.is_none() {
+                    end = Some(total);
+                    if start == 0 && options.range.is_none() {
+                        hasher = Some(BlobHasher::new(total));
+                    }
+                }
+                let goal = end.expect("set above");
+                let md5_expected = response.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let mut md5 = md5_expected.as_ref().map(|_| Md5::new());
+                let mut body = response.bytes_stream();
+                loop {
+                    let piece = tokio::select! {
+                        _ = cancel.cancelled() => return Err(ClientError::Cancelled),
+                        p = body.next() => p,
+                    };
+                    let Some(piece) = piece else { break };
+                    let piece = piece.map_err(ClientError::Transport)?;
+                    writer.write_all(&piece).await?;
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(&piece);
+                    }
+                    if let Some(m) = md5.as_mut() {
+                        m.update(&piece);
+                    }
+                    pos += piece.len() as u64;
+                    failures = 0;
+                    if let Some(progress) = &options.progress {
+                        progress(pos - start, goal - start);
+                    }
+                }
+                if let (Some(m), Some(expected)) = (md5, md5_expected) {
+                    let actual = hex::encode(m.finalize());
+                    if actual != expected {
+                        // Bytes already written are wrong: this cannot be resumed.
+                        return Err(ClientError::Protocol(format!("checksum mismatch: expected {expected}, got {actual}")));
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            match outcome {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() && failures < self.options.retry.max_retries => {
+                    let delay = self.options.retry.delay(failures);
+                    failures += 1;
+                    log::warn!("download of {hash} interrupted at byte {pos} ({e}); resuming in {delay:?}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(ClientError::Cancelled),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            if end.is_some_and(|e| pos >= e) {
+                break;
+            }
+        }
+        writer.flush().await?;
+        if let Some(h) = hasher {
+            let (id, _) = h.finish().map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if id != hash {
+                return Err(ClientError::Checksum { expected: hash.to_string(), actual: id });
+            }
+        }
+        Ok(pos - start)
+    }
+}

@@ -1,0 +1,150 @@
+//! Resumable chunked uploads from any `AsyncRead`, with bounded memory: at most
+//! `max_concurrent` chunks are in flight, and a slow server slows the reader.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use md5::{Digest, Md5};
+use reqwest::Method;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{CancellationToken, Client, ClientError, Result};
+use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER};
+
+/// Options of [`Client::upload`].
+#[derive(Clone)]
+pub struct UploadOptions {
+    /// Requested chunk size (the server may clamp it).
+    pub chunk_size: u64,
+    /// Chunk PUTs in flight at once.
+    pub max_concurrent: usize,
+    /// Called with the bytes acknowledged by the server so far.
+    pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions { chunk_size: 4 << 20, max_concurrent: 4, progress: None }
+    }
+}
+
+impl Client {
+    /// Starts an upload session.
+    pub async fn start_upload(&self, chunk_size: Option<u64>, cancel: &CancellationToken) -> Result<UploadStarted> {
+        let url = self.url("/uploads");
+        let body = StartUpload { chunk_size };
+        let response = self.send(cancel, || self.request(Method::POST, &url).json(&body)).await?;
+        response.json().await.map_err(ClientError::Transport)
+    }
+
+    /// Sends chunk `index` of an upload with its MD5 (retried on its own).
+    pub async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes, cancel: &CancellationToken) -> Result<()> {
+        let url = self.url(&format!("/uploads/{upload_id}/{index}"));
+        let md5 = hex::encode(Md5::digest(&data));
+        self.send(cancel, || self.request(Method::PUT, &url).header(CHECKSUM_HEADER, &md5).body(data.clone())).await?;
+        Ok(())
+    }
+
+    /// Which chunks of an upload the server holds.
+    pub async fn upload_status(&self, upload_id: &str, cancel: &CancellationToken) -> Result<UploadStatus> {
+        let url = self.url(&format!("/uploads/{upload_id}"));
+        let response = self.send(cancel, || self.request(Method::GET, &url)).await?;
+        response.json().await.map_err(ClientError::Transport)
+    }
+
+    /// Assembles an upload into a blob.
+    pub async fn complete_upload(&self, upload_id: &str, cancel: &CancellationToken) -> Result<BlobInfo> {
+        let url = self.url(&format!("/uploads/{upload_id}/complete"));
+        let response = self.send(cancel, || self.request(Method::POST, &url)).await?;
+        response.json().await.map_err(ClientError::Transport)
+    }
+
+    /// Abandons an upload.
+    pub async fn abort_upload(&self, upload_id: &str) -> Result<()> {
+        let url = self.url(&format!("/uploads/{upload_id}"));
+        self.send(&CancellationToken::new(), || self.request(Method::DELETE, &url)).await?;
+        Ok(())
+    }
+
+    /// Uploads everything `reader` yields as one blob. The MD5 of what was read is checked
+    /// against the server's. On failure or cancellation the upload is aborted.
+    pub async fn upload<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        options: &UploadOptions,
+        cancel: &CancellationToken,
+    ) -> Result<BlobInfo> {
+        let started = self.start_upload(Some(options.chunk_size), cancel).await?;
+        let outcome = self.upload_chunks(&started, reader, options, cancel).await;
+        match outcome {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                if let Err(abort) = self.abort_upload(&started.upload_id).await {
+                    log::debug!("could not abort upload {}: {abort}", started.upload_id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_chunks<R: AsyncRead + Unpin>(
+        &self,
+        started: &UploadStarted,
+        reader: &mut R,
+        options: &UploadOptions,
+        cancel: &CancellationToken,
+    ) -> Result<BlobInfo> {
+        let chunk_size = started.chunk_size as usize;
+        let mut md5 = Md5::new();
+        let mut total = 0u64;
+        let mut acknowledged = 0u64;
+        let mut in_flight = FuturesUnordered::new();
+        let mut index = 0u64;
+        loop {
+            let chunk = read_chunk(reader, chunk_size).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            md5.update(&chunk);
+            total += chunk.len() as u64;
+            let len = chunk.len() as u64;
+            let id = started.upload_id.clone();
+            in_flight.push(async move { self.put_chunk(&id, index, chunk, cancel).await.map(|_| len) });
+            index += 1;
+            while in_flight.len() >= options.max_concurrent.max(1) {
+                acknowledged += in_flight.next().await.expect("non-empty")?;
+                if let Some(p) = &options.progress {
+                    p(acknowledged);
+                }
+            }
+            if cancel.is_cancelled() {
+                return Err(ClientError::Cancelled);
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            acknowledged += done?;
+            if let Some(p) = &options.progress {
+                p(acknowledged);
+            }
+        }
+        let info = self.complete_upload(&started.upload_id, cancel).await?;
+        let local_md5 = hex::encode(md5.finalize());
+        if info.size != total || info.md5 != local_md5 {
+            return Err(ClientError::Checksum { expected: format!("{local_md5} ({total} bytes)"), actual: format!("{} ({} bytes)", info.md5, info.size) });
+        }
+        Ok(info)
+    }
+}
+
+/// Reads up to `size` bytes, stopping early only at end of input.
+async fn read_chunk<R: AsyncRead + Unpin>(reader: &mut R, size: usize) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let n = reader.read_buf(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}

@@ -1,0 +1,13 @@
+//! The `govcfs` binary: parses arguments and dispatches to [`govcfs::cli`].
+
+use clap::Parser;
+
+fn main() {
+    let cli = govcfs::cli::Cli::parse();
+    let default_level = cli.log_level.clone().unwrap_or_else(|| "warn".to_string());
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
+    if let Err(e) = govcfs::cli::run(cli) {
+        eprintln!("govcfs: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,91 @@
+//! Serving blob bytes: whole or by range, with ETag, conditional requests and checksums.
+//! Used by `GET /api/v1/repos/:repo/blobs/:hash` and by the browsable view.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use futures::StreamExt;
+
+use super::error::{ApiError, ApiResult};
+use super::ranges::{plan, Plan};
+use super::AppState;
+use crate::api::CHECKSUM_HEADER;
+use crate::store::objects::md5_hex;
+
+/// Responses up to this size are read whole so their MD5 can go in a header; longer ones
+/// stream (the client then checks the blob id of a full download instead).
+const CHECKSUMMED_RESPONSE_LIMIT: u64 = 16 << 20;
+
+/// `GET|HEAD /api/v1/repos/:repo/blobs/:hash`
+pub async fn get_blob(
+    State(state): State<Arc<AppState>>,
+    Path((repo, hash)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    state.store.ensure_repo(&repo).await?;
+    serve_blob(&state, &repo, &hash, &method, &headers, None).await
+}
+
+/// Answers a request for blob `hash`, honouring `Range`, `If-Range` and `If-None-Match`.
+pub async fn serve_blob(
+    state: &Arc<AppState>,
+    repo: &str,
+    hash: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    last_modified: Option<i64>,
+) -> ApiResult<Response> {
+    let len = state.store.blob_size(repo, hash).await?;
+    let etag = format!("\"{hash}\"");
+    let mut builder = Response::builder()
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, "no-cache");
+    if let Some(mtime) = last_modified {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
+        builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(time));
+    }
+    let (status, range) = match plan(headers, len, &etag) {
+        Plan::NotModified => {
+            return Ok(builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).expect("valid response"))
+        }
+        Plan::Unsatisfiable => return Err(ApiError::range_not_satisfiable(len)),
+        Plan::Full => (StatusCode::OK, 0..len),
+        Plan::Partial(r) => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{len}", r.start, r.end - 1));
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+    };
+    let body_len = range.end - range.start;
+    builder = builder
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, body_len);
+    if method == Method::HEAD {
+        return Ok(builder.body(Body::empty()).expect("valid response"));
+    }
+    let body = if body_len <= CHECKSUMMED_RESPONSE_LIMIT {
+        let data = state.store.read_blob_range(repo, hash, range).await?;
+        if let Ok(v) = HeaderValue::from_str(&md5_hex(&data)) {
+            builder = builder.header(CHECKSUM_HEADER, v);
+        }
+        state.metrics.add_sent(data.len() as u64);
+        Body::from(data)
+    } else {
+        let metrics = state.metrics.clone();
+        let stream = state.store.stream_blob(repo, hash, range).map(move |piece| {
+            piece
+                .inspect(|b| metrics.add_sent(b.len() as u64))
+                .map_err(|e| {
+                    log::warn!("blob stream failed: {e}");
+                    std::io::Error::other(e.to_string())
+                })
+        });
+        Body::from_stream(stream)
+    };
+    Ok(builder.body(body).expect("valid response"))
+}

@@ -1,0 +1,97 @@
+//! The browsable view (CONTRACT §2): `/REPO/PATH` as plain static files and HTML indexes
+//! that browsers, curl, wget, `rclone --http-url` and httpdirfs can read.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+
+use super::blobs::serve_blob;
+use super::error::ApiResult;
+use super::repos::RefQuery;
+use super::AppState;
+use crate::api::EntryType;
+
+/// Characters escaped in a link's path segment.
+const SEGMENT: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}').add(b'/').add(b'\\').add(b'^').add(b'|');
+
+/// `GET /:repo` redirects to the root index.
+pub async fn repo_redirect(Path(repo): Path<String>) -> Redirect {
+    Redirect::permanent(&format!("/{}/", utf8_percent_encode(&repo, SEGMENT)))
+}
+
+/// `GET /:repo/` is the root index.
+pub async fn browse_root(
+    state: State<Arc<AppState>>,
+    Path(repo): Path<String>,
+    query: Query<RefQuery>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    browse(state, Path((repo, String::new())), query, method, headers).await
+}
+
+/// `GET|HEAD /:repo/*path`: a file's bytes, or a directory's index when the path ends in `/`.
+pub async fn browse(
+    State(state): State<Arc<AppState>>,
+    Path((repo, path)): Path<(String, String)>,
+    Query(query): Query<RefQuery>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (_, entry) = state.store.stat(&repo, query.reference.as_deref(), &path).await?;
+    match entry.kind {
+        EntryType::Directory if !path.is_empty() && !path.ends_with('/') => {
+            let name = utf8_percent_encode(&entry.name, SEGMENT);
+            Ok(Redirect::permanent(&format!("{name}/")).into_response())
+        }
+        EntryType::Directory => {
+            let (_, entries) = state.store.list_dir(&repo, query.reference.as_deref(), &path).await?;
+            let title = html_escape(&format!("/{repo}/{}", entry.path));
+            let mut page = format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n<pre>\n");
+            if !entry.path.is_empty() {
+                page.push_str("<a href=\"../\">../</a>\n");
+            }
+            for e in entries {
+                let slash = if e.kind == EntryType::Directory { "/" } else { "" };
+                let href = utf8_percent_encode(&e.name, SEGMENT);
+                let _ = writeln!(
+                    page,
+                    "<a href=\"{href}{slash}\">{}{slash}</a> {} {}",
+                    html_escape(&e.name),
+                    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64)),
+                    if e.kind == EntryType::Directory { "-".to_string() } else { e.size.to_string() }
+                );
+            }
+            page.push_str("</pre></body></html>\n");
+            if method == Method::HEAD {
+                return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")]).into_response());
+            }
+            Ok(Html(page).into_response())
+        }
+        EntryType::File | EntryType::Symlink => {
+            if path.ends_with('/') {
+                return Err(crate::store::StoreError::NotFound(format!("directory {:?}", entry.path)).into());
+            }
+            serve_blob(&state, &repo, &entry.hash, &method, &headers, Some(entry.mtime)).await
+        }
+    }
+}
+
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -1,0 +1,80 @@
+//! One error type for every handler: a precise 4xx for bad input, an opaque 500 (logged)
+//! for internal faults. The body is always `{"error": "...", "code": "..."}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::api::ErrorBody;
+use crate::store::StoreError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub path: Option<String>,
+    /// Blob length for `Content-Range: bytes */LEN` on 416.
+    pub range_len: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a status, a machine-readable code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), path: None, range_len: None }
+    }
+
+    /// 400 with code `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 416 with the `Content-Range: bytes */LEN` header.
+    pub fn range_not_satisfiable(len: u64) -> Self {
+        ApiError {
+            range_len: Some(len),
+            ..Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("range not satisfiable for {len} bytes"))
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            StoreError::InvalidInput(_) => ApiError::bad_request(message),
+            StoreError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "already_exists", message),
+            StoreError::Conflict { path, .. } => ApiError {
+                path: Some(path),
+                ..ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            },
+            StoreError::RangeNotSatisfiable { size } => ApiError::range_not_satisfiable(size),
+            StoreError::ChecksumMismatch { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "checksum_mismatch", message)
+            }
+            StoreError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
+            StoreError::Corrupt { .. } | StoreError::Backend(_) | StoreError::Io(_) => {
+                log::error!("internal error: {message}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.message, code: self.code.to_string(), path: self.path };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(len) = self.range_len {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+        }
+        response
+    }
+}
+
+/// Result type of handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

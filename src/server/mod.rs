@@ -1,0 +1,146 @@
+//! The repository server: axum routes over the [`Store`](crate::store::Store).
+//!
+//! [`router`] builds the app from an [`AppState`] so tests can drive it without a socket;
+//! [`Server::bind`] puts it on a listener with graceful shutdown.
+
+mod auth;
+mod blobs;
+mod browse;
+pub mod error;
+pub mod metrics;
+mod ranges;
+mod repos;
+mod uploads;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use tower_http::compression::CompressionLayer;
+
+use crate::store::{Backend, Store};
+pub use metrics::Metrics;
+
+/// Settings of a running server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest blob an upload may create, in bytes.
+    pub max_upload_size: u64,
+    /// Bearer tokens accepted; empty means no authentication.
+    pub auth_tokens: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { max_upload_size: 1 << 40, auth_tokens: Vec::new() }
+    }
+}
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub config: ServerConfig,
+}
+
+/// Builds the whole application.
+pub fn router(state: Arc<AppState>) -> Router {
+    let blob_routes = Router::new()
+        .route("/api/v1/repos/{repo}/blobs/{hash}", get(blobs::get_blob))
+        .layer(CompressionLayer::new().zstd(true).gzip(true));
+    let api = Router::new()
+        .route("/api/v1/repos", post(repos::create_repo).get(repos::list_repos))
+        .route("/api/v1/repos/{repo}/tree", get(repos::tree_root))
+        .route("/api/v1/repos/{repo}/tree/", get(repos::tree_root))
+        .route("/api/v1/repos/{repo}/tree/{*path}", get(repos::tree))
+        .route("/api/v1/repos/{repo}/stat", get(repos::stat_root))
+        .route("/api/v1/repos/{repo}/stat/{*path}", get(repos::stat))
+        .route("/api/v1/repos/{repo}/log", get(repos::log))
+        .route("/api/v1/repos/{repo}/commits", post(repos::commit))
+        .route("/api/v1/repos/{repo}/events", get(repos::events))
+        .route("/api/v1/repos/{repo}/uploads", post(uploads::start))
+        .route("/api/v1/repos/{repo}/uploads/{id}", get(uploads::status).delete(uploads::abort))
+        .route("/api/v1/repos/{repo}/uploads/{id}/complete", post(uploads::complete))
+        .route(
+            "/api/v1/repos/{repo}/uploads/{id}/{index}",
+            put(uploads::put_chunk).layer(DefaultBodyLimit::disable()),
+        )
+        .merge(blob_routes);
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(render_metrics))
+        .route("/{repo}", get(browse::repo_redirect))
+        .route("/{repo}/", get(browse::browse_root))
+        .route("/{repo}/{*path}", get(browse::browse))
+        .fallback(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// Counts every answered request by route template and status, and logs it.
+async fn count_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.record_request(&route, response.status().as_u16());
+    log::debug!("{method} {route} -> {} in {:?}", response.status(), started.elapsed());
+    response
+}
+
+/// A server bound to a socket, ready to run.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    app: Router,
+    /// The state, for embedding callers that want the metrics.
+    pub state: Arc<AppState>,
+}
+
+impl Server {
+    /// Opens the store and binds `addr` (port 0 picks an ephemeral port).
+    pub async fn bind(backend: Backend, config: ServerConfig, addr: &str) -> anyhow::Result<Server> {
+        let store = Store::open(backend).await?;
+        let state = Arc::new(AppState { store, metrics: Arc::new(Metrics::default()), config });
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        Ok(Server { listener, app: router(state.clone()), state })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound socket has an address")
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.app).with_graceful_shutdown(shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,73 @@
+//! Resumable chunked upload routes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER};
+
+/// `POST /api/v1/repos/:repo/uploads` (the body is optional)
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    Path(repo): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<UploadStarted>)> {
+    let request: StartUpload = if body.iter().all(u8::is_ascii_whitespace) {
+        StartUpload::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?
+    };
+    Ok((StatusCode::CREATED, Json(state.store.start_upload(&repo, request.chunk_size).await?)))
+}
+
+/// `PUT /api/v1/repos/:repo/uploads/:id/:index`
+pub async fn put_chunk(
+    State(state): State<Arc<AppState>>,
+    Path((repo, id, index)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let index: u64 = index.parse().map_err(|_| ApiError::bad_request(format!("invalid chunk index {index:?}")))?;
+    let chunk_size = state.store.upload_chunk_size(&repo, &id).await?;
+    let data = to_bytes(body, chunk_size as usize).await.map_err(|e| {
+        // The only way to_bytes fails on a well-formed body is the length limit.
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("chunk larger than {chunk_size} bytes or body error: {e}"))
+    })?;
+    let md5 = headers.get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok());
+    let len = data.len() as u64;
+    state.store.put_upload_chunk(&repo, &id, index, data, md5, state.config.max_upload_size).await?;
+    state.metrics.blob_bytes_received.fetch_add(len, Ordering::Relaxed);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/repos/:repo/uploads/:id`
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    Path((repo, id)): Path<(String, String)>,
+) -> ApiResult<Json<UploadStatus>> {
+    Ok(Json(state.store.upload_status(&repo, &id).await?))
+}
+
+/// `POST /api/v1/repos/:repo/uploads/:id/complete`
+pub async fn complete(
+    State(state): State<Arc<AppState>>,
+    Path((repo, id)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<BlobInfo>)> {
+    let info = state.store.complete_upload(&repo, &id, state.config.max_upload_size).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// `DELETE /api/v1/repos/:repo/uploads/:id`
+pub async fn abort(
+    State(state): State<Arc<AppState>>,
+    Path((repo, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.store.abort_upload(&repo, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,140 @@
+//! Blob reads by range and streamed blob writes.
+//!
+//! A blob is written to `tmp/<uuid>` through a multipart upload while it is hashed, then
+//! renamed to its content address. Nothing holds a whole blob in memory, and a reader never
+//! sees a half-written blob: the content-addressed name only appears once it is complete.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, WriteMultipart};
+
+use super::objects::BlobHasher;
+use super::paths::validate_object_id;
+use super::{object_path, Backend, Result, Store, StoreError};
+use crate::api::BlobInfo;
+
+/// Part size of the multipart upload a blob is written with.
+const PART_SIZE: usize = 8 << 20;
+/// Parts written concurrently; bounds the memory of one writer to about 2 × PART_SIZE.
+const PARTS_IN_FLIGHT: usize = 2;
+
+impl Store {
+    /// Size of a blob; `NotFound` if the repository does not hold it.
+    pub async fn blob_size(&self, repo: &str, id: &str) -> Result<u64> {
+        validate_object_id(id)?;
+        self.backend
+            .size(&object_path(repo, id))
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("blob {id}")))
+    }
+
+    /// Reads a range of a blob into memory (for bounded ranges only).
+    pub async fn read_blob_range(&self, repo: &str, id: &str, range: Range<u64>) -> Result<Bytes> {
+        validate_object_id(id)?;
+        self.backend.get_range(&object_path(repo, id), range).await
+    }
+
+    /// Streams a range of a blob in bounded pieces.
+    pub fn stream_blob(&self, repo: &str, id: &str, range: Range<u64>) -> BoxStream<'static, Result<Bytes>> {
+        self.backend.stream_range(object_path(repo, id), range)
+    }
+
+    /// Starts writing a new blob. With `len`, the id is computed while the bytes stream in;
+    /// without it, in a second pass over the temporary object. `limit` caps the size.
+    pub async fn begin_blob(&self, repo: &str, len: Option<u64>, limit: u64) -> Result<BlobWriter> {
+        if let Some(len) = len {
+            if len > limit {
+                return Err(StoreError::TooLarge { limit });
+            }
+        }
+        let tmp = Path::from(format!("tmp/{}", uuid::Uuid::new_v4()));
+        let upload = self.backend.objects().put_multipart(&tmp).await?;
+        Ok(BlobWriter {
+            backend: self.backend.clone(),
+            repo: repo.to_string(),
+            tmp,
+            parts: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            hasher: len.map(BlobHasher::new),
+            written: 0,
+            limit,
+        })
+    }
+
+    /// Stores a small in-memory blob.
+    pub async fn put_blob_bytes(&self, repo: &str, data: Bytes) -> Result<BlobInfo> {
+        let mut writer = self.begin_blob(repo, Some(data.len() as u64), u64::MAX).await?;
+        writer.write(data).await?;
+        writer.finish().await
+    }
+}
+
+/// A blob being written. Dropping it without [`finish`](Self::finish) leaves only a
+/// temporary object, never a visible blob; call [`abort`](Self::abort) to remove that too.
+pub struct BlobWriter {
+    backend: Backend,
+    repo: String,
+    tmp: Path,
+    parts: WriteMultipart,
+    hasher: Option<BlobHasher>,
+    written: u64,
+    limit: u64,
+}
+
+impl BlobWriter {
+    /// Appends bytes. Waits while too many parts are in flight (backpressure).
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        self.written += data.len() as u64;
+        if self.written > self.limit {
+            return Err(StoreError::TooLarge { limit: self.limit });
+        }
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&data);
+        }
+        self.parts.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        self.parts.put(data);
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Completes the blob and publishes it under its id.
+    pub async fn finish(self) -> Result<BlobInfo> {
+        let BlobWriter { backend, repo, tmp, parts, hasher, written, .. } = self;
+        parts.finish().await?;
+        let hashed = match hasher {
+            Some(h) => h.finish(),
+            None => hash_stored(&backend, &tmp, written).await,
+        };
+        let (hash, md5) = match hashed {
+            Ok(ids) => ids,
+            Err(e) => {
+                backend.delete(&tmp).await?;
+                return Err(e);
+            }
+        };
+        backend.publish(&tmp, &object_path(&repo, &hash)).await?;
+        Ok(BlobInfo { hash, size: written, md5 })
+    }
+
+    /// Drops everything written so far.
+    pub async fn abort(self) -> Result<()> {
+        let BlobWriter { backend, tmp, parts, .. } = self;
+        let _ = parts.abort().await;
+        backend.delete(&tmp).await
+    }
+}
+
+async fn hash_stored(backend: &Backend, tmp: &Path, len: u64) -> Result<(String, String)> {
+    let mut hasher = BlobHasher::new(len);
+    let mut pieces = backend.stream_range(tmp.clone(), 0..len);
+    while let Some(piece) = pieces.next().await {
+        hasher.update(&piece?);
+    }
+    hasher.finish()
+}

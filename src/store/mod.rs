@@ -1,0 +1,107 @@
+//! The repository model: content-addressed blobs, hierarchical trees, commits and refs.
+//!
+//! Everything but refs is immutable and named by the SHA-256 of its Git-style encoding, so
+//! any cache of it needs no invalidation. Refs move by compare-and-swap ([`backend`]).
+//!
+//! Layout inside the backend:
+//! ```text
+//! repos/<repo>/config.json             creation time
+//! repos/<repo>/objects/<id[0..2]>/<id> blobs, trees and commits
+//! repos/<repo>/refs/heads/<branch>     the commit id a branch points to
+//! repos/<repo>/uploads/<id>/meta.json  a resumable upload and its chunks (<index>.chunk)
+//! tmp/<uuid>                           blobs being written, renamed into objects/ when done
+//! ```
+
+pub mod backend;
+mod blob;
+mod commit;
+pub mod objects;
+pub mod paths;
+mod repo;
+mod upload;
+
+pub use backend::Backend;
+pub use blob::BlobWriter;
+pub use objects::{BlobHasher, Commit, Tree, TreeEntry};
+pub use repo::RefUpdate;
+
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+/// Errors of the store. The server maps each to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("conflict at {path}: {reason}")]
+    Conflict { path: String, reason: String },
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("checksum mismatch: expected {expected}, got {actual}")]
+    ChecksumMismatch { expected: String, actual: String },
+    #[error("upload exceeds the maximum size of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("corrupt object {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("storage error: {0}")]
+    Backend(#[from] object_store::Error),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result type of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Trees kept decoded in memory; they are immutable, so this cache never goes stale.
+const TREE_CACHE_ENTRIES: usize = 4096;
+
+/// The repository store shared by all server handlers.
+pub struct Store {
+    backend: Backend,
+    trees: Mutex<lru::LruCache<(String, String), std::sync::Arc<Tree>>>,
+    events: tokio::sync::broadcast::Sender<RefUpdate>,
+}
+
+impl Store {
+    /// Opens a store on `backend` and makes sure the `default` repository exists.
+    pub async fn open(backend: Backend) -> Result<Self> {
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        let store = Store {
+            backend,
+            trees: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(TREE_CACHE_ENTRIES).expect("non-zero"),
+            )),
+            events,
+        };
+        match store.create_repo(crate::api::DEFAULT_REPO).await {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(store)
+    }
+
+    /// The backend the store lives on.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Subscribes to ref updates of every repository.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RefUpdate> {
+        self.events.subscribe()
+    }
+}
+
+fn object_path(repo: &str, id: &str) -> object_store::path::Path {
+    object_store::path::Path::from(format!("repos/{repo}/objects/{}/{id}", &id[..2]))
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,125 @@
+//! Validation of the names that reach the store from outside: repository names, paths,
+//! object ids and branch names. Everything is checked before it becomes a backend key.
+
+use super::{Result, StoreError};
+
+/// Names that cannot be repositories because the browsable view uses them.
+const RESERVED_REPOS: [&str; 3] = ["api", "metrics", "healthz"];
+/// Longest accepted path, in bytes (PATH_MAX).
+const MAX_PATH_BYTES: usize = 4096;
+/// Longest accepted path segment, in bytes (NAME_MAX).
+const MAX_NAME_BYTES: usize = 255;
+
+/// Checks a repository name against `[A-Za-z0-9][A-Za-z0-9._-]{0,63}` and the reserved names.
+pub fn validate_repo_name(name: &str) -> Result<()> {
+    let bytes = name.as_bytes();
+    let well_formed = !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !well_formed || RESERVED_REPOS.contains(&name) {
+        return Err(StoreError::InvalidInput(format!(
+            "invalid repository name {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Normalises a relative path (`""` is the root) and splits it into segments. Refuses `..`,
+/// `.`, empty segments, NUL, absolute paths and over-long names. One trailing `/` is allowed
+/// so that directory URLs work.
+pub fn split_path(path: &str) -> Result<Vec<&str>> {
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: &str| Err(StoreError::InvalidInput(format!("invalid path {path:?}: {why}")));
+    if trimmed.len() > MAX_PATH_BYTES {
+        return bad("too long");
+    }
+    if trimmed.contains('\0') {
+        return bad("contains NUL");
+    }
+    if trimmed.starts_with('/') {
+        return bad("must be relative");
+    }
+    let segments: Vec<&str> = trimmed.split('/').collect();
+    for segment in &segments {
+        match *segment {
+            "" => return bad("empty segment"),
+            "." | ".." => return bad("dot segment"),
+            s if s.len() > MAX_NAME_BYTES => return bad("segment too long"),
+            _ => {}
+        }
+    }
+    Ok(segments)
+}
+
+/// Returns the normalised form of a path (no trailing slash).
+pub fn normalize_path(path: &str) -> Result<String> {
+    Ok(split_path(path)?.join("/"))
+}
+
+/// Checks that `id` looks like an object id: 64 lowercase hex digits.
+pub fn validate_object_id(id: &str) -> Result<()> {
+    if id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!("invalid object id {id:?}")))
+    }
+}
+
+/// Checks a branch name: like a path, but only one segment-safe alphabet.
+pub fn validate_branch(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with('.')
+        && !name.ends_with(".lock");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!("invalid ref name {name:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn repo_names() {
+        assert!(validate_repo_name("default").is_ok());
+        assert!(validate_repo_name("a.b-c_d9").is_ok());
+        for bad in ["", "-x", ".x", "api", "metrics", "healthz", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_repo_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(split_path("").unwrap(), Vec::<&str>::new());
+        assert_eq!(split_path("a/b/").unwrap(), vec!["a", "b"]);
+        for bad in ["/a", "a//b", "a/../b", "..", "a/./b", "a\0b", "//"] {
+            assert!(split_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(split_path(&"a".repeat(256)).is_err());
+        assert!(split_path(&"a/".repeat(3000)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_paths_have_only_safe_segments(path in "[a-z./\\x00]{0,20}") {
+            if let Ok(segments) = split_path(&path) {
+                for s in segments {
+                    prop_assert!(!s.is_empty() && s != "." && s != ".." && !s.contains('\0') && !s.contains('/'));
+                }
+            }
+        }
+    }
+}
