@@ -9,8 +9,10 @@
 //! - [`cli`]: one file per subcommand.
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod fs;
 pub mod server;
 pub mod size;
 pub mod store;

@@ -3,10 +3,12 @@
 
 mod get;
 mod ls;
+pub mod mount;
 pub mod progress;
 mod put;
 mod repo;
 mod serve;
+mod unmount;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,10 @@ pub enum Command {
     Get(get::GetArgs),
     /// Upload a file (streamed, chunked, resumable) and commit it.
     Put(put::PutArgs),
+    /// Mount a repository as a directory.
+    Mount(mount::MountArgs),
+    /// Unmount a mounted repository.
+    Unmount(unmount::UnmountArgs),
 }
 
 /// Runs a parsed command line.
@@ -47,6 +53,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls(args) => runtime()?.block_on(ls::run(args)),
         Command::Get(args) => runtime()?.block_on(get::run(args)),
         Command::Put(args) => runtime()?.block_on(put::run(args)),
+        Command::Mount(args) => mount::run(args),
+        Command::Unmount(args) => unmount::run(args),
+    }
+}
+
+/// The command line as given, or rewritten when the binary runs as the `mount.govcfs` helper.
+pub fn args() -> Vec<std::ffi::OsString> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args.first().and_then(|a| std::path::Path::new(a).file_name().map(|n| n.to_os_string()));
+    if invoked_as.as_deref() == Some(std::ffi::OsStr::new("mount.govcfs")) {
+        mount::helper_args(args)
+    } else {
+        args
     }
 }
 
