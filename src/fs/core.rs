@@ -121,7 +121,7 @@ impl<R: Remote> Fs<R> {
         let inodes = self.inodes.lock().expect("inodes lock");
         match inodes.attr(ino) {
             // Still named by the same path after the refresh?
-            Some((attr, true)) => Ok(attr),
+            Some((attr, _)) if inodes.is_current(ino) => Ok(attr),
             _ => Err(FsError::NotFound(format!("inode {ino}"))),
         }
     }

@@ -83,6 +83,11 @@ impl InodeTable {
         Some((node.attr.clone(), ino == ROOT_INO || node.confirmed.elapsed() < self.ttl))
     }
 
+    /// Whether the inode's path still names it (it was not removed or replaced).
+    pub fn is_current(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| self.by_path.get(&n.path) == Some(&ino))
+    }
+
     /// The parent directory's path of an inode.
     pub fn parent_path(&self, ino: u64) -> Option<String> {
         let path = self.path(ino)?;

@@ -12,10 +12,12 @@ use super::remote::Remote;
 use crate::api::{Entry, EntryType, TreeListing};
 use crate::store::objects::{blob_id, MODE_DIR, MODE_FILE};
 
-/// Files by path, and counters of the requests made.
+/// Files by path, every blob ever put (old versions stay readable, as on the server), and
+/// counters of the requests made.
 #[derive(Default)]
 pub struct MemRemote {
     files: Mutex<BTreeMap<String, Bytes>>,
+    blobs: Mutex<std::collections::HashMap<String, Bytes>>,
     /// `list_dir` calls so far.
     pub listings: AtomicU64,
     /// `read_range` calls so far.
@@ -27,7 +29,9 @@ pub struct MemRemote {
 impl MemRemote {
     /// Adds or replaces a file (parents are implied).
     pub fn put(&self, path: &str, data: impl Into<Bytes>) {
-        self.files.lock().expect("lock").insert(path.to_string(), data.into());
+        let data = data.into();
+        self.blobs.lock().expect("lock").insert(blob_id(&data), data.clone());
+        self.files.lock().expect("lock").insert(path.to_string(), data);
     }
 
     /// Removes a file.
@@ -64,11 +68,8 @@ impl Remote for MemRemote {
 
     async fn read_range(&self, hash: &str, range: Range<u64>) -> Result<Bytes> {
         self.range_reads.fetch_add(1, Ordering::Relaxed);
-        let files = self.files.lock().expect("lock");
-        let data = files
-            .values()
-            .find(|d| blob_id(d) == hash)
-            .ok_or_else(|| FsError::NotFound(format!("blob {hash}")))?;
+        let blobs = self.blobs.lock().expect("lock");
+        let data = blobs.get(hash).ok_or_else(|| FsError::NotFound(format!("blob {hash}")))?;
         let end = (range.end as usize).min(data.len());
         let start = (range.start as usize).min(end);
         self.bytes_read.fetch_add((end - start) as u64, Ordering::Relaxed);
