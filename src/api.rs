@@ -8,6 +8,9 @@ pub const DEFAULT_BRANCH: &str = "main";
 pub const DEFAULT_REPO: &str = "default";
 /// Header carrying the hex MD5 of a response or request body.
 pub const CHECKSUM_HEADER: &str = "x-checksum-md5";
+/// Header carrying the hex SHA-256 of a response body, sent when the server has it at hand
+/// (aligned 1 MiB blocks); clients prefer it, as it is cheaper to verify than MD5.
+pub const CHECKSUM_SHA256_HEADER: &str = "x-checksum-sha256";
 
 /// `POST /api/v1/repos` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]

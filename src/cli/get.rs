@@ -71,7 +71,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
             tokio::fs::rename(&partial, path).await?;
         }
         None => {
-            let mut out = tokio::io::stdout();
+            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
             client.download(&entry.hash, &mut out, &options, &cancel).await?;
         }
     }

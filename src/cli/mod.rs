@@ -69,6 +69,17 @@ pub fn args() -> Vec<std::ffi::OsString> {
     }
 }
 
+/// Keeps memory flat under streaming: glibc's malloc otherwise raises its mmap threshold
+/// after the first large free and keeps many per-thread arenas, so chunk-sized buffers that
+/// pass through tokio's blocking threads stay resident after they are freed.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 /// A multi-threaded tokio runtime for one command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)

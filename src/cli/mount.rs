@@ -280,11 +280,10 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
     })?;
     if signalled {
         log::info!("signal received: unmounting {}", mountpoint.display());
-        if let Err(e) = background.umount_and_join() {
-            log::warn!("unmount of {} failed: {e}", mountpoint.display());
-        }
-    } else {
-        let _ = background.join();
+    }
+    // After an outside unmount this only joins the session thread.
+    if let Err(e) = background.umount_and_join() {
+        log::warn!("unmount of {} failed: {e}", mountpoint.display());
     }
     log::warn!("{}", fs.stats_line());
     remote.cancel();

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{CancellationToken, Client, ClientError, Result};
 use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER};
+use crate::store::BlobHasher;
 
 /// Options of [`Client::upload`].
 #[derive(Clone)]
@@ -21,11 +22,43 @@ pub struct UploadOptions {
     pub max_concurrent: usize,
     /// Called with the bytes acknowledged by the server so far.
     pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// The length of the input, when known: the result is then checked against the blob id
+    /// computed locally (SHA-256, fast), otherwise against the MD5 of what was read.
+    pub expected_len: Option<u64>,
 }
 
 impl Default for UploadOptions {
     fn default() -> Self {
-        UploadOptions { chunk_size: 4 << 20, max_concurrent: 4, progress: None }
+        UploadOptions { chunk_size: 4 << 20, max_concurrent: 4, progress: None, expected_len: None }
+    }
+}
+
+/// The local end-to-end check of an upload.
+enum WholeCheck {
+    Id(BlobHasher),
+    Md5(Md5),
+}
+
+impl WholeCheck {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            WholeCheck::Id(h) => h.update(data),
+            WholeCheck::Md5(m) => m.update(data),
+        }
+    }
+
+    fn verify(self, info: &BlobInfo, total: u64) -> Result<()> {
+        let (expected, actual) = match self {
+            WholeCheck::Id(h) => match h.finish() {
+                Ok((id, _)) => (id, info.hash.clone()),
+                Err(e) => return Err(ClientError::Protocol(format!("the input changed while it was read: {e}"))),
+            },
+            WholeCheck::Md5(m) => (hex::encode(m.finalize()), info.md5.clone()),
+        };
+        if expected != actual || info.size != total {
+            return Err(ClientError::Checksum { expected: format!("{expected} ({total} bytes)"), actual: format!("{actual} ({} bytes)", info.size) });
+        }
+        Ok(())
     }
 }
 
@@ -38,10 +71,10 @@ impl Client {
         response.json().await.map_err(ClientError::Transport)
     }
 
-    /// Sends chunk `index` of an upload with its MD5 (retried on its own).
-    pub async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes, cancel: &CancellationToken) -> Result<()> {
+    /// Sends chunk `index` of an upload with its MD5 (computed when not given; retried on its own).
+    pub async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes, md5: Option<String>, cancel: &CancellationToken) -> Result<()> {
         let url = self.url(&format!("/uploads/{upload_id}/{index}"));
-        let md5 = hex::encode(Md5::digest(&data));
+        let md5 = md5.unwrap_or_else(|| hex::encode(Md5::digest(&data)));
         self.send(cancel, || self.request(Method::PUT, &url).header(CHECKSUM_HEADER, &md5).body(data.clone())).await?;
         Ok(())
     }
@@ -96,7 +129,10 @@ impl Client {
         cancel: &CancellationToken,
     ) -> Result<BlobInfo> {
         let chunk_size = started.chunk_size as usize;
-        let mut md5 = Md5::new();
+        let mut whole = Some(match options.expected_len {
+            Some(len) => WholeCheck::Id(BlobHasher::new(len)),
+            None => WholeCheck::Md5(Md5::new()),
+        });
         let mut total = 0u64;
         let mut acknowledged = 0u64;
         let mut in_flight = FuturesUnordered::new();
@@ -106,11 +142,30 @@ impl Client {
             if chunk.is_empty() {
                 break;
             }
-            md5.update(&chunk);
+            // The chunk's MD5 and the running whole-input check, on two threads.
+            let (check, chunk, md5) = {
+                let check = whole.take();
+                tokio::task::spawn_blocking(move || {
+                    std::thread::scope(|scope| {
+                        let running = scope.spawn(|| {
+                            let mut check = check;
+                            if let Some(c) = check.as_mut() {
+                                c.update(&chunk);
+                            }
+                            check
+                        });
+                        let md5 = hex::encode(Md5::digest(&chunk));
+                        (running.join().expect("hashing thread"), chunk.clone(), md5)
+                    })
+                })
+                .await
+                .map_err(|e| ClientError::Io(std::io::Error::other(e)))?
+            };
+            whole = check;
             total += chunk.len() as u64;
             let len = chunk.len() as u64;
             let id = started.upload_id.clone();
-            in_flight.push(async move { self.put_chunk(&id, index, chunk, cancel).await.map(|_| len) });
+            in_flight.push(async move { self.put_chunk(&id, index, chunk, Some(md5), cancel).await.map(|_| len) });
             index += 1;
             while in_flight.len() >= options.max_concurrent.max(1) {
                 acknowledged += in_flight.next().await.expect("non-empty")?;
@@ -129,10 +184,7 @@ impl Client {
             }
         }
         let info = self.complete_upload(&started.upload_id, cancel).await?;
-        let local_md5 = hex::encode(md5.finalize());
-        if info.size != total || info.md5 != local_md5 {
-            return Err(ClientError::Checksum { expected: format!("{local_md5} ({total} bytes)"), actual: format!("{} ({} bytes)", info.md5, info.size) });
-        }
+        whole.expect("kept").verify(&info, total)?;
         Ok(info)
     }
 }

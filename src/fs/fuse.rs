@@ -217,6 +217,11 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply.ok();
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Nothing is buffered on the read side.
+        reply.ok();
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         let dh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);

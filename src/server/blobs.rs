@@ -12,7 +12,8 @@ use futures::StreamExt;
 use super::error::{ApiError, ApiResult};
 use super::ranges::{plan, Plan};
 use super::AppState;
-use crate::api::CHECKSUM_HEADER;
+use crate::api::{CHECKSUM_HEADER, CHECKSUM_SHA256_HEADER};
+use crate::store::index::single_block;
 use crate::store::objects::md5_hex;
 
 /// Responses up to this size are read whole so their MD5 can go in a header; longer ones
@@ -69,9 +70,27 @@ pub async fn serve_blob(
         return Ok(builder.body(Body::empty()).expect("valid response"));
     }
     let body = if body_len <= CHECKSUMMED_RESPONSE_LIMIT {
+        let block = single_block(&range, len);
         let data = state.store.read_blob_range(repo, hash, range).await?;
-        if let Ok(v) = HeaderValue::from_str(&md5_hex(&data)) {
+        let sums = match block {
+            Some(b) => state.store.block_sums(repo, hash, b).await,
+            None => None,
+        };
+        let (md5, sha256) = match sums {
+            Some(sums) => (sums.md5, Some(sums.sha256)),
+            None => {
+                let bytes = data.clone();
+                let md5 = tokio::task::spawn_blocking(move || md5_hex(&bytes))
+                    .await
+                    .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e)))?;
+                (md5, None)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&md5) {
             builder = builder.header(CHECKSUM_HEADER, v);
+        }
+        if let Some(v) = sha256.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            builder = builder.header(CHECKSUM_SHA256_HEADER, v);
         }
         state.metrics.add_sent(data.len() as u64);
         Body::from(data)

@@ -61,6 +61,12 @@ impl Backend {
         Ok(self.objects.get(path).await?.bytes().await?)
     }
 
+    /// Reads a small object whole (an owned-path form, for streams of reads).
+    pub fn get_owned(&self, path: Path) -> impl std::future::Future<Output = Result<Bytes>> + Send + 'static {
+        let backend = self.clone();
+        async move { backend.get(&path).await }
+    }
+
     /// Reads a small object whole, `None` if it does not exist.
     pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
         match self.get(path).await {

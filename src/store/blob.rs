@@ -11,10 +11,15 @@ use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, WriteMultipart};
 
+use super::index::{BlockIndexer, BlockSums, ENTRY_LEN};
 use super::objects::BlobHasher;
 use super::paths::validate_object_id;
 use super::{object_path, Backend, Result, Store, StoreError};
 use crate::api::BlobInfo;
+
+fn index_path(repo: &str, id: &str) -> Path {
+    Path::from(format!("repos/{repo}/objects/{}/{id}.idx", &id[..2]))
+}
 
 /// Part size of the multipart upload a blob is written with.
 const PART_SIZE: usize = 8 << 20;
@@ -42,6 +47,13 @@ impl Store {
         self.backend.stream_range(object_path(repo, id), range)
     }
 
+    /// Checksums of block `block` of a blob, from its index (`None` if it has none).
+    pub async fn block_sums(&self, repo: &str, id: &str, block: u64) -> Option<BlockSums> {
+        let start = block * ENTRY_LEN;
+        let entry = self.backend.get_range(&index_path(repo, id), start..start + ENTRY_LEN).await.ok()?;
+        BlockSums::decode(&entry)
+    }
+
     /// Starts writing a new blob. With `len`, the id is computed while the bytes stream in;
     /// without it, in a second pass over the temporary object. `limit` caps the size.
     pub async fn begin_blob(&self, repo: &str, len: Option<u64>, limit: u64) -> Result<BlobWriter> {
@@ -58,6 +70,7 @@ impl Store {
             tmp,
             parts: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
             hasher: len.map(BlobHasher::new),
+            indexer: Some(BlockIndexer::default()),
             written: 0,
             limit,
         })
@@ -79,6 +92,7 @@ pub struct BlobWriter {
     tmp: Path,
     parts: WriteMultipart,
     hasher: Option<BlobHasher>,
+    indexer: Option<BlockIndexer>,
     written: u64,
     limit: u64,
 }
@@ -90,11 +104,15 @@ impl BlobWriter {
         if self.written > self.limit {
             return Err(StoreError::TooLarge { limit: self.limit });
         }
-        if let Some(h) = self.hasher.as_mut() {
-            h.update(&data);
-        }
         self.parts.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-        self.parts.put(data);
+        self.parts.put(data.clone());
+        // Hash while the part is written, on two threads: the id and the block index.
+        let (hasher, indexer) = (self.hasher.take(), self.indexer.take());
+        let (hasher, indexer) = tokio::task::spawn_blocking(move || hash_in_parallel(hasher, indexer, &data))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        self.hasher = hasher;
+        self.indexer = indexer;
         Ok(())
     }
 
@@ -105,19 +123,22 @@ impl BlobWriter {
 
     /// Completes the blob and publishes it under its id.
     pub async fn finish(self) -> Result<BlobInfo> {
-        let BlobWriter { backend, repo, tmp, parts, hasher, written, .. } = self;
+        let BlobWriter { backend, repo, tmp, parts, hasher, indexer, written, .. } = self;
         parts.finish().await?;
-        let hashed = match hasher {
-            Some(h) => h.finish(),
-            None => hash_stored(&backend, &tmp, written).await,
+        let hashed = match (hasher, indexer) {
+            (Some(h), Some(i)) => h.finish().map(|ids| (ids, i.finish())),
+            _ => hash_stored(&backend, &tmp, written).await,
         };
-        let (hash, md5) = match hashed {
+        let ((hash, md5), index) = match hashed {
             Ok(ids) => ids,
             Err(e) => {
                 backend.delete(&tmp).await?;
                 return Err(e);
             }
         };
+        // The index first: a published blob always has its index (a crash in between leaves
+        // only an orphan index, which a retry overwrites with the same bytes).
+        backend.put(&index_path(&repo, &hash), bytes::Bytes::from(index)).await?;
         backend.publish(&tmp, &object_path(&repo, &hash)).await?;
         Ok(BlobInfo { hash, size: written, md5 })
     }
@@ -130,11 +151,39 @@ impl BlobWriter {
     }
 }
 
-async fn hash_stored(backend: &Backend, tmp: &Path, len: u64) -> Result<(String, String)> {
-    let mut hasher = BlobHasher::new(len);
+/// Feeds `data` to the blob hasher and the block indexer at once, on two threads.
+fn hash_in_parallel(
+    mut hasher: Option<BlobHasher>,
+    mut indexer: Option<BlockIndexer>,
+    data: &[u8],
+) -> (Option<BlobHasher>, Option<BlockIndexer>) {
+    std::thread::scope(|scope| {
+        let whole = scope.spawn(|| {
+            if let Some(h) = hasher.as_mut() {
+                h.update(data);
+            }
+            hasher
+        });
+        if let Some(i) = indexer.as_mut() {
+            i.update(data);
+        }
+        (whole.join().expect("hashing thread"), indexer)
+    })
+}
+
+/// Second pass over a blob written without a known length: its id, MD5 and block index.
+async fn hash_stored(backend: &Backend, tmp: &Path, len: u64) -> Result<((String, String), Vec<u8>)> {
+    let mut hasher = Some(BlobHasher::new(len));
+    let mut indexer = Some(BlockIndexer::default());
     let mut pieces = backend.stream_range(tmp.clone(), 0..len);
     while let Some(piece) = pieces.next().await {
-        hasher.update(&piece?);
+        let piece = piece?;
+        let (h, i) = tokio::task::spawn_blocking(move || hash_in_parallel(hasher, indexer, &piece))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        hasher = h;
+        indexer = i;
     }
-    hasher.finish()
+    let ids = hasher.expect("kept").finish()?;
+    Ok((ids, indexer.expect("kept").finish()))
 }

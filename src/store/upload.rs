@@ -5,6 +5,7 @@
 //! chunks to resend. `complete` streams the chunks in order into a new blob, hashing on the way.
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::path::Path;
 
 use super::objects::md5_hex;
@@ -94,7 +95,10 @@ impl Store {
             return Err(StoreError::TooLarge { limit });
         }
         if let Some(expected) = expected_md5 {
-            let actual = md5_hex(&data);
+            let bytes = data.clone();
+            let actual = tokio::task::spawn_blocking(move || md5_hex(&bytes))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
             if !actual.eq_ignore_ascii_case(expected.trim()) {
                 return Err(StoreError::ChecksumMismatch { expected: expected.to_string(), actual });
             }
@@ -140,8 +144,12 @@ impl Store {
         }
         let total: u64 = chunks.iter().map(|c| c.1).sum();
         let mut writer = self.begin_blob(repo, Some(total), limit).await?;
-        for (index, _) in &chunks {
-            let data = match self.backend.get(&chunk_path(repo, id, *index)).await {
+        // Read the next chunk while the current one is hashed and written.
+        let paths: Vec<Path> = chunks.iter().map(|(index, _)| chunk_path(repo, id, *index)).collect();
+        let backend = self.backend.clone();
+        let mut reads = futures::stream::iter(paths).map(move |p| backend.get_owned(p)).buffered(2);
+        while let Some(data) = reads.next().await {
+            let data = match data {
                 Ok(d) => d,
                 Err(e) => {
                     writer.abort().await?;
