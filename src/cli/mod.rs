@@ -75,7 +75,7 @@ pub fn args() -> Vec<std::ffi::OsString> {
 pub fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called before other threads start.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
