@@ -240,6 +240,11 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
         prefetch: PrefetchConfig { chunk_size: args.chunk_size, max_read_ahead: args.max_read_ahead.max(args.chunk_size) },
     };
     let fs = Arc::new(Fs::new(remote.clone(), config));
+    {
+        // Listings refresh as soon as the server announces a commit, not only after the TTL.
+        let (remote, fs) = (remote.clone(), fs.clone());
+        runtime.spawn(async move { remote.watch(move || fs.expire_all()).await });
+    }
     let (destroyed_tx, destroyed_rx) = tokio::sync::oneshot::channel();
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), destroyed_tx);
     let mount_options = vec![

@@ -71,3 +71,28 @@ impl Client {
         response.text().await.map_err(ClientError::Transport)
     }
 }
+
+impl Client {
+    /// Subscribes to the repository's change events (`event: ref`). The stream ends when the
+    /// connection does; callers reconnect.
+    pub async fn ref_events(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<impl futures::Stream<Item = Result<crate::api::RefEvent>> + Send + 'static> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let url = self.url("/events");
+        let response = self.send(cancel, || self.request(Method::GET, &url)).await?;
+        Ok(response.bytes_stream().eventsource().filter_map(|event| async move {
+            match event {
+                Ok(e) if e.event == "ref" => Some(
+                    serde_json::from_str(&e.data).map_err(|err| ClientError::Protocol(format!("bad event: {err}"))),
+                ),
+                // A resync means events were lost: report it as an event that changed everything.
+                Ok(e) if e.event == "resync" => Some(Ok(crate::api::RefEvent { branch: String::new(), commit: String::new(), changed: vec![String::new()] })),
+                Ok(_) => None,
+                Err(err) => Some(Err(ClientError::Protocol(format!("event stream: {err}")))),
+            }
+        }))
+    }
+}

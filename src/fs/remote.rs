@@ -18,6 +18,9 @@ pub trait Remote: Send + Sync + 'static {
     fn read_range(&self, hash: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes>> + Send;
 }
 
+/// How long to wait before reconnecting a broken event stream.
+const EVENTS_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The real server, through the client library, pinned to one ref.
 pub struct ClientRemote {
     client: Client,
@@ -34,6 +37,44 @@ impl ClientRemote {
     /// Cancels every request in flight (at unmount).
     pub fn cancel(&self) {
         self.cancel.cancel();
+    }
+
+    /// Calls `on_change` whenever the server announces a commit on the mounted branch, until
+    /// [`cancel`](Self::cancel). Reconnects after failures. A commit-id mount never changes.
+    pub async fn watch(&self, on_change: impl Fn() + Send) {
+        let branch = match self.reference.as_deref() {
+            Some(r) if r.len() == 64 && r.bytes().all(|b| b.is_ascii_hexdigit()) => return,
+            Some(r) => r.to_string(),
+            None => crate::api::DEFAULT_BRANCH.to_string(),
+        };
+        use futures::StreamExt;
+        while !self.cancel.is_cancelled() {
+            match self.client.ref_events(&self.cancel).await {
+                Ok(events) => {
+                    let mut events = std::pin::pin!(events);
+                    loop {
+                        let next = tokio::select! {
+                            _ = self.cancel.cancelled() => return,
+                            e = events.next() => e,
+                        };
+                        match next {
+                            Some(Ok(event)) if event.branch == branch || event.branch.is_empty() => on_change(),
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                log::debug!("event stream: {e}");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => log::debug!("cannot subscribe to events: {e}"),
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(EVENTS_RECONNECT) => {}
+            }
+        }
     }
 }
 
