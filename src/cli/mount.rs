@@ -147,6 +147,14 @@ pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
     spawn_background(&mountpoint)
 }
 
+/// The default cache directory: `$XDG_CACHE_HOME/govcfs` or `~/.cache/govcfs`.
+pub fn default_cache_dir() -> PathBuf {
+    match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("govcfs"),
+        None => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".cache/govcfs"),
+    }
+}
+
 fn log_path(mountpoint: &Path) -> PathBuf {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
@@ -238,7 +246,10 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
         attr_ttl: Duration::from_secs_f64(args.attr_ttl.max(0.0)),
         cache_size: args.cache_size,
         prefetch: PrefetchConfig { chunk_size: args.chunk_size, max_read_ahead: args.max_read_ahead.max(args.chunk_size) },
+        read_only: args.read_only || is_commit,
+        cache_dir: args.cache_dir.clone().unwrap_or_else(default_cache_dir),
     };
+    let read_only = config.read_only;
     let fs = Arc::new(Fs::new(remote.clone(), config));
     {
         // Listings refresh as soon as the server announces a commit, not only after the TTL.
@@ -253,8 +264,7 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
         fuser::MountOption::NoAtime,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
-        // Writes arrive with the write-side issue; until then every mount is read-only.
-        fuser::MountOption::RO,
+        if read_only { fuser::MountOption::RO } else { fuser::MountOption::RW },
     ];
     // allow_other is carried by the session's ACL, which also passes it to the kernel.
     let mut fuse_config = fuser::Config::default();

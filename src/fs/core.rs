@@ -14,10 +14,19 @@ use bytes::Bytes;
 use super::error::{FsError, Result};
 use super::inodes::{Attr, Cached, InodeTable, ROOT_INO};
 use super::prefetch::PrefetchConfig;
-use super::read::{ReadHandle, Reader};
+use super::read::{Pinned, ReadHandle, Reader};
 use super::remote::Remote;
+use super::write::{WriteConfig, WriteHandle};
 use crate::api::EntryType;
 use crate::cache::ChunkCache;
+use crate::store::objects::normalize_file_mode;
+
+/// An open file.
+#[derive(Clone)]
+enum Handle {
+    Read(Arc<ReadHandle>),
+    Write(Arc<WriteHandle>),
+}
 
 /// Settings of the filesystem core.
 #[derive(Debug, Clone)]
@@ -28,19 +37,37 @@ pub struct FsConfig {
     pub cache_size: u64,
     /// Chunk and read-ahead settings.
     pub prefetch: PrefetchConfig,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// Spool files of writes and `recovery/` live here.
+    pub cache_dir: std::path::PathBuf,
 }
 
 impl Default for FsConfig {
     fn default() -> Self {
-        FsConfig { attr_ttl: Duration::from_secs(1), cache_size: 256 << 20, prefetch: PrefetchConfig::default() }
+        FsConfig {
+            attr_ttl: Duration::from_secs(1),
+            cache_size: 256 << 20,
+            prefetch: PrefetchConfig::default(),
+            read_only: false,
+            cache_dir: std::env::temp_dir().join("govcfs-cache"),
+        }
     }
+}
+
+/// The recovery directory under a cache directory.
+pub fn recovery_dir(cache_dir: &std::path::Path) -> std::path::PathBuf {
+    cache_dir.join("recovery")
 }
 
 /// The filesystem core over a [`Remote`].
 pub struct Fs<R: Remote> {
-    remote: Arc<R>,
-    inodes: Mutex<InodeTable>,
-    handles: Mutex<HashMap<u64, Arc<ReadHandle>>>,
+    pub(super) remote: Arc<R>,
+    pub(super) inodes: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    /// Files being written by this mount, by inode: their size is the writer's, and they stay
+    /// visible here before their first commit.
+    pending: Mutex<HashMap<u64, Arc<WriteHandle>>>,
     next_fh: AtomicU64,
     reader: Reader<R>,
     config: FsConfig,
@@ -55,6 +82,7 @@ impl<R: Remote> Fs<R> {
             remote,
             inodes: Mutex::new(InodeTable::new(config.attr_ttl)),
             handles: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             config,
         }
@@ -86,7 +114,39 @@ impl<R: Remote> Fs<R> {
             inodes.path(ino).unwrap_or_default().to_string()
         };
         let listing = self.remote.list_dir(&path).await?;
-        Ok(self.inodes.lock().expect("inodes lock").apply_listing(ino, &listing))
+        let pending: Vec<Arc<WriteHandle>> = self.pending.lock().expect("pending lock").values().cloned().collect();
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        let mut children = inodes.apply_listing(ino, &listing);
+        // Files this mount is writing stay visible until the server has them.
+        for handle in pending {
+            let hpath = handle.path();
+            let (parent, name) = hpath.rsplit_once('/').unwrap_or(("", hpath.as_str()));
+            if parent == path && !children.iter().any(|(n, _)| n == name) {
+                if let Some(attr) = inodes.record_local(ino, name, EntryType::File, handle.size(), crate::store::objects::MODE_FILE, crate::store::now_unix(), "") {
+                    children.push((name.to_string(), attr));
+                }
+            }
+        }
+        Ok(children)
+    }
+
+    /// The path of a directory inode, or an error.
+    pub(super) fn dir_path(&self, ino: u64) -> Result<String> {
+        let inodes = self.inodes.lock().expect("inodes lock");
+        match inodes.attr(ino) {
+            Some((attr, _)) if attr.kind == EntryType::Directory => Ok(inodes.path(ino).unwrap_or_default().to_string()),
+            Some(_) => Err(FsError::NotDir),
+            None => Err(FsError::NotFound(format!("inode {ino}"))),
+        }
+    }
+
+    /// Fails with EROFS on a read-only mount.
+    pub(super) fn check_writable(&self) -> Result<()> {
+        if self.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
     }
 
     /// Finds `name` in directory `parent`.
@@ -107,6 +167,12 @@ impl<R: Remote> Fs<R> {
 
     /// Attributes of `ino`, refreshed through its parent's listing when older than the TTL.
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        if let Some(handle) = self.pending.lock().expect("pending lock").get(&ino).cloned() {
+            if let Some((mut attr, _)) = self.inodes.lock().expect("inodes lock").attr(ino) {
+                attr.size = handle.size();
+                return Ok(attr);
+            }
+        }
         let (attr, fresh, parent) = {
             let inodes = self.inodes.lock().expect("inodes lock");
             let (attr, fresh) = inodes.attr(ino).ok_or(FsError::NotFound(format!("inode {ino}")))?;
@@ -156,18 +222,122 @@ impl<R: Remote> Fs<R> {
         let keep_cache = self.inodes.lock().expect("inodes lock").note_open(ino, &attr.hash);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(ReadHandle::new(ino, &attr.hash, attr.size, self.config.prefetch));
-        self.handles.lock().expect("handles lock").insert(fh, handle);
+        self.handles.lock().expect("handles lock").insert(fh, Handle::Read(handle));
         Ok((fh, keep_cache))
     }
 
-    fn handle(&self, fh: u64) -> Result<Arc<ReadHandle>> {
+    fn handle(&self, fh: u64) -> Result<Handle> {
         self.handles.lock().expect("handles lock").get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    fn write_config(&self) -> WriteConfig {
+        WriteConfig {
+            spool_dir: self.config.cache_dir.join("spool"),
+            recovery_dir: recovery_dir(&self.config.cache_dir),
+            chunk_size: self.remote.upload_chunk_size(),
+        }
+    }
+
+    fn register_writer(&self, handle: WriteHandle) -> u64 {
+        let handle = Arc::new(handle);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().expect("pending lock").insert(handle.ino, handle.clone());
+        self.handles.lock().expect("handles lock").insert(fh, Handle::Write(handle));
+        fh
+    }
+
+    /// Creates (or truncates) `name` in `parent` and opens it for writing. The file appears on
+    /// the server when the handle is flushed.
+    pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Attr, u64)> {
+        self.check_writable()?;
+        let dir = self.dir_path(parent)?;
+        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+        crate::store::paths::split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
+        let base = match self.lookup(parent, name).await {
+            Ok(a) if a.kind == EntryType::Directory => return Err(FsError::IsDir),
+            Ok(a) => Some(Pinned { blob: Arc::from(a.hash.as_str()), size: a.size }),
+            Err(FsError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let (_, git_mode) = normalize_file_mode(Some(mode));
+        let attr = self
+            .inodes
+            .lock()
+            .expect("inodes lock")
+            .record_local(parent, name, EntryType::File, 0, git_mode, crate::store::now_unix(), "")
+            .ok_or_else(|| FsError::NotFound(format!("inode {parent}")))?;
+        let handle = WriteHandle::new(attr.ino, &path, base, true, git_mode, self.write_config())?;
+        Ok((attr, self.register_writer(handle)))
+    }
+
+    /// Opens an existing file for writing (and reading, for `O_RDWR`).
+    pub async fn open_write(&self, ino: u64, truncate: bool) -> Result<u64> {
+        self.check_writable()?;
+        let attr = self.getattr(ino).await?;
+        if attr.kind == EntryType::Directory {
+            return Err(FsError::IsDir);
+        }
+        let path = self.inodes.lock().expect("inodes lock").path(ino).unwrap_or_default().to_string();
+        let existing = self.pending.lock().expect("pending lock").get(&ino).cloned();
+        if existing.is_some() {
+            // Another writer of this file is open here: its commit would race ours.
+            return Err(FsError::NotSupported(format!("{path:?} is already open for writing on this mount")));
+        }
+        let base = Pinned { blob: Arc::from(attr.hash.as_str()), size: attr.size };
+        let handle = WriteHandle::new(ino, &path, Some(base), truncate, attr.mode, self.write_config())?;
+        Ok(self.register_writer(handle))
+    }
+
+    /// Writes to a handle opened for writing; returns the bytes written.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        match self.handle(fh)? {
+            Handle::Write(w) => {
+                w.write(&self.remote, offset, data).await?;
+                Ok(data.len() as u32)
+            }
+            Handle::Read(_) => Err(FsError::BadHandle),
+        }
+    }
+
+    /// Commits what a write handle holds (close(2) and fsync(2) land here). Read handles have
+    /// nothing to do.
+    pub async fn flush(&self, fh: u64) -> Result<()> {
+        let Handle::Write(w) = self.handle(fh)? else { return Ok(()) };
+        self.commit_writer(&w).await
+    }
+
+    async fn commit_writer(&self, w: &Arc<WriteHandle>) -> Result<()> {
+        if let Some(done) = w.commit(&self.remote).await? {
+            let path = w.path();
+            let mut inodes = self.inodes.lock().expect("inodes lock");
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            if let Some(parent_ino) = inodes.ino_of(parent) {
+                inodes.record_local(parent_ino, name, EntryType::File, done.blob.size, done.mode, crate::store::now_unix(), &done.blob.hash);
+            }
+        }
+        Ok(())
+    }
+
+    /// The write handle behind a file handle number, if it is one.
+    pub(super) fn write_handle(&self, fh: u64) -> Option<Arc<WriteHandle>> {
+        match self.handle(fh).ok()? {
+            Handle::Write(w) => Some(w),
+            Handle::Read(_) => None,
+        }
+    }
+
+    /// The write handle of an inode being written on this mount, if any.
+    pub(super) fn pending_writer(&self, ino: u64) -> Option<Arc<WriteHandle>> {
+        self.pending.lock().expect("pending lock").get(&ino).cloned()
     }
 
     /// Reads from an open handle. A read at or past the end of the pinned version moves to a
     /// newer, longer version of the same path if there is one (so `tail -f` follows growth).
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes> {
-        let handle = self.handle(fh)?;
+        let handle = match self.handle(fh)? {
+            Handle::Read(h) => h,
+            Handle::Write(w) => return w.read(&self.remote, offset, len as u64).await,
+        };
         let pinned = handle.pinned();
         if offset >= pinned.size {
             if let Ok(current) = self.getattr(handle.ino).await {
@@ -180,12 +350,25 @@ impl<R: Remote> Fs<R> {
         self.reader.read(&handle, offset, len as u64).await
     }
 
-    /// Closes a handle and cancels its read-ahead.
-    pub fn release(&self, fh: u64) {
-        if let Some(handle) = self.handles.lock().expect("handles lock").remove(&fh) {
-            handle.close();
+    /// Closes a handle: cancels read-ahead, or commits what is left and drops the spool.
+    pub async fn release(&self, fh: u64) {
+        let handle = self.handles.lock().expect("handles lock").remove(&fh);
+        match handle {
+            Some(Handle::Read(h)) => h.close(),
+            Some(Handle::Write(w)) => {
+                if let Err(e) = self.commit_writer(&w).await {
+                    e.log("release");
+                }
+                let mut pending = self.pending.lock().expect("pending lock");
+                if pending.get(&w.ino).is_some_and(|p| Arc::ptr_eq(p, &w)) {
+                    pending.remove(&w.ino);
+                }
+                w.discard();
+            }
+            None => {}
         }
     }
+
 
     /// Open handles.
     pub fn open_handles(&self) -> usize {
@@ -232,6 +415,7 @@ mod tests {
             attr_ttl: Duration::from_secs(60),
             cache_size: 1 << 20,
             prefetch: PrefetchConfig { chunk_size: 64 << 10, max_read_ahead: 256 << 10 },
+            ..FsConfig::default()
         }
     }
 
@@ -259,7 +443,7 @@ mod tests {
         }
         assert_eq!(out, content);
         assert!(fs.read(fh, 300_000, 10).await.unwrap().is_empty());
-        fs.release(fh);
+        fs.release(fh).await;
         // one listing per directory, not one per file
         assert_eq!(remote.listings.load(Ordering::Relaxed), 2);
     }

@@ -23,6 +23,18 @@ pub enum FsError {
     /// The server could not be reached or answered with a failure.
     #[error("remote error: {0}")]
     Remote(String),
+    /// Someone else changed the path first (a failed `expect`).
+    #[error("conflict: {0} changed on the server")]
+    Conflict(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("operation not permitted: {0}")]
+    NotPermitted(String),
+    /// A local spool or cache file could not be used.
+    #[error("local I/O error: {0}")]
+    Local(String),
 }
 
 impl FsError {
@@ -36,14 +48,17 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::NotSupported(_) => libc::ENOTSUP,
-            FsError::Remote(_) => libc::EIO,
+            FsError::Remote(_) | FsError::Conflict(_) | FsError::Local(_) => libc::EIO,
+            FsError::Exists(_) => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NotPermitted(_) => libc::EPERM,
         }
     }
 
     /// Routine errors (a missing name) are logged at debug, real failures at warn.
     pub fn log(&self, operation: &str) {
         match self {
-            FsError::NotFound(_) => log::debug!("{operation}: {self}"),
+            FsError::NotFound(_) | FsError::Exists(_) | FsError::NotEmpty => log::debug!("{operation}: {self}"),
             _ => log::warn!("{operation}: {self}"),
         }
     }
@@ -53,8 +68,18 @@ impl From<ClientError> for FsError {
     fn from(e: ClientError) -> Self {
         match e.status() {
             Some(404) => FsError::NotFound(e.to_string()),
+            Some(409) => FsError::Conflict(match &e {
+                ClientError::Http { path: Some(p), .. } => p.clone(),
+                other => other.to_string(),
+            }),
             _ => FsError::Remote(e.to_string()),
         }
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> Self {
+        FsError::Local(e.to_string())
     }
 }
 

@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
 };
+use std::path::Path;
 
 use super::core::Fs;
 use super::error::FsError;
@@ -174,11 +176,16 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            reply.error(Errno::from_i32(libc::EROFS));
+            let truncate = flags.0 & libc::O_TRUNC != 0;
+            // Writes must reach us in order and uncached, so the kernel gets no page cache here.
+            self.spawn("open", async move { fs.open_write(ino.0, truncate).await }, move |r| match r {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                Err(e) => reply.error(errno(&e)),
+            });
             return;
         }
-        let fs = self.fs.clone();
         self.spawn("open", async move { fs.open(ino.0).await }, move |r| match r {
             Ok((fh, keep)) => reply.opened(FileHandle(fh), if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }),
             Err(e) => reply.error(errno(&e)),
@@ -213,13 +220,177 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            fs.release(fh.0).await;
+            reply.ok();
+        });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Nothing is buffered on the read side.
-        reply.ok();
+    fn create(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        let fs = self.fs.clone();
+        let name = name_str(name);
+        let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
+        self.spawn("create", async move { fs.create(parent.0, &name?, mode & !umask).await }, move |r| match r {
+            Ok((attr, fh)) => reply.created(&ttl, &to_file_attr(&attr, uid, gid), Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let fs = self.fs.clone();
+        let data = data.to_vec();
+        self.spawn("write", async move { fs.write(fh.0, offset, &data).await }, move |r| match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        self.spawn("fsync", async move { fs.flush(fh.0).await }, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let name = name_str(name);
+        let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
+        self.spawn("mkdir", async move { fs.mkdir(parent.0, &name?).await }, move |r| match r {
+            Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, uid, gid), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name_str(name);
+        self.spawn("rmdir", async move { fs.rmdir(parent.0, &name?).await }, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name_str(name);
+        self.spawn("unlink", async move { fs.unlink(parent.0, &name?).await }, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            log::warn!("rename: RENAME_EXCHANGE and RENAME_WHITEOUT are not supported");
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        }
+        let fs = self.fs.clone();
+        let (name, newname) = (name_str(name), name_str(newname));
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        self.spawn(
+            "rename",
+            async move { fs.rename(parent.0, &name?, newparent.0, &newname?, no_replace).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fs = self.fs.clone();
+        let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
+        let mtime = mtime.map(|t| {
+            let time = match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => std::time::SystemTime::now(),
+            };
+            time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+        });
+        self.spawn("setattr", async move { fs.setattr(ino.0, mode, size, mtime, fh.map(|f| f.0)).await }, move |r| match r {
+            Ok(attr) => reply.attr(&ttl, &to_file_attr(&attr, uid, gid)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let name = name_str(link_name);
+        let target = target.to_str().map(str::to_string).ok_or_else(|| FsError::Invalid("a target that is not UTF-8".into()));
+        let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
+        self.spawn("symlink", async move { fs.symlink(parent.0, &name?, &target?).await }, move |r| match r {
+            Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, uid, gid), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        log::info!("link {newname:?}: hard links are not supported");
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn mknod(&self, _req: &Request, _parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+        // Regular files arrive through create(); FIFOs, sockets and devices cannot be stored.
+        log::warn!("mknod {name:?} (mode {mode:o}): only regular files, directories and symlinks can be stored");
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // close(2): a write handle commits here, so close returns the real outcome.
+        let fs = self.fs.clone();
+        self.spawn("flush", async move { fs.flush(fh.0).await }, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -280,7 +451,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        if mask.contains(AccessFlags::W_OK) {
+        if mask.contains(AccessFlags::W_OK) && self.fs.config().read_only {
             reply.error(Errno::from_i32(libc::EROFS));
         } else {
             reply.ok();

@@ -174,6 +174,73 @@ impl InodeTable {
         self.by_path.insert(path.to_string(), ino);
     }
 
+    /// Records an entry this mount created or changed, ahead of the next listing, and returns
+    /// its attributes. The directory's cached listing gains the name.
+    pub fn record_local(&mut self, dir: u64, name: &str, kind: EntryType, size: u64, mode: u32, mtime: i64, hash: &str) -> Option<Attr> {
+        let dir_path = self.path(dir)?.to_string();
+        let path = child_path(&dir_path, name);
+        let entry = Entry { name: name.to_string(), path: path.clone(), kind, size, mode, mtime, hash: hash.to_string() };
+        self.upsert(&path, &entry, Instant::now());
+        if let Some((names, _)) = self.nodes.get_mut(&dir).and_then(|n| n.listing.as_mut()) {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        let ino = *self.by_path.get(&path)?;
+        Some(self.nodes.get(&ino)?.attr.clone())
+    }
+
+    /// Forgets a name this mount removed, ahead of the next listing.
+    pub fn remove_local(&mut self, dir: u64, name: &str) {
+        let Some(dir_path) = self.path(dir).map(str::to_string) else { return };
+        self.by_path.remove(&child_path(&dir_path, name));
+        if let Some((names, _)) = self.nodes.get_mut(&dir).and_then(|n| n.listing.as_mut()) {
+            names.retain(|n| n != name);
+        }
+    }
+
+    /// Moves `from` (and everything below it) to `to`, keeping inode numbers: after a rename
+    /// the kernel goes on using the inodes it has. Whatever `to` named before is forgotten.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let below = format!("{from}/");
+        let moved: Vec<(String, u64)> =
+            self.by_path.iter().filter(|(p, _)| *p == from || p.starts_with(&below)).map(|(p, i)| (p.clone(), *i)).collect();
+        let target_below = format!("{to}/");
+        self.by_path.retain(|p, _| p != to && !p.starts_with(&target_below));
+        for (old, ino) in moved {
+            self.by_path.remove(&old);
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.path = new.clone();
+            }
+            self.by_path.insert(new, ino);
+        }
+        for (path, name_from) in [(from, true), (to, false)] {
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+            if let Some((names, _)) = self.by_path.get(parent).copied().and_then(|i| self.nodes.get_mut(&i)).and_then(|n| n.listing.as_mut()) {
+                names.retain(|n| n != name);
+                if !name_from {
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+
+    /// Drops a directory's cached listing (and the listings below it), so it is listed again.
+    pub fn expire_dir(&mut self, dir: u64) {
+        let Some(prefix) = self.path(dir).map(str::to_string) else { return };
+        for node in self.nodes.values_mut() {
+            if node.path == prefix || prefix.is_empty() || node.path.starts_with(&format!("{prefix}/")) {
+                node.listing = None;
+            }
+        }
+    }
+
+    /// The inode of a path, if known.
+    pub fn ino_of(&self, path: &str) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
     /// Records an `open` of blob `hash` on `ino`; returns whether the kernel may keep the
     /// pages it cached (true only if the previous open saw the same blob).
     pub fn note_open(&mut self, ino: u64, hash: &str) -> bool {
@@ -255,5 +322,22 @@ mod tests {
         assert!(!t.note_open(a.ino, "h1"));
         assert!(t.note_open(a.ino, "h1"));
         assert!(!t.note_open(a.ino, "h2"));
+    }
+}
+
+#[cfg(test)]
+mod rename_tests {
+    use super::*;
+
+    #[test]
+    fn rename_keeps_inodes_and_moves_children() {
+        let mut t = InodeTable::new(Duration::from_secs(60));
+        let dir = t.record_local(ROOT_INO, "x", EntryType::Directory, 0, 0o40000, 0, "t").unwrap();
+        let file = t.record_local(dir.ino, "f", EntryType::File, 1, 0o100644, 0, "h").unwrap();
+        t.rename("x", "z");
+        assert_eq!(t.path(dir.ino), Some("z"));
+        assert_eq!(t.path(file.ino), Some("z/f"));
+        assert_eq!(t.ino_of("z/f"), Some(file.ino));
+        assert_eq!(t.ino_of("x"), None);
     }
 }

@@ -9,8 +9,11 @@ use bytes::Bytes;
 
 use super::error::{FsError, Result};
 use super::remote::Remote;
-use crate::api::{Entry, EntryType, TreeListing};
-use crate::store::objects::{blob_id, MODE_DIR, MODE_FILE};
+use crate::api::{BlobInfo, Change, CommitCreated, Entry, EntryType, TreeListing, UploadStarted};
+use crate::store::objects::{blob_id, md5_hex, MODE_DIR, MODE_FILE};
+
+/// Chunk size of the mock's uploads: small, so tests cross chunk boundaries cheaply.
+pub const MOCK_UPLOAD_CHUNK: u64 = 64 << 10;
 
 /// Files by path, every blob ever put (old versions stay readable, as on the server), and
 /// counters of the requests made.
@@ -18,6 +21,10 @@ use crate::store::objects::{blob_id, MODE_DIR, MODE_FILE};
 pub struct MemRemote {
     files: Mutex<BTreeMap<String, Bytes>>,
     blobs: Mutex<std::collections::HashMap<String, Bytes>>,
+    uploads: Mutex<std::collections::HashMap<String, BTreeMap<u64, Bytes>>>,
+    next_upload: AtomicU64,
+    /// When set, every write operation fails (to test failure handling).
+    pub fail_writes: std::sync::atomic::AtomicBool,
     /// `list_dir` calls so far.
     pub listings: AtomicU64,
     /// `read_range` calls so far.
@@ -37,6 +44,23 @@ impl MemRemote {
     /// Removes a file.
     pub fn remove(&self, path: &str) {
         self.files.lock().expect("lock").remove(path);
+    }
+
+    /// The content of a file, if it exists.
+    pub fn get(&self, path: &str) -> Option<Bytes> {
+        self.files.lock().expect("lock").get(path).cloned()
+    }
+
+    /// Paths of all files.
+    pub fn paths(&self) -> Vec<String> {
+        self.files.lock().expect("lock").keys().cloned().collect()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err(FsError::Remote("injected failure".into()));
+        }
+        Ok(())
     }
 }
 
@@ -74,5 +98,94 @@ impl Remote for MemRemote {
         let start = (range.start as usize).min(end);
         self.bytes_read.fetch_add((end - start) as u64, Ordering::Relaxed);
         Ok(data.slice(start..end))
+    }
+
+    fn upload_chunk_size(&self) -> u64 {
+        MOCK_UPLOAD_CHUNK
+    }
+
+    async fn start_upload(&self) -> Result<UploadStarted> {
+        self.check_writable()?;
+        let id = format!("u{}", self.next_upload.fetch_add(1, Ordering::Relaxed));
+        self.uploads.lock().expect("lock").insert(id.clone(), BTreeMap::new());
+        Ok(UploadStarted { upload_id: id, chunk_size: MOCK_UPLOAD_CHUNK })
+    }
+
+    async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {
+        self.check_writable()?;
+        let mut uploads = self.uploads.lock().expect("lock");
+        let chunks = uploads.get_mut(upload_id).ok_or_else(|| FsError::NotFound(upload_id.into()))?;
+        chunks.insert(index, data);
+        Ok(())
+    }
+
+    async fn complete_upload(&self, upload_id: &str) -> Result<BlobInfo> {
+        self.check_writable()?;
+        let chunks = self.uploads.lock().expect("lock").remove(upload_id).ok_or_else(|| FsError::NotFound(upload_id.into()))?;
+        let mut data = Vec::new();
+        for (position, (index, chunk)) in chunks.iter().enumerate() {
+            if *index != position as u64 || (position + 1 < chunks.len() && chunk.len() as u64 != MOCK_UPLOAD_CHUNK) {
+                return Err(FsError::Remote(format!("bad chunk layout at {index}")));
+            }
+            data.extend_from_slice(chunk);
+        }
+        let hash = blob_id(&data);
+        let info = BlobInfo { hash: hash.clone(), size: data.len() as u64, md5: md5_hex(&data) };
+        self.blobs.lock().expect("lock").insert(hash, Bytes::from(data));
+        Ok(info)
+    }
+
+    async fn abort_upload(&self, upload_id: &str) -> Result<()> {
+        self.uploads.lock().expect("lock").remove(upload_id);
+        Ok(())
+    }
+
+    async fn commit(&self, changes: Vec<Change>, _message: String) -> Result<CommitCreated> {
+        self.check_writable()?;
+        let blobs = self.blobs.lock().expect("lock");
+        let mut files = self.files.lock().expect("lock");
+        let mut next = files.clone();
+        for change in changes {
+            match change {
+                Change::Put { path, hash, expect, .. } => {
+                    if let Some(expected) = expect {
+                        if next.get(&path).map(|d| blob_id(d)) != expected {
+                            return Err(FsError::Conflict(path));
+                        }
+                    }
+                    let data = blobs.get(&hash).ok_or_else(|| FsError::Remote(format!("unknown blob {hash}")))?;
+                    next.insert(path, data.clone());
+                }
+                Change::Delete { path, expect } => {
+                    if let Some(expected) = expect {
+                        if next.get(&path).map(|d| blob_id(d)) != expected {
+                            return Err(FsError::Conflict(path));
+                        }
+                    }
+                    let prefix = format!("{path}/");
+                    let before = next.len();
+                    next.retain(|p, _| p != &path && !p.starts_with(&prefix));
+                    if next.len() == before {
+                        return Err(FsError::NotFound(path));
+                    }
+                }
+                Change::Move { from, to } => {
+                    let prefix = format!("{from}/");
+                    let moved: Vec<(String, Bytes)> =
+                        next.iter().filter(|(p, _)| **p == from || p.starts_with(&prefix)).map(|(p, d)| (p.clone(), d.clone())).collect();
+                    if moved.is_empty() {
+                        return Err(FsError::NotFound(from));
+                    }
+                    for (p, d) in moved {
+                        next.remove(&p);
+                        next.insert(format!("{to}{}", &p[from.len()..]), d);
+                    }
+                }
+                // The mock has no empty directories: a directory exists while it holds files.
+                Change::Mkdir { .. } => {}
+            }
+        }
+        *files = next;
+        Ok(CommitCreated { commit: "c".repeat(64), branch: "main".into() })
     }
 }

@@ -11,9 +11,11 @@ pub mod error;
 pub mod fuse;
 pub mod inodes;
 pub mod mock;
+mod namespace;
 pub mod prefetch;
 pub mod read;
 pub mod remote;
+pub mod write;
 
 pub use self::core::{Fs, FsConfig};
 pub use error::FsError;

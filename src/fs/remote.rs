@@ -7,7 +7,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::error::Result;
-use crate::api::TreeListing;
+use crate::api::{BlobInfo, Change, CommitCreated, CommitRequest, TreeListing, UploadStarted};
 use crate::client::{CancellationToken, Client};
 
 /// The server as the filesystem sees it.
@@ -16,6 +16,18 @@ pub trait Remote: Send + Sync + 'static {
     fn list_dir(&self, path: &str) -> impl Future<Output = Result<TreeListing>> + Send;
     /// Reads `range` of a blob (checksummed by the implementation).
     fn read_range(&self, hash: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes>> + Send;
+    /// The chunk size [`start_upload`](Self::start_upload) will answer with.
+    fn upload_chunk_size(&self) -> u64;
+    /// Starts a resumable upload; returns its id and chunk size.
+    fn start_upload(&self) -> impl Future<Output = Result<UploadStarted>> + Send;
+    /// Stores chunk `index` of an upload (checksummed, retried by the implementation).
+    fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// Assembles an upload into a blob.
+    fn complete_upload(&self, upload_id: &str) -> impl Future<Output = Result<BlobInfo>> + Send;
+    /// Drops an upload.
+    fn abort_upload(&self, upload_id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Applies changes to the mounted branch in one commit.
+    fn commit(&self, changes: Vec<Change>, message: String) -> impl Future<Output = Result<CommitCreated>> + Send;
 }
 
 /// How long to wait before reconnecting a broken event stream.
@@ -86,4 +98,33 @@ impl Remote for ClientRemote {
     async fn read_range(&self, hash: &str, range: Range<u64>) -> Result<Bytes> {
         Ok(self.client.read_range(hash, range, &self.cancel).await?)
     }
+
+    fn upload_chunk_size(&self) -> u64 {
+        UPLOAD_CHUNK
+    }
+
+    async fn start_upload(&self) -> Result<UploadStarted> {
+        Ok(self.client.start_upload(Some(UPLOAD_CHUNK), &self.cancel).await?)
+    }
+
+    async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {
+        Ok(self.client.put_chunk(upload_id, index, data, None, &self.cancel).await?)
+    }
+
+    async fn complete_upload(&self, upload_id: &str) -> Result<BlobInfo> {
+        Ok(self.client.complete_upload(upload_id, &self.cancel).await?)
+    }
+
+    async fn abort_upload(&self, upload_id: &str) -> Result<()> {
+        Ok(self.client.abort_upload(upload_id).await?)
+    }
+
+    async fn commit(&self, changes: Vec<Change>, message: String) -> Result<CommitCreated> {
+        let request = CommitRequest { branch: self.reference.clone(), message, changes };
+        Ok(self.client.commit(&request, &self.cancel).await?)
+    }
 }
+
+/// Chunk size the mount asks for when it uploads: large enough for throughput, small enough
+/// that the chunks in flight keep the mount's memory low.
+const UPLOAD_CHUNK: u64 = 4 << 20;

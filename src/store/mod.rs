@@ -100,7 +100,8 @@ fn object_path(repo: &str, id: &str) -> object_store::path::Path {
     object_store::path::Path::from(format!("repos/{repo}/objects/{}/{id}", &id[..2]))
 }
 
-fn now_unix() -> i64 {
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

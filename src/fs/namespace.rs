@@ -1,0 +1,207 @@
+//! Namespace changes made through the mount: each is one commit that checks, with `expect`,
+//! that the server still has what this mount saw, so two mounts never silently overwrite
+//! each other.
+
+use super::core::Fs;
+use super::error::{FsError, Result};
+use super::inodes::Attr;
+use super::remote::Remote;
+use crate::api::{Change, EntryType};
+use crate::store::objects::{normalize_file_mode, MODE_DIR, MODE_SYMLINK};
+use crate::store::now_unix;
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+}
+
+/// Git mode of a file with the executable bit taken from a chmod mode.
+fn with_exec_bit(mode: u32) -> u32 {
+    normalize_file_mode(Some(mode)).1
+}
+
+impl<R: Remote> Fs<R> {
+    async fn commit_changes(&self, changes: Vec<Change>, message: String) -> Result<()> {
+        self.remote.commit(changes, message).await.map(|_| ())
+    }
+
+    fn child_path(&self, parent: u64, name: &str) -> Result<String> {
+        let path = join(&self.dir_path(parent)?, name);
+        crate::store::paths::split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
+        Ok(path)
+    }
+
+    /// `mkdir`: an empty directory, committed at once.
+    pub async fn mkdir(&self, parent: u64, name: &str) -> Result<Attr> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        match self.lookup(parent, name).await {
+            Ok(_) => return Err(FsError::Exists(path)),
+            Err(FsError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.commit_changes(vec![Change::Mkdir { path: path.clone() }], format!("mkdir {path}")).await?;
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        inodes.record_local(parent, name, EntryType::Directory, 0, MODE_DIR, now_unix(), "").ok_or(FsError::NotFound(path))
+    }
+
+    /// `rmdir`: only an empty directory; refused if it gained entries on the server.
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        let attr = self.lookup(parent, name).await?;
+        if attr.kind != EntryType::Directory {
+            return Err(FsError::NotDir);
+        }
+        self.inodes.lock().expect("inodes lock").expire_dir(attr.ino);
+        if !self.readdir(attr.ino).await?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        // Re-read the tree id the listing confirmed, so the commit checks emptiness on the server.
+        let attr = self.lookup(parent, name).await?;
+        let change = Change::Delete { path: path.clone(), expect: Some(Some(attr.hash.clone())) };
+        match self.commit_changes(vec![change], format!("rmdir {path}")).await {
+            Err(FsError::Conflict(_)) => Err(FsError::NotEmpty),
+            other => other,
+        }?;
+        self.inodes.lock().expect("inodes lock").remove_local(parent, name);
+        Ok(())
+    }
+
+    /// `unlink`: the file must still be the version this mount knows.
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        let attr = self.lookup(parent, name).await?;
+        if attr.kind == EntryType::Directory {
+            return Err(FsError::IsDir);
+        }
+        if attr.hash.is_empty() {
+            // Only pending here (never committed): there is nothing on the server to delete.
+            return Err(FsError::NotSupported(format!("{path:?} is still being written")));
+        }
+        let change = Change::Delete { path: path.clone(), expect: Some(Some(attr.hash.clone())) };
+        self.commit_changes(vec![change], format!("delete {path}")).await?;
+        self.inodes.lock().expect("inodes lock").remove_local(parent, name);
+        Ok(())
+    }
+
+    /// `rename`, atomic in one commit. `no_replace` is RENAME_NOREPLACE.
+    pub async fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, no_replace: bool) -> Result<()> {
+        self.check_writable()?;
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        let source = self.lookup(parent, name).await?;
+        let target = match self.lookup(new_parent, new_name).await {
+            Ok(t) => Some(t),
+            Err(FsError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if from == to {
+            return Ok(());
+        }
+        if no_replace && target.is_some() {
+            return Err(FsError::Exists(to));
+        }
+        if source.hash.is_empty() {
+            return Err(FsError::NotSupported(format!("{from:?} is still being written; close it first")));
+        }
+        let changes = match (source.kind, target.as_ref().map(|t| t.kind)) {
+            (EntryType::Directory, Some(EntryType::Directory)) => {
+                let t = target.as_ref().expect("matched");
+                if !self.readdir(t.ino).await?.is_empty() {
+                    return Err(FsError::NotEmpty);
+                }
+                vec![Change::Move { from: from.clone(), to: to.clone() }]
+            }
+            (EntryType::Directory, Some(_)) => return Err(FsError::NotDir),
+            (EntryType::Directory, None) => vec![Change::Move { from: from.clone(), to: to.clone() }],
+            (_, Some(EntryType::Directory)) => return Err(FsError::IsDir),
+            (kind, _) => {
+                // A file: put the same blob at the target (which must still be what we saw)
+                // and delete the source (likewise), together.
+                let mode = if kind == EntryType::Symlink { MODE_SYMLINK } else { source.mode };
+                vec![
+                    Change::Put {
+                        path: to.clone(),
+                        hash: source.hash.clone(),
+                        mode: Some(mode),
+                        mtime: Some(source.mtime),
+                        expect: Some(target.as_ref().map(|t| t.hash.clone())),
+                    },
+                    Change::Delete { path: from.clone(), expect: Some(Some(source.hash.clone())) },
+                ]
+            }
+        };
+        self.commit_changes(changes, format!("rename {from} -> {to}")).await?;
+        self.inodes.lock().expect("inodes lock").rename(&from, &to);
+        Ok(())
+    }
+
+    /// `setattr`: size (truncate), the executable bit and the modification time.
+    pub async fn setattr(&self, ino: u64, mode: Option<u32>, size: Option<u64>, mtime: Option<i64>, fh: Option<u64>) -> Result<Attr> {
+        if mode.is_none() && size.is_none() && mtime.is_none() {
+            return self.getattr(ino).await;
+        }
+        self.check_writable()?;
+        if let Some(size) = size {
+            match fh.and_then(|fh| self.write_handle(fh)).or_else(|| self.pending_writer(ino)) {
+                Some(w) => w.truncate(size).await?,
+                None => {
+                    // truncate(2) by path: a short-lived write handle, committed at once.
+                    let fh = self.open_write(ino, size == 0).await?;
+                    let outcome = async {
+                        if let Some(w) = self.write_handle(fh) {
+                            w.truncate(size).await?;
+                        }
+                        self.flush(fh).await
+                    }
+                    .await;
+                    self.release(fh).await;
+                    outcome?;
+                }
+            }
+        }
+        let attr = self.getattr(ino).await?;
+        if mode.is_some() || mtime.is_some() {
+            let new_mode = mode.map_or(attr.mode, with_exec_bit);
+            if let Some(w) = self.pending_writer(ino) {
+                w.set_mode(new_mode).await;
+            } else if attr.kind == EntryType::File && (new_mode != attr.mode || mtime.is_some_and(|m| m != attr.mtime)) {
+                let path = self.inodes.lock().expect("inodes lock").path(ino).unwrap_or_default().to_string();
+                let change = Change::Put {
+                    path: path.clone(),
+                    hash: attr.hash.clone(),
+                    mode: Some(new_mode),
+                    mtime: Some(mtime.unwrap_or(attr.mtime)),
+                    expect: Some(Some(attr.hash.clone())),
+                };
+                self.commit_changes(vec![change], format!("setattr {path}")).await?;
+                let mut inodes = self.inodes.lock().expect("inodes lock");
+                if let (Some(parent), Some(name)) = (inodes.parent_path(ino), path.rsplit('/').next().map(str::to_string)) {
+                    if let Some(parent_ino) = inodes.ino_of(&parent) {
+                        inodes.record_local(parent_ino, &name, attr.kind, attr.size, new_mode, mtime.unwrap_or(attr.mtime), &attr.hash);
+                    }
+                }
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    /// `symlink`: the target is stored as a blob with the symlink mode.
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Attr> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        let started = self.remote.start_upload().await?;
+        if !target.is_empty() {
+            self.remote.put_chunk(&started.upload_id, 0, bytes::Bytes::from(target.as_bytes().to_vec())).await?;
+        }
+        let blob = self.remote.complete_upload(&started.upload_id).await?;
+        let change = Change::Put { path: path.clone(), hash: blob.hash.clone(), mode: Some(MODE_SYMLINK), mtime: None, expect: Some(None) };
+        match self.commit_changes(vec![change], format!("symlink {path}")).await {
+            Err(FsError::Conflict(_)) => return Err(FsError::Exists(path)),
+            other => other?,
+        }
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        inodes.record_local(parent, name, EntryType::Symlink, blob.size, MODE_SYMLINK, now_unix(), &blob.hash).ok_or(FsError::NotFound(path))
+    }
+}

@@ -1,0 +1,368 @@
+//! Open files for writing.
+//!
+//! Every byte written lands in a local spool file first (so a failed close never loses data:
+//! the spool becomes the recovery copy). While an application writes a new or truncated file
+//! front to back, full chunks also stream to a resumable upload in the background, at most
+//! `MAX_PUTS_IN_FLIGHT` at once (a slow server slows the writer; memory stays flat). The first
+//! write that is not an append turns streaming off: from then on chunks upload at commit time,
+//! except those already uploaded and not changed since. An existing file opened without
+//! `O_TRUNC` is filled into the spool lazily, chunk by chunk, only where it is read or
+//! partially overwritten.
+//!
+//! A commit (on flush/fsync) finishes the upload and commits `put path = blob` with `expect` =
+//! the blob seen at open, so a concurrent change elsewhere is a conflict, never a silent loss.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::error::{FsError, Result};
+use super::read::Pinned;
+use super::remote::Remote;
+use crate::api::{BlobInfo, Change};
+
+/// Chunk PUTs one write handle keeps in flight.
+const MAX_PUTS_IN_FLIGHT: usize = 4;
+
+/// Where write handles keep their bytes.
+#[derive(Debug, Clone)]
+pub struct WriteConfig {
+    /// Spool files of open write handles.
+    pub spool_dir: PathBuf,
+    /// Copies of writes whose close failed (`govcfs recover` lists them).
+    pub recovery_dir: PathBuf,
+    /// Upload chunk size (the server must accept it as is).
+    pub chunk_size: u64,
+}
+
+struct Upload {
+    id: String,
+    /// Chunk index → length of what the server holds for it.
+    uploaded: BTreeMap<u64, u64>,
+    puts: JoinSet<Result<(u64, u64)>>,
+}
+
+struct WriteState {
+    spool: std::fs::File,
+    size: u64,
+    /// The version the file had at open; its bytes are valid below `base_valid`.
+    base: Option<Pinned>,
+    base_valid: u64,
+    /// Chunks whose bytes in the spool are complete (filled from the base, or beyond it).
+    present: BTreeSet<u64>,
+    /// Blob the server must still have at commit (`None`: the path must not exist).
+    expect: Option<String>,
+    /// Still a pure front-to-back write: full chunks stream out as they fill.
+    streaming: bool,
+    /// Bytes of the current partial chunk while streaming.
+    tail: BytesMut,
+    upload: Option<Upload>,
+    dirty: bool,
+    mode: u32,
+}
+
+/// One file open for writing.
+pub struct WriteHandle {
+    pub ino: u64,
+    path: Mutex<String>,
+    spool_path: PathBuf,
+    /// Current size, readable without waiting for a write in progress.
+    size: AtomicU64,
+    state: tokio::sync::Mutex<WriteState>,
+    config: WriteConfig,
+}
+
+/// What a successful commit produced.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub blob: BlobInfo,
+    pub mode: u32,
+}
+
+fn chunks_of(size: u64, cs: u64) -> u64 {
+    size.div_ceil(cs)
+}
+
+impl WriteHandle {
+    /// A handle on `path`. `base` is the version at open (`None` for a new file);
+    /// `truncate` starts it empty.
+    pub fn new(ino: u64, path: &str, base: Option<Pinned>, truncate: bool, mode: u32, config: WriteConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.spool_dir)?;
+        let spool_path = config.spool_dir.join(format!("spool-{}", uuid::Uuid::new_v4()));
+        let spool = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&spool_path)?;
+        let expect = base.as_ref().map(|b| b.blob.to_string());
+        let size = if truncate { 0 } else { base.as_ref().map_or(0, |b| b.size) };
+        spool.set_len(size)?;
+        let is_new = expect.is_none();
+        let state = WriteState {
+            spool,
+            size,
+            base_valid: size,
+            base,
+            present: BTreeSet::new(),
+            expect,
+            streaming: size == 0,
+            tail: BytesMut::new(),
+            upload: None,
+            // A new or truncated file is a change even if nothing is written.
+            dirty: truncate || is_new,
+            mode,
+        };
+        Ok(WriteHandle {
+            ino,
+            path: Mutex::new(path.to_string()),
+            spool_path,
+            size: AtomicU64::new(size),
+            state: tokio::sync::Mutex::new(state),
+            config,
+        })
+    }
+
+    /// The repository path the handle commits to.
+    pub fn path(&self) -> String {
+        self.path.lock().expect("path lock").clone()
+    }
+
+    /// Follows a rename of the file while it is open.
+    pub fn set_path(&self, path: &str) {
+        *self.path.lock().expect("path lock") = path.to_string();
+    }
+
+    /// The current size.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Sets the mode committed with the file.
+    pub async fn set_mode(&self, mode: u32) {
+        let mut s = self.state.lock().await;
+        s.mode = mode;
+        s.dirty = true;
+    }
+
+    /// Writes `data` at `offset`.
+    pub async fn write<R: Remote>(&self, remote: &Arc<R>, offset: u64, data: &[u8]) -> Result<()> {
+        let cs = self.config.chunk_size;
+        let mut s = self.state.lock().await;
+        if s.streaming && offset == s.size {
+            s.spool.write_all_at(data, offset)?;
+            s.size += data.len() as u64;
+            s.tail.extend_from_slice(data);
+            while s.tail.len() as u64 >= cs {
+                let index = (s.size - s.tail.len() as u64) / cs;
+                let chunk = s.tail.split_to(cs as usize).freeze();
+                self.send_chunk(&mut s, remote, index, chunk).await?;
+            }
+        } else {
+            if s.streaming {
+                log::debug!("{}: write at {offset} is not an append; spooling", self.path());
+                s.streaming = false;
+                s.tail.clear();
+            }
+            let end = offset + data.len() as u64;
+            for index in offset / cs..end.div_ceil(cs).max(offset / cs + 1) {
+                let partial = offset > index * cs || end < ((index + 1) * cs).min(end.max(s.size));
+                if partial {
+                    self.fill(&mut s, remote, index).await?;
+                }
+                s.present.insert(index);
+                if let Some(up) = s.upload.as_mut() {
+                    up.uploaded.remove(&index);
+                }
+            }
+            s.spool.write_all_at(data, offset)?;
+            s.size = s.size.max(end);
+        }
+        s.dirty = true;
+        self.size.store(s.size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads through the handle (for `O_RDWR`): the spool, filled from the base as needed.
+    pub async fn read<R: Remote>(&self, remote: &Arc<R>, offset: u64, len: u64) -> Result<Bytes> {
+        let cs = self.config.chunk_size;
+        let mut s = self.state.lock().await;
+        if offset >= s.size {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len).min(s.size);
+        for index in offset / cs..end.div_ceil(cs) {
+            self.fill(&mut s, remote, index).await?;
+        }
+        let mut buf = vec![0; (end - offset) as usize];
+        s.spool.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Changes the size (truncate up or down).
+    pub async fn truncate(&self, new_size: u64) -> Result<()> {
+        let cs = self.config.chunk_size;
+        let mut s = self.state.lock().await;
+        let old = s.size;
+        if new_size == old && !s.streaming {
+            return Ok(());
+        }
+        s.streaming = false;
+        s.tail.clear();
+        s.base_valid = s.base_valid.min(new_size);
+        s.spool.set_len(new_size)?;
+        // Chunks from the one holding the old or new end onwards change length or content.
+        let first_changed = old.min(new_size) / cs;
+        if let Some(up) = s.upload.as_mut() {
+            up.uploaded.retain(|i, _| *i < first_changed);
+        }
+        s.size = new_size;
+        s.dirty = true;
+        self.size.store(new_size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Copies chunk `index` of the base into the spool, if it is needed and not there yet.
+    async fn fill<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, index: u64) -> Result<()> {
+        let cs = self.config.chunk_size;
+        let start = index * cs;
+        let end = ((index + 1) * cs).min(s.base_valid).min(s.size);
+        if s.present.contains(&index) || s.streaming || start >= end {
+            return Ok(());
+        }
+        let Some(base) = s.base.clone() else { return Ok(()) };
+        let data = remote.read_range(&base.blob, start..end).await?;
+        if data.len() as u64 != end - start {
+            return Err(FsError::Remote(format!("short read of {}: {} of {} bytes", base.blob, data.len(), end - start)));
+        }
+        s.spool.write_all_at(&data, start)?;
+        s.present.insert(index);
+        Ok(())
+    }
+
+    async fn send_chunk<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, index: u64, data: Bytes) -> Result<()> {
+        if s.upload.is_none() {
+            let started = remote.start_upload().await?;
+            if started.chunk_size != self.config.chunk_size {
+                return Err(FsError::Remote(format!("the server chose chunk size {} instead of {}", started.chunk_size, self.config.chunk_size)));
+            }
+            s.upload = Some(Upload { id: started.upload_id, uploaded: BTreeMap::new(), puts: JoinSet::new() });
+        }
+        let up = s.upload.as_mut().expect("started above");
+        // Backpressure: wait for a PUT to finish before starting another.
+        while up.puts.len() >= MAX_PUTS_IN_FLIGHT {
+            let (i, len) = up.puts.join_next().await.expect("non-empty").map_err(|e| FsError::Remote(e.to_string()))??;
+            up.uploaded.insert(i, len);
+        }
+        let (remote, id, len) = (remote.clone(), up.id.clone(), data.len() as u64);
+        up.puts.spawn(async move { remote.put_chunk(&id, index, data).await.map(|_| (index, len)) });
+        Ok(())
+    }
+
+    async fn drain_puts(s: &mut WriteState) -> Result<()> {
+        if let Some(up) = s.upload.as_mut() {
+            while let Some(done) = up.puts.join_next().await {
+                let (i, len) = done.map_err(|e| FsError::Remote(e.to_string()))??;
+                up.uploaded.insert(i, len);
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads whatever the server lacks and commits the file, if anything changed since the
+    /// last commit. On failure the spool is copied to the recovery directory (and named in the
+    /// log) before the error is returned.
+    pub async fn commit<R: Remote>(&self, remote: &Arc<R>) -> Result<Option<Committed>> {
+        let mut s = self.state.lock().await;
+        if !s.dirty {
+            return Ok(None);
+        }
+        let path = self.path();
+        match self.upload_and_commit(&mut s, remote, &path).await {
+            Ok(done) => Ok(Some(done)),
+            Err(e) => {
+                let saved = self.save_recovery(&path);
+                match &saved {
+                    Ok(p) => log::error!("could not commit {path:?} ({e}); its bytes are kept in {}", p.display()),
+                    Err(io) => log::error!("could not commit {path:?} ({e}), and could not keep a copy: {io}"),
+                }
+                // The bytes are safe in recovery/: do not report them again at release.
+                s.dirty = false;
+                if let Some(up) = s.upload.take() {
+                    let _ = remote.abort_upload(&up.id).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_and_commit<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, path: &str) -> Result<Committed> {
+        let cs = self.config.chunk_size;
+        Self::drain_puts(s).await?;
+        let count = chunks_of(s.size, cs);
+        let expected_len = |i: u64, size: u64| ((i + 1) * cs).min(size) - i * cs;
+        // An upload holding chunks that no longer fit the file cannot be completed: start over.
+        let size = s.size;
+        if s.upload.as_ref().is_some_and(|up| up.uploaded.iter().any(|(i, len)| *i >= count || *len != expected_len(*i, size))) {
+            let up = s.upload.take().expect("checked");
+            let _ = remote.abort_upload(&up.id).await;
+        }
+        if s.streaming && !s.tail.is_empty() {
+            let index = (s.size - s.tail.len() as u64) / cs;
+            let chunk = std::mem::take(&mut s.tail).freeze();
+            self.send_chunk(s, remote, index, chunk).await?;
+            Self::drain_puts(s).await?;
+        }
+        let pending: Vec<u64> = (0..count)
+            .filter(|i| s.upload.as_ref().is_none_or(|up| up.uploaded.get(i) != Some(&expected_len(*i, size))))
+            .collect();
+        for index in pending {
+            self.fill(s, remote, index).await?;
+            let len = expected_len(index, size) as usize;
+            let mut buf = vec![0; len];
+            s.spool.read_exact_at(&mut buf, index * cs)?;
+            self.send_chunk(s, remote, index, Bytes::from(buf)).await?;
+        }
+        Self::drain_puts(s).await?;
+        let blob = match s.upload.take() {
+            Some(up) => remote.complete_upload(&up.id).await?,
+            None => {
+                // Nothing was ever uploaded: an empty file.
+                let started = remote.start_upload().await?;
+                remote.complete_upload(&started.upload_id).await?
+            }
+        };
+        if blob.size != s.size {
+            return Err(FsError::Remote(format!("the server assembled {} bytes, {} were written", blob.size, s.size)));
+        }
+        let change = Change::Put { path: path.to_string(), hash: blob.hash.clone(), mode: Some(s.mode), mtime: None, expect: Some(s.expect.clone()) };
+        remote.commit(vec![change], format!("write {path}")).await?;
+        log::debug!("committed {path:?}: {} bytes, blob {}", blob.size, blob.hash);
+        s.expect = Some(blob.hash.clone());
+        s.base = Some(Pinned { blob: Arc::from(blob.hash.as_str()), size: blob.size });
+        s.base_valid = blob.size;
+        s.present = (0..count).collect();
+        s.streaming = false;
+        s.dirty = false;
+        Ok(Committed { blob, mode: s.mode })
+    }
+
+    fn save_recovery(&self, path: &str) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.config.recovery_dir)?;
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
+        let name = format!("{stamp}-{}", path.replace('/', "%2F"));
+        let dest = self.config.recovery_dir.join(name);
+        std::fs::copy(&self.spool_path, &dest)?;
+        Ok(dest)
+    }
+
+    /// Removes the spool (after the last commit).
+    pub fn discard(&self) {
+        let _ = std::fs::remove_file(&self.spool_path);
+    }
+
+    /// The spool file (for tests).
+    pub fn spool_path(&self) -> &Path {
+        &self.spool_path
+    }
+}
