@@ -6,6 +6,7 @@ mod ls;
 pub mod mount;
 pub mod progress;
 mod put;
+mod recover;
 mod repo;
 mod serve;
 mod unmount;
@@ -43,6 +44,8 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Unmount a mounted repository.
     Unmount(unmount::UnmountArgs),
+    /// List (and re-upload) writes kept after a failed close.
+    Recover(recover::RecoverArgs),
 }
 
 /// Runs a parsed command line.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Put(args) => runtime()?.block_on(put::run(args)),
         Command::Mount(args) => mount::run(args),
         Command::Unmount(args) => unmount::run(args),
+        Command::Recover(args) => runtime()?.block_on(recover::run(args)),
     }
 }
 

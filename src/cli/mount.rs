@@ -172,7 +172,8 @@ fn spawn_background(mountpoint: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut command = std::process::Command::new(exe);
     command
-        .args(std::env::args_os().skip(1))
+        // The arguments as `govcfs mount …`, also when we run as the `mount.govcfs` helper.
+        .args(super::args().into_iter().skip(1))
         .env("GOVCFS_FOREGROUND_CHILD", "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -248,6 +249,8 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
         prefetch: PrefetchConfig { chunk_size: args.chunk_size, max_read_ahead: args.max_read_ahead.max(args.chunk_size) },
         read_only: args.read_only || is_commit,
         cache_dir: args.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        origin: display_url.clone(),
+        branch: args.reference.clone(),
     };
     let read_only = config.read_only;
     let fs = Arc::new(Fs::new(remote.clone(), config));

@@ -63,7 +63,13 @@ impl Client {
                 let response = check(response).await?;
                 let partial = response.status() == reqwest::StatusCode::PARTIAL_CONTENT;
                 let headers = response.headers().clone();
-                let data = response.bytes().await.map_err(ClientError::Transport)?;
+                // One buffer of the announced size: the body is never held twice.
+                let mut response = response;
+                let mut body = bytes::BytesMut::with_capacity(response.content_length().unwrap_or(0).min(64 << 20) as usize);
+                while let Some(piece) = response.chunk().await.map_err(ClientError::Transport)? {
+                    body.extend_from_slice(&piece);
+                }
+                let data = body.freeze();
                 verify_body(&headers, &data)?;
                 if partial {
                     Ok(data)
@@ -107,13 +113,19 @@ impl Client {
                 break;
             }
             let range = match end {
-                Some(e) => format!("bytes={pos}-{}", e - 1),
-                None => format!("bytes={pos}-"),
+                Some(e) => Some(format!("bytes={pos}-{}", e - 1)),
+                // The first request of a whole download needs no range (an empty blob has none).
+                None if pos == 0 => None,
+                None => Some(format!("bytes={pos}-")),
             };
             let outcome: Result<()> = async {
+                let mut request = self.request(Method::GET, &url);
+                if let Some(range) = &range {
+                    request = request.header(RANGE, range);
+                }
                 let response = tokio::select! {
                     _ = cancel.cancelled() => return Err(ClientError::Cancelled),
-                    r = self.request(Method::GET, &url).header(RANGE, &range).send() => r.map_err(ClientError::Transport)?,
+                    r = request.send() => r.map_err(ClientError::Transport)?,
                 };
                 let response = check(response).await?;
                 let total = response

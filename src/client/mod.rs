@@ -138,10 +138,15 @@ impl Default for ClientOptions {
     }
 }
 
+/// Upper bound for calls that may legitimately take long (assembling a huge upload).
+const PATIENT_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// A connection-pooled client of one repository. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For calls whose answer may take long (assembling an upload): no read timeout.
+    http_patient: reqwest::Client,
     server: String,
     repo: String,
     options: ClientOptions,
@@ -157,7 +162,13 @@ impl Client {
             .tcp_nodelay(true)
             .build()
             .map_err(ClientError::Transport)?;
-        Ok(Client { http, server: server.trim_end_matches('/').to_string(), repo: repo.to_string(), options })
+        let http_patient = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(PATIENT_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(ClientError::Transport)?;
+        Ok(Client { http, http_patient, server: server.trim_end_matches('/').to_string(), repo: repo.to_string(), options })
     }
 
     /// A client for the repository named in `url`.
@@ -180,7 +191,15 @@ impl Client {
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let builder = self.http.request(method, url);
+        self.authorize(self.http.request(method, url))
+    }
+
+    /// A request that may wait long for its answer.
+    fn patient_request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.authorize(self.http_patient.request(method, url))
+    }
+
+    fn authorize(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.options.auth_token {
             Some(token) => builder.bearer_auth(token),
             None => builder,

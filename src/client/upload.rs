@@ -89,7 +89,7 @@ impl Client {
     /// Assembles an upload into a blob.
     pub async fn complete_upload(&self, upload_id: &str, cancel: &CancellationToken) -> Result<BlobInfo> {
         let url = self.url(&format!("/uploads/{upload_id}/complete"));
-        let response = self.send(cancel, || self.request(Method::POST, &url)).await?;
+        let response = self.send(cancel, || self.patient_request(Method::POST, &url)).await?;
         response.json().await.map_err(ClientError::Transport)
     }
 

@@ -41,6 +41,9 @@ pub struct FsConfig {
     pub read_only: bool,
     /// Spool files of writes and `recovery/` live here.
     pub cache_dir: std::path::PathBuf,
+    /// `http://HOST:PORT/REPO` and branch of the mount, recorded with recovery copies.
+    pub origin: String,
+    pub branch: Option<String>,
 }
 
 impl Default for FsConfig {
@@ -51,6 +54,8 @@ impl Default for FsConfig {
             prefetch: PrefetchConfig::default(),
             read_only: false,
             cache_dir: std::env::temp_dir().join("govcfs-cache"),
+            origin: String::new(),
+            branch: None,
         }
     }
 }
@@ -235,6 +240,8 @@ impl<R: Remote> Fs<R> {
             spool_dir: self.config.cache_dir.join("spool"),
             recovery_dir: recovery_dir(&self.config.cache_dir),
             chunk_size: self.remote.upload_chunk_size(),
+            origin: self.config.origin.clone(),
+            branch: self.config.branch.clone(),
         }
     }
 
@@ -339,15 +346,29 @@ impl<R: Remote> Fs<R> {
             Handle::Write(w) => return w.read(&self.remote, offset, len as u64).await,
         };
         let pinned = handle.pinned();
-        if offset >= pinned.size {
-            if let Ok(current) = self.getattr(handle.ino).await {
-                if current.hash != *pinned.blob && current.size > pinned.size {
-                    log::debug!("handle {fh} follows {} -> {} ({} bytes)", pinned.blob, current.hash, current.size);
-                    handle.repin(&current.hash, current.size);
-                }
-            }
+        let end = offset.saturating_add(len as u64);
+        if end <= pinned.size {
+            return self.reader.read(&handle, offset, len as u64).await;
         }
-        self.reader.read(&handle, offset, len as u64).await
+        // The read reaches past the end of the pinned version (the kernel re-reads a partial
+        // last page from its start): bytes before the end come from that version, the rest
+        // from a newer, longer one if the path has it (so `tail -f` follows growth).
+        let head = if offset < pinned.size { self.reader.read(&handle, offset, pinned.size - offset).await? } else { Bytes::new() };
+        let grown = match self.getattr(handle.ino).await {
+            Ok(current) if current.hash != *pinned.blob && current.size > pinned.size && !current.hash.is_empty() => current,
+            _ => return Ok(head),
+        };
+        log::debug!("handle {fh} follows {} -> {} ({} bytes)", pinned.blob, grown.hash, grown.size);
+        handle.repin(&grown.hash, grown.size);
+        let from = offset.max(pinned.size);
+        let tail = self.reader.read(&handle, from, end - from).await?;
+        if head.is_empty() {
+            return Ok(tail);
+        }
+        let mut joined = bytes::BytesMut::with_capacity(head.len() + tail.len());
+        joined.extend_from_slice(&head);
+        joined.extend_from_slice(&tail);
+        Ok(joined.freeze())
     }
 
     /// Closes a handle: cancels read-ahead, or commits what is left and drops the spool.
@@ -462,6 +483,21 @@ mod tests {
         assert_eq!(&fs.read(fh, 0, 4).await.unwrap()[..], b"one\n");
         // at its end: the newer, longer version continues
         assert_eq!(&fs.read(fh, 4, 100).await.unwrap()[..], b"two\n");
+    }
+
+    #[tokio::test]
+    async fn a_read_across_the_end_continues_into_the_longer_version() {
+        // The kernel re-reads a partial last page from its start: offset 0, 4096 bytes.
+        let remote = Arc::new(MemRemote::default());
+        remote.put("log", b"line1\n".to_vec());
+        let mut config = small_config();
+        config.attr_ttl = Duration::from_millis(0);
+        let fs = Fs::new(remote.clone(), config);
+        let file = fs.lookup(ROOT_INO, "log").await.unwrap();
+        let (fh, _) = fs.open(file.ino).await.unwrap();
+        assert_eq!(&fs.read(fh, 0, 4096).await.unwrap()[..], b"line1\n");
+        remote.put("log", b"line1\nline2\n".to_vec());
+        assert_eq!(&fs.read(fh, 0, 4096).await.unwrap()[..], b"line1\nline2\n");
     }
 
     #[tokio::test]

@@ -38,6 +38,27 @@ pub struct WriteConfig {
     pub recovery_dir: PathBuf,
     /// Upload chunk size (the server must accept it as is).
     pub chunk_size: u64,
+    /// Where the mount writes to (`http://HOST:PORT/REPO`), recorded with recovery copies.
+    pub origin: String,
+    /// The branch the mount commits to, recorded with recovery copies.
+    pub branch: Option<String>,
+}
+
+/// What `recovery/<name>.json` says about the copy `recovery/<name>`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryNote {
+    /// `http://HOST:PORT/REPO` of the mount.
+    pub origin: String,
+    /// Branch (the default one when absent).
+    pub branch: Option<String>,
+    /// Path inside the repository.
+    pub path: String,
+    /// The blob the file had when it was opened (`None`: it did not exist).
+    pub expect: Option<String>,
+    /// Why the close failed.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub time: String,
 }
 
 struct Upload {
@@ -281,7 +302,7 @@ impl WriteHandle {
         match self.upload_and_commit(&mut s, remote, &path).await {
             Ok(done) => Ok(Some(done)),
             Err(e) => {
-                let saved = self.save_recovery(&path);
+                let saved = self.save_recovery(&path, s.expect.clone(), &e.to_string());
                 match &saved {
                     Ok(p) => log::error!("could not commit {path:?} ({e}); its bytes are kept in {}", p.display()),
                     Err(io) => log::error!("could not commit {path:?} ({e}), and could not keep a copy: {io}"),
@@ -347,12 +368,21 @@ impl WriteHandle {
         Ok(Committed { blob, mode: s.mode })
     }
 
-    fn save_recovery(&self, path: &str) -> std::io::Result<PathBuf> {
+    fn save_recovery(&self, path: &str, expect: Option<String>, reason: &str) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.config.recovery_dir)?;
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
-        let name = format!("{stamp}-{}", path.replace('/', "%2F"));
-        let dest = self.config.recovery_dir.join(name);
+        let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let name = format!("{}-{}-{}", time.replace(':', ""), &uuid::Uuid::new_v4().to_string()[..8], path.replace('/', "%2F"));
+        let dest = self.config.recovery_dir.join(&name);
         std::fs::copy(&self.spool_path, &dest)?;
+        let note = RecoveryNote {
+            origin: self.config.origin.clone(),
+            branch: self.config.branch.clone(),
+            path: path.to_string(),
+            expect,
+            reason: reason.to_string(),
+            time,
+        };
+        std::fs::write(self.config.recovery_dir.join(format!("{name}.json")), serde_json::to_vec_pretty(&note).map_err(std::io::Error::other)?)?;
         Ok(dest)
     }
 

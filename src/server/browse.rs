@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
@@ -43,33 +43,36 @@ pub async fn browse(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (_, entry) = state.store.stat(&repo, query.reference.as_deref(), &path).await?;
+    // Links and redirects keep the ref being browsed.
+    let ref_suffix = match &query.reference {
+        Some(r) => format!("?ref={}", utf8_percent_encode(r, SEGMENT)),
+        None => String::new(),
+    };
     match entry.kind {
         EntryType::Directory if !path.is_empty() && !path.ends_with('/') => {
             let name = utf8_percent_encode(&entry.name, SEGMENT);
-            Ok(Redirect::permanent(&format!("{name}/")).into_response())
+            Ok(Redirect::permanent(&format!("{name}/{ref_suffix}")).into_response())
         }
         EntryType::Directory => {
             let (_, entries) = state.store.list_dir(&repo, query.reference.as_deref(), &path).await?;
             let title = html_escape(&format!("/{repo}/{}", entry.path));
             let mut page = format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n<pre>\n");
             if !entry.path.is_empty() {
-                page.push_str("<a href=\"../\">../</a>\n");
+                let _ = writeln!(page, "<a href=\"../{ref_suffix}\">../</a>");
             }
             for e in entries {
                 let slash = if e.kind == EntryType::Directory { "/" } else { "" };
                 let href = utf8_percent_encode(&e.name, SEGMENT);
                 let _ = writeln!(
                     page,
-                    "<a href=\"{href}{slash}\">{}{slash}</a> {} {}",
+                    "<a href=\"{href}{slash}{ref_suffix}\">{}{slash}</a> {} {}",
                     html_escape(&e.name),
                     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64)),
                     if e.kind == EntryType::Directory { "-".to_string() } else { e.size.to_string() }
                 );
             }
             page.push_str("</pre></body></html>\n");
-            if method == Method::HEAD {
-                return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")]).into_response());
-            }
+            // For HEAD, axum drops the body but keeps its length.
             Ok(Html(page).into_response())
         }
         EntryType::File | EntryType::Symlink => {

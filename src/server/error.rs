@@ -9,7 +9,7 @@ use crate::api::ErrorBody;
 use crate::store::StoreError;
 
 /// An error answered to an HTTP client.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,

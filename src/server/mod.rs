@@ -46,6 +46,10 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub config: ServerConfig,
+    /// Fires when the server begins to shut down: endless responses (event streams) end.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Upload assemblies in progress or recently finished, by `repo/upload id`.
+    pub completions: uploads::Completions,
 }
 
 /// Builds the whole application.
@@ -70,7 +74,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/repos/{repo}/uploads/{id}/{index}",
             put(uploads::put_chunk).layer(DefaultBodyLimit::disable()),
         )
-        .merge(blob_routes);
+        .merge(blob_routes)
+        .route("/api/v1/{*rest}", axum::routing::any(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such API route") }))
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        });
     Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
@@ -115,7 +123,13 @@ impl Server {
     /// Opens the store and binds `addr` (port 0 picks an ephemeral port).
     pub async fn bind(backend: Backend, config: ServerConfig, addr: &str) -> anyhow::Result<Server> {
         let store = Store::open(backend).await?;
-        let state = Arc::new(AppState { store, metrics: Arc::new(Metrics::default()), config });
+        let state = Arc::new(AppState {
+            store,
+            metrics: Arc::new(Metrics::default()),
+            config,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            completions: Default::default(),
+        });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -129,7 +143,12 @@ impl Server {
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.app).with_graceful_shutdown(shutdown).await?;
+        let token = self.state.shutdown.clone();
+        let graceful = async move {
+            shutdown.await;
+            token.cancel();
+        };
+        axum::serve(self.listener, self.app).with_graceful_shutdown(graceful).await?;
         Ok(())
     }
 }

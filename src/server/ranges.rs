@@ -34,9 +34,16 @@ pub fn plan(headers: &HeaderMap, len: u64, etag: &str) -> Plan {
             return Plan::Full;
         }
     }
+    if is_reversed(range) {
+        // `bytes=5-3` is not a valid range-spec: the header is ignored (RFC 7233 §2.1).
+        return Plan::Full;
+    }
+    use http_range_header::RangeUnsatisfiableError as Unsatisfiable;
     match http_range_header::parse_range_header(range) {
         // An unparseable Range header is ignored (RFC 7233 §3.1).
         Err(_) => Plan::Full,
+        // Nothing of an empty body can be selected.
+        Ok(_) if len == 0 => Plan::Unsatisfiable,
         Ok(parsed) => match parsed.validate(len) {
             Ok(ranges) if ranges.len() == 1 => {
                 let r = &ranges[0];
@@ -44,8 +51,25 @@ pub fn plan(headers: &HeaderMap, len: u64, etag: &str) -> Plan {
             }
             // Multiple ranges would need multipart/byteranges; ignoring Range is allowed.
             Ok(_) => Plan::Full,
+            // A suffix longer than the body selects all of it (RFC 7233 §2.1).
+            Err(Unsatisfiable::FileSuffixOutOfBounds) if !range.contains(',') => Plan::Partial(0..len),
             Err(_) => Plan::Unsatisfiable,
         },
+    }
+}
+
+/// Whether a single `bytes=FIRST-LAST` spec has LAST < FIRST.
+fn is_reversed(header: &str) -> bool {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else { return false };
+    if spec.contains(',') {
+        return false;
+    }
+    match spec.split_once('-') {
+        Some((a, b)) => match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
+            (Ok(first), Ok(last)) => last < first,
+            _ => false,
+        },
+        None => false,
     }
 }
 
@@ -78,6 +102,10 @@ mod tests {
         assert_eq!(plan(&headers(&[(header::RANGE, "bytes=10-")]), 10, tag), Plan::Unsatisfiable);
         assert_eq!(plan(&headers(&[(header::RANGE, "bytes=0-1,4-5")]), 10, tag), Plan::Full);
         assert_eq!(plan(&headers(&[(header::RANGE, "pages=1")]), 10, tag), Plan::Full);
+        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=5-3")]), 10, tag), Plan::Full);
+        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=-100")]), 10, tag), Plan::Partial(0..10));
+        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=0-")]), 0, tag), Plan::Unsatisfiable);
+        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=-5")]), 0, tag), Plan::Unsatisfiable);
         assert_eq!(plan(&headers(&[(header::IF_NONE_MATCH, tag)]), 10, tag), Plan::NotModified);
         assert_eq!(plan(&headers(&[(header::IF_NONE_MATCH, "\"zzz\"")]), 10, tag), Plan::Full);
         assert_eq!(

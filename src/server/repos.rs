@@ -111,7 +111,7 @@ pub async fn events(
     Path(repo): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     state.store.ensure_repo(&repo).await?;
-    let updates = tokio_stream_from(state.store.subscribe());
+    let updates = tokio_stream_from(state.store.subscribe()).take_until(state.shutdown.clone().cancelled_owned());
     let stream = updates.filter_map(move |update| {
         let repo = repo.clone();
         async move {
@@ -134,12 +134,10 @@ fn tokio_stream_from(
     rx: tokio::sync::broadcast::Receiver<crate::store::RefUpdate>,
 ) -> impl Stream<Item = Option<crate::store::RefUpdate>> {
     futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(u) => return Some((Some(u), rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Some((None, rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
+        match rx.recv().await {
+            Ok(u) => Some((Some(u), rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     })
 }

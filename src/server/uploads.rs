@@ -54,12 +54,63 @@ pub async fn status(
     Ok(Json(state.store.upload_status(&repo, &id).await?))
 }
 
+/// How long the outcome of an assembly is kept for a client that retries `complete` after
+/// losing the answer.
+const COMPLETION_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
+type Completion = Arc<tokio::sync::OnceCell<Result<BlobInfo, ApiError>>>;
+
+/// Assemblies by `repo/upload id`.
+pub type Completions = std::sync::Mutex<std::collections::HashMap<String, Completion>>;
+
 /// `POST /api/v1/repos/:repo/uploads/:id/complete`
+///
+/// Assembling a large upload takes a while. It runs in its own task, so a client that gives
+/// up waiting does not cancel it, and a retried `complete` joins the same assembly (or gets
+/// its outcome) instead of starting another.
 pub async fn complete(
     State(state): State<Arc<AppState>>,
     Path((repo, id)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<BlobInfo>)> {
-    let info = state.store.complete_upload(&repo, &id, state.config.max_upload_size).await?;
+    let key = format!("{repo}/{id}");
+    let (cell, first) = {
+        let mut map = state.completions.lock().expect("completions lock");
+        match map.get(&key) {
+            Some(cell) => (cell.clone(), false),
+            None => {
+                let cell = Completion::default();
+                map.insert(key.clone(), cell.clone());
+                (cell, true)
+            }
+        }
+    };
+    let task_state = state.clone();
+    let task_key = key.clone();
+    let task = tokio::spawn(async move {
+        let outcome = cell
+            .get_or_init(|| async {
+                task_state.store.complete_upload(&repo, &id, task_state.config.max_upload_size).await.map_err(ApiError::from)
+            })
+            .await
+            .clone();
+        if outcome.is_err() {
+            // A failed assembly (a missing chunk, say) is not remembered: the client may fix
+            // the upload and complete again.
+            let mut map = task_state.completions.lock().expect("completions lock");
+            if map.get(&task_key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(&task_key);
+            }
+        }
+        outcome
+    });
+    if first {
+        let state = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(COMPLETION_MEMORY).await;
+            state.completions.lock().expect("completions lock").remove(&key);
+        });
+    }
+    let info = task.await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
