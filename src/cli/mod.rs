@@ -74,12 +74,14 @@ pub fn args() -> Vec<std::ffi::OsString> {
 }
 
 /// Keeps memory flat under streaming: glibc's malloc otherwise raises its mmap threshold
-/// after the first large free and keeps many per-thread arenas, so chunk-sized buffers that
-/// pass through tokio's blocking threads stay resident after they are freed.
+/// after the first large free and keeps many per-thread arenas, so chunk-sized buffers stay
+/// resident (fragmented in the heap) after they are freed. With a fixed 512 KiB threshold,
+/// chunk buffers are mapped and unmapped whole (measured: 396 → 323 MiB peak for a 1 GiB
+/// `cat` with a 256 MiB cache, and no slower).
 pub fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called before other threads start.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }

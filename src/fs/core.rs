@@ -81,7 +81,9 @@ pub struct Fs<R: Remote> {
 impl<R: Remote> Fs<R> {
     /// A filesystem showing what `remote` serves.
     pub fn new(remote: Arc<R>, config: FsConfig) -> Self {
-        let cache = Arc::new(ChunkCache::new(config.cache_size));
+        // --cache-size bounds all chunk memory: keep room for the chunks being fetched.
+        let in_flight = (config.prefetch.chunk_size * 32).min(config.cache_size / 4);
+        let cache = Arc::new(ChunkCache::new(config.cache_size - in_flight));
         Fs {
             reader: Reader { remote: remote.clone(), cache, config: config.prefetch },
             remote,
