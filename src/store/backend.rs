@@ -23,6 +23,9 @@ const READ_PIECE: u64 = 1 << 20;
 #[derive(Clone)]
 pub struct Backend {
     objects: Arc<dyn ObjectStore>,
+    /// The same storage without fsync, for scratch data whose loss is detected and repaired
+    /// (upload chunks: a lost chunk is missing at `complete` and the client resends it).
+    scratch: Arc<dyn ObjectStore>,
     local_root: PathBuf,
 }
 
@@ -32,7 +35,8 @@ impl Backend {
         std::fs::create_dir_all(root)?;
         let root = std::fs::canonicalize(root)?;
         let objects = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
-        Ok(Backend { objects: Arc::new(objects), local_root: root })
+        let scratch = LocalFileSystem::new_with_prefix(&root)?;
+        Ok(Backend { objects: Arc::new(objects), scratch: Arc::new(scratch), local_root: root })
     }
 
     /// Parses a `--store` URL (`file:///abs/dir`).
@@ -53,6 +57,12 @@ impl Backend {
     /// Writes a small object durably.
     pub async fn put(&self, path: &Path, data: Bytes) -> Result<()> {
         self.objects.put(path, PutPayload::from(data)).await?;
+        Ok(())
+    }
+
+    /// Writes scratch data without waiting for the disk (see [`Backend`]'s `scratch`).
+    pub async fn put_scratch(&self, path: &Path, data: Bytes) -> Result<()> {
+        self.scratch.put(path, PutPayload::from(data)).await?;
         Ok(())
     }
 

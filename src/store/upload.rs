@@ -103,7 +103,10 @@ impl Store {
                 return Err(StoreError::ChecksumMismatch { expected: expected.to_string(), actual });
             }
         }
-        self.backend.put(&chunk_path(repo, id, index), data).await
+        // Not fsynced: only the assembled blob must be durable. After an OS crash a chunk may
+        // be missing or cut short; `complete` then refuses the layout (every chunk but the last
+        // must be full) and the client resends it. A process crash loses nothing.
+        self.backend.put_scratch(&chunk_path(repo, id, index), data).await
     }
 
     /// Received chunk indices and their total size.
