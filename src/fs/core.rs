@@ -537,3 +537,126 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+    use crate::fs::mock::{MemRemote, MOCK_UPLOAD_CHUNK};
+    use proptest::prelude::*;
+
+    fn config(dir: &std::path::Path) -> FsConfig {
+        FsConfig { attr_ttl: Duration::from_secs(60), cache_dir: dir.to_path_buf(), ..FsConfig::default() }
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed)).collect()
+    }
+
+    #[tokio::test]
+    async fn create_write_close_commits_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Arc::new(MemRemote::default());
+        let fs = Fs::new(remote.clone(), config(dir.path()));
+        let content = data(3 * MOCK_UPLOAD_CHUNK as usize + 123, 5);
+        let (attr, fh) = fs.create(ROOT_INO, "new.bin", 0o644).await.unwrap();
+        for (i, piece) in content.chunks(10_000).enumerate() {
+            fs.write(fh, (i * 10_000) as u64, piece).await.unwrap();
+        }
+        assert!(remote.get("new.bin").is_none(), "nothing is visible before close");
+        assert_eq!(fs.getattr(attr.ino).await.unwrap().size, content.len() as u64);
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await;
+        assert_eq!(remote.get("new.bin").unwrap(), content);
+        // an empty new file is committed too
+        let (_, fh) = fs.create(ROOT_INO, "empty", 0o644).await.unwrap();
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await;
+        assert_eq!(remote.get("empty").unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn failed_close_keeps_the_old_version_and_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Arc::new(MemRemote::default());
+        remote.put("f", b"old".to_vec());
+        let fs = Fs::new(remote.clone(), config(dir.path()));
+        let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+        let fh = fs.open_write(f.ino, true).await.unwrap();
+        fs.write(fh, 0, b"new bytes").await.unwrap();
+        remote.fail_writes.store(true, Ordering::Relaxed);
+        assert!(matches!(fs.flush(fh).await, Err(FsError::Remote(_))));
+        fs.release(fh).await;
+        assert_eq!(remote.get("f").unwrap(), b"old".to_vec());
+        let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path())).unwrap().flatten().collect();
+        let copy = kept.iter().find(|e| !e.path().to_string_lossy().ends_with(".json")).unwrap();
+        assert_eq!(std::fs::read(copy.path()).unwrap(), b"new bytes");
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_close_fails_instead_of_overwriting() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Arc::new(MemRemote::default());
+        remote.put("f", b"v1".to_vec());
+        let fs = Fs::new(remote.clone(), config(dir.path()));
+        let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+        let fh = fs.open_write(f.ino, true).await.unwrap();
+        fs.write(fh, 0, b"mine").await.unwrap();
+        remote.put("f", b"theirs".to_vec());
+        assert!(matches!(fs.flush(fh).await, Err(FsError::Conflict(_))));
+        fs.release(fh).await;
+        assert_eq!(remote.get("f").unwrap(), b"theirs".to_vec());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u64, usize, u8),
+        Truncate(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let max = 3 * MOCK_UPLOAD_CHUNK;
+        prop_oneof![
+            (0..max, 1usize..100_000, any::<u8>()).prop_map(|(o, l, b)| Op::Write(o, l, b)),
+            (0..max).prop_map(Op::Truncate),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Random writes and truncations on an existing file, read back through the handle and
+        /// after the commit, equal the same operations on a Vec.
+        #[test]
+        fn random_writes_match_a_model(initial in 0usize..(2 * MOCK_UPLOAD_CHUNK as usize), ops in proptest::collection::vec(op(), 1..12)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let remote = Arc::new(MemRemote::default());
+                let mut model = data(initial, 9);
+                remote.put("f", model.clone());
+                let fs = Fs::new(remote.clone(), config(dir.path()));
+                let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+                let fh = fs.open_write(f.ino, false).await.unwrap();
+                for op in &ops {
+                    match op {
+                        Op::Write(offset, len, byte) => {
+                            let bytes = vec![*byte; *len];
+                            fs.write(fh, *offset, &bytes).await.unwrap();
+                            let end = *offset as usize + len;
+                            if model.len() < end { model.resize(end, 0); }
+                            model[*offset as usize..end].copy_from_slice(&bytes);
+                        }
+                        Op::Truncate(size) => {
+                            fs.setattr(f.ino, None, Some(*size), None, Some(fh)).await.unwrap();
+                            model.resize(*size as usize, 0);
+                        }
+                    }
+                }
+                let through_handle = fs.read(fh, 0, model.len() as u32 + 10).await.unwrap();
+                assert_eq!(&through_handle[..], &model[..]);
+                fs.flush(fh).await.unwrap();
+                fs.release(fh).await;
+                assert_eq!(remote.get("f").unwrap(), model);
+            });
+        }
+    }
+}

@@ -20,6 +20,8 @@ pub trait Remote: Send + Sync + 'static {
     fn upload_chunk_size(&self) -> u64;
     /// Starts a resumable upload; returns its id and chunk size.
     fn start_upload(&self) -> impl Future<Output = Result<UploadStarted>> + Send;
+    /// Stores a small blob in one request.
+    fn upload_small(&self, data: Bytes) -> impl Future<Output = Result<BlobInfo>> + Send;
     /// Stores chunk `index` of an upload (checksummed, retried by the implementation).
     fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> impl Future<Output = Result<()>> + Send;
     /// Assembles an upload into a blob.
@@ -105,6 +107,10 @@ impl Remote for ClientRemote {
 
     async fn start_upload(&self) -> Result<UploadStarted> {
         Ok(self.client.start_upload(Some(UPLOAD_CHUNK), &self.cancel).await?)
+    }
+
+    async fn upload_small(&self, data: Bytes) -> Result<BlobInfo> {
+        Ok(self.client.upload_small(data, &self.cancel).await?)
     }
 
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {

@@ -328,6 +328,14 @@ impl WriteHandle {
             let up = s.upload.take().expect("checked");
             let _ = remote.abort_upload(&up.id).await;
         }
+        if s.upload.is_none() && s.size <= cs {
+            // A small file: one request, no upload session.
+            self.fill(s, remote, 0).await?;
+            let mut buf = vec![0; s.size as usize];
+            s.spool.read_exact_at(&mut buf, 0)?;
+            let blob = remote.upload_small(Bytes::from(buf)).await?;
+            return self.commit_blob(s, remote, path, blob, count).await;
+        }
         if s.streaming && !s.tail.is_empty() {
             let index = (s.size - s.tail.len() as u64) / cs;
             let chunk = std::mem::take(&mut s.tail).freeze();
@@ -353,6 +361,10 @@ impl WriteHandle {
                 remote.complete_upload(&started.upload_id).await?
             }
         };
+        self.commit_blob(s, remote, path, blob, count).await
+    }
+
+    async fn commit_blob<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, path: &str, blob: BlobInfo, count: u64) -> Result<Committed> {
         if blob.size != s.size {
             return Err(FsError::Remote(format!("the server assembled {} bytes, {} were written", blob.size, s.size)));
         }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod metrics;
 mod ranges;
 mod repos;
+mod stream_upload;
 mod uploads;
 
 use std::net::SocketAddr;
@@ -73,6 +74,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/repos/{repo}/uploads/{id}/{index}",
             put(uploads::put_chunk).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/repos/{repo}/stream/blob/upload",
+            post(stream_upload::upload).layer(DefaultBodyLimit::disable()),
         )
         .merge(blob_routes)
         .route("/api/v1/{*rest}", axum::routing::any(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such API route") }))

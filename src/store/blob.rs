@@ -136,9 +136,9 @@ impl BlobWriter {
                 return Err(e);
             }
         };
-        // The index first: a published blob always has its index (a crash in between leaves
-        // only an orphan index, which a retry overwrites with the same bytes).
-        backend.put(&index_path(&repo, &hash), bytes::Bytes::from(index)).await?;
+        // The index first, so a published blob has it. It is not fsynced: a reader that finds
+        // it missing or short after a crash computes the checksums itself.
+        backend.put_scratch(&index_path(&repo, &hash), bytes::Bytes::from(index)).await?;
         backend.publish(&tmp, &object_path(&repo, &hash)).await?;
         Ok(BlobInfo { hash, size: written, md5 })
     }

@@ -25,7 +25,8 @@ pub struct BlockSums {
 impl BlockSums {
     /// Decodes one 48-byte entry.
     pub fn decode(entry: &[u8]) -> Option<BlockSums> {
-        if entry.len() != ENTRY_LEN as usize {
+        // A short or zero-filled entry (what a crash leaves of an unsynced file) is no entry.
+        if entry.len() != ENTRY_LEN as usize || entry.iter().all(|b| *b == 0) {
             return None;
         }
         Some(BlockSums { md5: hex::encode(&entry[..16]), sha256: hex::encode(&entry[16..]) })

@@ -46,8 +46,9 @@ impl Store {
         let chunk_size = chunk_size.unwrap_or(DEFAULT_UPLOAD_CHUNK).clamp(MIN_UPLOAD_CHUNK, MAX_UPLOAD_CHUNK);
         let id = uuid::Uuid::new_v4().to_string();
         let meta = serde_json::to_vec(&UploadMeta { chunk_size, created: now_unix() }).expect("serializes");
+        // Scratch like the chunks: an upload lost in a crash is started again by its client.
         self.backend
-            .put(&Path::from(format!("{}/meta.json", upload_prefix(repo, &id))), Bytes::from(meta))
+            .put_scratch(&Path::from(format!("{}/meta.json", upload_prefix(repo, &id))), Bytes::from(meta))
             .await?;
         Ok(UploadStarted { upload_id: id, chunk_size })
     }
