@@ -1,6 +1,7 @@
 //! The command line (CONTRACT §1): one file per subcommand. Errors reach `main` as
 //! `anyhow::Error` and are printed as one line.
 
+mod fsck;
 mod get;
 mod ls;
 pub mod mount;
@@ -46,6 +47,8 @@ pub enum Command {
     Unmount(unmount::UnmountArgs),
     /// List (and re-upload) writes kept after a failed close.
     Recover(recover::RecoverArgs),
+    /// Verify every ref, commit, tree and blob id of a store; non-zero on damage.
+    Fsck(fsck::FsckArgs),
 }
 
 /// Runs a parsed command line.
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::run(args),
         Command::Unmount(args) => unmount::run(args),
         Command::Recover(args) => runtime()?.block_on(recover::run(args)),
+        Command::Fsck(args) => runtime()?.block_on(fsck::run(args)),
     }
 }
 

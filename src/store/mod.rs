@@ -15,6 +15,7 @@
 pub mod backend;
 mod blob;
 mod commit;
+pub mod fsck;
 pub mod index;
 pub mod objects;
 pub mod paths;

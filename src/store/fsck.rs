@@ -1,0 +1,136 @@
+//! Verification of a whole store: every ref points at a commit that decodes and matches its
+//! id, every tree and commit reachable from it does too, and every blob's content hashes to
+//! its id. Used by `govcfs fsck`.
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+
+use super::objects::BlobHasher;
+use super::{object_path, Result, Store};
+use crate::api::EntryType;
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct FsckReport {
+    pub repos: usize,
+    pub commits: usize,
+    pub trees: usize,
+    pub blobs: usize,
+    pub blob_bytes: u64,
+    /// One line per problem.
+    pub damage: Vec<String>,
+}
+
+impl Store {
+    /// Checks every repository.
+    pub async fn fsck(&self) -> Result<FsckReport> {
+        let mut report = FsckReport::default();
+        for repo in self.list_repos().await? {
+            report.repos += 1;
+            let mut seen = HashSet::new();
+            let branches = self.backend.list(&object_store::path::Path::from(format!("repos/{}/refs/heads", repo.id))).await?;
+            for branch in branches {
+                let name = branch.location.filename().unwrap_or_default().to_string();
+                if name.starts_with('.') {
+                    continue;
+                }
+                match self.branch_head(&repo.id, &name).await {
+                    Ok(Some(head)) => self.check_history(&repo.id, &name, &head, &mut seen, &mut report).await,
+                    Ok(None) => report.damage.push(format!("{}: ref {name} is empty", repo.id)),
+                    Err(e) => report.damage.push(format!("{}: ref {name}: {e}", repo.id)),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn check_history(&self, repo: &str, branch: &str, head: &str, seen: &mut HashSet<String>, report: &mut FsckReport) {
+        let mut next = Some(head.to_string());
+        while let Some(id) = next.take() {
+            if !seen.insert(id.clone()) {
+                return;
+            }
+            match self.load_commit(repo, &id).await {
+                Ok(commit) => {
+                    report.commits += 1;
+                    self.check_tree(repo, &commit.tree, seen, report).await;
+                    next = commit.parent;
+                }
+                Err(e) => report.damage.push(format!("{repo}: {branch}: commit {id}: {e}")),
+            }
+        }
+    }
+
+    async fn check_tree(&self, repo: &str, root: &str, seen: &mut HashSet<String>, report: &mut FsckReport) {
+        let mut pending = vec![root.to_string()];
+        while let Some(id) = pending.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let tree = match self.load_tree(repo, &id).await {
+                Ok(t) => t,
+                Err(e) => {
+                    report.damage.push(format!("{repo}: tree {id}: {e}"));
+                    continue;
+                }
+            };
+            report.trees += 1;
+            for (name, entry) in &tree.entries {
+                match entry.kind {
+                    EntryType::Directory => pending.push(entry.hash.clone()),
+                    EntryType::File | EntryType::Symlink => {
+                        if seen.insert(entry.hash.clone()) {
+                            if let Err(problem) = self.check_blob(repo, &entry.hash, entry.size).await {
+                                report.damage.push(format!("{repo}: blob {} ({name}): {problem}", entry.hash));
+                            } else {
+                                report.blobs += 1;
+                                report.blob_bytes += entry.size;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn check_blob(&self, repo: &str, id: &str, size: u64) -> std::result::Result<(), String> {
+        let actual_size = self.blob_size(repo, id).await.map_err(|e| e.to_string())?;
+        if actual_size != size {
+            return Err(format!("{actual_size} bytes, the tree says {size}"));
+        }
+        let mut hasher = BlobHasher::new(size);
+        let mut pieces = self.backend.stream_range(object_path(repo, id), 0..size);
+        while let Some(piece) = pieces.next().await {
+            hasher.update(&piece.map_err(|e| e.to_string())?);
+        }
+        let (actual, _) = hasher.finish().map_err(|e| e.to_string())?;
+        if actual != id {
+            return Err(format!("content hashes to {actual}"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Change, CommitRequest};
+    use crate::store::Backend;
+
+    #[tokio::test]
+    async fn finds_a_damaged_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Backend::local(dir.path()).unwrap()).await.unwrap();
+        let blob = store.put_blob_bytes("default", bytes::Bytes::from_static(b"hello world")).await.unwrap();
+        let change = Change::Put { path: "a/b.txt".into(), hash: blob.hash.clone(), mode: None, mtime: None, expect: None };
+        store.commit("default", &CommitRequest { branch: None, message: "m".into(), changes: vec![change] }).await.unwrap();
+        let report = store.fsck().await.unwrap();
+        assert!(report.damage.is_empty(), "{:?}", report.damage);
+        assert_eq!((report.blobs, report.commits), (1, 2));
+        let file = dir.path().join(format!("repos/default/objects/{}/{}", &blob.hash[..2], blob.hash));
+        std::fs::write(&file, b"hello w0rld").unwrap();
+        let report = store.fsck().await.unwrap();
+        assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+    }
+}
