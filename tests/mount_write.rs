@@ -23,13 +23,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::IntoRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use common::{assert_files_equal, http_request, random_bytes, run_cli, ServerProcess, XorShift};
-use mount_support::{output_bounded, run_bounded, MountGuard, RestartableServer};
+use common::{assert_files_equal, http_request, random_bytes, ServerProcess, XorShift};
+use mount_support::{govcfs_command, kill_child, wait_child, wait_until, MountGuard, RestartableServer};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::Value;
@@ -54,10 +54,95 @@ const SMALL_TIMEOUT: Duration = Duration::from_secs(60);
 // Helpers
 // ---------------------------------------------------------------------------------------
 
+/// Keeps child processes from inheriting files this test process has open for writing.
+///
+/// A child starts with a copy of our descriptor table; at exec it closes the (close-on-exec)
+/// descriptors, and every such close sends FUSE FLUSH, which the mount treats as close(2): it
+/// commits the file as it is at that moment (see
+/// `bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partial_version`).
+/// Tests run in parallel threads of one process, so: a thread holds [`writing`] (exclusive)
+/// from open to close of a write descriptor, and every child is spawned under [`spawning`]
+/// (shared; only for the spawn itself).
+static GATE: RwLock<()> = RwLock::new(());
+
+fn writing() -> RwLockWriteGuard<'static, ()> {
+    GATE.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn spawning() -> RwLockReadGuard<'static, ()> {
+    GATE.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Mounts `repo_url` in the foreground with its own cache directory and a short attr TTL.
 fn mount(repo_url: &str, cache_dir: &Path) -> MountGuard {
     let cache = cache_dir.to_str().expect("UTF-8 cache dir");
+    let _gate = spawning();
     MountGuard::start(repo_url, &["--cache-dir", cache, "--attr-ttl", ATTR_TTL])
+}
+
+/// Unmounts (`fusermount3 -u`, a child process) and waits for the mount process to exit.
+fn unmount(mnt: MountGuard) {
+    let _gate = spawning();
+    mnt.unmount();
+}
+
+/// A `govcfs serve` on a fresh data directory and an ephemeral loopback port.
+fn start_server() -> ServerProcess {
+    let _gate = spawning();
+    ServerProcess::start()
+}
+
+/// What a child process did.
+struct Out {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Out {
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    fn assert_success(&self, what: &str) -> &Self {
+        assert!(self.status.success(), "{what} failed ({}); stdout: {}; stderr: {}", self.status, self.stdout_text(), self.stderr);
+        self
+    }
+}
+
+/// Runs `command` (stdin from /dev/null, output captured) until it exits or `timeout` passes;
+/// on timeout it is killed by its PID and the test panics. Spawned under [`spawning`].
+fn run_child(command: &mut Command, timeout: Duration) -> Out {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = {
+        let _gate = spawning();
+        command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"))
+    };
+    let (mut out, mut err) = (child.stdout.take().expect("piped stdout"), child.stderr.take().expect("piped stderr"));
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let Some(status) = wait_child(&mut child, timeout) else {
+        kill_child(&mut child);
+        panic!("{command:?} did not finish within {timeout:?}");
+    };
+    // Never wait forever on a pipe a grandchild might keep open.
+    let join = |t: std::thread::JoinHandle<Vec<u8>>| if wait_until(Duration::from_secs(10), || t.is_finished()) { t.join().unwrap_or_default() } else { Vec::new() };
+    let stdout = join(out_thread);
+    let stderr = String::from_utf8_lossy(&join(err_thread)).into_owned();
+    Out { status, stdout, stderr }
+}
+
+/// `govcfs ARGS…` (no RUST_LOG, no proxy), within the big time limit.
+fn cli(args: &[&str]) -> Out {
+    run_child(govcfs_command().args(args), BIG_TIMEOUT)
 }
 
 /// Runs `f` on a helper thread and waits at most `timeout` for it, so a hung mount cannot hang
@@ -87,6 +172,12 @@ fn close_checked(file: File) -> std::io::Result<()> {
 
 /// Creates (or truncates) `path` through the mount, writes `data` and closes, checking close.
 fn write_through(path: &Path, data: &[u8]) {
+    let _quiet = writing();
+    write_unlocked(path, data);
+}
+
+/// [`write_through`] for a caller that already holds [`writing`].
+fn write_unlocked(path: &Path, data: &[u8]) {
     let mut file = open_retrying(path, OpenOptions::new().write(true).create(true).truncate(true))
         .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     file.write_all(data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
@@ -251,7 +342,7 @@ fn mount_tree(root: &Path) -> BTreeMap<String, Node> {
 /// `govcfs get URL/PATH -o FILE`; returns the bytes.
 fn get_bytes(repo_url: &str, path: &str, dir: &Path) -> Vec<u8> {
     let out = dir.join(format!("get-{}", path.replace('/', "_")));
-    run_cli(&["get", &format!("{repo_url}/{path}"), "-o", out.to_str().expect("UTF-8")]).assert_success(&format!("govcfs get {path}"));
+    cli(&["get", &format!("{repo_url}/{path}"), "-o", out.to_str().expect("UTF-8")]).assert_success(&format!("govcfs get {path}"));
     let data = std::fs::read(&out).expect("read the downloaded file");
     let _ = std::fs::remove_file(&out);
     data
@@ -300,9 +391,9 @@ fn recovery_note(copy: &Path) -> Value {
 /// Runs a program within `timeout`; panics with its output unless it exits 0.
 fn run_ok(command: &mut Command, timeout: Duration) -> Vec<u8> {
     let what = format!("{command:?}");
-    let (status, stdout, stderr) = output_bounded(command, timeout);
-    assert!(status.success(), "{what} failed ({status}): {stderr}");
-    stdout
+    let out = run_child(command, timeout);
+    assert!(out.status.success(), "{what} failed ({}): {}", out.status, out.stderr);
+    out.stdout
 }
 
 // ---------------------------------------------------------------------------------------
@@ -318,13 +409,13 @@ fn cp_of_a_2gib_file_round_trips_and_the_mount_stays_under_128mib() {
     write_fast_random_file(&source, LEN, 2024);
     println!("generated {LEN} bytes in {:.1?}", started.elapsed());
 
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
     let rss_before = mnt.peak_rss_kib().unwrap_or(0);
 
     let started = Instant::now();
-    let status = run_bounded(Command::new("cp").arg(&source).arg(mnt.path().join("big.bin")), BIG_TIMEOUT);
+    let status = run_child(Command::new("cp").arg(&source).arg(mnt.path().join("big.bin")), BIG_TIMEOUT).status;
     let cp_time = started.elapsed();
     assert!(status.success(), "cp into the mount failed: {status}; mount log:\n{}", mnt.log());
     let peak_kib = mnt.peak_rss_kib().expect("VmHWM of the mount process");
@@ -341,20 +432,20 @@ fn cp_of_a_2gib_file_round_trips_and_the_mount_stays_under_128mib() {
     assert_eq!(entry["size"].as_u64(), Some(LEN));
     let got = work.path().join("got.bin");
     let started = Instant::now();
-    run_cli(&["get", &format!("{}/big.bin", server.repo_url("default")), "-o", got.to_str().unwrap()]).assert_success("govcfs get big.bin");
+    cli(&["get", &format!("{}/big.bin", server.repo_url("default")), "-o", got.to_str().unwrap()]).assert_success("govcfs get big.bin");
     println!("govcfs get of {LEN} bytes: {:.1?}, {:.1} MB/s", started.elapsed(), mb_per_s(LEN, started.elapsed()));
     assert_files_equal(&source, &got);
     std::fs::remove_file(&got).expect("remove the downloaded copy");
 
     // For comparison: the CLI's own chunked upload of the same file.
     let started = Instant::now();
-    run_cli(&["put", source.to_str().unwrap(), &format!("{}/put.bin", server.repo_url("default"))]).assert_success("govcfs put");
+    cli(&["put", source.to_str().unwrap(), &format!("{}/put.bin", server.repo_url("default"))]).assert_success("govcfs put");
     let put_time = started.elapsed();
     println!("govcfs put of {LEN} bytes: {put_time:.1?}, {:.1} MB/s (cp through the mount: {:.1} MB/s)", mb_per_s(LEN, put_time), mb_per_s(LEN, cp_time));
     assert_eq!(server_hash(server.addr, "put.bin"), entry["hash"].as_str().map(str::to_string), "put and cp stored different blobs");
 
     assert!(peak_kib < 128 * 1024, "the mount process peaked at {peak_kib} KiB during a 2 GiB cp (limit 128 MiB)");
-    mnt.unmount();
+    unmount(mnt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -375,6 +466,7 @@ fn slow_writer(path: PathBuf, data: Arc<Vec<u8>>, truncate_existing: bool) -> Sl
     let closed = Arc::new(AtomicBool::new(false));
     let (c1, c2) = (closing.clone(), closed.clone());
     let handle = std::thread::spawn(move || {
+        let _quiet = writing();
         let mut options = OpenOptions::new();
         options.write(true).truncate(true);
         if !truncate_existing {
@@ -433,7 +525,7 @@ fn poll_until_closed(addr: SocketAddr, path: &str, writer: &SlowWriter, before: 
 #[test]
 fn a_file_being_written_is_invisible_to_other_clients_until_close_returns() {
     const LEN: usize = 64 << 20;
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let work = tempfile::tempdir().expect("work dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
@@ -465,7 +557,7 @@ fn a_file_being_written_is_invisible_to_other_clients_until_close_returns() {
     println!("O_TRUNC replacement: {polls} polls ({while_writing} before close)");
     assert!(while_writing > 0, "the poller never ran while the file was being replaced");
     assert!(get_bytes(&server.repo_url("default"), "replaced.bin", work.path()) == *new, "govcfs get of replaced.bin differs");
-    mnt.unmount();
+    unmount(mnt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -531,6 +623,7 @@ fn run_write_case(mnt: &Path, name: &str, case: &WriteCase) -> Result<Vec<u8>, T
     let mut model = random_bytes(case.base_len as usize, case.base_seed);
     write_through(&path, &model);
 
+    let _quiet = writing();
     let file = open_retrying(&path, OpenOptions::new().read(true).write(true))
         .map_err(|e| TestCaseError::fail(format!("open O_RDWR {name}: {e}")))?;
     for op in &case.ops {
@@ -589,7 +682,7 @@ fn run_write_case(mnt: &Path, name: &str, case: &WriteCase) -> Result<Vec<u8>, T
 
 #[test]
 fn random_pwrite_truncate_append_sequences_match_a_model_on_the_server_and_after_remount() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let work = tempfile::tempdir().expect("work dir");
     let repo_url = server.repo_url("default");
@@ -616,8 +709,7 @@ fn random_pwrite_truncate_append_sequences_match_a_model_on_the_server_and_after
         let got = get_bytes(&repo_url, &name, work.path());
         prop_assert!(got == model, "govcfs get {}: {} bytes, model {}, first difference at {:?}", name, got.len(), model.len(), first_diff(&got, &model));
         prop_assert_eq!(entry["hash"].as_str(), Some(want.as_str()));
-        // ...and so does the mount, once its attributes expired.
-        std::thread::sleep(PAST_TTL);
+        // ...and so does the mount that wrote it (read-your-writes, no TTL wait needed).
         let through = std::fs::read(mount_path.join(&name)).map_err(|e| TestCaseError::fail(format!("read {name}: {e}")))?;
         prop_assert!(through == model, "read {} through the mount: {} bytes, model {}, first difference at {:?}", name, through.len(), model.len(), first_diff(&through, &model));
         written.lock().unwrap().push((name, want));
@@ -629,18 +721,18 @@ fn random_pwrite_truncate_append_sequences_match_a_model_on_the_server_and_after
     }
 
     // A fresh mount (new process, empty caches) reads every file back as the model.
-    drop(mnt);
+    unmount(mnt);
     let mnt = mount(&repo_url, cache.path());
     for (name, want) in written.lock().unwrap().iter() {
         let data = std::fs::read(mnt.path().join(name)).unwrap_or_else(|e| panic!("read {name} after remount: {e}"));
         assert_eq!(&blob_id(&data), want, "{name} after remount");
     }
-    mnt.unmount();
+    unmount(mnt);
 }
 
 #[test]
 fn dd_conv_notrunc_overwrites_a_range_across_a_chunk_boundary_in_place() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let work = tempfile::tempdir().expect("work dir");
     let repo_url = server.repo_url("default");
@@ -686,7 +778,7 @@ fn dd_conv_notrunc_overwrites_a_range_across_a_chunk_boundary_in_place() {
     std::thread::sleep(PAST_TTL);
     let through = std::fs::read(&target).expect("read through the mount");
     assert!(through == model, "read through the mount after dd: first difference at {:?}", first_diff(&through, &model));
-    mnt.unmount();
+    unmount(mnt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -713,9 +805,19 @@ fn insert_1000_rows_sql() -> String {
     sql
 }
 
-fn sqlite(db: &Path, sql: &str) -> String {
-    let out = run_ok(Command::new("sqlite3").arg(db).arg(sql), SMALL_TIMEOUT);
-    String::from_utf8_lossy(&out).trim().to_string()
+/// `sqlite3 DB SQL`; panics with its stderr (and the mount's log, if given) unless it exits 0.
+fn sqlite(db: &Path, sql: &str, mnt: Option<&MountGuard>) -> String {
+    let out = run_child(Command::new("sqlite3").arg(db).arg(sql), SMALL_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "sqlite3 {} failed ({}): {}\nSQL: {}\nmount log:\n{}",
+        db.display(),
+        out.status,
+        out.stderr,
+        &sql[..sql.len().min(200)],
+        mnt.map(MountGuard::log).unwrap_or_default()
+    );
+    out.stdout_text().trim().to_string()
 }
 
 #[test]
@@ -724,7 +826,7 @@ fn sqlite_database_written_in_transactions_reads_back_after_remount() {
         println!("sqlite3 is not installed: skipping the SQLite test");
         return;
     }
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let work = tempfile::tempdir().expect("work dir");
     let repo_url = server.repo_url("default");
@@ -735,44 +837,45 @@ fn sqlite_database_written_in_transactions_reads_back_after_remount() {
     // The schema in one process (its close commits the new file), the rows in a second one.
     // Doing both in one process fails intermittently: see
     // `bug_a_new_file_changes_inode_when_its_directory_is_relisted_before_its_first_commit`.
-    sqlite(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);");
+    sqlite(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);", Some(&mnt));
     let_releases_land();
     let started = Instant::now();
-    sqlite(&db, &insert_1000_rows_sql());
+    sqlite(&db, &insert_1000_rows_sql(), Some(&mnt));
     println!("1000 rows in 10 transactions through the mount: {:.1?}", started.elapsed());
-    assert_eq!(sqlite(&db, "SELECT count(*), sum(id) FROM t;"), "1000|500500");
+    assert_eq!(sqlite(&db, "SELECT count(*), sum(id) FROM t;", Some(&mnt)), "1000|500500");
     let_releases_land();
-    drop(mnt);
+    unmount(mnt);
 
     // The server has the database (and no leftover journal).
     let tree = server_tree(server.addr, "db");
     assert_eq!(tree.keys().collect::<Vec<_>>(), vec!["db/test.sqlite"], "db/ on the server: {tree:?}");
     let local = work.path().join("copy.sqlite");
     std::fs::write(&local, get_bytes(&repo_url, "db/test.sqlite", work.path())).expect("write the local copy");
-    assert_eq!(sqlite(&local, "PRAGMA integrity_check;"), "ok");
-    assert_eq!(sqlite(&local, "SELECT count(*), sum(id) FROM t;"), "1000|500500");
+    assert_eq!(sqlite(&local, "PRAGMA integrity_check;", None), "ok");
+    assert_eq!(sqlite(&local, "SELECT count(*), sum(id) FROM t;", None), "1000|500500");
 
     // A fresh mount reads it back.
     let mnt = mount(&repo_url, cache.path());
     let db = mnt.path().join("db/test.sqlite");
-    assert_eq!(sqlite(&db, "SELECT count(*), sum(id), count(DISTINCT v) FROM t;"), "1000|500500|1000");
-    assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
-    mnt.unmount();
+    assert_eq!(sqlite(&db, "SELECT count(*), sum(id), count(DISTINCT v) FROM t;", Some(&mnt)), "1000|500500|1000");
+    assert_eq!(sqlite(&db, "PRAGMA integrity_check;", Some(&mnt)), "ok");
+    unmount(mnt);
 }
 
 #[test]
 #[ignore = "BUG: src/fs/core.rs refresh_dir (line ~127-135) gives a file that is open for writing and not yet committed a NEW inode number when its directory is re-listed; stat(path).st_ino != fstat(fd).st_ino"]
 fn bug_a_new_file_changes_inode_when_its_directory_is_relisted_before_its_first_commit() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
     std::fs::create_dir(mnt.path().join("dir")).expect("mkdir dir");
     let path = mnt.path().join("dir/pending.bin");
+    let quiet = writing();
     let mut file = File::create(&path).expect("create dir/pending.bin");
     file.write_all(b"not committed yet").expect("write");
     let ino_at_open = file.metadata().expect("fstat").ino();
     // Another commit in the directory (its event expires the listing), then a listing.
-    write_through(&mnt.path().join("dir/other.txt"), b"other");
+    write_unlocked(&mnt.path().join("dir/other.txt"), b"other");
     std::thread::sleep(PAST_TTL);
     let names: Vec<_> = std::fs::read_dir(mnt.path().join("dir")).expect("read_dir").flatten().map(|e| e.file_name()).collect();
     println!("dir/ lists {names:?}");
@@ -780,12 +883,13 @@ fn bug_a_new_file_changes_inode_when_its_directory_is_relisted_before_its_first_
     let ino_by_path = std::fs::metadata(&path).expect("stat dir/pending.bin").ino();
     let ino_of_fd = file.metadata().expect("fstat").ino();
     close_checked(file).expect("close");
+    drop(quiet);
     assert_eq!(
         (ino_by_path, ino_of_fd),
         (ino_at_open, ino_at_open),
         "the open file's path now names another inode (SQLite reports this as SQLITE_READONLY_DBMOVED)"
     );
-    mnt.unmount();
+    unmount(mnt);
 }
 
 #[test]
@@ -795,20 +899,20 @@ fn bug_sqlite_creating_and_filling_a_new_database_in_one_process_fails_intermitt
         println!("sqlite3 is not installed: skipping");
         return;
     }
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
     let mut failures = Vec::new();
-    for i in 0..15 {
+    for i in 0..40 {
         let db = mnt.path().join(format!("one-process-{i}.sqlite"));
         let sql = "CREATE TABLE t(a INTEGER, b TEXT); BEGIN; INSERT INTO t VALUES(1, 'x'); COMMIT; BEGIN; INSERT INTO t VALUES(2, 'y'); COMMIT;";
-        let (status, _, stderr) = output_bounded(Command::new("sqlite3").arg(&db).arg(sql), SMALL_TIMEOUT);
-        if !status.success() {
-            failures.push(format!("{i}: {}", stderr.trim()));
+        let out = run_child(Command::new("sqlite3").arg(&db).arg(sql), SMALL_TIMEOUT);
+        if !out.status.success() {
+            failures.push(format!("{i}: {}", out.stderr.trim()));
         }
     }
-    assert!(failures.is_empty(), "{} of 15 runs failed: {failures:?}", failures.len());
-    mnt.unmount();
+    assert!(failures.is_empty(), "{} of 40 runs failed: {failures:?}", failures.len());
+    unmount(mnt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -845,7 +949,7 @@ fn c_path(path: &Path) -> std::ffi::CString {
 
 #[test]
 fn namespace_operations_are_committed_at_once_and_match_on_the_server() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let repo_url = server.repo_url("default");
     let mnt = mount(&repo_url, cache.path());
@@ -924,10 +1028,10 @@ fn namespace_operations_are_committed_at_once_and_match_on_the_server() {
     run(&["chmod", "+x", "tool.sh"]);
     want.insert("tool.sh".into(), exec_node(b"#!/bin/sh\necho hi\n"));
     assert_trees("chmod +x tool.sh", addr, &mnt, &want);
-    let ls = run_cli(&["ls", &format!("{repo_url}/tool.sh")]);
+    let ls = cli(&["ls", &format!("{repo_url}/tool.sh")]);
     ls.assert_success("govcfs ls tool.sh");
     assert!(ls.stdout_text().split_whitespace().nth(1) == Some("100755"), "govcfs ls tool.sh: {}", ls.stdout_text());
-    let listing = run_cli(&["ls", &repo_url]);
+    let listing = cli(&["ls", &repo_url]);
     listing.assert_success("govcfs ls");
     println!("govcfs ls:\n{}", listing.stdout_text());
     assert!(listing.stdout_text().lines().any(|l| l.contains("100755") && l.ends_with(" tool.sh")), "govcfs ls: {}", listing.stdout_text());
@@ -971,7 +1075,7 @@ fn namespace_operations_are_committed_at_once_and_match_on_the_server() {
     assert_eq!(entry["mtime"].as_i64(), Some(1_000_000_000), "mtime of q.txt after utimensat: {entry}");
     assert_eq!(std::fs::metadata(m.join("q.txt")).expect("stat q.txt").mtime(), 1_000_000_000, "mtime through the mount");
     assert_trees("utimensat q.txt", addr, &mnt, &want);
-    mnt.unmount();
+    unmount(mnt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -983,7 +1087,10 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
     let data_dir = tempfile::tempdir().expect("data dir");
     let cache = tempfile::tempdir().expect("cache dir");
     let work = tempfile::tempdir().expect("work dir");
-    let mut server = RestartableServer::start(data_dir.path(), "127.0.0.1:0", &work.path().join("server.log"));
+    let mut server = {
+        let _gate = spawning();
+        RestartableServer::start(data_dir.path(), "127.0.0.1:0", &work.path().join("server.log"))
+    };
     let repo_url = server.repo_url("default");
     let mnt = mount(&repo_url, cache.path());
     std::fs::create_dir(mnt.path().join("keep")).expect("mkdir keep");
@@ -995,6 +1102,7 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
     // full upload chunk streams out while they write.
     let new_existing = random_bytes(6 * MIB as usize + 5, 61);
     let new_fresh = random_bytes(6 * MIB as usize + 7, 62);
+    let quiet = writing();
     let mut a = open_retrying(&mnt.path().join("keep/existing"), OpenOptions::new().write(true).truncate(true)).expect("open keep/existing");
     let mut b = File::create(mnt.path().join("keep/fresh")).expect("create keep/fresh");
     a.write_all(&new_existing).expect("write keep/existing");
@@ -1010,9 +1118,13 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
         let e = result.expect_err(&format!("close of {what} succeeded although the server was dead"));
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "close of {what}: {e}");
     }
+    drop(quiet);
 
     // The restarted server has the old version and no new file.
-    server.restart();
+    {
+        let _gate = spawning();
+        server.restart();
+    }
     assert_eq!(server_hash(server.addr, "keep/existing"), Some(blob_id(&old)), "keep/existing after the failed close");
     assert_eq!(stat(server.addr, "keep/fresh"), None, "keep/fresh exists although its close failed");
 
@@ -1035,18 +1147,18 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
 
     // `govcfs recover` lists them; `--upload` puts them back.
     let cache_arg = cache.path().to_str().unwrap();
-    let list = run_cli(&["recover", "--cache-dir", cache_arg]);
+    let list = cli(&["recover", "--cache-dir", cache_arg]);
     list.assert_success("govcfs recover");
     println!("govcfs recover:\n{}", list.stdout_text());
     assert!(list.stdout_text().contains("keep/existing") && list.stdout_text().contains("keep/fresh"), "govcfs recover: {}", list.stdout_text());
-    let upload = run_cli(&["recover", "--cache-dir", cache_arg, "--upload"]);
+    let upload = cli(&["recover", "--cache-dir", cache_arg, "--upload"]);
     println!("govcfs recover --upload:\n{}{}", upload.stdout_text(), upload.stderr);
     upload.assert_success("govcfs recover --upload");
     assert_eq!(server_hash(server.addr, "keep/existing"), Some(blob_id(&new_existing)), "keep/existing after recover --upload");
     assert_eq!(server_hash(server.addr, "keep/fresh"), Some(blob_id(&new_fresh)), "keep/fresh after recover --upload");
     let left: Vec<_> = std::fs::read_dir(cache.path().join("recovery")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "recovery/ still holds {left:?} after a successful upload");
-    let listed = run_cli(&["recover", "--cache-dir", cache_arg]);
+    let listed = cli(&["recover", "--cache-dir", cache_arg]);
     listed.assert_success("govcfs recover (empty)");
     assert!(listed.stdout_text().contains("nothing to recover"), "{}", listed.stdout_text());
 
@@ -1054,28 +1166,30 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
     std::thread::sleep(PAST_TTL);
     let through = std::fs::read(mnt.path().join("keep/fresh")).expect("read keep/fresh through the mount");
     assert!(through == new_fresh, "keep/fresh through the mount after recovery differs");
-    drop(mnt);
+    unmount(mnt);
     drop(server);
 }
 
 #[test]
 #[ignore = "BUG: src/cli/recover.rs:52 removes the note as copy.with_extension(\"json\"), which for a path with an extension (notes.txt) names the wrong file: recover --upload commits, then fails with ENOENT and leaves the note behind"]
 fn bug_recover_upload_of_a_file_with_an_extension_fails_after_uploading_and_leaves_its_note() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let (cache_a, cache_b) = (tempfile::tempdir().expect("cache a"), tempfile::tempdir().expect("cache b"));
     let repo_url = server.repo_url("default");
     let a = mount(&repo_url, cache_a.path());
     let b = mount(&repo_url, cache_b.path());
     // A conflict on B leaves a recovery copy of notes.txt in B's cache.
     write_through(&a.path().join("notes.txt"), b"v0\n");
-    assert!(mount_support::wait_until(Duration::from_secs(10), || std::fs::read(b.path().join("notes.txt")).is_ok_and(|d| d == b"v0\n")));
-    let mut fb = File::create(b.path().join("notes.txt")).expect("open on B");
-    write_through(&a.path().join("notes.txt"), b"from A\n");
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read(b.path().join("notes.txt")).is_ok_and(|d| d == b"v0\n")));
+    let quiet = writing();
+    let mut fb = open_retrying(&b.path().join("notes.txt"), OpenOptions::new().write(true).truncate(true)).expect("open on B");
+    write_unlocked(&a.path().join("notes.txt"), b"from A\n");
     fb.write_all(b"from B\n").expect("write on B");
     assert_eq!(close_checked(fb).map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+    drop(quiet);
     assert_eq!(recovery_copies(cache_b.path()).len(), 1);
 
-    let upload = run_cli(&["recover", "--cache-dir", cache_b.path().to_str().unwrap(), "--upload"]);
+    let upload = cli(&["recover", "--cache-dir", cache_b.path().to_str().unwrap(), "--upload"]);
     println!("recover --upload: {:?}\n{}{}", upload.status, upload.stdout_text(), upload.stderr);
     let left: Vec<_> = std::fs::read_dir(cache_b.path().join("recovery")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     // The copy went to notes.txt.recovered-TIME (A changed the file meanwhile).
@@ -1091,7 +1205,7 @@ fn bug_recover_upload_of_a_file_with_an_extension_fails_after_uploading_and_leav
 
 #[test]
 fn two_mounts_writing_the_same_file_the_second_close_fails_and_keeps_its_bytes() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let (cache_a, cache_b) = (tempfile::tempdir().expect("cache a"), tempfile::tempdir().expect("cache b"));
     let work = tempfile::tempdir().expect("work dir");
     let repo_url = server.repo_url("default");
@@ -1102,7 +1216,7 @@ fn two_mounts_writing_the_same_file_the_second_close_fails_and_keeps_its_bytes()
     let v0 = random_bytes(2 * MIB as usize, 70);
     write_through(&a.path().join("shared.bin"), &v0);
     let v0_id = blob_id(&v0);
-    let seen = mount_support::wait_until(Duration::from_secs(10), || {
+    let seen = wait_until(Duration::from_secs(10), || {
         std::fs::metadata(b.path().join("shared.bin")).is_ok_and(|m| m.len() == v0.len() as u64)
     });
     assert!(seen, "mount B never saw shared.bin");
@@ -1112,6 +1226,7 @@ fn two_mounts_writing_the_same_file_the_second_close_fails_and_keeps_its_bytes()
     let from_a = random_bytes(5 * MIB as usize + 1, 71);
     let from_b = random_bytes(3 * MIB as usize + 2, 72);
     let truncating = OpenOptions::new().write(true).truncate(true).clone();
+    let quiet = writing();
     let mut fa = open_retrying(&a.path().join("shared.bin"), &truncating).expect("open on A");
     let mut fb = open_retrying(&b.path().join("shared.bin"), &truncating).expect("open on B");
     fa.write_all(&from_a).expect("write on A");
@@ -1122,6 +1237,7 @@ fn two_mounts_writing_the_same_file_the_second_close_fails_and_keeps_its_bytes()
     let e = bounded("close on B", SMALL_TIMEOUT, move || close_checked(fb)).expect_err("the second close must fail (conflict)");
     println!("second writer's close: {e}");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "the second close: {e}");
+    drop(quiet);
 
     // The server has exactly A's bytes; B's are in B's recovery/, A's recovery/ is empty.
     assert_eq!(server_hash(server.addr, "shared.bin"), Some(blob_id(&from_a)));
@@ -1136,6 +1252,7 @@ fn two_mounts_writing_the_same_file_the_second_close_fails_and_keeps_its_bytes()
     assert_eq!(note["expect"].as_str(), Some(v0_id.as_str()));
 
     // The same for a file both create anew (expect: must not exist).
+    let quiet = writing();
     let mut fa = File::create(a.path().join("race-new.bin")).expect("create on A");
     let mut fb = File::create(b.path().join("race-new.bin")).expect("create on B");
     fa.write_all(b"A was first\n").expect("write on A");
@@ -1143,13 +1260,14 @@ fn two_mounts_writing_the_same_file_the_second_close_fails_and_keeps_its_bytes()
     bounded("close on A", SMALL_TIMEOUT, move || close_checked(fa)).expect("the first close of a new file succeeds");
     let e = bounded("close on B", SMALL_TIMEOUT, move || close_checked(fb)).expect_err("the second creator's close must fail");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "the second creator's close: {e}");
+    drop(quiet);
     assert_eq!(server_hash(server.addr, "race-new.bin"), Some(blob_id(b"A was first\n")));
     let copies = recovery_copies(cache_b.path());
     assert_eq!(copies.len(), 2, "B's recovery/ holds {copies:?}");
     let kept: Vec<Vec<u8>> = copies.iter().map(|c| std::fs::read(c).expect("read copy")).collect();
     assert!(kept.iter().any(|k| k == b"B was second\n"), "B's bytes for race-new.bin are not in its recovery/");
-    drop(b);
-    drop(a);
+    unmount(b);
+    unmount(a);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1176,14 +1294,14 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
     let archive = work.path().join("tree.tar");
     run_ok(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&tree).arg("."), SMALL_TIMEOUT);
 
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let repo_url = server.repo_url("default");
     let mnt = mount(&repo_url, cache.path());
     let dest = mnt.path().join("untar");
     std::fs::create_dir(&dest).expect("mkdir untar");
     let started = Instant::now();
-    let (status, _, stderr) = output_bounded(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&dest), BIG_TIMEOUT);
+    let Out { status, stderr, .. } = run_child(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&dest), BIG_TIMEOUT);
     let elapsed = started.elapsed();
     println!("tar -xf of {} files: {elapsed:.1?}, {:.1} files/s", files.len(), files.len() as f64 / elapsed.as_secs_f64());
     assert!(status.success(), "tar -xf into the mount failed ({status}): {stderr}\nmount log:\n{}", mnt.log());
@@ -1202,19 +1320,20 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
     let extra: Vec<_> = on_server.keys().filter(|k| !expected.contains_key(*k)).take(10).collect();
     assert!(missing.is_empty() && wrong.is_empty() && extra.is_empty(), "server vs archive: missing {missing:?}, different {wrong:?}, extra {extra:?}");
 
-    // tar restored the modification times (utimensat) too.
-    let mut wrong_mtime = Vec::new();
-    for rel in files.iter().step_by(10) {
-        let local = std::fs::metadata(tree.join(rel)).expect("stat local").mtime();
-        let entry = stat(server.addr, &format!("untar/{rel}")).expect("entry");
-        if entry["mtime"].as_i64() != Some(local) {
-            wrong_mtime.push(format!("{rel}: server {} local {local}", entry["mtime"]));
-        }
-    }
-    assert!(wrong_mtime.is_empty(), "{} of {} sampled files lost their mtime: {:?}", wrong_mtime.len(), files.len() / 10, &wrong_mtime[..wrong_mtime.len().min(5)]);
+    // Modification times are not asserted here (printed only): tar sets them with futimens on
+    // the open descriptor, which the mount drops; see `bug_tar_xf_does_not_restore_modification_times`.
+    let sampled: Vec<&String> = files.iter().step_by(10).collect();
+    let kept_mtime = sampled
+        .iter()
+        .filter(|rel| {
+            let local = std::fs::metadata(tree.join(rel)).expect("stat local").mtime();
+            stat(server.addr, &format!("untar/{rel}")).expect("entry")["mtime"].as_i64() == Some(local)
+        })
+        .count();
+    println!("{kept_mtime} of {} sampled files kept their modification time", sampled.len());
 
     // A fresh mount reads a sample back, and `govcfs get` a few.
-    drop(mnt);
+    unmount(mnt);
     let mnt = mount(&repo_url, cache.path());
     for rel in files.iter().step_by(20) {
         let through = std::fs::read(mnt.path().join("untar").join(rel)).unwrap_or_else(|e| panic!("read {rel} after remount: {e}"));
@@ -1223,7 +1342,7 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
     for rel in files.iter().step_by(400) {
         assert!(get_bytes(&repo_url, &format!("untar/{rel}"), work.path()) == std::fs::read(tree.join(rel)).expect("read local"), "govcfs get {rel}");
     }
-    mnt.unmount();
+    unmount(mnt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1233,12 +1352,13 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
 #[test]
 #[ignore = "BUG: src/fs/core.rs open_write (line ~290) refuses with ENOTSUP while the previous write handle of the same file awaits its asynchronous RELEASE (pending entry removed only in release, line ~385), so open(O_WRONLY) right after close(2) fails spuriously"]
 fn bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
     let path = mnt.path().join("reopen.log");
     let mut failures = 0;
     let mut expected = Vec::new();
+    let quiet = writing();
     for i in 0..100u32 {
         let line = format!("line {i}\n");
         // No retry here: the plain sequence every program does.
@@ -1254,16 +1374,17 @@ fn bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup() {
             }
         }
     }
+    drop(quiet);
     println!("{failures} of 100 open(O_APPEND) calls right after a close failed with EOPNOTSUPP");
     assert_eq!(failures, 0, "open for writing right after close failed {failures} times out of 100");
     assert_eq!(server_hash(server.addr, "reopen.log"), Some(blob_id(&expected)));
-    mnt.unmount();
+    unmount(mnt);
 }
 
 #[test]
 #[ignore = "BUG: src/fs/namespace.rs:168 setattr drops the mtime when the file has a write handle open on this mount (touch opens O_WRONLY, then futimens): the close commits with mtime None (src/fs/write.rs:371), so `touch -d` / `touch -r` never set the time"]
 fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
-    let server = ServerProcess::start();
+    let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
     write_through(&mnt.path().join("stamp.txt"), b"stamp\n");
@@ -1273,5 +1394,85 @@ fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
     let entry = stat(server.addr, "stamp.txt").expect("stamp.txt");
     assert_eq!(entry["hash"].as_str(), Some(blob_id(b"stamp\n").as_str()));
     assert_eq!(entry["mtime"].as_i64(), Some(1_000_000_000), "mtime on the server after touch -m -d @1000000000: {entry}");
-    mnt.unmount();
+    unmount(mnt);
+}
+
+#[test]
+#[ignore = "BUG: tar -xf sets each file's mtime with futimens on the open write descriptor; src/fs/namespace.rs:168 drops it (same cause as the touch bug), so extracted files get the extraction time"]
+fn bug_tar_xf_does_not_restore_modification_times() {
+    let work = tempfile::tempdir().expect("work dir");
+    let tree = work.path().join("tree");
+    std::fs::create_dir(&tree).expect("mkdir");
+    for i in 0..10 {
+        let path = tree.join(format!("old-{i}.txt"));
+        std::fs::write(&path, format!("file {i}\n")).expect("write");
+        run_ok(Command::new("touch").args(["-m", "-d", &format!("@{}", 1_000_000_000 + i)]).arg(&path), SMALL_TIMEOUT);
+    }
+    let archive = work.path().join("old.tar");
+    run_ok(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&tree).arg("."), SMALL_TIMEOUT);
+    let server = start_server();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mnt = mount(&server.repo_url("default"), cache.path());
+    run_ok(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(mnt.path()), SMALL_TIMEOUT);
+    let_releases_land();
+    let mut wrong = Vec::new();
+    for i in 0..10 {
+        let entry = stat(server.addr, &format!("old-{i}.txt")).expect("extracted file on the server");
+        if entry["mtime"].as_i64() != Some(1_000_000_000 + i) {
+            wrong.push(format!("old-{i}.txt: {}", entry["mtime"]));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of 10 files lost the archive's mtime: {wrong:?}", wrong.len());
+    unmount(mnt);
+}
+
+#[test]
+#[ignore = "BUG: src/fs/fuse.rs flush (line ~388) commits on every FUSE FLUSH, including the one a forked child sends when exec closes the inherited close-on-exec descriptor: a half-written file becomes visible on the server before the writer calls close(2)"]
+fn bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partial_version() {
+    let server = start_server();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mnt = mount(&server.repo_url("default"), cache.path());
+    let quiet = writing();
+    let mut file = File::create(mnt.path().join("half.bin")).expect("create half.bin");
+    file.write_all(&random_bytes(MIB as usize, 5)).expect("write the first half");
+    // Any child of this process (a shell-out, a compiler, a test helper) will do.
+    let status = Command::new("true").stdin(Stdio::null()).status().expect("run true");
+    assert!(status.success());
+    let seen_before_close = stat(server.addr, "half.bin");
+    file.write_all(&random_bytes(MIB as usize, 6)).expect("write the second half");
+    close_checked(file).expect("close half.bin");
+    drop(quiet);
+    assert_eq!(server_hash(server.addr, "half.bin").map(|h| h.len()), Some(64));
+    assert!(seen_before_close.is_none(), "before close(2), after a child process started, the server already had {:?}", seen_before_close);
+    unmount(mnt);
+}
+
+#[test]
+#[ignore = "BUG: src/fs/write.rs commit (line ~310) clears `dirty` after a failed commit, so when the failure is reported to another process's FLUSH (a forked child's exec), the writer's own close(2) returns 0 although its bytes never reached the server (they are only in recovery/)"]
+fn bug_a_conflict_reported_to_a_child_process_is_lost_and_the_writers_close_succeeds() {
+    let server = start_server();
+    let (cache_a, cache_b) = (tempfile::tempdir().expect("cache a"), tempfile::tempdir().expect("cache b"));
+    let repo_url = server.repo_url("default");
+    let a = mount(&repo_url, cache_a.path());
+    let b = mount(&repo_url, cache_b.path());
+    write_through(&a.path().join("doc.txt"), b"v0\n");
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read(b.path().join("doc.txt")).is_ok_and(|d| d == b"v0\n")), "B never saw doc.txt");
+    let_releases_land();
+    let quiet = writing();
+    let truncating = OpenOptions::new().write(true).truncate(true).clone();
+    let mut fa = open_retrying(&a.path().join("doc.txt"), &truncating).expect("open on A");
+    let mut fb = open_retrying(&b.path().join("doc.txt"), &truncating).expect("open on B");
+    fa.write_all(b"from A\n").expect("write on A");
+    fb.write_all(b"from B\n").expect("write on B");
+    close_checked(fa).expect("close on A");
+    // A child inherits B's descriptor and closes it at exec: B's commit conflicts there.
+    let status = Command::new("true").stdin(Stdio::null()).status().expect("run true");
+    assert!(status.success());
+    let closed_b = close_checked(fb);
+    drop(quiet);
+    println!("B's close: {closed_b:?}; B's recovery/: {:?}", recovery_copies(cache_b.path()));
+    assert_eq!(server_hash(server.addr, "doc.txt"), Some(blob_id(b"from A\n")), "the server must keep A's version");
+    assert_eq!(closed_b.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)), "B's close(2) must report that B's bytes were not committed");
+    unmount(b);
+    unmount(a);
 }
