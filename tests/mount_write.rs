@@ -866,7 +866,6 @@ fn sqlite_database_written_in_transactions_reads_back_after_remount() {
 }
 
 #[test]
-#[ignore = "BUG: src/fs/core.rs refresh_dir (lines ~127-135) re-records a file that is open for writing and not yet committed under a NEW inode when its directory is re-listed: stat(path).st_ino != fstat(fd).st_ino, and open(path) through the kernel's cached dentry fails with ENOENT (sqlite3 creating a database: 'unable to open database file' / 'attempt to write a readonly database')"]
 fn bug_a_new_file_changes_inode_when_its_directory_is_relisted_before_its_first_commit() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
@@ -1172,7 +1171,6 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
 }
 
 #[test]
-#[ignore = "BUG: src/cli/recover.rs:52 removes the note as copy.with_extension(\"json\"), which for a path with an extension (notes.txt) names the wrong file: recover --upload commits, then fails with ENOENT and leaves the note behind"]
 fn bug_recover_upload_of_a_file_with_an_extension_fails_after_uploading_and_leaves_its_note() {
     let server = start_server();
     let (cache_a, cache_b) = (tempfile::tempdir().expect("cache a"), tempfile::tempdir().expect("cache b"));
@@ -1351,7 +1349,6 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: src/fs/core.rs open_write (line ~290) refuses with ENOTSUP while the previous write handle of the same file awaits its asynchronous RELEASE (pending entry removed only in release, line ~385), so open(O_WRONLY) right after close(2) fails spuriously"]
 fn bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
@@ -1383,7 +1380,6 @@ fn bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup() {
 }
 
 #[test]
-#[ignore = "BUG: src/fs/namespace.rs:168 setattr drops the mtime when the file has a write handle open on this mount (touch opens O_WRONLY, then futimens): the close commits with mtime None (src/fs/write.rs:371), so `touch -d` / `touch -r` never set the time"]
 fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
@@ -1399,7 +1395,6 @@ fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
 }
 
 #[test]
-#[ignore = "BUG: tar -xf sets each file's mtime with futimens on the open write descriptor; src/fs/namespace.rs:168 drops it (same cause as the touch bug), so extracted files get the extraction time"]
 fn bug_tar_xf_does_not_restore_modification_times() {
     let work = tempfile::tempdir().expect("work dir");
     let tree = work.path().join("tree");
@@ -1428,7 +1423,6 @@ fn bug_tar_xf_does_not_restore_modification_times() {
 }
 
 #[test]
-#[ignore = "BUG: src/fs/fuse.rs flush (line ~388) commits on every FUSE FLUSH, including the one a forked child sends when exec closes the inherited close-on-exec descriptor: a half-written file becomes visible on the server before the writer calls close(2)"]
 fn bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partial_version() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
@@ -1449,7 +1443,6 @@ fn bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partia
 }
 
 #[test]
-#[ignore = "BUG: src/fs/write.rs commit (line ~310) clears `dirty` after a failed commit, so when the failure is reported to another process's FLUSH (a forked child's exec), the writer's own close(2) returns 0 although its bytes never reached the server (they are only in recovery/)"]
 fn bug_a_conflict_reported_to_a_child_process_is_lost_and_the_writers_close_succeeds() {
     let server = start_server();
     let (cache_a, cache_b) = (tempfile::tempdir().expect("cache a"), tempfile::tempdir().expect("cache b"));

@@ -32,24 +32,24 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "json") {
+            if let Some(copy) = path.to_str().and_then(|p| p.strip_suffix(".json")) {
                 let note: RecoveryNote = serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("bad note {}", path.display()))?;
-                notes.push((path.with_extension(""), note));
+                notes.push((PathBuf::from(copy), path.clone(), note));
             }
         }
     }
-    notes.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+    notes.sort_by(|a, b| a.2.time.cmp(&b.2.time));
     if notes.is_empty() {
         println!("nothing to recover in {}", dir.display());
         return Ok(());
     }
-    for (copy, note) in notes {
+    for (copy, note_path, note) in notes {
         let size = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
         println!("{}  {}/{} ({} bytes) at {}: {}", copy.display(), note.origin, note.path, size, note.time, note.reason);
         if args.upload {
             let target = restore(&copy, &note).await.with_context(|| format!("cannot recover {}", copy.display()))?;
             std::fs::remove_file(&copy)?;
-            std::fs::remove_file(copy.with_extension("json"))?;
+            std::fs::remove_file(&note_path)?;
             println!("  -> uploaded to {}/{}", note.origin, target);
         }
     }

@@ -129,7 +129,8 @@ impl<R: Remote> Fs<R> {
             let hpath = handle.path();
             let (parent, name) = hpath.rsplit_once('/').unwrap_or(("", hpath.as_str()));
             if parent == path && !children.iter().any(|(n, _)| n == name) {
-                if let Some(attr) = inodes.record_local(ino, name, EntryType::File, handle.size(), crate::store::objects::MODE_FILE, crate::store::now_unix(), "") {
+                if let Some(mut attr) = inodes.reattach(ino, name, handle.ino) {
+                    attr.size = handle.size();
                     children.push((name.to_string(), attr));
                 }
             }
@@ -288,19 +289,24 @@ impl<R: Remote> Fs<R> {
         }
         let path = self.inodes.lock().expect("inodes lock").path(ino).unwrap_or_default().to_string();
         let existing = self.pending.lock().expect("pending lock").get(&ino).cloned();
-        if existing.is_some() {
-            // Another writer of this file is open here: its commit would race ours.
-            return Err(FsError::NotSupported(format!("{path:?} is already open for writing on this mount")));
+        if existing.is_some_and(|w| w.is_uncommitted()) {
+            // Another handle here holds uncommitted bytes of this file; ours would start from
+            // the version before them and one of the two closes would fail.
+            return Err(FsError::Busy(format!("{path:?} has uncommitted writes on this mount")));
         }
         let base = Pinned { blob: Arc::from(attr.hash.as_str()), size: attr.size };
         let handle = WriteHandle::new(ino, &path, Some(base), truncate, attr.mode, self.write_config())?;
         Ok(self.register_writer(handle))
     }
 
-    /// Writes to a handle opened for writing; returns the bytes written.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// Writes to a handle opened for writing; returns the bytes written. `lock_owner`
+    /// identifies the writing process's file table (FUSE sends it with writes).
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8], lock_owner: Option<u64>) -> Result<u32> {
         match self.handle(fh)? {
             Handle::Write(w) => {
+                if let Some(owner) = lock_owner {
+                    w.note_writer(owner);
+                }
                 w.write(&self.remote, offset, data).await?;
                 Ok(data.len() as u32)
             }
@@ -310,8 +316,13 @@ impl<R: Remote> Fs<R> {
 
     /// Commits what a write handle holds (close(2) and fsync(2) land here). Read handles have
     /// nothing to do.
-    pub async fn flush(&self, fh: u64) -> Result<()> {
+    /// `lock_owner` is the closing process's; a FLUSH from a process that did not write (a
+    /// child closing an inherited descriptor) commits nothing. `None` (fsync) always commits.
+    pub async fn flush(&self, fh: u64, lock_owner: Option<u64>) -> Result<()> {
         let Handle::Write(w) = self.handle(fh)? else { return Ok(()) };
+        if lock_owner.is_some_and(|owner| !w.flush_commits(owner)) {
+            return Ok(());
+        }
         self.commit_writer(&w).await
     }
 
@@ -321,7 +332,8 @@ impl<R: Remote> Fs<R> {
             let mut inodes = self.inodes.lock().expect("inodes lock");
             let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
             if let Some(parent_ino) = inodes.ino_of(parent) {
-                inodes.record_local(parent_ino, name, EntryType::File, done.blob.size, done.mode, crate::store::now_unix(), &done.blob.hash);
+                let mtime = done.mtime.unwrap_or_else(crate::store::now_unix);
+                inodes.record_local(parent_ino, name, EntryType::File, done.blob.size, done.mode, mtime, &done.blob.hash);
             }
         }
         Ok(())
@@ -560,16 +572,16 @@ mod write_tests {
         let content = data(3 * MOCK_UPLOAD_CHUNK as usize + 123, 5);
         let (attr, fh) = fs.create(ROOT_INO, "new.bin", 0o644).await.unwrap();
         for (i, piece) in content.chunks(10_000).enumerate() {
-            fs.write(fh, (i * 10_000) as u64, piece).await.unwrap();
+            fs.write(fh, (i * 10_000) as u64, piece, None).await.unwrap();
         }
         assert!(remote.get("new.bin").is_none(), "nothing is visible before close");
         assert_eq!(fs.getattr(attr.ino).await.unwrap().size, content.len() as u64);
-        fs.flush(fh).await.unwrap();
+        fs.flush(fh, None).await.unwrap();
         fs.release(fh).await;
         assert_eq!(remote.get("new.bin").unwrap(), content);
         // an empty new file is committed too
         let (_, fh) = fs.create(ROOT_INO, "empty", 0o644).await.unwrap();
-        fs.flush(fh).await.unwrap();
+        fs.flush(fh, None).await.unwrap();
         fs.release(fh).await;
         assert_eq!(remote.get("empty").unwrap().len(), 0);
     }
@@ -582,9 +594,9 @@ mod write_tests {
         let fs = Fs::new(remote.clone(), config(dir.path()));
         let f = fs.lookup(ROOT_INO, "f").await.unwrap();
         let fh = fs.open_write(f.ino, true).await.unwrap();
-        fs.write(fh, 0, b"new bytes").await.unwrap();
+        fs.write(fh, 0, b"new bytes", None).await.unwrap();
         remote.fail_writes.store(true, Ordering::Relaxed);
-        assert!(matches!(fs.flush(fh).await, Err(FsError::Remote(_))));
+        assert!(matches!(fs.flush(fh, None).await, Err(FsError::Remote(_))));
         fs.release(fh).await;
         assert_eq!(remote.get("f").unwrap(), b"old".to_vec());
         let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path())).unwrap().flatten().collect();
@@ -600,9 +612,9 @@ mod write_tests {
         let fs = Fs::new(remote.clone(), config(dir.path()));
         let f = fs.lookup(ROOT_INO, "f").await.unwrap();
         let fh = fs.open_write(f.ino, true).await.unwrap();
-        fs.write(fh, 0, b"mine").await.unwrap();
+        fs.write(fh, 0, b"mine", None).await.unwrap();
         remote.put("f", b"theirs".to_vec());
-        assert!(matches!(fs.flush(fh).await, Err(FsError::Conflict(_))));
+        assert!(matches!(fs.flush(fh, None).await, Err(FsError::Conflict(_))));
         fs.release(fh).await;
         assert_eq!(remote.get("f").unwrap(), b"theirs".to_vec());
     }
@@ -640,7 +652,7 @@ mod write_tests {
                     match op {
                         Op::Write(offset, len, byte) => {
                             let bytes = vec![*byte; *len];
-                            fs.write(fh, *offset, &bytes).await.unwrap();
+                            fs.write(fh, *offset, &bytes, None).await.unwrap();
                             let end = *offset as usize + len;
                             if model.len() < end { model.resize(end, 0); }
                             model[*offset as usize..end].copy_from_slice(&bytes);
@@ -653,7 +665,7 @@ mod write_tests {
                 }
                 let through_handle = fs.read(fh, 0, model.len() as u32 + 10).await.unwrap();
                 assert_eq!(&through_handle[..], &model[..]);
-                fs.flush(fh).await.unwrap();
+                fs.flush(fh, None).await.unwrap();
                 fs.release(fh).await;
                 assert_eq!(remote.get("f").unwrap(), model);
             });

@@ -30,6 +30,8 @@ pub enum FsError {
     Exists(String),
     #[error("directory not empty")]
     NotEmpty,
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("operation not permitted: {0}")]
     NotPermitted(String),
     /// A local spool or cache file could not be used.
@@ -51,6 +53,7 @@ impl FsError {
             FsError::Remote(_) | FsError::Conflict(_) | FsError::Local(_) => libc::EIO,
             FsError::Exists(_) => libc::EEXIST,
             FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Busy(_) => libc::EBUSY,
             FsError::NotPermitted(_) => libc::EPERM,
         }
     }

@@ -246,12 +246,13 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let fs = self.fs.clone();
         let data = data.to_vec();
-        self.spawn("write", async move { fs.write(fh.0, offset, &data).await }, move |r| match r {
+        let owner = lock_owner.map(|o| o.0);
+        self.spawn("write", async move { fs.write(fh.0, offset, &data, owner).await }, move |r| match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         });
@@ -259,7 +260,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.spawn("fsync", async move { fs.flush(fh.0).await }, move |r| match r {
+        self.spawn("fsync", async move { fs.flush(fh.0, None).await }, move |r| match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         });
@@ -384,10 +385,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply.error(Errno::from_i32(libc::EPERM));
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         // close(2): a write handle commits here, so close returns the real outcome.
         let fs = self.fs.clone();
-        self.spawn("flush", async move { fs.flush(fh.0).await }, move |r| match r {
+        self.spawn("flush", async move { fs.flush(fh.0, Some(lock_owner.0)).await }, move |r| match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         });

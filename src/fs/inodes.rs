@@ -190,6 +190,24 @@ impl InodeTable {
         Some(self.nodes.get(&ino)?.attr.clone())
     }
 
+    /// Names `name` in directory `dir` by the existing inode `ino` again (a file this mount is
+    /// writing, which a listing from the server does not have yet), keeping its number.
+    pub fn reattach(&mut self, dir: u64, name: &str, ino: u64) -> Option<Attr> {
+        let dir_path = self.path(dir)?.to_string();
+        let path = child_path(&dir_path, name);
+        let node = self.nodes.get_mut(&ino)?;
+        node.path = path.clone();
+        node.confirmed = Instant::now();
+        let attr = node.attr.clone();
+        self.by_path.insert(path, ino);
+        if let Some((names, _)) = self.nodes.get_mut(&dir).and_then(|n| n.listing.as_mut()) {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        Some(attr)
+    }
+
     /// Forgets a name this mount removed, ahead of the next listing.
     pub fn remove_local(&mut self, dir: u64, name: &str) {
         let Some(dir_path) = self.path(dir).map(str::to_string) else { return };

@@ -153,7 +153,7 @@ impl<R: Remote> Fs<R> {
                         if let Some(w) = self.write_handle(fh) {
                             w.truncate(size).await?;
                         }
-                        self.flush(fh).await
+                        self.flush(fh, None).await
                     }
                     .await;
                     self.release(fh).await;
@@ -165,7 +165,8 @@ impl<R: Remote> Fs<R> {
         if mode.is_some() || mtime.is_some() {
             let new_mode = mode.map_or(attr.mode, with_exec_bit);
             if let Some(w) = self.pending_writer(ino) {
-                w.set_mode(new_mode).await;
+                // Committed with the file when it is closed (tar and touch set times this way).
+                w.set_meta(mode.map(with_exec_bit), mtime).await;
             } else if attr.kind == EntryType::File && (new_mode != attr.mode || mtime.is_some_and(|m| m != attr.mtime)) {
                 let path = self.inodes.lock().expect("inodes lock").path(ino).unwrap_or_default().to_string();
                 let change = Change::Put {

@@ -83,14 +83,26 @@ struct WriteState {
     /// Bytes of the current partial chunk while streaming.
     tail: BytesMut,
     upload: Option<Upload>,
+    /// The bytes differ from the last committed version (or there is none yet).
     dirty: bool,
+    /// Only the mode or the modification time changed: a commit needs no upload.
+    meta_dirty: bool,
     mode: u32,
+    /// Modification time to commit (`None`: the commit time).
+    mtime: Option<i64>,
+    /// The last commit failed and its bytes went to recovery/: later closes report it too.
+    failed: Option<FsError>,
 }
 
 /// One file open for writing.
 pub struct WriteHandle {
     pub ino: u64,
     path: Mutex<String>,
+    /// Lock owners (one per process's file table) that wrote through this handle: a FLUSH
+    /// from anyone else (a child closing an inherited descriptor) must not publish the file.
+    writers: Mutex<std::collections::HashSet<u64>>,
+    /// Mirrors "something is not committed yet", readable without the state lock.
+    uncommitted: std::sync::atomic::AtomicBool,
     spool_path: PathBuf,
     /// Current size, readable without waiting for a write in progress.
     size: AtomicU64,
@@ -103,6 +115,8 @@ pub struct WriteHandle {
 pub struct Committed {
     pub blob: BlobInfo,
     pub mode: u32,
+    /// The modification time committed, if one was set.
+    pub mtime: Option<i64>,
 }
 
 fn chunks_of(size: u64, cs: u64) -> u64 {
@@ -132,11 +146,16 @@ impl WriteHandle {
             upload: None,
             // A new or truncated file is a change even if nothing is written.
             dirty: truncate || is_new,
+            meta_dirty: false,
             mode,
+            mtime: None,
+            failed: None,
         };
         Ok(WriteHandle {
             ino,
             path: Mutex::new(path.to_string()),
+            writers: Mutex::new(std::collections::HashSet::new()),
+            uncommitted: std::sync::atomic::AtomicBool::new(truncate || is_new),
             spool_path,
             size: AtomicU64::new(size),
             state: tokio::sync::Mutex::new(state),
@@ -159,11 +178,34 @@ impl WriteHandle {
         self.size.load(Ordering::Relaxed)
     }
 
-    /// Sets the mode committed with the file.
-    pub async fn set_mode(&self, mode: u32) {
+    /// Sets the mode and/or modification time committed with the file.
+    pub async fn set_meta(&self, mode: Option<u32>, mtime: Option<i64>) {
         let mut s = self.state.lock().await;
-        s.mode = mode;
-        s.dirty = true;
+        if let Some(mode) = mode {
+            s.mode = mode;
+        }
+        if mtime.is_some() {
+            s.mtime = mtime;
+        }
+        s.meta_dirty = true;
+        self.uncommitted.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that the process with `lock_owner` wrote through this handle.
+    pub fn note_writer(&self, lock_owner: u64) {
+        self.writers.lock().expect("writers lock").insert(lock_owner);
+    }
+
+    /// Whether a FLUSH from `lock_owner` should commit: one of the writers closes, or nobody
+    /// wrote yet (a created or truncated file is complete as it is).
+    pub fn flush_commits(&self, lock_owner: u64) -> bool {
+        let writers = self.writers.lock().expect("writers lock");
+        writers.is_empty() || writers.contains(&lock_owner)
+    }
+
+    /// Whether anything is not committed yet.
+    pub fn is_uncommitted(&self) -> bool {
+        self.uncommitted.load(Ordering::Relaxed)
     }
 
     /// Writes `data` at `offset`.
@@ -200,6 +242,7 @@ impl WriteHandle {
             s.size = s.size.max(end);
         }
         s.dirty = true;
+        self.uncommitted.store(true, Ordering::Relaxed);
         self.size.store(s.size, Ordering::Relaxed);
         Ok(())
     }
@@ -239,6 +282,7 @@ impl WriteHandle {
         }
         s.size = new_size;
         s.dirty = true;
+        self.uncommitted.store(true, Ordering::Relaxed);
         self.size.store(new_size, Ordering::Relaxed);
         Ok(())
     }
@@ -295,20 +339,33 @@ impl WriteHandle {
     /// log) before the error is returned.
     pub async fn commit<R: Remote>(&self, remote: &Arc<R>) -> Result<Option<Committed>> {
         let mut s = self.state.lock().await;
-        if !s.dirty {
-            return Ok(None);
+        if !s.dirty && !s.meta_dirty {
+            return match &s.failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(None),
+            };
         }
         let path = self.path();
-        match self.upload_and_commit(&mut s, remote, &path).await {
-            Ok(done) => Ok(Some(done)),
+        let outcome = if s.dirty { self.upload_and_commit(&mut s, remote, &path).await } else { self.commit_meta(&mut s, remote, &path).await };
+        match outcome {
+            Ok(done) => {
+                s.failed = None;
+                s.meta_dirty = false;
+                self.uncommitted.store(false, Ordering::Relaxed);
+                Ok(Some(done))
+            }
             Err(e) => {
                 let saved = self.save_recovery(&path, s.expect.clone(), &e.to_string());
                 match &saved {
                     Ok(p) => log::error!("could not commit {path:?} ({e}); its bytes are kept in {}", p.display()),
                     Err(io) => log::error!("could not commit {path:?} ({e}), and could not keep a copy: {io}"),
                 }
-                // The bytes are safe in recovery/: do not report them again at release.
+                // The bytes are safe in recovery/: do not upload them again at release, but
+                // report the failure to every later close of this handle.
                 s.dirty = false;
+                s.meta_dirty = false;
+                s.failed = Some(e.clone());
+                self.uncommitted.store(false, Ordering::Relaxed);
                 if let Some(up) = s.upload.take() {
                     let _ = remote.abort_upload(&up.id).await;
                 }
@@ -368,7 +425,7 @@ impl WriteHandle {
         if blob.size != s.size {
             return Err(FsError::Remote(format!("the server assembled {} bytes, {} were written", blob.size, s.size)));
         }
-        let change = Change::Put { path: path.to_string(), hash: blob.hash.clone(), mode: Some(s.mode), mtime: None, expect: Some(s.expect.clone()) };
+        let change = Change::Put { path: path.to_string(), hash: blob.hash.clone(), mode: Some(s.mode), mtime: s.mtime, expect: Some(s.expect.clone()) };
         remote.commit(vec![change], format!("write {path}")).await?;
         log::debug!("committed {path:?}: {} bytes, blob {}", blob.size, blob.hash);
         s.expect = Some(blob.hash.clone());
@@ -377,7 +434,16 @@ impl WriteHandle {
         s.present = (0..count).collect();
         s.streaming = false;
         s.dirty = false;
-        Ok(Committed { blob, mode: s.mode })
+        Ok(Committed { blob, mode: s.mode, mtime: s.mtime })
+    }
+
+    /// Commits a new mode or modification time for unchanged bytes: no upload.
+    async fn commit_meta<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, path: &str) -> Result<Committed> {
+        let Some(base) = s.base.clone() else { return self.upload_and_commit(s, remote, path).await };
+        let blob = BlobInfo { hash: base.blob.to_string(), size: base.size, md5: String::new() };
+        let change = Change::Put { path: path.to_string(), hash: blob.hash.clone(), mode: Some(s.mode), mtime: s.mtime, expect: Some(s.expect.clone()) };
+        remote.commit(vec![change], format!("setattr {path}")).await?;
+        Ok(Committed { blob, mode: s.mode, mtime: s.mtime })
     }
 
     fn save_recovery(&self, path: &str, expect: Option<String>, reason: &str) -> std::io::Result<PathBuf> {
