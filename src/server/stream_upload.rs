@@ -50,7 +50,7 @@ pub async fn upload(
     let limit = state.config.max_upload_size;
     let mut writer = state.store.begin_blob(&repo, len, limit).await?;
     let mut stream = body.into_data_stream();
-    let mut piece = BytesMut::with_capacity(PIECE);
+    let mut piece = BytesMut::with_capacity(len.map_or(PIECE, |l| (l as usize).min(PIECE)));
     let mut chunks = 0u64;
     let outcome: ApiResult<()> = async {
         loop {

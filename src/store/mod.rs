@@ -27,7 +27,6 @@ pub use blob::BlobWriter;
 pub use objects::{BlobHasher, Commit, Tree, TreeEntry};
 pub use repo::RefUpdate;
 
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
 /// Errors of the store. The server maps each to one HTTP status.
@@ -58,13 +57,42 @@ pub enum StoreError {
 /// Result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Trees kept decoded in memory; they are immutable, so this cache never goes stale.
-const TREE_CACHE_ENTRIES: usize = 4096;
+/// Directory entries kept in decoded trees (about 200 bytes each). Bounded by entries, not
+/// trees: every commit to a large directory makes a new version of it, and a few thousand
+/// versions of a 2,000-entry directory would otherwise hold hundreds of MiB.
+const TREE_CACHE_ENTRIES: usize = 100_000;
+
+/// Decoded trees by (repository, id); they are immutable, so this cache never goes stale.
+pub(crate) struct TreeCache {
+    lru: lru::LruCache<(String, String), std::sync::Arc<Tree>>,
+    entries: usize,
+}
+
+impl TreeCache {
+    fn new() -> Self {
+        TreeCache { lru: lru::LruCache::unbounded(), entries: 0 }
+    }
+
+    pub(crate) fn get(&mut self, key: &(String, String)) -> Option<std::sync::Arc<Tree>> {
+        self.lru.get(key).cloned()
+    }
+
+    pub(crate) fn put(&mut self, key: (String, String), tree: std::sync::Arc<Tree>) {
+        self.entries += tree.entries.len() + 1;
+        if let Some(old) = self.lru.put(key, tree) {
+            self.entries -= old.entries.len() + 1;
+        }
+        while self.entries > TREE_CACHE_ENTRIES {
+            let Some((_, evicted)) = self.lru.pop_lru() else { break };
+            self.entries -= evicted.entries.len() + 1;
+        }
+    }
+}
 
 /// The repository store shared by all server handlers.
 pub struct Store {
     backend: Backend,
-    trees: Mutex<lru::LruCache<(String, String), std::sync::Arc<Tree>>>,
+    trees: Mutex<TreeCache>,
     events: tokio::sync::broadcast::Sender<RefUpdate>,
 }
 
@@ -74,9 +102,7 @@ impl Store {
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let store = Store {
             backend,
-            trees: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(TREE_CACHE_ENTRIES).expect("non-zero"),
-            )),
+            trees: Mutex::new(TreeCache::new()),
             events,
         };
         match store.create_repo(crate::api::DEFAULT_REPO).await {

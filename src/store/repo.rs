@@ -137,7 +137,7 @@ impl Store {
     pub async fn load_tree(&self, repo: &str, id: &str) -> Result<Arc<Tree>> {
         let key = (repo.to_string(), id.to_string());
         if let Some(tree) = self.trees.lock().expect("tree cache lock").get(&key) {
-            return Ok(tree.clone());
+            return Ok(tree);
         }
         validate_object_id(id)?;
         let bytes = self
