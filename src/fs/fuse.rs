@@ -134,8 +134,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         if let Err(max) = config.set_max_write(MAX_IO) {
             let _ = config.set_max_write(max);
         }
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
+        // Enough concurrent kernel read-ahead requests to keep several chunk fetches busy;
+        // more would only add memory in flight.
+        let _ = config.set_max_background(32);
+        let _ = config.set_congestion_threshold(24);
         Ok(())
     }
 
