@@ -845,7 +845,6 @@ fn one_gib_round_trip_through_the_cli_in_bounded_memory() {
 /// Heavy (3 GiB file, about 10 GiB of disk, several minutes) and machine-dependent: a
 /// fast disk moves the threshold up.
 #[test]
-#[ignore = "BUG: govcfs put of a multi-GiB file fails: complete (src/store/upload.rs complete_upload) takes longer than the client's 30 s read timeout (src/client/mod.rs ClientOptions), and the retries restart it"]
 fn cli_put_of_a_three_gib_file_succeeds() {
     const SIZE: u64 = 3 << 30;
     let srv = ServerProcess::start();
