@@ -118,17 +118,9 @@ fn run_child(command: &mut Command, timeout: Duration) -> Out {
         let _gate = spawning();
         command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"))
     };
-    let (mut out, mut err) = (child.stdout.take().expect("piped stdout"), child.stderr.take().expect("piped stderr"));
-    let out_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
+    let (out, err) = (child.stdout.take().expect("piped stdout"), child.stderr.take().expect("piped stderr"));
+    let out_thread = crate::common::drain_on_thread(out);
+    let err_thread = crate::common::drain_on_thread(err);
     let Some(status) = wait_child(&mut child, timeout) else {
         kill_child(&mut child);
         panic!("{command:?} did not finish within {timeout:?}");

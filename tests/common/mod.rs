@@ -357,6 +357,15 @@ impl CliOutput {
 /// Time a CLI command may take by default.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Reads a child's pipe to the end on its own thread (so neither pipe can fill and block it).
+pub fn drain_on_thread(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
 /// Runs `govcfs ARGS…` and returns its status, output and peak memory.
 pub fn run_cli(args: &[&str]) -> CliOutput {
     run_cli_with(args, &[], CLI_TIMEOUT)
@@ -380,18 +389,10 @@ pub fn run_cli_with(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> 
     let started = Instant::now();
     let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {GOVCFS}: {e}"));
     let pid = child.id() as libc::pid_t;
-    let mut out_pipe = child.stdout.take().expect("piped stdout");
-    let mut err_pipe = child.stderr.take().expect("piped stderr");
-    let out_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out_pipe.read_to_end(&mut buf);
-        buf
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err_pipe.read_to_end(&mut buf);
-        buf
-    });
+    let out_pipe = child.stdout.take().expect("piped stdout");
+    let err_pipe = child.stderr.take().expect("piped stderr");
+    let out_thread = drain_on_thread(out_pipe);
+    let err_thread = drain_on_thread(err_pipe);
     let deadline = started + timeout;
     let mut raw_status: libc::c_int = 0;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.

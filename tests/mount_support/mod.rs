@@ -189,18 +189,10 @@ pub fn run_bounded(command: &mut Command, timeout: Duration) -> ExitStatus {
 pub fn output_bounded(command: &mut Command, timeout: Duration) -> (ExitStatus, Vec<u8>, String) {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
+    let out = child.stdout.take().expect("piped stdout");
+    let err = child.stderr.take().expect("piped stderr");
+    let out_thread = crate::common::drain_on_thread(out);
+    let err_thread = crate::common::drain_on_thread(err);
     let status = match wait_child(&mut child, timeout) {
         Some(status) => status,
         None => {
