@@ -56,7 +56,9 @@ impl<R: Remote> Fs<R> {
         if !self.readdir(attr.ino).await?.is_empty() {
             return Err(FsError::NotEmpty);
         }
-        // Re-read the tree id the listing confirmed, so the commit checks emptiness on the server.
+        // The directory's tree id as the server has it now (after whatever was just removed
+        // from it), so the commit checks emptiness on the server without a false conflict.
+        self.inodes.lock().expect("inodes lock").expire_dir(parent);
         let attr = self.lookup(parent, name).await?;
         let change = Change::Delete { path: path.clone(), expect: Some(Some(attr.hash.clone())) };
         match self.commit_changes(vec![change], format!("rmdir {path}")).await {
