@@ -192,30 +192,6 @@ fn write_text_file(path: &Path, len: u64, seed: u64) -> u64 {
     needles
 }
 
-/// Writes `len` pseudo-random, incompressible bytes quickly (the debug build generates a few
-/// hundred MB/s at most): each MiB is one of 16 random 1 MiB blocks, picked pseudo-randomly,
-/// whose first 16 bytes are replaced by the MiB's index and the seed, so no two MiB are equal
-/// and a misplaced piece of data is always detected.
-fn write_fast_random_file(path: &Path, len: u64, seed: u64) {
-    const BLOCK: usize = 1 << 20;
-    let blocks: Vec<Vec<u8>> = (0..16).map(|i| random_bytes(BLOCK, seed.wrapping_mul(1000).wrapping_add(i + 1))).collect();
-    let mut rng = XorShift::new(seed ^ 0x5EED);
-    let mut file = File::create(path).expect("create the file");
-    let mut buf = vec![0u8; BLOCK];
-    let mut index = 0u64;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(BLOCK as u64) as usize;
-        buf[..n].copy_from_slice(&blocks[(rng.next_u64() % 16) as usize][..n]);
-        let header = [index.to_le_bytes(), seed.to_le_bytes()].concat();
-        let h = n.min(16);
-        buf[..h].copy_from_slice(&header[..h]);
-        file.write_all(&buf[..n]).expect("write the file");
-        index += 1;
-        left -= n as u64;
-    }
-    file.sync_all().expect("sync the file");
-}
 
 /// `grep -c PATTERN FILE` → the count it prints.
 fn grep_count(pattern: &str, file: &Path) -> u64 {
@@ -327,7 +303,7 @@ fn huge_file() -> HugeFile {
     let work = tempfile::tempdir().expect("tempdir");
     let source = work.path().join("huge.bin");
     let started = Instant::now();
-    write_fast_random_file(&source, HUGE, 22);
+    common::write_fast_random_file(&source, HUGE, 22);
     println!("generated 4 GiB in {:.1?}", started.elapsed());
     api_put_file(&server.api("default"), &source, "huge.bin");
     HugeFile { server, source, _work: work }
@@ -656,7 +632,7 @@ fn server_restart_during_cat_never_gives_wrong_bytes_with_success() {
     let mut server = RestartableServer::start(&data_dir, "127.0.0.1:0", &work.path().join("server.log"));
     let repo = server.repo_url("default");
     let source = work.path().join("big.bin");
-    write_fast_random_file(&source, SIZE, 77);
+    common::write_fast_random_file(&source, SIZE, 77);
     api_put_file(&format!("http://{}/api/v1/repos/default", server.addr), &source, "big");
 
     let mount = MountGuard::start(&repo, &[]);

@@ -340,28 +340,6 @@ fn get_bytes(repo_url: &str, path: &str, dir: &Path) -> Vec<u8> {
     data
 }
 
-/// Writes `len` pseudo-random, incompressible bytes quickly: each MiB is one of 16 random
-/// 1 MiB blocks whose first 16 bytes are replaced by the MiB's index and the seed, so no two
-/// MiB are equal and a misplaced piece is always detected.
-fn write_fast_random_file(path: &Path, len: u64, seed: u64) {
-    const BLOCK: usize = 1 << 20;
-    let blocks: Vec<Vec<u8>> = (0..16).map(|i| random_bytes(BLOCK, seed.wrapping_mul(1000).wrapping_add(i + 1))).collect();
-    let mut rng = XorShift::new(seed ^ 0x5EED);
-    let mut file = File::create(path).expect("create the file");
-    let mut buf = vec![0u8; BLOCK];
-    let (mut index, mut left) = (0u64, len);
-    while left > 0 {
-        let n = left.min(BLOCK as u64) as usize;
-        buf[..n].copy_from_slice(&blocks[(rng.next_u64() % 16) as usize][..n]);
-        let header = [index.to_le_bytes(), seed.to_le_bytes()].concat();
-        let h = n.min(16);
-        buf[..h].copy_from_slice(&header[..h]);
-        file.write_all(&buf[..n]).expect("write the file");
-        index += 1;
-        left -= n as u64;
-    }
-    file.sync_all().expect("sync the file");
-}
 
 /// The recovery copies (not the notes) in `<cache>/recovery/`, sorted.
 fn recovery_copies(cache_dir: &Path) -> Vec<PathBuf> {
@@ -398,7 +376,7 @@ fn cp_of_a_2gib_file_round_trips_and_the_mount_stays_under_128mib() {
     let work = tempfile::tempdir().expect("work dir");
     let source = work.path().join("source.bin");
     let started = Instant::now();
-    write_fast_random_file(&source, LEN, 2024);
+    common::write_fast_random_file(&source, LEN, 2024);
     println!("generated {LEN} bytes in {:.1?}", started.elapsed());
 
     let server = start_server();

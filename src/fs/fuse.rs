@@ -105,6 +105,22 @@ fn to_file_attr(attr: &Attr, uid: u32, gid: u32) -> FileAttr {
     }
 }
 
+/// Answers an operation that returns nothing.
+fn empty_reply(reply: ReplyEmpty) -> impl FnOnce(Result<(), FsError>) + Send + 'static {
+    move |r| match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// Answers an operation that returns a new or found entry.
+fn entry_reply(reply: ReplyEntry, ttl: Duration, uid: u32, gid: u32) -> impl FnOnce(Result<Attr, FsError>) + Send + 'static {
+    move |r| match r {
+        Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, uid, gid), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -153,10 +169,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         let name = name_str(name);
         let ttl = self.ttl;
         let (uid, gid) = (self.uid, self.gid);
-        self.spawn("lookup", async move { fs.lookup(parent.0, &name?).await }, move |r| match r {
-            Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, uid, gid), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.spawn("lookup", async move { fs.lookup(parent.0, &name?).await }, entry_reply(reply, ttl, uid, gid));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -262,38 +275,26 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.spawn("fsync", async move { fs.flush(fh.0, None).await }, move |r| match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.spawn("fsync", async move { fs.flush(fh.0, None).await }, empty_reply(reply));
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
         let fs = self.fs.clone();
         let name = name_str(name);
         let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
-        self.spawn("mkdir", async move { fs.mkdir(parent.0, &name?).await }, move |r| match r {
-            Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, uid, gid), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.spawn("mkdir", async move { fs.mkdir(parent.0, &name?).await }, entry_reply(reply, ttl, uid, gid));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         let name = name_str(name);
-        self.spawn("rmdir", async move { fs.rmdir(parent.0, &name?).await }, move |r| match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.spawn("rmdir", async move { fs.rmdir(parent.0, &name?).await }, empty_reply(reply));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         let name = name_str(name);
-        self.spawn("unlink", async move { fs.unlink(parent.0, &name?).await }, move |r| match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.spawn("unlink", async move { fs.unlink(parent.0, &name?).await }, empty_reply(reply));
     }
 
     fn rename(
@@ -317,10 +318,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         self.spawn(
             "rename",
             async move { fs.rename(parent.0, &name?, newparent.0, &newname?, no_replace).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty_reply(reply),
         );
     }
 
@@ -362,10 +360,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         let name = name_str(link_name);
         let target = target.to_str().map(str::to_string).ok_or_else(|| FsError::Invalid("a target that is not UTF-8".into()));
         let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
-        self.spawn("symlink", async move { fs.symlink(parent.0, &name?, &target?).await }, move |r| match r {
-            Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, uid, gid), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.spawn("symlink", async move { fs.symlink(parent.0, &name?, &target?).await }, entry_reply(reply, ttl, uid, gid));
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
@@ -390,10 +385,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         // close(2): a write handle commits here, so close returns the real outcome.
         let fs = self.fs.clone();
-        self.spawn("flush", async move { fs.flush(fh.0, Some(lock_owner.0)).await }, move |r| match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.spawn("flush", async move { fs.flush(fh.0, Some(lock_owner.0)).await }, empty_reply(reply));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -126,19 +126,7 @@ pub fn unmount_path(path: &Path) -> bool {
     wait_until(Duration::from_secs(5), || !is_mounted(path))
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use crate::common::wait_until;
 
 /// Reads a `kB` field such as `VmHWM:` from `/proc/PID/status`.
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
