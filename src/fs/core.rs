@@ -407,11 +407,6 @@ impl<R: Remote> Fs<R> {
     }
 
 
-    /// Open handles.
-    pub fn open_handles(&self) -> usize {
-        self.handles.lock().expect("handles lock").len()
-    }
-
     /// The target of symlink `ino`.
     pub async fn readlink(&self, ino: u64) -> Result<Bytes> {
         let attr = self.getattr(ino).await?;

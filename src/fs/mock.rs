@@ -41,19 +41,9 @@ impl MemRemote {
         self.files.lock().expect("lock").insert(path.to_string(), data);
     }
 
-    /// Removes a file.
-    pub fn remove(&self, path: &str) {
-        self.files.lock().expect("lock").remove(path);
-    }
-
     /// The content of a file, if it exists.
     pub fn get(&self, path: &str) -> Option<Bytes> {
         self.files.lock().expect("lock").get(path).cloned()
-    }
-
-    /// Paths of all files.
-    pub fn paths(&self) -> Vec<String> {
-        self.files.lock().expect("lock").keys().cloned().collect()
     }
 
     fn check_writable(&self) -> Result<()> {

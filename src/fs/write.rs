@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -467,10 +467,5 @@ impl WriteHandle {
     /// Removes the spool (after the last commit).
     pub fn discard(&self) {
         let _ = std::fs::remove_file(&self.spool_path);
-    }
-
-    /// The spool file (for tests).
-    pub fn spool_path(&self) -> &Path {
-        &self.spool_path
     }
 }
