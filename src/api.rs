@@ -11,6 +11,9 @@ pub const CHECKSUM_HEADER: &str = "x-checksum-md5";
 /// Header carrying the hex SHA-256 of a response body, sent when the server has it at hand
 /// (aligned 1 MiB blocks); clients prefer it, as it is cheaper to verify than MD5.
 pub const CHECKSUM_SHA256_HEADER: &str = "x-checksum-sha256";
+/// On an upload chunk PUT with an empty body: take the chunk's bytes from the same position
+/// of this blob instead (an append to a huge file then sends only the new bytes).
+pub const COPY_FROM_BLOB_HEADER: &str = "x-copy-from-blob";
 
 /// `POST /api/v1/repos` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -751,6 +751,37 @@ fn dd_conv_notrunc_overwrites_a_range_across_a_chunk_boundary_in_place() {
     unmount(mnt);
 }
 
+#[test]
+fn appending_to_a_big_file_sends_only_the_new_bytes() {
+    let server = start_server();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let work = tempfile::tempdir().expect("work dir");
+    let repo_url = server.repo_url("default");
+    // Not a multiple of the chunk: the base's last, partial chunk must be read back once.
+    let mut model = random_bytes((64 * MIB + 1000) as usize, 41);
+    let local = work.path().join("big.log");
+    std::fs::write(&local, &model).expect("write the local file");
+    cli(&["put", local.to_str().expect("UTF-8"), &format!("{repo_url}/big.log")]).assert_success("govcfs put");
+    let mnt = mount(&repo_url, cache.path());
+
+    let sent_before = server.metric("govcfs_blob_bytes_sent_total").unwrap_or(0.0);
+    let received_before = server.metric("govcfs_blob_bytes_received_total").unwrap_or(0.0);
+    let started = Instant::now();
+    let target = mnt.path().join("big.log");
+    run_ok(Command::new("sh").arg("-c").arg(format!("echo 'one more line' >> '{}'", target.display())), SMALL_TIMEOUT);
+    let elapsed = started.elapsed();
+    model.extend_from_slice(b"one more line\n");
+    let sent = server.metric("govcfs_blob_bytes_sent_total").unwrap_or(0.0) - sent_before;
+    let received = server.metric("govcfs_blob_bytes_received_total").unwrap_or(0.0) - received_before;
+    println!("append to a 64 MiB file: {elapsed:?}, server sent {sent} blob bytes, received {received}");
+    assert_eq!(server_hash(server.addr, "big.log"), Some(blob_id(&model)), "the appended file on the server");
+    assert!(sent <= UPLOAD_CHUNK as f64, "the append read {sent} bytes back from the server (at most the last chunk expected)");
+    assert!(received < MIB as f64, "the append uploaded {received} bytes (the unchanged chunks should be copied on the server)");
+    let got = get_bytes(&repo_url, "big.log", work.path());
+    assert!(got == model, "govcfs get after the append: first difference at {:?}", first_diff(&got, &model));
+    unmount(mnt);
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. SQLite on the mount
 // ---------------------------------------------------------------------------------------

@@ -956,6 +956,57 @@ fn interrupted_uploads_resume_and_cut_chunks_are_not_kept() {
     assert!(!srv.log().contains("internal error"), "server log: {}", srv.log());
 }
 
+#[test]
+fn upload_chunks_can_be_copied_from_the_same_range_of_an_existing_blob() {
+    const CHUNK: u64 = 64 << 10;
+    let srv = ServerProcess::start();
+    let http = http_client();
+    let base = random_bytes(3 * CHUNK as usize + 500, 71);
+    block_on(async {
+        let api = srv.api("default");
+        let base_hash = upload(&http, &srv, "default", &base, Some(CHUNK)).await["hash"].as_str().unwrap().to_string();
+        let (_, started) = post_json(&http, &format!("{api}/uploads"), &json!({ "chunk_size": CHUNK })).await;
+        let id = started["upload_id"].as_str().unwrap().to_string();
+        let copy = |index: u64, source: String| {
+            http.put(format!("{api}/uploads/{id}/{index}")).header("X-Copy-From-Blob", source).send()
+        };
+        for index in 0..2 {
+            let r = copy(index, base_hash.clone()).await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.json::<Value>().await.unwrap()["len"], CHUNK);
+        }
+        // Bad copies: unknown blob, an invalid id, a chunk past the blob's end, a non-empty body.
+        let (status, body) = json_of(copy(2, "0".repeat(64)).await.unwrap()).await;
+        assert_error("copy from an unknown blob", status, &body, 404, "not_found");
+        let (status, body) = json_of(copy(2, "../x".into()).await.unwrap()).await;
+        assert!(status == 400 || status == 404, "copy from an invalid id: {status} {body}");
+        let (status, body) = json_of(copy(4, base_hash.clone()).await.unwrap()).await;
+        assert_error("copy past the end", status, &body, 400, "bad_request");
+        let r = http.put(format!("{api}/uploads/{id}/2")).header("X-Copy-From-Blob", &base_hash).body("x").send().await.unwrap();
+        assert_eq!(r.status(), 400, "a copy with a body");
+        // Chunk 1 is replaced by real bytes; chunk 2 and 3 are new: the result is an edit.
+        let mut expected = base[..3 * CHUNK as usize].to_vec();
+        let patch = random_bytes(CHUNK as usize, 72);
+        expected[CHUNK as usize..2 * CHUNK as usize].copy_from_slice(&patch);
+        let tail = b"appended".to_vec();
+        expected.extend_from_slice(&tail);
+        let r = http.put(format!("{api}/uploads/{id}/1")).body(patch.clone()).send().await.unwrap();
+        assert!(r.status().is_success());
+        assert_eq!(copy(2, base_hash.clone()).await.unwrap().status(), 200);
+        let r = http.put(format!("{api}/uploads/{id}/3")).body(tail.clone()).send().await.unwrap();
+        assert!(r.status().is_success());
+        let (_, upload_status) = get_json(&http, &format!("{api}/uploads/{id}")).await;
+        assert_eq!(upload_status["received"], json!([0, 1, 2, 3]));
+        assert_eq!(upload_status["bytes"], expected.len() as u64);
+        let received_before = srv.metric("govcfs_blob_bytes_received_total").unwrap();
+        let (status, info) = json_of(http.post(format!("{api}/uploads/{id}/complete")).send().await.unwrap()).await;
+        assert!(status == 200 || status == 201, "{info}");
+        assert_eq!(info["hash"], git_blob_id(&expected).as_str());
+        assert_eq!(srv.metric("govcfs_blob_bytes_received_total").unwrap(), received_before, "complete receives nothing");
+    });
+    assert!(!srv.log().contains("internal error"), "server log: {}", srv.log());
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Bad inputs
 // ---------------------------------------------------------------------------------------

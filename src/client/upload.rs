@@ -10,7 +10,7 @@ use reqwest::Method;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{CancellationToken, Client, ClientError, Result};
-use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER};
+use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER, COPY_FROM_BLOB_HEADER};
 use crate::store::BlobHasher;
 
 /// Options of [`Client::upload`].
@@ -77,6 +77,19 @@ impl Client {
         let md5 = md5.unwrap_or_else(|| hex::encode(Md5::digest(&data)));
         self.send(cancel, || self.request(Method::PUT, &url).header(CHECKSUM_HEADER, &md5).body(data.clone())).await?;
         Ok(())
+    }
+
+    /// Makes chunk `index` of an upload a server-side copy of the same range of blob `source`;
+    /// returns the chunk's length.
+    pub async fn copy_chunk(&self, upload_id: &str, index: u64, source: &str, cancel: &CancellationToken) -> Result<u64> {
+        #[derive(serde::Deserialize)]
+        struct Copied {
+            len: u64,
+        }
+        let url = self.url(&format!("/uploads/{upload_id}/{index}"));
+        let response = self.send(cancel, || self.request(Method::PUT, &url).header(COPY_FROM_BLOB_HEADER, source)).await?;
+        let copied: Copied = response.json().await.map_err(ClientError::Transport)?;
+        Ok(copied.len)
     }
 
     /// Which chunks of an upload the server holds.

@@ -616,6 +616,27 @@ mod write_tests {
         assert_eq!(remote.get("f").unwrap(), b"theirs".to_vec());
     }
 
+    #[tokio::test]
+    async fn an_append_sends_only_the_new_bytes_and_copies_the_rest_on_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Arc::new(MemRemote::default());
+        let cs = MOCK_UPLOAD_CHUNK as usize;
+        let mut content = data(10 * cs + cs / 2, 3);
+        remote.put("log", content.clone());
+        let fs = Fs::new(remote.clone(), config(dir.path()));
+        let f = fs.lookup(ROOT_INO, "log").await.unwrap();
+        let fh = fs.open_write(f.ino, false).await.unwrap();
+        let tail = data(cs, 7);
+        fs.write(fh, content.len() as u64, &tail, None).await.unwrap();
+        fs.flush(fh, None).await.unwrap();
+        fs.release(fh).await;
+        content.extend_from_slice(&tail);
+        assert_eq!(remote.get("log").unwrap(), content);
+        // Only the base's last, partial chunk was read back; the ten full ones were copied.
+        assert_eq!(remote.bytes_read.load(Ordering::Relaxed), (cs / 2) as u64);
+        assert_eq!(remote.copies.load(Ordering::Relaxed), 10);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Write(u64, usize, u8),

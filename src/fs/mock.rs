@@ -31,6 +31,8 @@ pub struct MemRemote {
     pub range_reads: AtomicU64,
     /// Bytes returned by `read_range` so far.
     pub bytes_read: AtomicU64,
+    /// `copy_chunk` calls so far.
+    pub copies: AtomicU64,
 }
 
 impl MemRemote {
@@ -115,6 +117,24 @@ impl Remote for MemRemote {
         let chunks = uploads.get_mut(upload_id).ok_or_else(|| FsError::NotFound(upload_id.into()))?;
         chunks.insert(index, data);
         Ok(())
+    }
+
+    async fn copy_chunk(&self, upload_id: &str, index: u64, source: &str) -> Result<u64> {
+        self.check_writable()?;
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        let start = index * MOCK_UPLOAD_CHUNK;
+        let data = {
+            let blobs = self.blobs.lock().expect("lock");
+            let blob = blobs.get(source).ok_or_else(|| FsError::NotFound(format!("blob {source}")))?;
+            if start >= blob.len() as u64 {
+                return Err(FsError::Invalid(format!("chunk {index} is past the end of {source}")));
+            }
+            blob.slice(start as usize..(start + MOCK_UPLOAD_CHUNK).min(blob.len() as u64) as usize)
+        };
+        let len = data.len() as u64;
+        let mut uploads = self.uploads.lock().expect("lock");
+        uploads.get_mut(upload_id).ok_or_else(|| FsError::NotFound(upload_id.into()))?.insert(index, data);
+        Ok(len)
     }
 
     async fn complete_upload(&self, upload_id: &str) -> Result<BlobInfo> {

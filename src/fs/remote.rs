@@ -24,6 +24,9 @@ pub trait Remote: Send + Sync + 'static {
     fn upload_small(&self, data: Bytes) -> impl Future<Output = Result<BlobInfo>> + Send;
     /// Stores chunk `index` of an upload (checksummed, retried by the implementation).
     fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// Makes chunk `index` of an upload a server-side copy of the same range of blob
+    /// `source`; returns the chunk's length.
+    fn copy_chunk(&self, upload_id: &str, index: u64, source: &str) -> impl Future<Output = Result<u64>> + Send;
     /// Assembles an upload into a blob.
     fn complete_upload(&self, upload_id: &str) -> impl Future<Output = Result<BlobInfo>> + Send;
     /// Drops an upload.
@@ -115,6 +118,10 @@ impl Remote for ClientRemote {
 
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {
         Ok(self.client.put_chunk(upload_id, index, data, None, &self.cancel).await?)
+    }
+
+    async fn copy_chunk(&self, upload_id: &str, index: u64, source: &str) -> Result<u64> {
+        Ok(self.client.copy_chunk(upload_id, index, source, &self.cancel).await?)
     }
 
     async fn complete_upload(&self, upload_id: &str) -> Result<BlobInfo> {

@@ -61,6 +61,13 @@ pub struct RecoveryNote {
     pub time: String,
 }
 
+/// What one chunk PUT carries.
+enum ChunkBody {
+    Data(Bytes),
+    /// The same range of this blob, copied on the server.
+    CopyOf(Arc<str>),
+}
+
 struct Upload {
     id: String,
     /// Chunk index → length of what the server holds for it.
@@ -76,6 +83,9 @@ struct WriteState {
     base_valid: u64,
     /// Chunks whose bytes in the spool are complete (filled from the base, or beyond it).
     present: BTreeSet<u64>,
+    /// Chunks written since the base: the others can be copied on the server from the base
+    /// instead of uploaded.
+    modified: BTreeSet<u64>,
     /// Blob the server must still have at commit (`None`: the path must not exist).
     expect: Option<String>,
     /// Still a pure front-to-back write: full chunks stream out as they fill.
@@ -140,6 +150,7 @@ impl WriteHandle {
             base_valid: size,
             base,
             present: BTreeSet::new(),
+            modified: BTreeSet::new(),
             expect,
             streaming: size == 0,
             tail: BytesMut::new(),
@@ -219,7 +230,7 @@ impl WriteHandle {
             while s.tail.len() as u64 >= cs {
                 let index = (s.size - s.tail.len() as u64) / cs;
                 let chunk = s.tail.split_to(cs as usize).freeze();
-                self.send_chunk(&mut s, remote, index, chunk).await?;
+                self.send_chunk(&mut s, remote, index, ChunkBody::Data(chunk)).await?;
             }
         } else {
             if s.streaming {
@@ -234,6 +245,7 @@ impl WriteHandle {
                     self.fill(&mut s, remote, index).await?;
                 }
                 s.present.insert(index);
+                s.modified.insert(index);
                 if let Some(up) = s.upload.as_mut() {
                     up.uploaded.remove(&index);
                 }
@@ -305,7 +317,7 @@ impl WriteHandle {
         Ok(())
     }
 
-    async fn send_chunk<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, index: u64, data: Bytes) -> Result<()> {
+    async fn send_chunk<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, index: u64, body: ChunkBody) -> Result<()> {
         if s.upload.is_none() {
             let started = remote.start_upload().await?;
             if started.chunk_size != self.config.chunk_size {
@@ -319,9 +331,24 @@ impl WriteHandle {
             let (i, len) = up.puts.join_next().await.expect("non-empty").map_err(|e| FsError::Remote(e.to_string()))??;
             up.uploaded.insert(i, len);
         }
-        let (remote, id, len) = (remote.clone(), up.id.clone(), data.len() as u64);
-        up.puts.spawn(async move { remote.put_chunk(&id, index, data).await.map(|_| (index, len)) });
+        let (remote, id) = (remote.clone(), up.id.clone());
+        match body {
+            ChunkBody::Data(data) => {
+                let len = data.len() as u64;
+                up.puts.spawn(async move { remote.put_chunk(&id, index, data).await.map(|_| (index, len)) });
+            }
+            ChunkBody::CopyOf(source) => {
+                up.puts.spawn(async move { remote.copy_chunk(&id, index, &source).await.map(|len| (index, len)) });
+            }
+        }
         Ok(())
+    }
+
+    /// Whether chunk `index` of the file is, byte for byte, the same range of the base.
+    fn unchanged_from_base(s: &WriteState, index: u64, cs: u64) -> bool {
+        let Some(base) = &s.base else { return false };
+        let end = ((index + 1) * cs).min(s.size);
+        !s.modified.contains(&index) && end <= s.base_valid && ((index + 1) * cs).min(base.size) == end
     }
 
     async fn drain_puts(s: &mut WriteState) -> Result<()> {
@@ -396,18 +423,23 @@ impl WriteHandle {
         if s.streaming && !s.tail.is_empty() {
             let index = (s.size - s.tail.len() as u64) / cs;
             let chunk = std::mem::take(&mut s.tail).freeze();
-            self.send_chunk(s, remote, index, chunk).await?;
+            self.send_chunk(s, remote, index, ChunkBody::Data(chunk)).await?;
             Self::drain_puts(s).await?;
         }
         let pending: Vec<u64> = (0..count)
             .filter(|i| s.upload.as_ref().is_none_or(|up| up.uploaded.get(i) != Some(&expected_len(*i, size))))
             .collect();
         for index in pending {
+            if Self::unchanged_from_base(s, index, cs) {
+                let source = s.base.as_ref().expect("unchanged_from_base checks it").blob.clone();
+                self.send_chunk(s, remote, index, ChunkBody::CopyOf(source)).await?;
+                continue;
+            }
             self.fill(s, remote, index).await?;
             let len = expected_len(index, size) as usize;
             let mut buf = vec![0; len];
             s.spool.read_exact_at(&mut buf, index * cs)?;
-            self.send_chunk(s, remote, index, Bytes::from(buf)).await?;
+            self.send_chunk(s, remote, index, ChunkBody::Data(Bytes::from(buf))).await?;
         }
         Self::drain_puts(s).await?;
         let blob = match s.upload.take() {
@@ -432,6 +464,7 @@ impl WriteHandle {
         s.base = Some(Pinned { blob: Arc::from(blob.hash.as_str()), size: blob.size });
         s.base_valid = blob.size;
         s.present = (0..count).collect();
+        s.modified.clear();
         s.streaming = false;
         s.dirty = false;
         Ok(Committed { blob, mode: s.mode, mtime: s.mtime })

@@ -10,7 +10,9 @@ use axum::Json;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER};
+use axum::response::IntoResponse;
+
+use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER, COPY_FROM_BLOB_HEADER};
 
 /// `POST /api/v1/repos/:repo/uploads` (the body is optional)
 pub async fn start(
@@ -26,14 +28,23 @@ pub async fn start(
     Ok((StatusCode::CREATED, Json(state.store.start_upload(&repo, request.chunk_size).await?)))
 }
 
-/// `PUT /api/v1/repos/:repo/uploads/:id/:index`
+/// `PUT /api/v1/repos/:repo/uploads/:id/:index`: the chunk's bytes, or (with
+/// `X-Copy-From-Blob` and an empty body) a copy of the same range of an existing blob.
 pub async fn put_chunk(
     State(state): State<Arc<AppState>>,
     Path((repo, id, index)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::response::Response> {
     let index: u64 = index.parse().map_err(|_| ApiError::bad_request(format!("invalid chunk index {index:?}")))?;
+    if let Some(source) = headers.get(COPY_FROM_BLOB_HEADER) {
+        let source = source.to_str().map_err(|_| ApiError::bad_request("invalid X-Copy-From-Blob header"))?;
+        if !to_bytes(body, 0).await.is_ok_and(|b| b.is_empty()) {
+            return Err(ApiError::bad_request("a chunk copied from a blob takes an empty body"));
+        }
+        let len = state.store.copy_upload_chunk(&repo, &id, index, source, state.config.max_upload_size).await?;
+        return Ok((StatusCode::OK, Json(serde_json::json!({ "len": len }))).into_response());
+    }
     let chunk_size = state.store.upload_chunk_size(&repo, &id).await?;
     let data = to_bytes(body, chunk_size as usize).await.map_err(|e| {
         // The only way to_bytes fails on a well-formed body is the length limit.
@@ -43,7 +54,7 @@ pub async fn put_chunk(
     let len = data.len() as u64;
     state.store.put_upload_chunk(&repo, &id, index, data, md5, state.config.max_upload_size).await?;
     state.metrics.blob_bytes_received.fetch_add(len, Ordering::Relaxed);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /api/v1/repos/:repo/uploads/:id`

@@ -10,7 +10,7 @@ use object_store::path::Path;
 
 use super::objects::md5_hex;
 use super::paths::validate_repo_name;
-use super::{now_unix, Result, Store, StoreError};
+use super::{now_unix, object_path, Result, Store, StoreError};
 use crate::api::{BlobInfo, UploadStarted, UploadStatus};
 
 /// Chunk size used when the client does not ask for one.
@@ -31,6 +31,32 @@ fn upload_prefix(repo: &str, id: &str) -> String {
 
 fn chunk_path(repo: &str, id: &str, index: u64) -> Path {
     Path::from(format!("{}/{index:010}.chunk", upload_prefix(repo, id)))
+}
+
+/// A chunk copied from the same position of an existing blob: its bytes stay where they are
+/// until `complete` streams them (an append to a huge file sends only the new bytes).
+fn copy_path(repo: &str, id: &str, index: u64) -> Path {
+    Path::from(format!("{}/{index:010}.copy", upload_prefix(repo, id)))
+}
+
+/// What a `.copy` object says.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChunkCopy {
+    blob: String,
+    len: u64,
+}
+
+/// Where the bytes of one received chunk are.
+enum ChunkSource {
+    Stored(Path),
+    Copied { blob: String, range: std::ops::Range<u64> },
+}
+
+/// One received chunk.
+struct ReceivedChunk {
+    index: u64,
+    len: u64,
+    source: ChunkSource,
 }
 
 fn validate_upload_id(id: &str) -> Result<()> {
@@ -107,27 +133,52 @@ impl Store {
         // Not fsynced: only the assembled blob must be durable. After an OS crash a chunk may
         // be missing or cut short; `complete` then refuses the layout (every chunk but the last
         // must be full) and the client resends it. A process crash loses nothing.
+        self.backend.delete(&copy_path(repo, id, index)).await?;
         self.backend.put_scratch(&chunk_path(repo, id, index), data).await
+    }
+
+    /// Makes chunk `index` of an upload a copy of the same byte range of blob `source` (the
+    /// whole chunk, or the blob's tail when it ends inside it). Returns the chunk's length.
+    pub async fn copy_upload_chunk(&self, repo: &str, id: &str, index: u64, source: &str, limit: u64) -> Result<u64> {
+        let meta = self.upload_meta(repo, id).await?;
+        let size = self.blob_size(repo, source).await?;
+        let start = index.checked_mul(meta.chunk_size).filter(|s| *s < size).ok_or_else(|| {
+            StoreError::InvalidInput(format!("chunk {index} starts past the end of blob {source} ({size} bytes)"))
+        })?;
+        let len = meta.chunk_size.min(size - start);
+        if start + len > limit {
+            return Err(StoreError::TooLarge { limit });
+        }
+        let copy = serde_json::to_vec(&ChunkCopy { blob: source.to_string(), len }).expect("serializes");
+        self.backend.delete(&chunk_path(repo, id, index)).await?;
+        self.backend.put_scratch(&copy_path(repo, id, index), Bytes::from(copy)).await?;
+        Ok(len)
     }
 
     /// Received chunk indices and their total size.
     pub async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
         self.upload_meta(repo, id).await?;
         let chunks = self.upload_chunks(repo, id).await?;
-        Ok(UploadStatus { bytes: chunks.iter().map(|c| c.1).sum(), received: chunks.into_iter().map(|c| c.0).collect() })
+        Ok(UploadStatus { bytes: chunks.iter().map(|c| c.len).sum(), received: chunks.into_iter().map(|c| c.index).collect() })
     }
 
-    async fn upload_chunks(&self, repo: &str, id: &str) -> Result<Vec<(u64, u64)>> {
+    async fn upload_chunks(&self, repo: &str, id: &str) -> Result<Vec<ReceivedChunk>> {
         let listing = self.backend.list(&Path::from(upload_prefix(repo, id))).await?;
-        let mut chunks: Vec<(u64, u64)> = listing
-            .iter()
-            .filter_map(|m| {
-                let name = m.location.filename()?;
-                let index = name.strip_suffix(".chunk")?.parse().ok()?;
-                Some((index, m.size))
-            })
-            .collect();
-        chunks.sort_unstable();
+        let mut chunks = Vec::with_capacity(listing.len());
+        for m in listing {
+            let Some(name) = m.location.filename() else { continue };
+            if let Some(index) = name.strip_suffix(".chunk").and_then(|i| i.parse().ok()) {
+                chunks.push(ReceivedChunk { index, len: m.size, source: ChunkSource::Stored(m.location.clone()) });
+            } else if let Some(index) = name.strip_suffix(".copy").and_then(|i| i.parse::<u64>().ok()) {
+                let bytes = self.backend.get(&m.location).await?;
+                let copy: ChunkCopy = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt { id: m.location.to_string(), reason: e.to_string() })?;
+                let meta = self.upload_meta(repo, id).await?;
+                let start = index * meta.chunk_size;
+                chunks.push(ReceivedChunk { index, len: copy.len, source: ChunkSource::Copied { blob: copy.blob, range: start..start + copy.len } });
+            }
+        }
+        chunks.sort_unstable_by_key(|c| c.index);
         Ok(chunks)
     }
 
@@ -135,7 +186,7 @@ impl Store {
     pub async fn complete_upload(&self, repo: &str, id: &str, limit: u64) -> Result<BlobInfo> {
         let meta = self.upload_meta(repo, id).await?;
         let chunks = self.upload_chunks(repo, id).await?;
-        for (position, (index, size)) in chunks.iter().enumerate() {
+        for (position, ReceivedChunk { index, len: size, .. }) in chunks.iter().enumerate() {
             if *index != position as u64 {
                 return Err(StoreError::InvalidInput(format!("chunk {position} is missing")));
             }
@@ -146,12 +197,26 @@ impl Store {
                 )));
             }
         }
-        let total: u64 = chunks.iter().map(|c| c.1).sum();
+        let total: u64 = chunks.iter().map(|c| c.len).sum();
         let mut writer = self.begin_blob(repo, Some(total), limit).await?;
         // Read the next chunk while the current one is hashed and written.
-        let paths: Vec<Path> = chunks.iter().map(|(index, _)| chunk_path(repo, id, *index)).collect();
         let backend = self.backend.clone();
-        let mut reads = futures::stream::iter(paths).map(move |p| backend.get_owned(p)).buffered(2);
+        let repo_owned = repo.to_string();
+        let mut reads = futures::stream::iter(chunks)
+            .map(move |chunk| {
+                let backend = backend.clone();
+                let path = match &chunk.source {
+                    ChunkSource::Stored(path) => path.clone(),
+                    ChunkSource::Copied { blob, .. } => object_path(&repo_owned, blob),
+                };
+                async move {
+                    match chunk.source {
+                        ChunkSource::Stored(_) => backend.get(&path).await,
+                        ChunkSource::Copied { range, .. } => backend.get_range(&path, range).await,
+                    }
+                }
+            })
+            .buffered(2);
         while let Some(data) = reads.next().await {
             let data = match data {
                 Ok(d) => d,
