@@ -1172,6 +1172,50 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
 }
 
 #[test]
+fn a_mount_killed_while_writing_loses_nothing_and_the_next_mount_points_to_recover() {
+    let server = start_server();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let work = tempfile::tempdir().expect("work dir");
+    let repo_url = server.repo_url("default");
+    // An existing 10 MiB file, edited in place in its middle chunk only: the spool then holds
+    // just that chunk, and recovery must take the rest from the version it was opened at.
+    let old = random_bytes((10 * MIB + 100) as usize, 81);
+    let local = work.path().join("big.bin");
+    std::fs::write(&local, &old).expect("write the local file");
+    cli(&["put", local.to_str().expect("UTF-8"), &format!("{repo_url}/big.bin")]).assert_success("govcfs put");
+    let mnt = mount(&repo_url, cache.path());
+    let patch = random_bytes(1000, 82);
+    let fresh = random_bytes((6 * MIB + 3) as usize, 83);
+    {
+        let _quiet = writing();
+        let edited = open_retrying(&mnt.path().join("big.bin"), OpenOptions::new().write(true)).expect("open big.bin");
+        edited.write_all_at(&patch, 5 * MIB).expect("write into big.bin");
+        let mut created = File::create(mnt.path().join("fresh.bin")).expect("create fresh.bin");
+        created.write_all(&fresh).expect("write fresh.bin");
+        mnt.kill_hard();
+        drop((edited, created));
+    }
+    assert_eq!(server_hash(server.addr, "big.bin"), Some(blob_id(&old)), "big.bin changed although it was never closed");
+    assert_eq!(stat(server.addr, "fresh.bin"), None, "fresh.bin exists although it was never closed");
+
+    // The next mount with the same cache directory finds the spools and says what to do.
+    let mnt = mount(&repo_url, cache.path());
+    assert!(mnt.log().contains("govcfs recover"), "the next mount did not point to govcfs recover; log:\n{}", mnt.log());
+    assert_eq!(recovery_copies(cache.path()).len(), 2, "recovery/ after the crash");
+    let cache_arg = cache.path().to_str().expect("UTF-8");
+    let listed = cli(&["recover", "--cache-dir", cache_arg]);
+    listed.assert_success("govcfs recover");
+    println!("govcfs recover:\n{}", listed.stdout_text());
+    cli(&["recover", "--cache-dir", cache_arg, "--upload"]).assert_success("govcfs recover --upload");
+    let mut model = old.clone();
+    model[(5 * MIB) as usize..(5 * MIB) as usize + patch.len()].copy_from_slice(&patch);
+    assert_eq!(server_hash(server.addr, "big.bin"), Some(blob_id(&model)), "big.bin after recover --upload");
+    assert_eq!(server_hash(server.addr, "fresh.bin"), Some(blob_id(&fresh)), "fresh.bin after recover --upload");
+    assert!(recovery_copies(cache.path()).is_empty(), "recovery/ after a successful upload");
+    unmount(mnt);
+}
+
+#[test]
 fn bug_recover_upload_of_a_file_with_an_extension_fails_after_uploading_and_leaves_its_note() {
     let server = start_server();
     let (cache_a, cache_b) = (tempfile::tempdir().expect("cache a"), tempfile::tempdir().expect("cache b"));

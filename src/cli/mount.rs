@@ -141,10 +141,29 @@ pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
     let (url, mountpoint) = args.url_and_mountpoint();
     let url = url.map(str::to_string);
     let mountpoint = check_mountpoint(Path::new(mountpoint))?;
-    if args.foreground || std::env::var_os("GOVCFS_FOREGROUND_CHILD").is_some() {
+    let child = std::env::var_os("GOVCFS_FOREGROUND_CHILD").is_some();
+    if !child && !args.read_only {
+        rescue_spools(&args.cache_dir.clone().unwrap_or_else(default_cache_dir));
+    }
+    if args.foreground || child {
         return run_foreground(args, url, mountpoint);
     }
     spawn_background(&mountpoint)
+}
+
+/// Moves what a mount that died was writing into `recovery/`, and tells the user.
+fn rescue_spools(cache_dir: &Path) {
+    let recovery = crate::fs::core::recovery_dir(cache_dir);
+    match crate::fs::spool::rescue_orphans(cache_dir, &recovery) {
+        Ok(rescued) if rescued.is_empty() => {}
+        Ok(rescued) => eprintln!(
+            "govcfs: {} file(s) being written when an earlier mount ended were not committed; their bytes are in {}. \
+             Run `govcfs recover` to list them and `govcfs recover --upload` to upload them.",
+            rescued.len(),
+            recovery.display()
+        ),
+        Err(e) => eprintln!("govcfs: cannot check {} for files an earlier mount left: {e}", cache_dir.join("spool").display()),
+    }
 }
 
 /// The default cache directory: `$XDG_CACHE_HOME/govcfs` or `~/.cache/govcfs`.

@@ -12,7 +12,7 @@ use clap::Args;
 use crate::api::{Change, CommitRequest};
 use crate::client::{CancellationToken, Client, ClientOptions, RepoUrl, UploadOptions};
 use crate::fs::core::recovery_dir;
-use crate::fs::write::RecoveryNote;
+use crate::fs::spool::RecoveryNote;
 
 /// Arguments of `govcfs recover`.
 #[derive(Debug, Args)]
@@ -46,6 +46,10 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
     for (copy, note_path, note) in notes {
         let size = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
         println!("{}  {}/{} ({} bytes) at {}: {}", copy.display(), note.origin, note.path, size, note.time, note.reason);
+        if let Some(blob) = &note.fill_from {
+            let bytes: u64 = note.missing.iter().map(|[a, b]| b - a).sum();
+            println!("  {bytes} bytes the writer never changed are still only in blob {blob}; --upload fetches them first");
+        }
         if args.upload {
             let target = restore(&copy, &note).await.with_context(|| format!("cannot recover {}", copy.display()))?;
             std::fs::remove_file(&copy)?;
@@ -53,6 +57,19 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
             println!("  -> uploaded to {}/{}", note.origin, target);
         }
     }
+    Ok(())
+}
+
+/// Writes the `missing` ranges of blob `blob` into the copy, so it holds the whole file.
+async fn fill_missing(client: &Client, copy: &std::path::Path, blob: &str, missing: &[[u64; 2]], cancel: &CancellationToken) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(copy)?;
+    for [start, end] in missing {
+        let data = client.read_range(blob, *start..*end, cancel).await.with_context(|| format!("cannot fetch bytes {start}..{end} of blob {blob}"))?;
+        anyhow::ensure!(data.len() as u64 == end - start, "blob {blob} is shorter than the copy expects");
+        file.write_all_at(&data, *start)?;
+    }
+    file.sync_all()?;
     Ok(())
 }
 
@@ -66,6 +83,9 @@ async fn restore(copy: &std::path::Path, note: &RecoveryNote) -> anyhow::Result<
         Err(e) if e.status() == Some(404) => None,
         Err(e) => return Err(e.into()),
     };
+    if let Some(blob) = &note.fill_from {
+        fill_missing(&client, copy, blob, &note.missing, &cancel).await?;
+    }
     let target = if current == note.expect {
         note.path.clone()
     } else {

@@ -16,6 +16,7 @@ use super::inodes::{Attr, Cached, InodeTable, ROOT_INO};
 use super::prefetch::PrefetchConfig;
 use super::read::{Pinned, ReadHandle, Reader};
 use super::remote::Remote;
+use super::spool::SpoolDir;
 use super::write::{WriteConfig, WriteHandle};
 use crate::api::EntryType;
 use crate::cache::ChunkCache;
@@ -72,10 +73,12 @@ pub struct Fs<R: Remote> {
     handles: Mutex<HashMap<u64, Handle>>,
     /// Files being written by this mount, by inode: their size is the writer's, and they stay
     /// visible here before their first commit.
-    pending: Mutex<HashMap<u64, Arc<WriteHandle>>>,
+    pub(super) pending: Mutex<HashMap<u64, Arc<WriteHandle>>>,
     next_fh: AtomicU64,
     reader: Reader<R>,
     config: FsConfig,
+    /// This mount's spool directory, claimed at the first write.
+    spool: Mutex<Option<SpoolDir>>,
 }
 
 impl<R: Remote> Fs<R> {
@@ -94,6 +97,7 @@ impl<R: Remote> Fs<R> {
             pending: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             config,
+            spool: Mutex::new(None),
         }
     }
 
@@ -240,14 +244,19 @@ impl<R: Remote> Fs<R> {
         self.handles.lock().expect("handles lock").get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
-    fn write_config(&self) -> WriteConfig {
-        WriteConfig {
-            spool_dir: self.config.cache_dir.join("spool"),
+    fn write_config(&self) -> Result<WriteConfig> {
+        let mut spool = self.spool.lock().expect("spool lock");
+        if spool.is_none() {
+            *spool = Some(SpoolDir::claim(&self.config.cache_dir)?);
+        }
+        let spool_dir = spool.as_ref().expect("claimed above").path().to_path_buf();
+        Ok(WriteConfig {
+            spool_dir,
             recovery_dir: recovery_dir(&self.config.cache_dir),
             chunk_size: self.remote.upload_chunk_size(),
             origin: self.config.origin.clone(),
             branch: self.config.branch.clone(),
-        }
+        })
     }
 
     fn register_writer(&self, handle: WriteHandle) -> u64 {
@@ -278,7 +287,7 @@ impl<R: Remote> Fs<R> {
             .expect("inodes lock")
             .record_local(parent, name, EntryType::File, 0, git_mode, crate::store::now_unix(), "")
             .ok_or_else(|| FsError::NotFound(format!("inode {parent}")))?;
-        let handle = WriteHandle::new(attr.ino, &path, base, true, git_mode, self.write_config())?;
+        let handle = WriteHandle::new(attr.ino, &path, base, true, git_mode, self.write_config()?)?;
         Ok((attr, self.register_writer(handle)))
     }
 
@@ -297,7 +306,7 @@ impl<R: Remote> Fs<R> {
             return Err(FsError::Busy(format!("{path:?} has uncommitted writes on this mount")));
         }
         let base = Pinned { blob: Arc::from(attr.hash.as_str()), size: attr.size };
-        let handle = WriteHandle::new(ino, &path, Some(base), truncate, attr.mode, self.write_config())?;
+        let handle = WriteHandle::new(ino, &path, Some(base), truncate, attr.mode, self.write_config()?)?;
         Ok(self.register_writer(handle))
     }
 
@@ -396,11 +405,13 @@ impl<R: Remote> Fs<R> {
                 if let Err(e) = self.commit_writer(&w).await {
                     e.log("release");
                 }
-                let mut pending = self.pending.lock().expect("pending lock");
-                if pending.get(&w.ino).is_some_and(|p| Arc::ptr_eq(p, &w)) {
-                    pending.remove(&w.ino);
+                {
+                    let mut pending = self.pending.lock().expect("pending lock");
+                    if pending.get(&w.ino).is_some_and(|p| Arc::ptr_eq(p, &w)) {
+                        pending.remove(&w.ino);
+                    }
                 }
-                w.discard();
+                w.discard().await;
             }
             None => {}
         }
@@ -599,6 +610,26 @@ mod write_tests {
         let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path())).unwrap().flatten().collect();
         let copy = kept.iter().find(|e| !e.path().to_string_lossy().ends_with(".json")).unwrap();
         assert_eq!(std::fs::read(copy.path()).unwrap(), b"new bytes");
+    }
+
+    #[tokio::test]
+    async fn a_failed_close_of_an_edit_keeps_the_whole_file_not_just_the_edited_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Arc::new(MemRemote::default());
+        let cs = MOCK_UPLOAD_CHUNK as usize;
+        let mut model = data(3 * cs + 10, 4);
+        remote.put("f", model.clone());
+        let fs = Fs::new(remote.clone(), config(dir.path()));
+        let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+        let fh = fs.open_write(f.ino, false).await.unwrap();
+        fs.write(fh, cs as u64 + 5, b"edit", None).await.unwrap();
+        model[cs + 5..cs + 9].copy_from_slice(b"edit");
+        remote.fail_writes.store(true, Ordering::Relaxed);
+        assert!(fs.flush(fh, None).await.is_err());
+        fs.release(fh).await;
+        let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path())).unwrap().flatten().collect();
+        let copy = kept.iter().find(|e| !e.path().to_string_lossy().ends_with(".json")).unwrap();
+        assert_eq!(std::fs::read(copy.path()).unwrap(), model);
     }
 
     #[tokio::test]

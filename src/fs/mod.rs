@@ -15,6 +15,7 @@ mod namespace;
 pub mod prefetch;
 pub mod read;
 pub mod remote;
+pub mod spool;
 pub mod write;
 
 pub use self::core::{Fs, FsConfig};

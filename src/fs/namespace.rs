@@ -136,6 +136,14 @@ impl<R: Remote> Fs<R> {
         };
         self.commit_changes(changes, format!("rename {from} -> {to}")).await?;
         self.inodes.lock().expect("inodes lock").rename(&from, &to);
+        // Files open for writing under the old name commit under the new one.
+        let writers: Vec<_> = self.pending.lock().expect("pending lock").values().cloned().collect();
+        for w in writers {
+            let path = w.path();
+            if let Some(rest) = path.strip_prefix(&from).filter(|r| r.is_empty() || r.starts_with('/')) {
+                w.set_path(&format!("{to}{rest}")).await;
+            }
+        }
         Ok(())
     }
 

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use super::error::{FsError, Result};
 use super::read::Pinned;
 use super::remote::Remote;
+use super::spool::{keep_for_recovery, missing_ranges, now_rfc3339, RecoveryNote, SpoolJournal, SpoolNote};
 use crate::api::{BlobInfo, Change};
 
 /// Chunk PUTs one write handle keeps in flight.
@@ -44,23 +45,6 @@ pub struct WriteConfig {
     pub branch: Option<String>,
 }
 
-/// What `recovery/<name>.json` says about the copy `recovery/<name>`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RecoveryNote {
-    /// `http://HOST:PORT/REPO` of the mount.
-    pub origin: String,
-    /// Branch (the default one when absent).
-    pub branch: Option<String>,
-    /// Path inside the repository.
-    pub path: String,
-    /// The blob the file had when it was opened (`None`: it did not exist).
-    pub expect: Option<String>,
-    /// Why the close failed.
-    pub reason: String,
-    /// When (RFC 3339).
-    pub time: String,
-}
-
 /// What one chunk PUT carries.
 enum ChunkBody {
     Data(Bytes),
@@ -77,6 +61,8 @@ struct Upload {
 
 struct WriteState {
     spool: std::fs::File,
+    /// Says where the spool's bytes belong, for a rescue after a crash.
+    journal: SpoolJournal,
     size: u64,
     /// The version the file had at open; its bytes are valid below `base_valid`.
     base: Option<Pinned>,
@@ -143,9 +129,22 @@ impl WriteHandle {
         let expect = base.as_ref().map(|b| b.blob.to_string());
         let size = if truncate { 0 } else { base.as_ref().map_or(0, |b| b.size) };
         spool.set_len(size)?;
+        let journal = SpoolJournal::create(
+            &spool_path,
+            SpoolNote {
+                origin: config.origin.clone(),
+                branch: config.branch.clone(),
+                path: path.to_string(),
+                expect: expect.clone(),
+                chunk_size: config.chunk_size,
+                fill_from: if size > 0 { expect.clone() } else { None },
+                base_valid: size,
+            },
+        )?;
         let is_new = expect.is_none();
         let state = WriteState {
             spool,
+            journal,
             size,
             base_valid: size,
             base,
@@ -180,8 +179,11 @@ impl WriteHandle {
     }
 
     /// Follows a rename of the file while it is open.
-    pub fn set_path(&self, path: &str) {
+    pub async fn set_path(&self, path: &str) {
         *self.path.lock().expect("path lock") = path.to_string();
+        if let Err(e) = self.state.lock().await.journal.set_path(path) {
+            log::warn!("cannot update the spool journal of {path:?}: {e}");
+        }
     }
 
     /// The current size.
@@ -244,7 +246,9 @@ impl WriteHandle {
                 if partial {
                     self.fill(&mut s, remote, index).await?;
                 }
-                s.present.insert(index);
+                if s.present.insert(index) {
+                    s.journal.present(index)?;
+                }
                 s.modified.insert(index);
                 if let Some(up) = s.upload.as_mut() {
                     up.uploaded.remove(&index);
@@ -285,7 +289,10 @@ impl WriteHandle {
         }
         s.streaming = false;
         s.tail.clear();
-        s.base_valid = s.base_valid.min(new_size);
+        if new_size < s.base_valid {
+            s.base_valid = new_size;
+            s.journal.base_valid(new_size)?;
+        }
         s.spool.set_len(new_size)?;
         // Chunks from the one holding the old or new end onwards change length or content.
         let first_changed = old.min(new_size) / cs;
@@ -314,6 +321,7 @@ impl WriteHandle {
         }
         s.spool.write_all_at(&data, start)?;
         s.present.insert(index);
+        s.journal.present(index)?;
         Ok(())
     }
 
@@ -382,7 +390,7 @@ impl WriteHandle {
                 Ok(Some(done))
             }
             Err(e) => {
-                let saved = self.save_recovery(&path, s.expect.clone(), &e.to_string());
+                let saved = self.save_recovery(&mut s, remote, &path, &e.to_string()).await;
                 match &saved {
                     Ok(p) => log::error!("could not commit {path:?} ({e}); its bytes are kept in {}", p.display()),
                     Err(io) => log::error!("could not commit {path:?} ({e}), and could not keep a copy: {io}"),
@@ -465,6 +473,7 @@ impl WriteHandle {
         s.base_valid = blob.size;
         s.present = (0..count).collect();
         s.modified.clear();
+        s.journal.committed(&blob.hash)?;
         s.streaming = false;
         s.dirty = false;
         Ok(Committed { blob, mode: s.mode, mtime: s.mtime })
@@ -479,26 +488,32 @@ impl WriteHandle {
         Ok(Committed { blob, mode: s.mode, mtime: s.mtime })
     }
 
-    fn save_recovery(&self, path: &str, expect: Option<String>, reason: &str) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(&self.config.recovery_dir)?;
-        let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let name = format!("{}-{}-{}", time.replace(':', ""), &uuid::Uuid::new_v4().to_string()[..8], path.replace('/', "%2F"));
-        let dest = self.config.recovery_dir.join(&name);
-        std::fs::copy(&self.spool_path, &dest)?;
+    /// Copies the spool to the recovery directory. Chunks still only in the base are fetched
+    /// first if the server answers; the note names those it could not fetch.
+    async fn save_recovery<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, path: &str, reason: &str) -> std::io::Result<PathBuf> {
+        let cs = self.config.chunk_size;
+        for range in missing_ranges(&s.present, s.base_valid, s.size, cs) {
+            if self.fill(s, remote, range.start / cs).await.is_err() {
+                break;
+            }
+        }
+        let missing = missing_ranges(&s.present, s.base_valid, s.size, cs);
         let note = RecoveryNote {
             origin: self.config.origin.clone(),
             branch: self.config.branch.clone(),
             path: path.to_string(),
-            expect,
+            expect: s.expect.clone(),
             reason: reason.to_string(),
-            time,
+            time: now_rfc3339(),
+            fill_from: if missing.is_empty() { None } else { s.base.as_ref().map(|b| b.blob.to_string()) },
+            missing: missing.iter().map(|r| [r.start, r.end]).collect(),
         };
-        std::fs::write(self.config.recovery_dir.join(format!("{name}.json")), serde_json::to_vec_pretty(&note).map_err(std::io::Error::other)?)?;
-        Ok(dest)
+        keep_for_recovery(&self.config.recovery_dir, &self.spool_path, false, &note)
     }
 
-    /// Removes the spool (after the last commit).
-    pub fn discard(&self) {
+    /// Removes the spool and its journal (after the last commit).
+    pub async fn discard(&self) {
+        self.state.lock().await.journal.remove();
         let _ = std::fs::remove_file(&self.spool_path);
     }
 }

@@ -310,6 +310,12 @@ impl MountGuard {
         self.shutdown()
     }
 
+    /// Kills the mount process with SIGKILL (a crash), then cleans up the dead mount.
+    pub fn kill_hard(mut self) {
+        kill_child(&mut self.child);
+        self.shutdown();
+    }
+
     fn shutdown(&mut self) -> Option<ExitStatus> {
         self.done = true;
         let gone = unmount_path(&self.mountpoint);
