@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::server::stream::session::StreamLimits;
 use crate::server::{shutdown_signal, Server, ServerConfig};
 use crate::store::Backend;
 
@@ -26,6 +27,12 @@ pub struct ServeArgs {
     /// Largest file an upload may create (K, M, G suffixes).
     #[arg(long, value_name = "SIZE", default_value = "1T", value_parser = super::parse_size_arg)]
     pub max_upload_size: u64,
+    /// Seconds a stream session may stay unused before it expires.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub stream_timeout: f64,
+    /// Stream sessions open at once; more are refused with 429.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_stream_sessions: usize,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/govcfs` or `~/.local/share/govcfs`.
@@ -52,7 +59,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     runtime.block_on(async move {
         let backend = backend_for(args.data, args.store.as_deref())?;
-        let config = ServerConfig { max_upload_size: args.max_upload_size, auth_tokens: args.auth_tokens };
+        let streams = StreamLimits {
+            timeout: std::time::Duration::from_secs_f64(args.stream_timeout.max(0.1)),
+            max_sessions: args.max_stream_sessions,
+        };
+        let config = ServerConfig { max_upload_size: args.max_upload_size, auth_tokens: args.auth_tokens, streams };
         let server = Server::bind(backend, config, &args.listen).await?;
         let mut stdout = std::io::stdout();
         writeln!(stdout, "govcfs: listening on http://{}", server.local_addr())?;

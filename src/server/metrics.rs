@@ -23,7 +23,7 @@ pub struct Metrics {
     /// Commits that landed.
     pub commits: AtomicU64,
     /// Open stream sessions (a gauge).
-    pub stream_sessions_active: AtomicI64,
+    pub stream_sessions_active: std::sync::Arc<AtomicI64>,
 }
 
 impl Metrics {

@@ -10,7 +10,7 @@ pub mod error;
 pub mod metrics;
 mod ranges;
 mod repos;
-mod stream_upload;
+pub mod stream;
 mod uploads;
 
 use std::net::SocketAddr;
@@ -34,11 +34,13 @@ pub struct ServerConfig {
     pub max_upload_size: u64,
     /// Bearer tokens accepted; empty means no authentication.
     pub auth_tokens: Vec<String>,
+    /// Stream session timeout and table size.
+    pub streams: stream::session::StreamLimits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_upload_size: 1 << 40, auth_tokens: Vec::new() }
+        ServerConfig { max_upload_size: 1 << 40, auth_tokens: Vec::new(), streams: Default::default() }
     }
 }
 
@@ -51,6 +53,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Upload assemblies in progress or recently finished, by `repo/upload id`.
     pub completions: uploads::Completions,
+    /// Open stream sessions of the seed API.
+    pub streams: stream::session::Sessions,
 }
 
 /// Builds the whole application.
@@ -77,8 +81,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/api/v1/repos/{repo}/stream/blob/upload",
-            post(stream_upload::upload).layer(DefaultBodyLimit::disable()),
+            post(stream::upload::upload).layer(DefaultBodyLimit::disable()),
         )
+        .route("/api/v1/repos/{repo}/stream/blob/start", post(stream::start))
+        .route("/api/v1/repos/{repo}/stream/blob/{id}/chunk", get(stream::chunk))
+        .route("/api/v1/repos/{repo}/stream/blob/{id}/progress", get(stream::progress))
+        .route("/api/v1/repos/{repo}/stream/blob/{id}", axum::routing::delete(stream::cancel))
+        .route("/api/v1/repos/{repo}/stream/websocket", get(stream::ws::websocket))
         .merge(blob_routes)
         .route("/api/v1/{*rest}", axum::routing::any(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such API route") }))
         .method_not_allowed_fallback(|| async {
@@ -128,12 +137,15 @@ impl Server {
     /// Opens the store and binds `addr` (port 0 picks an ephemeral port).
     pub async fn bind(backend: Backend, config: ServerConfig, addr: &str) -> anyhow::Result<Server> {
         let store = Store::open(backend).await?;
+        let metrics = Arc::new(Metrics::default());
+        let streams = stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
         let state = Arc::new(AppState {
             store,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             config,
             shutdown: tokio_util::sync::CancellationToken::new(),
             completions: Default::default(),
+            streams,
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -149,6 +161,7 @@ impl Server {
     /// Serves until `shutdown` completes, then finishes the requests in flight.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let token = self.state.shutdown.clone();
+        tokio::spawn(stream::sweep_sessions(self.state.clone(), token.clone()));
         let graceful = async move {
             shutdown.await;
             token.cancel();

@@ -21,6 +21,11 @@ fn index_path(repo: &str, id: &str) -> Path {
     Path::from(format!("repos/{repo}/objects/{}/{id}.idx", &id[..2]))
 }
 
+/// Where a blob's whole-content MD5 is kept (hex), for stream sessions that announce it.
+fn md5_path(repo: &str, id: &str) -> Path {
+    Path::from(format!("repos/{repo}/objects/{}/{id}.md5", &id[..2]))
+}
+
 /// Part size of the multipart upload a blob is written with.
 const PART_SIZE: usize = 8 << 20;
 /// Parts written concurrently; bounds the memory of one writer to about 2 × PART_SIZE.
@@ -45,6 +50,41 @@ impl Store {
     /// Streams a range of a blob in bounded pieces.
     pub fn stream_blob(&self, repo: &str, id: &str, range: Range<u64>) -> BoxStream<'static, Result<Bytes>> {
         self.backend.stream_range(object_path(repo, id), range)
+    }
+
+    /// Hex MD5 of `range` of a blob. The whole blob's is kept beside it once known; any other
+    /// range is read and hashed (a cost proportional to its length).
+    pub async fn range_md5(&self, repo: &str, id: &str, range: Range<u64>) -> Result<String> {
+        let size = self.blob_size(repo, id).await?;
+        let whole = range.start == 0 && range.end == size;
+        if whole {
+            if let Some(kept) = self.backend.get_opt(&md5_path(repo, id)).await? {
+                if let Ok(text) = std::str::from_utf8(&kept) {
+                    if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Ok(text.to_string());
+                    }
+                }
+            }
+        }
+        let mut md5 = Some(<md5::Md5 as md5::Digest>::new());
+        let mut pieces = self.stream_blob(repo, id, range);
+        while let Some(piece) = pieces.next().await {
+            let piece = piece?;
+            let mut m = md5.take().expect("kept");
+            md5 = Some(
+                tokio::task::spawn_blocking(move || {
+                    md5::Digest::update(&mut m, &piece);
+                    m
+                })
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
+            );
+        }
+        let hex = hex::encode(md5::Digest::finalize(md5.expect("kept")));
+        if whole {
+            self.backend.put_scratch(&md5_path(repo, id), Bytes::from(hex.clone())).await?;
+        }
+        Ok(hex)
     }
 
     /// Checksums of block `block` of a blob, from its index (`None` if it has none).
@@ -139,6 +179,7 @@ impl BlobWriter {
         // The index first, so a published blob has it. It is not fsynced: a reader that finds
         // it missing or short after a crash computes the checksums itself.
         backend.put_scratch(&index_path(&repo, &hash), bytes::Bytes::from(index)).await?;
+        backend.put_scratch(&md5_path(&repo, &hash), bytes::Bytes::from(md5.clone())).await?;
         backend.publish(&tmp, &object_path(&repo, &hash)).await?;
         Ok(BlobInfo { hash, size: written, md5 })
     }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub mod stream;
+
 /// Name of the branch a repository starts with and that URLs without `?ref=` use.
 pub const DEFAULT_BRANCH: &str = "main";
 /// The repository that always exists.
