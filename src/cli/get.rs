@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::api::EntryType;
-use crate::client::{CancellationToken, DownloadOptions};
+use crate::api::stream::StreamProgress;
+use crate::client::{CancellationToken, Client, ClientError, DownloadOptions, StreamOptions};
 
 /// Arguments of `govcfs get`.
 #[derive(Debug, Args)]
@@ -23,6 +24,27 @@ pub struct GetArgs {
     /// Branch or commit to read.
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
+    /// Download through a stream session of the seed API (chunks fetched concurrently, each
+    /// MD5-checked) instead of ranged GETs.
+    #[arg(long, conflicts_with = "ws")]
+    pub stream: bool,
+    /// Download over the server's WebSocket.
+    #[arg(long)]
+    pub ws: bool,
+    /// Chunk size of --stream and --ws (the server clamps it to 1K..10M).
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = super::parse_size_arg)]
+    pub chunk_size: u64,
+    /// Ask for compressed chunks with --stream (zstd) or --ws (gzip).
+    #[arg(long)]
+    pub compress: bool,
+}
+
+/// Which protocol a download uses.
+#[derive(Clone, Copy)]
+enum Via {
+    Ranges,
+    Session,
+    WebSocket,
 }
 
 /// Parses `START-END` (inclusive) or `START-` into an exclusive range clamped to `len`.
@@ -48,6 +70,21 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     let total = range.as_ref().map_or(entry.size, |r| r.end - r.start);
     let bar = super::progress::bar(Some(total));
     let progress_bar = bar.clone();
+    let via = if args.stream {
+        Via::Session
+    } else if args.ws {
+        Via::WebSocket
+    } else {
+        Via::Ranges
+    };
+    let stream_options = StreamOptions {
+        chunk_size: args.chunk_size,
+        start_offset: range.as_ref().map_or(0, |r| r.start),
+        end_offset: range.as_ref().map(|r| r.end - 1),
+        enable_gzip: args.compress && args.ws,
+        zstd: args.compress && args.stream,
+        ..StreamOptions::default()
+    };
     let options = DownloadOptions { range, progress: Some(Arc::new(move |done, _| progress_bar.set_position(done))) };
     {
         let cancel = cancel.clone();
@@ -62,7 +99,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
             let partial = partial_name(path);
             let file = tokio::fs::File::create(&partial).await.with_context(|| format!("cannot create {}", partial.display()))?;
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-            let result = client.download(&entry.hash, &mut out, &options, &cancel).await;
+            let result = fetch(&client, &entry.hash, &mut out, via, &options, &stream_options, &cancel).await;
             if let Err(e) = result {
                 let _ = tokio::fs::remove_file(&partial).await;
                 return Err(e.into());
@@ -72,11 +109,38 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         }
         None => {
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
-            client.download(&entry.hash, &mut out, &options, &cancel).await?;
+            fetch(&client, &entry.hash, &mut out, via, &options, &stream_options, &cancel).await?;
         }
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Downloads blob `hash` into `out` the chosen way.
+async fn fetch<W: tokio::io::AsyncWrite + Unpin>(
+    client: &Client,
+    hash: &str,
+    out: &mut W,
+    via: Via,
+    options: &DownloadOptions,
+    stream_options: &StreamOptions,
+    cancel: &CancellationToken,
+) -> Result<(), ClientError> {
+    let progress = options.progress.clone();
+    match via {
+        Via::Ranges => client.download(hash, out, options, cancel).await.map(|_| ()),
+        Via::Session => client.download_stream(hash, out, stream_options, progress, cancel).await.map(|_| ()),
+        Via::WebSocket => {
+            let mut ws = client.websocket().await?;
+            let on_progress = |p: &StreamProgress| {
+                if let Some(f) = &progress {
+                    f(p.bytes_streamed, p.total_bytes);
+                }
+            };
+            ws.stream_blob(&stream_options.request(hash), out, on_progress, cancel).await?;
+            ws.close().await
+        }
+    }
 }
 
 fn partial_name(path: &std::path::Path) -> PathBuf {

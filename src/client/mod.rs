@@ -8,12 +8,15 @@
 mod blobs;
 mod repo;
 pub mod retry;
+pub mod stream;
 mod upload;
+pub mod ws;
 
 use std::time::Duration;
 
 pub use blobs::DownloadOptions;
 pub use retry::RetryPolicy;
+pub use stream::{StreamOptions, StreamReader};
 pub use tokio_util::sync::CancellationToken;
 pub use upload::UploadOptions;
 
@@ -40,6 +43,9 @@ pub enum ClientError {
     /// A local read or write failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The WebSocket could not be opened or broke.
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
     /// A URL that is not `http(s)://HOST:PORT/REPO[/PATH]`.
     #[error("invalid URL {0:?}: expected http://HOST:PORT/REPO[/PATH]")]
     InvalidUrl(String),
