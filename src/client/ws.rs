@@ -90,10 +90,13 @@ impl WsStream {
         cancel: &CancellationToken,
     ) -> Result<StreamResponse> {
         self.socket.send(Message::text(WsClientMessage::Stream(request.clone()).to_text())).await.map_err(ws_error)?;
-        let response = match self.next_json().await? {
-            WsServerMessage::Response(r) => r,
-            WsServerMessage::Error { error, code, .. } => return Err(ClientError::Http { status: status_of(&code), code, message: error, path: None }),
-            other => return Err(ClientError::Protocol(format!("expected a response, got {other:?}"))),
+        let response = loop {
+            match self.next_json().await? {
+                WsServerMessage::Response(r) => break r,
+                WsServerMessage::Error { error, code, .. } => return Err(ClientError::Http { status: status_of(&code), code, message: error, path: None }),
+                // The tail of an earlier stream on this connection that was cancelled.
+                WsServerMessage::Chunk(_) | WsServerMessage::Progress(_) => continue,
+            }
         };
         let mut md5 = <md5::Md5 as md5::Digest>::new();
         let mut next = 0u64;
