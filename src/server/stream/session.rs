@@ -215,6 +215,17 @@ impl Sessions {
         Ok(progress)
     }
 
+    /// Ends a session that has no further use (a WebSocket stream that finished or whose
+    /// connection closed): its memory is freed now rather than at expiry.
+    pub fn close(&self, id: &str) {
+        let Some(session) = self.live.lock().expect("sessions lock").get(id).cloned() else { return };
+        let status = match session.status() {
+            Status::Completed => Status::Completed,
+            _ => Status::Cancelled,
+        };
+        self.retire(id, session.progress_as(status));
+    }
+
     fn retire(&self, id: &str, last: StreamProgress) {
         let mut live = self.live.lock().expect("sessions lock");
         live.remove(id);
@@ -349,6 +360,19 @@ mod tests {
         assert_eq!(gauge.load(Ordering::Relaxed), 0);
         assert!(sessions.is_empty());
         drop((a, b));
+    }
+
+    #[test]
+    fn closing_frees_a_session_and_remembers_how_it_ended() {
+        let sessions = table(4, Duration::from_secs(60));
+        let done = sessions.open("r", "h", 0..10, 1024, false).unwrap();
+        done.record_served(0);
+        let cut = sessions.open("r", "h", 0..5000, 1024, false).unwrap();
+        sessions.close(&done.id);
+        sessions.close(&cut.id);
+        assert!(sessions.is_empty());
+        assert!(matches!(sessions.get("r", &done.id), Err(Lookup::Ended(p)) if p.status == "completed"));
+        assert!(matches!(sessions.get("r", &cut.id), Err(Lookup::Ended(p)) if p.status == "cancelled"));
     }
 
     proptest! {

@@ -134,6 +134,7 @@ async fn serve(state: Arc<AppState>, repo: String, socket: WebSocket) {
                 let count = a.session.chunk_count();
                 if a.next >= count {
                     permit.send(text(&WsServerMessage::Progress(a.session.progress())));
+                    state.streams.close(&a.session.id);
                     active = None;
                     continue;
                 }
@@ -150,11 +151,15 @@ async fn serve(state: Arc<AppState>, repo: String, socket: WebSocket) {
                     }
                     Err(e) => {
                         permit.send(error_frame(&e, Some(&a.session.id)));
+                        state.streams.close(&a.session.id);
                         active = None;
                     }
                 }
             }
         }
+    }
+    if let Some(a) = active {
+        state.streams.close(&a.session.id);
     }
     drop((tx, control));
     let _ = writer.await;
