@@ -146,7 +146,7 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
         // Through a session, raw chunks, plain and zstd.
         for zstd in [false, true] {
             let mut out = Vec::with_capacity(data.len());
-            let options = StreamOptions { chunk_size: 4 * MIB as u64, zstd, ..StreamOptions::default() };
+            let options = StreamOptions { chunk_size: 4 * MIB as u64, zstd, verify_range: zstd, ..StreamOptions::default() };
             let calls = Arc::new(AtomicU64::new(0));
             let seen = calls.clone();
             let progress: govcfs::client::stream::ProgressFn = Arc::new(move |done, total| {

@@ -10,6 +10,7 @@ use super::session::Session;
 use crate::api::stream::StreamChunk;
 use crate::server::error::ApiResult;
 use crate::server::AppState;
+use crate::store::index::single_block;
 use crate::store::objects::md5_hex;
 
 /// Compression a chunk may get.
@@ -84,8 +85,13 @@ pub async fn read_chunk(state: &AppState, session: &Session, index: u64, encodin
     if data.len() as u64 != range.end - range.start {
         return Err(crate::store::StoreError::Corrupt { id: session.hash.clone(), reason: "blob shorter than its size".into() }.into());
     }
+    // A chunk that is exactly one block of the blob's index has its MD5 at hand.
+    let known_md5 = match single_block(&range, session.blob_size) {
+        Some(block) => state.store.block_sums(&session.repo, &session.hash, block).await.map(|sums| sums.md5),
+        None => None,
+    };
     let (md5, compressed) = tokio::task::spawn_blocking(move || {
-        let md5 = md5_hex(&data);
+        let md5 = known_md5.unwrap_or_else(|| md5_hex(&data));
         let compressed = encoding.and_then(|e| compress(&data, e).ok()).filter(|c| c.len() < data.len());
         (md5, compressed.map(Bytes::from).ok_or(data))
     })

@@ -36,7 +36,7 @@ pub async fn open_session(state: &AppState, repo: &str, request: &StreamRequest)
     let checksum = state.store.range_md5(repo, &request.hash, range.clone()).await?;
     let session = state
         .streams
-        .open(repo, &request.hash, range.clone(), request.chunk_size, request.enable_gzip)
+        .open(repo, &request.hash, size, range.clone(), request.chunk_size, request.enable_gzip)
         .ok_or_else(|| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", "too many stream sessions are open; retry later"))?;
     let response = StreamResponse {
         stream_id: session.id.clone(),
@@ -120,7 +120,7 @@ pub async fn chunk(
 /// `GET /api/v1/repos/:repo/stream/blob/:stream_id/progress` (an ended session answers its
 /// last progress, with status `cancelled` or `expired`).
 pub async fn progress(State(state): State<Arc<AppState>>, Path((repo, id)): Path<(String, String)>) -> ApiResult<Json<StreamProgress>> {
-    match state.streams.get(&repo, &id) {
+    match state.streams.peek(&repo, &id) {
         Ok(session) => Ok(Json(session.progress())),
         Err(Lookup::Ended(p)) => Ok(Json(p)),
         Err(l) => Err(lookup_error(&id, l)),

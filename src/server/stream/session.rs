@@ -52,6 +52,8 @@ pub struct Session {
     pub id: String,
     pub repo: String,
     pub hash: String,
+    /// Size of the whole blob.
+    pub blob_size: u64,
     /// The range in the blob (end exclusive here).
     pub range: Range<u64>,
     pub chunk_size: u64,
@@ -88,6 +90,11 @@ impl Session {
             let len = self.chunk_range(index).map_or(0, |r| r.end - r.start);
             self.bytes_served.fetch_add(len, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the session was cancelled (by DELETE, or by its WebSocket client).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -148,7 +155,8 @@ const ENDED_MEMORY: usize = 4096;
 pub struct Sessions {
     limits: StreamLimits,
     live: Mutex<HashMap<String, Arc<Session>>>,
-    ended: Mutex<lru::LruCache<String, StreamProgress>>,
+    /// Ended sessions: their repository and last progress.
+    ended: Mutex<lru::LruCache<String, (String, StreamProgress)>>,
     /// Sessions in `live`, mirrored for the metrics gauge.
     gauge: Arc<std::sync::atomic::AtomicI64>,
 }
@@ -170,7 +178,7 @@ impl Sessions {
     }
 
     /// Opens a session over `range` of a blob; `None` when the table is full.
-    pub fn open(&self, repo: &str, hash: &str, range: Range<u64>, chunk_size: u64, gzip: bool) -> Option<Arc<Session>> {
+    pub fn open(&self, repo: &str, hash: &str, blob_size: u64, range: Range<u64>, chunk_size: u64, gzip: bool) -> Option<Arc<Session>> {
         let mut live = self.live.lock().expect("sessions lock");
         if live.len() >= self.limits.max_sessions {
             return None;
@@ -180,6 +188,7 @@ impl Sessions {
             id: uuid::Uuid::new_v4().to_string(),
             repo: repo.to_string(),
             hash: hash.to_string(),
+            blob_size,
             range,
             chunk_size: clamp_chunk_size(chunk_size),
             gzip,
@@ -194,24 +203,31 @@ impl Sessions {
         Some(session)
     }
 
-    /// The live session `id` of `repo` (cancelled ones included, for their progress).
+    /// The live session `id` of `repo`, marked as used (its idle time starts again).
     pub fn get(&self, repo: &str, id: &str) -> Result<Arc<Session>, Lookup> {
+        let session = self.peek(repo, id)?;
+        session.touch();
+        Ok(session)
+    }
+
+    /// The live session `id` of `repo`, without marking it as used (watching the progress of
+    /// a session does not keep it alive).
+    pub fn peek(&self, repo: &str, id: &str) -> Result<Arc<Session>, Lookup> {
         if let Some(session) = self.live.lock().expect("sessions lock").get(id).filter(|s| s.repo == repo) {
-            session.touch();
             return Ok(session.clone());
         }
         match self.ended.lock().expect("sessions lock").get(id) {
-            Some(progress) => Err(Lookup::Ended(progress.clone())),
-            None => Err(Lookup::Unknown),
+            Some((owner, progress)) if owner == repo => Err(Lookup::Ended(progress.clone())),
+            _ => Err(Lookup::Unknown),
         }
     }
 
     /// Cancels session `id`: later chunk requests get 410. Returns its progress.
     pub fn cancel(&self, repo: &str, id: &str) -> Result<StreamProgress, Lookup> {
-        let session = self.get(repo, id)?;
+        let session = self.peek(repo, id)?;
         session.cancelled.store(true, Ordering::Relaxed);
         let progress = session.progress_as(Status::Cancelled);
-        self.retire(id, progress.clone());
+        self.retire(&session, progress.clone());
         Ok(progress)
     }
 
@@ -223,15 +239,15 @@ impl Sessions {
             Status::Completed => Status::Completed,
             _ => Status::Cancelled,
         };
-        self.retire(id, session.progress_as(status));
+        self.retire(&session, session.progress_as(status));
     }
 
-    fn retire(&self, id: &str, last: StreamProgress) {
+    fn retire(&self, session: &Session, last: StreamProgress) {
         let mut live = self.live.lock().expect("sessions lock");
-        live.remove(id);
+        live.remove(&session.id);
         self.gauge.store(live.len() as i64, Ordering::Relaxed);
         drop(live);
-        self.ended.lock().expect("sessions lock").put(id.to_string(), last);
+        self.ended.lock().expect("sessions lock").put(session.id.clone(), (session.repo.clone(), last));
     }
 
     /// Expires sessions unused for longer than the timeout; returns how many.
@@ -249,7 +265,7 @@ impl Sessions {
                 Status::Completed => Status::Completed,
                 _ => Status::Expired,
             };
-            self.retire(&session.id, session.progress_as(status));
+            self.retire(session, session.progress_as(status));
         }
         stale.len()
     }
@@ -329,7 +345,7 @@ mod tests {
     #[test]
     fn progress_counts_distinct_chunks_and_completes() {
         let sessions = table(4, Duration::from_secs(60));
-        let s = sessions.open("r", "h", 10..2058, 1024, false).unwrap();
+        let s = sessions.open("r", "h", 1 << 20, 10..2058, 1024, false).unwrap();
         assert_eq!(s.chunk_count(), 2);
         assert_eq!(s.chunk_range(1), Some(1034..2058));
         assert_eq!(s.chunk_range(2), None);
@@ -346,14 +362,15 @@ mod tests {
     fn cancel_expiry_and_the_limit() {
         let gauge: Arc<std::sync::atomic::AtomicI64> = Default::default();
         let sessions = Sessions::new(StreamLimits { timeout: Duration::from_millis(50), max_sessions: 2 }, gauge.clone());
-        let a = sessions.open("r", "h", 0..10, 0, false).unwrap();
-        let b = sessions.open("r", "h", 0..10, 0, false).unwrap();
-        assert!(sessions.open("r", "h", 0..10, 0, false).is_none(), "a third session past the limit");
+        let a = sessions.open("r", "h", 1 << 20, 0..10, 0, false).unwrap();
+        let b = sessions.open("r", "h", 1 << 20, 0..10, 0, false).unwrap();
+        assert!(sessions.open("r", "h", 1 << 20, 0..10, 0, false).is_none(), "a third session past the limit");
         assert_eq!(gauge.load(Ordering::Relaxed), 2);
         assert!(matches!(sessions.get("other", &a.id), Err(Lookup::Unknown)), "another repo's session");
         let p = sessions.cancel("r", &a.id).unwrap();
         assert_eq!(p.status, "cancelled");
         assert!(matches!(sessions.get("r", &a.id), Err(Lookup::Ended(p)) if p.status == "cancelled"));
+        assert!(matches!(sessions.get("other", &a.id), Err(Lookup::Unknown)), "another repo sees an ended session");
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(sessions.expire_idle(), 1);
         assert!(matches!(sessions.get("r", &b.id), Err(Lookup::Ended(p)) if p.status == "expired"));
@@ -365,9 +382,9 @@ mod tests {
     #[test]
     fn closing_frees_a_session_and_remembers_how_it_ended() {
         let sessions = table(4, Duration::from_secs(60));
-        let done = sessions.open("r", "h", 0..10, 1024, false).unwrap();
+        let done = sessions.open("r", "h", 1 << 20, 0..10, 1024, false).unwrap();
         done.record_served(0);
-        let cut = sessions.open("r", "h", 0..5000, 1024, false).unwrap();
+        let cut = sessions.open("r", "h", 1 << 20, 0..5000, 1024, false).unwrap();
         sessions.close(&done.id);
         sessions.close(&cut.id);
         assert!(sessions.is_empty());
@@ -382,7 +399,7 @@ mod tests {
             let start = (size as f64 * start_frac) as u64;
             let end = start + ((size - start) as f64 * len_frac) as u64;
             let sessions = table(1, Duration::from_secs(60));
-            let s = sessions.open("r", "h", start..end, chunk, false).unwrap();
+            let s = sessions.open("r", "h", size, start..end, chunk, false).unwrap();
             let mut at = start;
             for i in 0..s.chunk_count() {
                 let r = s.chunk_range(i).unwrap();

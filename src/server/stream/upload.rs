@@ -27,6 +27,40 @@ const PIECE: usize = 4 << 20;
 
 type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// How much of a refused upload's body is read and dropped before the answer, so an ordinary
+/// HTTP client, still sending, gets the error instead of a reset connection.
+const DRAIN_LIMIT: usize = 8 << 20;
+
+/// The request body, shared between the decoding pipeline and the handler, which drains
+/// what the pipeline left when it refuses the upload.
+#[derive(Clone)]
+struct SharedBody(Arc<std::sync::Mutex<axum::body::BodyDataStream>>);
+
+impl Stream for SharedBody {
+    type Item = Result<Bytes, axum::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        self.0.lock().expect("body lock").poll_next_unpin(cx)
+    }
+}
+
+impl SharedBody {
+    /// Reads and drops up to [`DRAIN_LIMIT`] more bytes (bounded in time too).
+    async fn drain(self) {
+        let mut drained = 0;
+        let mut body = self;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while drained < DRAIN_LIMIT {
+                match body.next().await {
+                    Some(Ok(frame)) => drained += frame.len(),
+                    _ => return,
+                }
+            }
+        })
+        .await;
+    }
+}
+
 /// Gathers pieces and writes them to the blob.
 struct Feeder<'a> {
     state: &'a AppState,
@@ -57,8 +91,8 @@ impl Feeder<'_> {
 }
 
 /// The body, decompressed as it streams when it is encoded.
-fn decoded_body(body: Body, encoding: Option<&str>) -> ApiResult<ByteStream> {
-    let raw = body.into_data_stream().map_err(std::io::Error::other);
+fn decoded_body(body: SharedBody, encoding: Option<&str>) -> ApiResult<ByteStream> {
+    let raw = body.map_err(std::io::Error::other);
     let reader = StreamReader::new(raw);
     Ok(match encoding {
         None => Box::pin(ReaderStream::new(reader)),
@@ -77,7 +111,16 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<StreamUploaded>)> {
-    state.store.ensure_repo(&repo).await?;
+    let body = SharedBody(Arc::new(std::sync::Mutex::new(body.into_data_stream())));
+    let outcome = store_body(&state, &repo, &headers, body.clone()).await;
+    if outcome.is_err() {
+        body.drain().await;
+    }
+    outcome
+}
+
+async fn store_body(state: &AppState, repo: &str, headers: &HeaderMap, body: SharedBody) -> ApiResult<(StatusCode, Json<StreamUploaded>)> {
+    state.store.ensure_repo(repo).await?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let encoding = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase()) {
         None => None,
@@ -96,8 +139,8 @@ pub async fn upload(
         (None, None) => headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
         _ => None,
     };
-    let writer = state.store.begin_blob(&repo, len, state.config.max_upload_size).await?;
-    let mut feeder = Feeder { state: &state, writer, piece: BytesMut::with_capacity(len.map_or(PIECE, |l| (l as usize).min(PIECE))), chunks: 0 };
+    let writer = state.store.begin_blob(repo, len, state.config.max_upload_size).await?;
+    let mut feeder = Feeder { state, writer, piece: BytesMut::with_capacity(len.map_or(PIECE, |l| (l as usize).min(PIECE))), chunks: 0 };
     let outcome = match boundary {
         Some(boundary) => feed_multipart(&mut feeder, stream, boundary).await,
         None => feed_raw(&mut feeder, stream).await,

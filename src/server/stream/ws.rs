@@ -60,18 +60,22 @@ fn error_frame(e: &ApiError, stream_id: Option<&str>) -> Message {
 
 async fn serve(state: Arc<AppState>, repo: String, socket: WebSocket) {
     let (mut sink, mut incoming) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(OUTBOX);
+    // Data frames travel in groups (a chunk's JSON header and its binary frame) that the
+    // writer never splits with a control answer.
+    let (tx, mut rx) = mpsc::channel::<Vec<Message>>(OUTBOX);
     let (control, mut control_rx) = mpsc::channel::<Message>(CONTROL_OUTBOX);
     let writer = tokio::spawn(async move {
         loop {
-            let message = tokio::select! {
+            let group = tokio::select! {
                 biased;
-                Some(m) = control_rx.recv() => m,
-                Some(m) = rx.recv() => m,
+                Some(m) = control_rx.recv() => vec![m],
+                Some(group) = rx.recv() => group,
                 else => break,
             };
-            if sink.send(message).await.is_err() {
-                return;
+            for message in group {
+                if sink.send(message).await.is_err() {
+                    return;
+                }
             }
         }
         let _ = sink.close().await;
@@ -124,33 +128,35 @@ async fn serve(state: Arc<AppState>, repo: String, socket: WebSocket) {
                     let request = queued.pop_front().expect("guarded by the select condition");
                     match open_session(&state, &repo, &request).await {
                         Ok((session, response)) => {
-                            permit.send(text(&WsServerMessage::Response(response)));
+                            permit.send(vec![text(&WsServerMessage::Response(response))]);
                             active = Some(Active { session, next: 0, binary: request.binary, encoding: Encoding::choose(None, request.enable_gzip) });
                         }
-                        Err(e) => permit.send(error_frame(&e, None)),
+                        Err(e) => permit.send(vec![error_frame(&e, None)]),
                     }
                     continue;
                 };
                 let count = a.session.chunk_count();
-                if a.next >= count {
-                    permit.send(text(&WsServerMessage::Progress(a.session.progress())));
+                // Done, or cancelled elsewhere (DELETE on the HTTP route).
+                if a.next >= count || a.session.is_cancelled() {
+                    permit.send(vec![text(&WsServerMessage::Progress(a.session.progress()))]);
                     state.streams.close(&a.session.id);
                     active = None;
                     continue;
                 }
                 match read_chunk(&state, &a.session, a.next, a.encoding).await {
                     Ok(chunk) => {
-                        permit.send(text(&WsServerMessage::Chunk(chunk.to_json(&a.session.id, !a.binary))));
-                        if a.binary && tx.send(Message::Binary(chunk.body)).await.is_err() {
-                            break;
+                        let mut group = vec![text(&WsServerMessage::Chunk(chunk.to_json(&a.session.id, !a.binary)))];
+                        if a.binary {
+                            group.push(Message::Binary(chunk.body));
                         }
                         a.next += 1;
-                        if a.next % PROGRESS_EVERY == 0 && a.next < count && tx.send(text(&WsServerMessage::Progress(a.session.progress()))).await.is_err() {
-                            break;
+                        if a.next % PROGRESS_EVERY == 0 && a.next < count {
+                            group.push(text(&WsServerMessage::Progress(a.session.progress())));
                         }
+                        permit.send(group);
                     }
                     Err(e) => {
-                        permit.send(error_frame(&e, Some(&a.session.id)));
+                        permit.send(vec![error_frame(&e, Some(&a.session.id))]);
                         state.streams.close(&a.session.id);
                         active = None;
                     }
