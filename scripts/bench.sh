@@ -9,9 +9,11 @@
 #
 # Environment:
 #   GOVCFS_BIN=PATH      use this binary instead of `cargo build --release`
+#   GOVCFS_COMMIT=ID     the commit that binary was built from (for the JSON)
 #   BENCH_TOOLS="..."    mounts to measure (default: govcfs rclone rclone-tuned
 #                        httpdirfs-cache httpdirfs)
-#   RCLONE_TUNED_FLAGS   flags of the tuned rclone row
+#   RCLONE_TUNED_STREAM  flags of the tuned rclone column in rows 1 and 3 (streaming reads)
+#   RCLONE_TUNED_RANDOM  flags of the tuned rclone column in the other rows (small random reads)
 #   BENCH_TMP=DIR        where the data goes (default /tmp; needs ~3x the data size free)
 #   BENCH_KEEP=1         keep the work directory (data, logs, raw results)
 #   BENCH_OUT=DIR        where the JSON goes (default bench-results/)
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
     --runs) RUNS=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -34,16 +36,20 @@ done
 
 KIB=1024; MIB=$((1024 * KIB)); GIB=$((1024 * MIB))
 if [ "$MODE" = quick ]; then
-  F1=$((256 * MIB)); F4=$((1 * GIB)); FT=$((256 * MIB)); NSMALL=2000
-  FW=$((256 * MIB)); NW=500; NPUT=50; FIO_RT=3; RUNS=${RUNS:-1}
-  T_LONG=10; T_SHORT=10; T_LS=15; T_WRITE=30
+  F1=$((256 * MIB)); F4=$((512 * MIB)); FT=$((128 * MIB)); NSMALL=2000
+  FW=$((128 * MIB)); NW=200; NPUT=20; FIO_RT=3; RUNS=${RUNS:-1}
+  T_LONG=5; T_SHORT=10; T_LS=15; T_WRITE=30
 else
   F1=$((1 * GIB)); F4=$((4 * GIB)); FT=$((1 * GIB)); NSMALL=10000
   FW=$((1 * GIB)); NW=2000; NPUT=200; FIO_RT=10; RUNS=${RUNS:-3}
   T_LONG=60; T_SHORT=30; T_LS=60; T_WRITE=120
 fi
 TOOLS=${BENCH_TOOLS:-govcfs rclone rclone-tuned httpdirfs-cache httpdirfs}
-RCLONE_TUNED_FLAGS=${RCLONE_TUNED_FLAGS:---vfs-read-chunk-size 16M --vfs-read-chunk-size-limit 256M --buffer-size 64M}
+# The tuned rclone column takes the best of a few flag sets tried on this machine for each
+# kind of access (no single set is good at both): big chunks and a big buffer for streaming,
+# small chunks that do not grow and no buffer for random reads.
+RCLONE_TUNED_STREAM=${RCLONE_TUNED_STREAM:---vfs-read-chunk-size 64M --vfs-read-chunk-size-limit off --buffer-size 128M}
+RCLONE_TUNED_RANDOM=${RCLONE_TUNED_RANDOM:---vfs-read-chunk-size 1M --vfs-read-chunk-size-limit 0 --buffer-size 0}
 GOVCFS_CACHE=256M
 PATTERN='ERR-42'   # '-' is outside the base64 alphabet of the text file: no chance matches
 SEED=20240606
@@ -156,7 +162,7 @@ result() {
 
 # ---------------------------------------------------------------- mounts
 declare -A SKIP   # "row:tool" -> reason: after a timeout or a failed mount, later runs are skipped
-MPID=""; MLOG=""
+MPID=""; MLOG=""; CUR_ROW=""
 tool_available() {
   case $1 in
     govcfs) return 0 ;;
@@ -184,9 +190,11 @@ mount_tool() {
       rclone mount :http: "$MNT" --http-url "$URL/default/" --read-only --config "$WORK/rclone.conf" \
         --cache-dir "$WORK/rclone-cache" > "$MLOG" 2>&1 & ;;
     rclone-tuned)
+      local flags=$RCLONE_TUNED_RANDOM
+      case $CUR_ROW in seq|grep) flags=$RCLONE_TUNED_STREAM ;; esac
       # shellcheck disable=SC2086
       rclone mount :http: "$MNT" --http-url "$URL/default/" --read-only --config "$WORK/rclone.conf" \
-        --cache-dir "$WORK/rclone-cache" $RCLONE_TUNED_FLAGS > "$MLOG" 2>&1 & ;;
+        --cache-dir "$WORK/rclone-cache" $flags > "$MLOG" 2>&1 & ;;
     httpdirfs-cache)
       rm -rf "$WORK/hcache"; mkdir -p "$WORK/hcache"
       httpdirfs -f --no-range-check --cache --cache-location "$WORK/hcache" "$URL/default/" "$MNT" > "$MLOG" 2>&1 & ;;
@@ -230,8 +238,8 @@ prepare() {
     for r in ${ROWS_OF[$row]:-$row}; do rec "$r" "$tool" na na "not available"; SKIP[$r:$tool]=1; done
     SKIP[$row:$tool]=1; return 1
   fi
-  drop_caches
-  is_mount_tool "$tool" || return 0
+  CUR_ROW=$row
+  is_mount_tool "$tool" || { drop_caches; return 0; }
   if ! mount_tool "$tool" "$tag"; then
     for r in ${ROWS_OF[$row]:-$row}; do rec "$r" "$tool" na na "$MFAIL"; SKIP[$r:$tool]=1; done
     SKIP[$row:$tool]=1
@@ -362,7 +370,7 @@ row_ends() {  # 2. head -c 1 and tail -c 65536 of F4, ms, and the blob bytes the
     is_mount_tool "$tool" && unmount_tool
     b1=$(metric govcfs_blob_bytes_sent_total)
     if [ "$tool" != nginx ] && [ -n "$b0" ] && [ -n "$b1" ]; then
-      rec "${which}_bytes" "$tool" ok "$(calc "($b1 - $b0) / 1048576")"
+      rec "${which}_bytes" "$tool" ok "$(calc "($b1 - $b0) / 1024")"
     fi
   done
 }
@@ -535,18 +543,23 @@ SERVER_RSS=$(vmhwm_mib "$SERVER_PID")
 # mount logs: warnings and errors, counted by message (timestamps stripped)
 for f in "$LOGS"/govcfs-*.log "$LOGS"/serve.log; do
   [ -f "$f" ] || continue
-  grep -hiE 'error|warn|panic' "$f" | sed -E 's/^\[[^]]*\] ?//; s/^[0-9T:.Z-]+ +//' | cut -c1-240 \
+  grep -hiE 'error|warn|panic' "$f" | grep -v 'govcfs stats:' | sed -E 's/^\[[^]]*\] ?//; s/^[0-9T:.Z-]+ +//' | cut -c1-240 \
     | sed "s|$WORK|WORK|g" | sed "s|^|$(basename "$f" .log | sed 's/-[a-z_]*[0-9]*$//'): |"
 done | sort | uniq -c | sort -rn | head -30 > "$FIND"
-STATS=$(grep -h -iE 'chunks fetched|cache hits|prefetch' "$LOGS"/govcfs-seq1.log "$LOGS"/govcfs-iops1.log 2>/dev/null | tail -2 | cut -c1-300)
+STATS=$(for r in seq ttfb tail grep iops seek; do
+  [ -f "$LOGS/govcfs-${r}1.log" ] && echo "row $r, run 1: $(grep -h 'govcfs stats:' "$LOGS/govcfs-${r}1.log" | tail -1 | sed 's/.*govcfs stats: //')"
+done)
 
 DATE=$(date +%Y-%m-%d)
 OUTDIR=${BENCH_OUT:-$ROOT/bench-results}
 mkdir -p "$OUTDIR"
 OUT="$OUTDIR/$DATE-$MODE.json"
 export MODE RUNS F1 F4 FT_REAL FW NSMALL NW NPUT FIO_RT MATCHES URL BIN SERVER_RSS FIND STATS \
-  RCLONE_TUNED_FLAGS GOVCFS_CACHE TOOLS T_LONG T_SHORT T_LS T_WRITE
-GOVCFS_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  RCLONE_TUNED_STREAM RCLONE_TUNED_RANDOM GOVCFS_CACHE TOOLS T_LONG T_SHORT T_LS T_WRITE
+if [ -z "${GOVCFS_COMMIT:-}" ]; then
+  if [ -n "${GOVCFS_BIN:-}" ]; then GOVCFS_COMMIT="unknown (GOVCFS_BIN)"
+  else GOVCFS_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); fi
+fi
 GOVCFS_VERSION=$("$BIN" --version 2>/dev/null || echo unknown)
 RCLONE_VERSION=$(rclone version 2>/dev/null | head -1)
 HTTPDIRFS_VERSION=$(httpdirfs --version 2>&1 | head -1)
@@ -565,7 +578,8 @@ meta = {
                "mount_flags": f"-f --cache-size {e['GOVCFS_CACHE']} --cache-dir DIR"},
     "peers": {"rclone": e["RCLONE_VERSION"], "httpdirfs": e["HTTPDIRFS_VERSION"], "nginx": e["NGINX_VERSION"],
               "rclone_flags": "mount :http: --http-url URL/default/ --read-only",
-              "rclone_tuned_flags": e["RCLONE_TUNED_FLAGS"],
+              "rclone_tuned_flags_rows_1_3": e["RCLONE_TUNED_STREAM"],
+              "rclone_tuned_flags_other_rows": e["RCLONE_TUNED_RANDOM"],
               "httpdirfs_flags": "-f --no-range-check [--cache --cache-location DIR]"},
     "sizes": {"file1": int(e["F1"]), "file4": int(e["F4"]), "text": int(e["FT_REAL"]), "write": int(e["FW"]),
               "small_files": int(e["NSMALL"]), "write_small_files": int(e["NW"]), "put_loop_files": int(e["NPUT"]),
@@ -592,6 +606,11 @@ if [ -s "$FIND" ]; then
   echo
   echo "Warnings and errors in the govcfs logs (count, source: message):"
   sed 's/^/    /' "$FIND"
+fi
+if [ -n "$STATS" ]; then
+  echo
+  echo "govcfs mount statistics at unmount (first run of each row):"
+  echo "$STATS" | sed 's/^/    /'
 fi
 echo
 echo "JSON: $OUT (total $(( $(date +%s) - T_START )) s of measuring)"
