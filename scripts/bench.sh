@@ -36,7 +36,7 @@ done
 
 KIB=1024; MIB=$((1024 * KIB)); GIB=$((1024 * MIB))
 if [ "$MODE" = quick ]; then
-  F1=$((256 * MIB)); F4=$((512 * MIB)); FT=$((128 * MIB)); NSMALL=2000
+  F1=$((256 * MIB)); F4=$((512 * MIB)); FT=$((128 * MIB)); NSMALL=1000
   FW=$((128 * MIB)); NW=200; NPUT=20; FIO_RT=3; RUNS=${RUNS:-1}
   T_LONG=5; T_SHORT=10; T_LS=15; T_WRITE=30
 else
@@ -117,7 +117,11 @@ trap 'log "interrupted"; exit 130' INT TERM
 # ---------------------------------------------------------------- small utilities
 rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >> "$RES"; }   # row tool status value note
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
-drop_caches() { timeout 60 sync; echo 3 | $SUDO tee /proc/sys/vm/drop_caches >/dev/null 2>&1 || true; }
+# Dropping the page cache before each read measurement: our own files are written back once
+# after the setup (sync_all), so a plain drop suffices there and other work on the machine
+# that keeps writing does not stall every measurement in sync(2). Write rows sync first.
+drop_caches() { echo 3 | $SUDO tee /proc/sys/vm/drop_caches >/dev/null 2>&1 || true; }
+sync_all() { timeout 120 sync; }
 metric() { curl -sf --max-time 10 "$URL/metrics" | awk -v n="$1" '$1 == n { print $2; exit }'; }
 vmhwm_mib() { local k; k=$(python3 "$HELPER" vmhwm "$1"); [ -n "$k" ] && calc "$k / 1024"; }
 oneline() { tr '\n\t' '  ' < "$1" | tail -c 300; }
@@ -226,7 +230,11 @@ unmount_tool() {
   MPID=""
 }
 # died_note: a note when the mount process is gone (it crashed during the operation)
-died_note() { kill -0 "$MPID" 2>/dev/null || echo "mount process died: $(oneline "$MLOG")"; }
+died_note() {
+  kill -0 "$MPID" 2>/dev/null && return 0
+  local why; why=$(grep -m1 -iE 'fatal|panic|crash' "$MLOG" | cut -c1-200)
+  echo "mount process died: ${why:-$(oneline "$MLOG")}"
+}
 
 is_mount_tool() { case $1 in curl|nginx) return 1 ;; *) return 0 ;; esac; }
 skipped() { [ -n "${SKIP[$1:$2]:-}" ]; }
@@ -284,6 +292,7 @@ done
 timed 600 python3 "$HELPER" upload-tree "$URL" default "$DATA/many" many > /dev/null
 [ "$RC" -eq 0 ] || die "uploading the small files failed: $(oneline "$WORK/err")"
 log "  $NSMALL small files: $EL s"
+sync_all
 : > "$WORK/rclone.conf"
 
 if have nginx; then
@@ -464,6 +473,7 @@ row_writes() {  # 8. govcfs alone: cp of FW into the mount vs govcfs put vs curl
   local run=$1 size n i args=()
   # every write stores new content (the blob ids differ), so nothing is deduplicated
   python3 "$HELPER" perturb "$WORK/wsrc" "$((run * 10 + 1))"
+  sync_all
   if ! skipped w_big govcfs && prepare w_big govcfs "wbig$run"; then
     timed "$T_WRITE" cp "$WORK/wsrc" "$MNT/cp-$run.bin"
     size=$(stat -c %s "$MNT/cp-$run.bin" 2>/dev/null)
@@ -472,15 +482,16 @@ row_writes() {  # 8. govcfs alone: cp of FW into the mount vs govcfs put vs curl
     unmount_tool
   fi
   python3 "$HELPER" perturb "$WORK/wsrc" "$((run * 10 + 2))"
-  drop_caches
+  sync_all; drop_caches
   timed "$T_WRITE" "$BIN" put "$WORK/wsrc" "$URL/default/put-$run.bin" -m "bench put $run"
   result w_big put mbps "$FW" "$T_WRITE"
   python3 "$HELPER" perturb "$WORK/wsrc" "$((run * 10 + 3))"
-  drop_caches
+  sync_all; drop_caches
   timed "$T_WRITE" curl -sfS -X POST -T "$WORK/wsrc" -H 'Expect:' -H 'Content-Type: application/octet-stream' \
     -o "$WORK/out" "$URL/api/v1/repos/default/stream/blob/upload"
   result w_big curl mbps "$FW" "$T_WRITE" "$([ "$RC" -eq 0 ] && ! grep -q "\"size\":$FW" "$WORK/out" && echo "answer: $(oneline "$WORK/out")")"
 
+  sync_all
   if ! skipped w_small govcfs && prepare w_small govcfs "wsmall$run"; then
     timed "$T_WRITE" cp -r "$WORK/wsmall" "$MNT/small-$run"
     n=$(ls "$MNT/small-$run" 2>/dev/null | wc -l)
@@ -489,7 +500,7 @@ row_writes() {  # 8. govcfs alone: cp of FW into the mount vs govcfs put vs curl
     unmount_tool
   fi
   # govcfs put: one process and one commit per file (bounded to NPUT files)
-  drop_caches
+  sync_all; drop_caches
   local files; files=$(ls "$WORK/wsmall" | head -n "$NPUT")
   timed "$T_WRITE" bash -c 'for f in $3; do "$1" put "$2/$f" "$4/$f" -m x >/dev/null || exit 1; done' \
     _ "$BIN" "$WORK/wsmall" "$files" "$URL/default/put-small-$run"
@@ -500,7 +511,7 @@ row_writes() {  # 8. govcfs alone: cp of FW into the mount vs govcfs put vs curl
     args+=(-sfS -X POST -H 'Expect:' -H 'Content-Type: application/octet-stream' -T "$f" -o /dev/null
            "$URL/api/v1/repos/default/stream/blob/upload")
   done
-  drop_caches
+  sync_all; drop_caches
   timed "$T_WRITE" curl "${args[@]}"
   result w_small curl rate "$NW" "$T_WRITE"
 }
