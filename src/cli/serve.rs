@@ -30,6 +30,12 @@ pub struct ServeArgs {
     /// Seconds a stream session may stay unused before it expires.
     #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     pub stream_timeout: f64,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Stream sessions open at once; more are refused with 429.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_stream_sessions: usize,
@@ -63,10 +69,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             timeout: std::time::Duration::from_secs_f64(args.stream_timeout.max(0.1)),
             max_sessions: args.max_stream_sessions,
         };
-        let config = ServerConfig { max_upload_size: args.max_upload_size, auth_tokens: args.auth_tokens, streams };
+        let tls = args.tls_cert.zip(args.tls_key);
+        let config = ServerConfig { max_upload_size: args.max_upload_size, auth_tokens: args.auth_tokens, streams, tls };
         let server = Server::bind(backend, config, &args.listen).await?;
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "govcfs: listening on http://{}", server.local_addr())?;
+        writeln!(stdout, "govcfs: listening on {}", server.url())?;
         stdout.flush()?;
         server.run(shutdown_signal()).await?;
         log::info!("server stopped");

@@ -7,6 +7,7 @@ mod auth;
 mod blobs;
 mod browse;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 mod ranges;
 mod repos;
@@ -36,11 +37,13 @@ pub struct ServerConfig {
     pub auth_tokens: Vec<String>,
     /// Stream session timeout and table size.
     pub streams: stream::session::StreamLimits,
+    /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_upload_size: 1 << 40, auth_tokens: Vec::new(), streams: Default::default() }
+        ServerConfig { max_upload_size: 1 << 40, auth_tokens: Vec::new(), streams: Default::default(), tls: None }
     }
 }
 
@@ -55,6 +58,8 @@ pub struct AppState {
     pub completions: uploads::Completions,
     /// Open stream sessions of the seed API.
     pub streams: stream::session::Sessions,
+    /// The shared liveness lock on a local data directory (see [`crate::store::sweep`]).
+    _live: Option<std::fs::File>,
 }
 
 /// Builds the whole application.
@@ -129,6 +134,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
 pub struct Server {
     listener: tokio::net::TcpListener,
     app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// The state, for embedding callers that want the metrics.
     pub state: Arc<AppState>,
 }
@@ -136,6 +142,14 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds `addr` (port 0 picks an ephemeral port).
     pub async fn bind(backend: Backend, config: ServerConfig, addr: &str) -> anyhow::Result<Server> {
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let (live, swept) = crate::store::sweep::claim_and_sweep(backend.local_root())?;
+        if let Some(swept) = swept.filter(|s| s.files + s.uploads > 0) {
+            log::info!("removed what an earlier server left: {} files ({} bytes), {} stale uploads", swept.files, swept.bytes, swept.uploads);
+        }
         let store = Store::open(backend).await?;
         let metrics = Arc::new(Metrics::default());
         let streams = stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
@@ -146,11 +160,12 @@ impl Server {
             shutdown: tokio_util::sync::CancellationToken::new(),
             completions: Default::default(),
             streams,
+            _live: Some(live),
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        Ok(Server { listener, app: router(state.clone()), state })
+        Ok(Server { listener, app: router(state.clone()), tls, state })
     }
 
     /// The address actually bound.
@@ -158,15 +173,22 @@ impl Server {
         self.listener.local_addr().expect("bound socket has an address")
     }
 
+    /// `http://ADDR`, or `https://ADDR` with TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
+    }
+
     /// Serves until `shutdown` completes, then finishes the requests in flight.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let token = self.state.shutdown.clone();
         tokio::spawn(stream::sweep_sessions(self.state.clone(), token.clone()));
-        let graceful = async move {
+        let trigger = token.clone();
+        tokio::spawn(async move {
             shutdown.await;
-            token.cancel();
-        };
-        axum::serve(self.listener, self.app).with_graceful_shutdown(graceful).await?;
+            trigger.cancel();
+        });
+        listen::serve(self.listener, self.app, self.tls, token).await;
         Ok(())
     }
 }

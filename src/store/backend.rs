@@ -49,6 +49,11 @@ impl Backend {
         }
     }
 
+    /// The directory of a local store.
+    pub fn local_root(&self) -> &FsPath {
+        &self.local_root
+    }
+
     /// The underlying object store.
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
         &self.objects

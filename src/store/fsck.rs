@@ -26,7 +26,15 @@ impl Store {
     /// Checks every repository.
     pub async fn fsck(&self) -> Result<FsckReport> {
         let mut report = FsckReport::default();
-        for repo in self.list_repos().await? {
+        let repos = self.list_repos().await?;
+        for name in self.backend.list_dirs(&object_store::path::Path::from("repos")).await? {
+            if !repos.iter().any(|r| r.id == name) {
+                report.damage.push(format!(
+                    "{name}: no config.json (a creation cut by a crash; `govcfs repo create` of the same name finishes it)"
+                ));
+            }
+        }
+        for repo in repos {
             report.repos += 1;
             let mut seen = HashSet::new();
             let branches = self.backend.list(&object_store::path::Path::from(format!("repos/{}/refs/heads", repo.id))).await?;

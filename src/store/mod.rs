@@ -20,6 +20,7 @@ pub mod index;
 pub mod objects;
 pub mod paths;
 mod repo;
+pub mod sweep;
 mod upload;
 
 pub use backend::Backend;

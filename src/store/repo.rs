@@ -56,7 +56,20 @@ impl Store {
             .await?;
         // The ref first: a config without a head would be a broken repository.
         if !self.backend.cas_ref(&ref_path(repo, DEFAULT_BRANCH), None, &commit).await? {
-            return Err(StoreError::AlreadyExists(format!("repository {repo}")));
+            // A head without a config: a creation cut by a crash (or racing with this one).
+            // If the head is sound, finish it: the repository exists from now on.
+            let head = self.backend.read_ref(&ref_path(repo, DEFAULT_BRANCH)).await?;
+            let sound = match &head {
+                Some(id) => self.load_commit(repo, id).await.is_ok(),
+                None => false,
+            };
+            if !sound || self.backend.get_opt(&config_path).await?.is_some() {
+                return Err(StoreError::AlreadyExists(format!("repository {repo}")));
+            }
+            log::warn!("repository {repo} had a head but no config (an interrupted creation): finishing it");
+            let config = serde_json::to_vec(&RepoConfig { created_at: created_at.clone() }).expect("serializes");
+            self.backend.put(&config_path, Bytes::from(config)).await?;
+            return Ok(RepoInfo { id: repo.to_string(), head, created_at });
         }
         let config = serde_json::to_vec(&RepoConfig { created_at: created_at.clone() }).expect("serializes");
         self.backend.put(&config_path, Bytes::from(config)).await?;
