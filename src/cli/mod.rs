@@ -95,13 +95,14 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// Parses a repository URL and makes a client for it (`GOVCFS_TOKEN` is the bearer token).
+/// Parses a repository URL and makes a client for it (`GOVCFS_TOKEN` is the bearer token,
+/// `GOVCFS_CA_CERT` a certificate to trust).
 fn client_for(url: &str) -> anyhow::Result<(Client, RepoUrl)> {
     let parsed = RepoUrl::parse(url)?;
     if parsed.repo.is_empty() {
         anyhow::bail!("{url:?} names no repository: expected http://HOST:PORT/REPO[/PATH]");
     }
-    let options = ClientOptions { auth_token: std::env::var("GOVCFS_TOKEN").ok(), ..ClientOptions::default() };
+    let options = ClientOptions::from_env();
     Ok((Client::from_url(&parsed, options)?, parsed))
 }
 

@@ -251,7 +251,10 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
         bail!("the URL names no repository: expected http://HOST:PORT/REPO");
     }
     let display_url = format!("{}/{}", repo_url.server, repo_url.repo);
-    let options = ClientOptions { auth_token: args.auth_token.clone().or_else(|| std::env::var("GOVCFS_TOKEN").ok()), ..ClientOptions::default() };
+    let mut options = ClientOptions::from_env();
+    if args.auth_token.is_some() {
+        options.auth_token = args.auth_token.clone();
+    }
     let client = Client::from_url(&repo_url, options)?;
     let check = CancellationToken::new();
     runtime

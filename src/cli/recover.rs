@@ -75,7 +75,7 @@ async fn fill_missing(client: &Client, copy: &std::path::Path, blob: &str, missi
 
 async fn restore(copy: &std::path::Path, note: &RecoveryNote) -> anyhow::Result<String> {
     let url = RepoUrl::parse(&note.origin)?;
-    let options = ClientOptions { auth_token: std::env::var("GOVCFS_TOKEN").ok(), ..ClientOptions::default() };
+    let options = ClientOptions::from_env();
     let client = Client::from_url(&url, options)?;
     let cancel = CancellationToken::new();
     let current = match client.stat(&note.path, note.branch.as_deref(), &cancel).await {

@@ -24,7 +24,7 @@ pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
         }
         RepoCommand::List { url } => {
             let parsed = RepoUrl::parse(&url)?;
-            let options = ClientOptions { auth_token: std::env::var("GOVCFS_TOKEN").ok(), ..ClientOptions::default() };
+            let options = ClientOptions::from_env();
             let client = Client::new(&parsed.server, "", options)?;
             for repo in client.list_repos(&cancel).await?.repositories {
                 println!("{}\t{}\t{}", repo.id, repo.head.as_deref().unwrap_or("-"), repo.created_at);

@@ -131,6 +131,20 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Time allowed between two reads of a response (catches a stalled server).
     pub read_timeout: Duration,
+    /// A PEM certificate to trust besides the system's (a server's self-signed one).
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl ClientOptions {
+    /// The defaults, with the bearer token from `GOVCFS_TOKEN` and an extra trusted
+    /// certificate from `GOVCFS_CA_CERT`, as the command line uses them.
+    pub fn from_env() -> Self {
+        ClientOptions {
+            auth_token: std::env::var("GOVCFS_TOKEN").ok().filter(|t| !t.is_empty()),
+            ca_cert: std::env::var_os("GOVCFS_CA_CERT").filter(|p| !p.is_empty()).map(Into::into),
+            ..ClientOptions::default()
+        }
+    }
 }
 
 impl Default for ClientOptions {
@@ -140,6 +154,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(30),
+            ca_cert: None,
         }
     }
 }
@@ -161,14 +176,25 @@ pub struct Client {
 impl Client {
     /// A client of repository `repo` on `server` (`http://HOST:PORT`).
     pub fn new(server: &str, repo: &str, options: ClientOptions) -> Result<Client> {
-        let http = reqwest::Client::builder()
+        let trusted = match &options.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)?;
+                Some(reqwest::Certificate::from_pem(&pem).map_err(ClientError::Transport)?)
+            }
+            None => None,
+        };
+        let trust = |builder: reqwest::ClientBuilder| match &trusted {
+            Some(cert) => builder.add_root_certificate(cert.clone()),
+            None => builder,
+        };
+        let http = trust(reqwest::Client::builder())
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.read_timeout)
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
             .build()
             .map_err(ClientError::Transport)?;
-        let http_patient = reqwest::Client::builder()
+        let http_patient = trust(reqwest::Client::builder())
             .connect_timeout(options.connect_timeout)
             .timeout(PATIENT_TIMEOUT)
             .tcp_nodelay(true)

@@ -17,17 +17,24 @@ pub struct ApiError {
     pub path: Option<String>,
     /// Blob length for `Content-Range: bytes */LEN` on 416.
     pub range_len: Option<u64>,
+    /// Seconds for `Retry-After` on 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// An error with a status, a machine-readable code and a message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), path: None, range_len: None }
+        ApiError { status, code, message: message.into(), path: None, range_len: None, retry_after: None }
     }
 
     /// 400 with code `bad_request`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 429 with `Retry-After: 1`.
+    pub fn too_many(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message) }
     }
 
     /// 416 with the `Content-Range: bytes */LEN` header.
@@ -67,6 +74,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: self.message, code: self.code.to_string(), path: self.path };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(len) = self.range_len {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 response.headers_mut().insert(header::CONTENT_RANGE, v);

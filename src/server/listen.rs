@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A client must send its request headers within this time.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body that sends nothing for this long is cut (a slow-loris upload).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests in flight get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A TLS handshake must complete within this time.

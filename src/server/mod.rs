@@ -3,10 +3,11 @@
 //! [`router`] builds the app from an [`AppState`] so tests can drive it without a socket;
 //! [`Server::bind`] puts it on a listener with graceful shutdown.
 
-mod auth;
+pub mod auth;
 mod blobs;
 mod browse;
 pub mod error;
+mod limits;
 pub mod listen;
 pub mod metrics;
 mod ranges;
@@ -33,17 +34,19 @@ pub use metrics::Metrics;
 pub struct ServerConfig {
     /// Largest blob an upload may create, in bytes.
     pub max_upload_size: u64,
-    /// Bearer tokens accepted; empty means no authentication.
-    pub auth_tokens: Vec<String>,
+    /// Bearer tokens accepted and what each may do; empty means no authentication.
+    pub tokens: Vec<auth::TokenGrant>,
     /// Stream session timeout and table size.
     pub streams: stream::session::StreamLimits,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Requests one client (IP address) may have in progress at once.
+    pub max_client_requests: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_upload_size: 1 << 40, auth_tokens: Vec::new(), streams: Default::default(), tls: None }
+        ServerConfig { max_upload_size: 1 << 40, tokens: Vec::new(), streams: Default::default(), tls: None, max_client_requests: 256 }
     }
 }
 
@@ -58,6 +61,8 @@ pub struct AppState {
     pub completions: uploads::Completions,
     /// Open stream sessions of the seed API.
     pub streams: stream::session::Sessions,
+    /// Requests in progress per client.
+    pub clients: limits::ClientCounts,
     /// The shared liveness lock on a local data directory (see [`crate::store::sweep`]).
     _live: Option<std::fs::File>,
 }
@@ -107,6 +112,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{repo}/{*path}", get(browse::browse))
         .fallback(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::limit_clients))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(listen::BODY_READ_TIMEOUT))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
@@ -160,6 +167,7 @@ impl Server {
             shutdown: tokio_util::sync::CancellationToken::new(),
             completions: Default::default(),
             streams,
+            clients: Default::default(),
             _live: Some(live),
         });
         let listener = tokio::net::TcpListener::bind(addr)

@@ -54,6 +54,8 @@ pub struct ServerProcess {
     log_dir: tempfile::TempDir,
     /// The first `--auth-token` the server was started with, sent by [`Self::metrics`].
     token: Option<String>,
+    /// `http` or `https` (with `--tls-cert`).
+    scheme: &'static str,
     exited: Option<ExitStatus>,
 }
 
@@ -114,16 +116,19 @@ impl ServerProcess {
             let _ = reader.read_to_end(&mut sink);
         });
         let mut server =
-            ServerProcess { child, addr: "127.0.0.1:0".parse().unwrap(), data, log_dir, token, exited: None };
+            ServerProcess { child, addr: "127.0.0.1:0".parse().unwrap(), data, log_dir, token, scheme: "http", exited: None };
         let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(Ok(line)) => line,
             Ok(Err(e)) => return Err(format!("reading the server's stdout: {e}; log: {}", server.log())),
             Err(_) => return Err(format!("no listening line within {STARTUP_TIMEOUT:?}; log: {}", server.log())),
         };
-        let addr = line
-            .trim_end()
-            .strip_prefix("govcfs: listening on http://")
-            .ok_or_else(|| format!("unexpected first stdout line {line:?}; log: {}", server.log()))?;
+        let listening = line.trim_end().strip_prefix("govcfs: listening on ");
+        let (scheme, addr) = match listening {
+            Some(rest) if rest.starts_with("https://") => ("https", &rest[8..]),
+            Some(rest) if rest.starts_with("http://") => ("http", &rest[7..]),
+            _ => return Err(format!("unexpected first stdout line {line:?}; log: {}", server.log())),
+        };
+        server.scheme = scheme;
         server.addr = addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
         if !server.addr.ip().is_loopback() {
             return Err(format!("server listens on a non-loopback address {}", server.addr));
@@ -131,9 +136,9 @@ impl ServerProcess {
         Ok(server)
     }
 
-    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), without a trailing slash.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// `http://127.0.0.1:PORT/REPO`, the URL `mount` and the CLI take.

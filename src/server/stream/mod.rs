@@ -26,7 +26,7 @@ use session::{resolve_range, Lookup, Session};
 
 /// Opens a session for `request` on `repo`: checks the blob and the range, computes the
 /// range's MD5, and takes a slot in the table (429 when full).
-pub async fn open_session(state: &AppState, repo: &str, request: &StreamRequest) -> ApiResult<(Arc<Session>, StreamResponse)> {
+pub async fn open_session(state: &AppState, client: Option<std::net::IpAddr>, repo: &str, request: &StreamRequest) -> ApiResult<(Arc<Session>, StreamResponse)> {
     state.store.ensure_repo(repo).await?;
     let size = state.store.blob_size(repo, &request.hash).await?;
     let range = resolve_range(request.start_offset, request.end_offset, size).map_err(|message| ApiError {
@@ -36,8 +36,8 @@ pub async fn open_session(state: &AppState, repo: &str, request: &StreamRequest)
     let checksum = state.store.range_md5(repo, &request.hash, range.clone()).await?;
     let session = state
         .streams
-        .open(repo, &request.hash, size, range.clone(), request.chunk_size, request.enable_gzip)
-        .ok_or_else(|| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", "too many stream sessions are open; retry later"))?;
+        .open(client, repo, &request.hash, size, range.clone(), request.chunk_size, request.enable_gzip)
+        .ok_or_else(|| ApiError::too_many("too_many_sessions", "too many stream sessions are open (for this client or in all); retry later"))?;
     let response = StreamResponse {
         stream_id: session.id.clone(),
         hash: request.hash.clone(),
@@ -61,9 +61,15 @@ pub fn lookup_error(id: &str, lookup: Lookup) -> ApiError {
 }
 
 /// `POST /api/v1/repos/:repo/stream/blob/start`
-pub async fn start(State(state): State<Arc<AppState>>, Path(repo): Path<String>, body: Bytes) -> ApiResult<Response> {
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    Path(repo): Path<String>,
+    client: Option<axum::extract::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let request: StreamRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid stream request: {e}")))?;
-    let (_, response) = open_session(&state, &repo, &request).await.map_err(|e| {
+    let client = client.map(|c| c.0 .0.ip());
+    let (_, response) = open_session(&state, client, &repo, &request).await.map_err(|e| {
         if e.status == StatusCode::TOO_MANY_REQUESTS {
             log::warn!("stream session refused: the table is full ({} open)", state.streams.len());
         }

@@ -18,11 +18,13 @@ pub struct StreamLimits {
     pub timeout: Duration,
     /// Sessions open at once; one more is refused with 429.
     pub max_sessions: usize,
+    /// Sessions one client (IP address) may have open at once.
+    pub max_per_client: usize,
 }
 
 impl Default for StreamLimits {
     fn default() -> Self {
-        StreamLimits { timeout: Duration::from_secs(300), max_sessions: 1024 }
+        StreamLimits { timeout: Duration::from_secs(300), max_sessions: 1024, max_per_client: 64 }
     }
 }
 
@@ -58,6 +60,8 @@ pub struct Session {
     pub range: Range<u64>,
     pub chunk_size: u64,
     pub gzip: bool,
+    /// The client that opened it.
+    owner: Option<std::net::IpAddr>,
     created: Instant,
     last_used: Mutex<Instant>,
     /// Chunk indices served at least once.
@@ -177,10 +181,15 @@ impl Sessions {
         self.limits
     }
 
-    /// Opens a session over `range` of a blob; `None` when the table is full.
-    pub fn open(&self, repo: &str, hash: &str, blob_size: u64, range: Range<u64>, chunk_size: u64, gzip: bool) -> Option<Arc<Session>> {
+    /// Opens a session over `range` of a blob for client `owner`; `None` when the table, or
+    /// the client's share of it, is full.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(&self, owner: Option<std::net::IpAddr>, repo: &str, hash: &str, blob_size: u64, range: Range<u64>, chunk_size: u64, gzip: bool) -> Option<Arc<Session>> {
         let mut live = self.live.lock().expect("sessions lock");
         if live.len() >= self.limits.max_sessions {
+            return None;
+        }
+        if owner.is_some() && live.values().filter(|s| s.owner == owner).count() >= self.limits.max_per_client {
             return None;
         }
         let now = Instant::now();
@@ -192,6 +201,7 @@ impl Sessions {
             range,
             chunk_size: clamp_chunk_size(chunk_size),
             gzip,
+            owner,
             created: now,
             last_used: Mutex::new(now),
             served: Mutex::new(RangeInclusiveSet::new()),
@@ -319,7 +329,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn table(max: usize, timeout: Duration) -> Sessions {
-        Sessions::new(StreamLimits { timeout, max_sessions: max }, Default::default())
+        Sessions::new(StreamLimits { timeout, max_sessions: max, max_per_client: max }, Default::default())
     }
 
     #[test]
@@ -345,7 +355,7 @@ mod tests {
     #[test]
     fn progress_counts_distinct_chunks_and_completes() {
         let sessions = table(4, Duration::from_secs(60));
-        let s = sessions.open("r", "h", 1 << 20, 10..2058, 1024, false).unwrap();
+        let s = sessions.open(None, "r", "h", 1 << 20, 10..2058, 1024, false).unwrap();
         assert_eq!(s.chunk_count(), 2);
         assert_eq!(s.chunk_range(1), Some(1034..2058));
         assert_eq!(s.chunk_range(2), None);
@@ -361,10 +371,10 @@ mod tests {
     #[test]
     fn cancel_expiry_and_the_limit() {
         let gauge: Arc<std::sync::atomic::AtomicI64> = Default::default();
-        let sessions = Sessions::new(StreamLimits { timeout: Duration::from_millis(50), max_sessions: 2 }, gauge.clone());
-        let a = sessions.open("r", "h", 1 << 20, 0..10, 0, false).unwrap();
-        let b = sessions.open("r", "h", 1 << 20, 0..10, 0, false).unwrap();
-        assert!(sessions.open("r", "h", 1 << 20, 0..10, 0, false).is_none(), "a third session past the limit");
+        let sessions = Sessions::new(StreamLimits { timeout: Duration::from_millis(50), max_sessions: 2, max_per_client: 2 }, gauge.clone());
+        let a = sessions.open(None, "r", "h", 1 << 20, 0..10, 0, false).unwrap();
+        let b = sessions.open(None, "r", "h", 1 << 20, 0..10, 0, false).unwrap();
+        assert!(sessions.open(None, "r", "h", 1 << 20, 0..10, 0, false).is_none(), "a third session past the limit");
         assert_eq!(gauge.load(Ordering::Relaxed), 2);
         assert!(matches!(sessions.get("other", &a.id), Err(Lookup::Unknown)), "another repo's session");
         let p = sessions.cancel("r", &a.id).unwrap();
@@ -380,11 +390,21 @@ mod tests {
     }
 
     #[test]
+    fn one_client_cannot_take_the_whole_table() {
+        let sessions = Sessions::new(StreamLimits { timeout: Duration::from_secs(60), max_sessions: 10, max_per_client: 2 }, Default::default());
+        let (a, b) = (Some("10.0.0.1".parse().unwrap()), Some("10.0.0.2".parse().unwrap()));
+        assert!(sessions.open(a, "r", "h", 10, 0..10, 0, false).is_some());
+        assert!(sessions.open(a, "r", "h", 10, 0..10, 0, false).is_some());
+        assert!(sessions.open(a, "r", "h", 10, 0..10, 0, false).is_none(), "a third session of one client");
+        assert!(sessions.open(b, "r", "h", 10, 0..10, 0, false).is_some(), "another client is not held back");
+    }
+
+    #[test]
     fn closing_frees_a_session_and_remembers_how_it_ended() {
         let sessions = table(4, Duration::from_secs(60));
-        let done = sessions.open("r", "h", 1 << 20, 0..10, 1024, false).unwrap();
+        let done = sessions.open(None, "r", "h", 1 << 20, 0..10, 1024, false).unwrap();
         done.record_served(0);
-        let cut = sessions.open("r", "h", 1 << 20, 0..5000, 1024, false).unwrap();
+        let cut = sessions.open(None, "r", "h", 1 << 20, 0..5000, 1024, false).unwrap();
         sessions.close(&done.id);
         sessions.close(&cut.id);
         assert!(sessions.is_empty());
@@ -399,7 +419,7 @@ mod tests {
             let start = (size as f64 * start_frac) as u64;
             let end = start + ((size - start) as f64 * len_frac) as u64;
             let sessions = table(1, Duration::from_secs(60));
-            let s = sessions.open("r", "h", size, start..end, chunk, false).unwrap();
+            let s = sessions.open(None, "r", "h", size, start..end, chunk, false).unwrap();
             let mut at = start;
             for i in 0..s.chunk_count() {
                 let r = s.chunk_range(i).unwrap();

@@ -35,11 +35,17 @@ const PROGRESS_EVERY: u64 = 10;
 const MAX_CLIENT_MESSAGE: usize = 64 << 10;
 
 /// The upgrade handler.
-pub async fn websocket(State(state): State<Arc<AppState>>, Path(repo): Path<String>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn websocket(
+    State(state): State<Arc<AppState>>,
+    Path(repo): Path<String>,
+    client: Option<axum::extract::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let client = client.map(|c| c.0 .0.ip());
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve(state, repo, socket))
+        .on_upgrade(move |socket| serve(state, repo, client, socket))
 }
 
 /// The stream a connection is sending.
@@ -58,7 +64,7 @@ fn error_frame(e: &ApiError, stream_id: Option<&str>) -> Message {
     text(&WsServerMessage::Error { error: e.message.clone(), code: e.code.to_string(), stream_id: stream_id.map(str::to_string) })
 }
 
-async fn serve(state: Arc<AppState>, repo: String, socket: WebSocket) {
+async fn serve(state: Arc<AppState>, repo: String, client: Option<std::net::IpAddr>, socket: WebSocket) {
     let (mut sink, mut incoming) = socket.split();
     // Data frames travel in groups (a chunk's JSON header and its binary frame) that the
     // writer never splits with a control answer.
@@ -126,7 +132,7 @@ async fn serve(state: Arc<AppState>, repo: String, socket: WebSocket) {
                 let Ok(permit) = permit else { break };
                 let Some(a) = active.as_mut() else {
                     let request = queued.pop_front().expect("guarded by the select condition");
-                    match open_session(&state, &repo, &request).await {
+                    match open_session(&state, client, &repo, &request).await {
                         Ok((session, response)) => {
                             permit.send(vec![text(&WsServerMessage::Response(response))]);
                             active = Some(Active { session, next: 0, binary: request.binary, encoding: Encoding::choose(None, request.enable_gzip) });
