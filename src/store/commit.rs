@@ -35,6 +35,11 @@ impl Store {
                 }
             }
         }
+        // Commits to one branch from this server queue here instead of racing: a lost race
+        // costs a whole tree rewrite with fsyncs, and under load most attempts would lose.
+        // The compare-and-swap below still guards against other processes.
+        let queue = self.branch_queue(repo, branch);
+        let _turn = queue.lock().await;
         for attempt in 0..MAX_CAS_ATTEMPTS {
             let head = self.branch_head(repo, branch).await?;
             let root = match &head {

@@ -28,7 +28,8 @@ pub use blob::BlobWriter;
 pub use objects::{BlobHasher, Commit, Tree, TreeEntry};
 pub use repo::RefUpdate;
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Errors of the store. The server maps each to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,8 @@ impl TreeCache {
 /// The repository store shared by all server handlers.
 pub struct Store {
     backend: Backend,
+    /// One queue per `repo/branch` for the commits of this process.
+    branch_queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     trees: Mutex<TreeCache>,
     events: tokio::sync::broadcast::Sender<RefUpdate>,
 }
@@ -103,6 +106,7 @@ impl Store {
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let store = Store {
             backend,
+            branch_queues: Mutex::new(HashMap::new()),
             trees: Mutex::new(TreeCache::new()),
             events,
         };
@@ -111,6 +115,12 @@ impl Store {
             Err(e) => return Err(e),
         }
         Ok(store)
+    }
+
+    /// The commit queue of a branch.
+    fn branch_queue(&self, repo: &str, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self.branch_queues.lock().expect("branch queues lock");
+        queues.entry(format!("{repo}/{branch}")).or_default().clone()
     }
 
     /// The backend the store lives on.
