@@ -122,7 +122,18 @@ impl<R: Remote> Reader<R> {
         let all_cached = needed.clone().all(|i| self.cache.is_present_or_pending(&ChunkKey { blob: pinned.blob.clone(), index: i }));
         if !plan.sequential && !all_cached {
             // One round trip for exactly these bytes; a random read does not pull whole chunks.
-            return self.remote.read_range(&pinned.blob, wanted).await;
+            let data = self.remote.read_range(&pinned.blob, wanted.clone()).await?;
+            // Whole chunks among them are kept, though (a big first read, say).
+            if data.len() as u64 == wanted.end - wanted.start {
+                for i in needed {
+                    let chunk = self.chunk_range(i, pinned.size);
+                    if chunk.start >= wanted.start && chunk.end <= wanted.end {
+                        let slice = data.slice((chunk.start - wanted.start) as usize..(chunk.end - wanted.start) as usize);
+                        self.cache.insert(ChunkKey { blob: pinned.blob.clone(), index: i }, slice, true);
+                    }
+                }
+            }
+            return Ok(data);
         }
         let parts = futures::future::try_join_all(needed.clone().map(|i| self.chunk(&pinned, i, true))).await?;
         if parts.len() == 1 {

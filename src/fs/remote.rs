@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::error::Result;
+use super::error::{FsError, Result};
 use crate::api::{BlobInfo, Change, CommitCreated, CommitRequest, TreeListing, UploadStarted};
 use crate::client::{CancellationToken, Client};
 
@@ -101,7 +101,12 @@ impl Remote for ClientRemote {
     }
 
     async fn read_range(&self, hash: &str, range: Range<u64>) -> Result<Bytes> {
-        Ok(self.client.read_range(hash, range, &self.cancel).await?)
+        // Retries of one read stop at a deadline: a program reading from an unreachable server
+        // gets EIO, not a hang.
+        match tokio::time::timeout(READ_DEADLINE, self.client.read_range(hash, range.clone(), &self.cancel)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(FsError::Remote(format!("reading {hash} bytes {range:?} took longer than {READ_DEADLINE:?}"))),
+        }
     }
 
     fn upload_chunk_size(&self) -> u64 {
@@ -137,6 +142,9 @@ impl Remote for ClientRemote {
         Ok(self.client.commit(&request, &self.cancel).await?)
     }
 }
+
+/// How long one read of the mount may take, retries included, before it fails with EIO.
+const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Chunk size the mount asks for when it uploads: large enough for throughput, small enough
 /// that the chunks in flight keep the mount's memory low.

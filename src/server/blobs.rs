@@ -47,8 +47,7 @@ pub async fn serve_blob(
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, "no-cache");
     if let Some(mtime) = last_modified {
-        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
-        builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(time));
+        builder = builder.header(header::LAST_MODIFIED, super::browse::http_date(mtime));
     }
     let (status, range) = match plan(headers, len, &etag) {
         Plan::NotModified => {

@@ -67,7 +67,7 @@ pub async fn browse(
                     page,
                     "<a href=\"{href}{slash}{ref_suffix}\">{}{slash}</a> {} {}",
                     html_escape(&e.name),
-                    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64)),
+                    http_date(e.mtime),
                     if e.kind == EntryType::Directory { "-".to_string() } else { e.size.to_string() }
                 );
             }
@@ -97,4 +97,10 @@ fn html_escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// An HTTP date for a modification time, clamped to what HTTP dates can show (1970..=9999).
+pub(super) fn http_date(mtime: i64) -> String {
+    let seconds = mtime.clamp(0, crate::store::MAX_MTIME) as u64;
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
 }

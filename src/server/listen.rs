@@ -73,7 +73,15 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, tls: Option<T
                     Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
                     Err(_) => log::debug!("TLS handshake with {peer} timed out"),
                 },
-                None => serve_connection(tcp, peer, app, watcher).await,
+                None => {
+                    // hyper's header timeout starts with a request's first byte: a client that
+                    // connects and never sends anything is dropped here.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, tcp.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => serve_connection(tcp, peer, app, watcher).await,
+                        _ => log::debug!("{peer} sent nothing for {HEADER_READ_TIMEOUT:?}: closed"),
+                    }
+                }
             }
         });
     }

@@ -114,6 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit_clients))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(listen::BODY_READ_TIMEOUT))
+        .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }

@@ -53,9 +53,19 @@ pub fn plan(headers: &HeaderMap, len: u64, etag: &str) -> Plan {
             Ok(_) => Plan::Full,
             // A suffix longer than the body selects all of it (RFC 7233 §2.1).
             Err(Unsatisfiable::FileSuffixOutOfBounds) if !range.contains(',') => Plan::Partial(0..len),
+            // A set of several ranges is ignored (as above) unless none of them can be served.
+            Err(_) if range.contains(',') && any_part_satisfiable(range, len) => Plan::Full,
             Err(_) => Plan::Unsatisfiable,
         },
     }
+}
+
+/// Whether any one range of a multi-range `bytes=…` header selects something of `len` bytes.
+fn any_part_satisfiable(header: &str, len: u64) -> bool {
+    let Some(set) = header.trim().strip_prefix("bytes=") else { return false };
+    set.split(',').any(|part| {
+        http_range_header::parse_range_header(&format!("bytes={}", part.trim())).is_ok_and(|p| p.validate(len).is_ok())
+    })
 }
 
 /// Whether a single `bytes=FIRST-LAST` spec has LAST < FIRST.

@@ -11,7 +11,7 @@ use axum::Json;
 use futures::stream::{Stream, StreamExt};
 use serde::Deserialize;
 
-use super::error::{ApiError, ApiResult};
+use super::error::ApiResult;
 use super::AppState;
 use crate::api::{CommitCreated, CommitRequest, CreateRepo, Entry, LogListing, RefEvent, RepoInfo, RepoList, TreeListing};
 
@@ -27,7 +27,7 @@ pub async fn create_repo(
     State(state): State<Arc<AppState>>,
     body: Result<Json<CreateRepo>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<RepoInfo>)> {
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(super::error::json_rejection)?;
     Ok((StatusCode::CREATED, Json(state.store.create_repo(&request.id).await?)))
 }
 
@@ -99,7 +99,7 @@ pub async fn commit(
     Path(repo): Path<String>,
     body: Result<Json<CommitRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CommitCreated>)> {
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(request) = body.map_err(super::error::json_rejection)?;
     let created = state.store.commit(&repo, &request).await?;
     state.metrics.commits.fetch_add(1, Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(created)))

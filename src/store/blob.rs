@@ -32,13 +32,21 @@ const PART_SIZE: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
 
 impl Store {
-    /// Size of a blob; `NotFound` if the repository does not hold it.
+    /// Size of a blob; `NotFound` if the repository does not hold it, or if `id` names a tree
+    /// or a commit. Blobs have a block index; one whose index was lost in a crash is told
+    /// apart by not being a valid tree or commit (those are small).
     pub async fn blob_size(&self, repo: &str, id: &str) -> Result<u64> {
         validate_object_id(id)?;
-        self.backend
-            .size(&object_path(repo, id))
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("blob {id}")))
+        let not_found = || StoreError::NotFound(format!("blob {id}"));
+        let size = self.backend.size(&object_path(repo, id)).await?.ok_or_else(not_found)?;
+        if size > 16 << 20 || self.has_block_index(repo, id).await {
+            return Ok(size);
+        }
+        let bytes = self.backend.get(&object_path(repo, id)).await?;
+        if crate::store::Commit::decode(id, &bytes).is_ok() || crate::store::Tree::decode(id, &bytes).is_ok() {
+            return Err(not_found());
+        }
+        Ok(size)
     }
 
     /// Reads a range of a blob into memory (for bounded ranges only).
@@ -85,6 +93,11 @@ impl Store {
             self.backend.put_scratch(&md5_path(repo, id), Bytes::from(hex.clone())).await?;
         }
         Ok(hex)
+    }
+
+    /// Whether a blob's block index exists.
+    async fn has_block_index(&self, repo: &str, id: &str) -> bool {
+        matches!(self.backend.size(&index_path(repo, id)).await, Ok(Some(_)))
     }
 
     /// Checksums of block `block` of a blob, from its index (`None` if it has none).

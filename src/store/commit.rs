@@ -13,6 +13,9 @@ use super::repo::ref_path;
 use super::{now_unix, RefUpdate, Result, Store, StoreError};
 use crate::api::{Change, CommitCreated, CommitRequest, EntryType, DEFAULT_BRANCH};
 
+/// The last second HTTP dates (and most tools) can show: 9999-12-31T23:59:59Z.
+pub const MAX_MTIME: i64 = 253_402_300_799;
+
 /// How often a commit is re-applied after losing a compare-and-swap race.
 const MAX_CAS_ATTEMPTS: usize = 32;
 
@@ -26,6 +29,11 @@ impl Store {
         // Blob sizes do not change between attempts: look them up once.
         let mut sizes = HashMap::new();
         for change in &request.changes {
+            if let Change::Put { mtime: Some(t), path, .. } = change {
+                if !(0..=MAX_MTIME).contains(t) {
+                    return Err(StoreError::InvalidInput(format!("mtime {t} of {path:?} is outside 1970..=9999")));
+                }
+            }
             if let Change::Put { hash, .. } = change {
                 if !sizes.contains_key(hash) {
                     sizes.insert(hash.clone(), self.blob_size(repo, hash).await.map_err(|e| match e {

@@ -25,6 +25,7 @@ mod upload;
 
 pub use backend::Backend;
 pub use blob::BlobWriter;
+pub use commit::MAX_MTIME;
 pub use objects::{BlobHasher, Commit, Tree, TreeEntry};
 pub use repo::RefUpdate;
 

@@ -131,7 +131,14 @@ impl Store {
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("ref {reference}")))?
         };
-        let tree = self.load_commit(repo, &commit).await?.tree;
+        let tree = match self.load_commit(repo, &commit).await {
+            Ok(c) => c.tree,
+            // An id that names a blob or a tree: the caller's mistake, not damage.
+            Err(StoreError::Corrupt { .. }) if commit == reference => {
+                return Err(StoreError::InvalidInput(format!("{reference} is not a commit")));
+            }
+            Err(e) => return Err(e),
+        };
         Ok(ResolvedRef { commit, tree })
     }
 

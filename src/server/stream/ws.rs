@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -41,6 +41,9 @@ pub async fn websocket(
     client: Option<axum::extract::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Err(e) = state.store.ensure_repo(&repo).await {
+        return ApiError::from(e).into_response();
+    }
     let client = client.map(|c| c.0 .0.ip());
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
