@@ -6,6 +6,7 @@
 # on exit. Not a test: it asserts nothing, a peer that fails is reported as n/a.
 #
 #   scripts/bench.sh [--quick] [--runs N]
+#   scripts/bench.sh stream [--quick]     the streaming API alone (scripts/bench-stream.sh)
 #
 # Environment:
 #   GOVCFS_BIN=PATH      use this binary instead of `cargo build --release`
@@ -21,6 +22,7 @@
 # Output: Markdown tables on stdout; JSON in bench-results/<date>-<quick|full>.json.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [ "${1:-}" = stream ]; then shift; exec "$ROOT/scripts/bench-stream.sh" "$@"; fi
 HELPER="$ROOT/scripts/bench_helper.py"
 MODE=full
 RUNS=""
