@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{http_request, random_bytes, run_cli_with, write_fast_random_file, RawResponse, ServerProcess, XorShift};
-use md5::{Digest, Md5};
+use common::{git_blob_id, http_request, md5_hex, random_bytes, run_cli_with, write_fast_random_file, RawResponse, ServerProcess, XorShift};
+use md5::Digest;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -51,17 +51,7 @@ const MAX_CYCLES: usize = 40;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-fn md5_hex(data: &[u8]) -> String {
-    hex::encode(Md5::digest(data))
-}
 
-/// The Git (sha256 object format) blob id of `data`, computed locally.
-fn git_blob_id(data: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("blob {}\0", data.len()).as_bytes());
-    h.update(data);
-    hex::encode(h.finalize())
-}
 
 fn api(path: &str) -> String {
     format!("/api/v1/repos/default{path}")

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{first_difference, http_request, random_bytes, run_cli_with, write_fast_random_file, ServerProcess};
+use common::{first_difference, git_blob_id_of_file as blob_id_of_file, http_request, random_bytes, run_cli_with, write_fast_random_file, ServerProcess};
 use fault_proxy::{Dir, FaultProxy, Scope};
 use mount_support::{run_bounded, wait_until, MountGuard, MountOptions};
 
@@ -53,23 +53,6 @@ fn heavy() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The blob id of a local file (CONTRACT §3): SHA-256 of `"blob LEN\0"` + content.
-fn blob_id_of_file(path: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let len = std::fs::metadata(path).expect("stat").len();
-    let mut file = File::open(path).expect("open");
-    let mut hasher = Sha256::new();
-    hasher.update(format!("blob {len}\0").as_bytes());
-    let mut buf = vec![0u8; MIB as usize];
-    loop {
-        let n = file.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hex::encode(hasher.finalize())
-}
 
 /// The blob id the server has at `path` of repo `default` (asked directly, not through the
 /// proxy); `None` if the path does not exist.

@@ -54,7 +54,6 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------
@@ -225,12 +224,6 @@ fn path_is_utf8(target: &str) -> bool {
     percent_decode_str(path).decode_utf8().is_ok()
 }
 
-fn git_blob_id(data: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("blob {}\0", data.len()).as_bytes());
-    h.update(data);
-    hex::encode(h.finalize())
-}
 
 /// One hostile request and whether its error must be the contract's JSON.
 #[derive(Clone)]

@@ -17,7 +17,7 @@ mod mount_support;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use common::{assert_files_equal, http_request, random_bytes, ServerProcess, XorShift};
+use common::{assert_files_equal, git_blob_id as blob_id, git_blob_id_of_file as blob_id_of_file, http_request, random_bytes, ServerProcess, XorShift};
 use mount_support::{govcfs_command, kill_child, wait_child, wait_until, MountGuard, RestartableServer};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner};
@@ -198,32 +198,7 @@ fn let_releases_land() {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-/// The blob id of `data`: SHA-256 of `"blob " + len + "\0" + data` (CONTRACT §3).
-fn blob_id(data: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    hasher.update(format!("blob {}\0", data.len()).as_bytes());
-    hasher.update(data);
-    hex::encode(hasher.finalize())
-}
 
-/// The blob id of a local file, read 1 MiB at a time.
-fn blob_id_of_file(path: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let len = std::fs::metadata(path).expect("stat").len();
-    let mut file = File::open(path).expect("open");
-    let mut hasher = Sha256::new();
-    hasher.update(format!("blob {len}\0").as_bytes());
-    let mut buf = vec![0u8; MIB as usize];
-    loop {
-        let n = file.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hex::encode(hasher.finalize())
-}
 
 /// Where two byte strings first differ (`None` if equal).
 fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {

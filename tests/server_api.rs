@@ -12,27 +12,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use md5::{Digest, Md5};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-fn md5_hex(data: &[u8]) -> String {
-    hex::encode(Md5::digest(data))
-}
 
-/// The Git (sha256 object format) blob id of `data`, computed locally.
-fn git_blob_id(data: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("blob {}\0", data.len()).as_bytes());
-    h.update(data);
-    hex::encode(h.finalize())
-}
 
 /// Status and JSON body (`Value::Null` when the body is not JSON).
 async fn json_of(response: reqwest::Response) -> (u16, Value) {

@@ -37,9 +37,7 @@ use futures::{SinkExt, StreamExt};
 use govcfs::api::stream::{
     StreamChunk, StreamProgress, StreamRequest, StreamResponse, StreamUploaded, WsClientMessage, WsServerMessage,
 };
-use md5::{Digest, Md5};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -52,17 +50,7 @@ use tokio_tungstenite::WebSocketStream;
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
-fn md5_hex(data: &[u8]) -> String {
-    hex::encode(Md5::digest(data))
-}
 
-/// The Git (sha256 object format) blob id of `data`, computed locally.
-fn git_blob_id(data: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("blob {}\0", data.len()).as_bytes());
-    h.update(data);
-    hex::encode(h.finalize())
-}
 
 /// Compressible text of exactly `len` bytes.
 fn text_bytes(len: usize) -> Vec<u8> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use common::{block_on, random_bytes, run_cli, run_cli_with, write_fast_random_file, ProcSampler, ServerProcess, XorShift};
+use common::{block_on, md5_hex, random_bytes, run_cli, run_cli_with, write_fast_random_file, ProcSampler, ServerProcess, XorShift};
 use govcfs::api::stream::{StreamChunk, StreamProgress};
 use govcfs::client::{CancellationToken, Client, ClientError, ClientOptions, StreamOptions};
 use md5::{Digest, Md5};
@@ -26,9 +26,6 @@ fn client(server: &ServerProcess) -> Client {
     Client::new(&server.url(), "default", ClientOptions::default()).expect("client")
 }
 
-fn md5_hex(data: &[u8]) -> String {
-    hex::encode(Md5::digest(data))
-}
 
 /// Half random, half zeros in every 4 KiB: compresses to about half, like real data.
 fn half_compressible(len: usize, seed: u64) -> Vec<u8> {

@@ -731,3 +731,37 @@ pub fn write_fast_random_file(path: &Path, len: u64, seed: u64) {
     }
     file.sync_all().expect("sync the file");
 }
+
+/// Hex MD5 of `data`.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(data))
+}
+
+/// The blob id of `data` (CONTRACT §3): SHA-256 of `"blob LEN\0"` + content, as
+/// `git hash-object --object-format=sha256` computes it.
+pub fn git_blob_id(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("blob {}\0", data.len()).as_bytes());
+    h.update(data);
+    hex::encode(h.finalize())
+}
+
+/// [`git_blob_id`] of a local file, read 1 MiB at a time.
+pub fn git_blob_id_of_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let len = std::fs::metadata(path).expect("stat").len();
+    let mut file = File::open(path).expect("open");
+    let mut hasher = Sha256::new();
+    hasher.update(format!("blob {len}\0").as_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex::encode(hasher.finalize())
+}
