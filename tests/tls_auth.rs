@@ -133,14 +133,28 @@ fn a_client_over_its_request_or_session_share_gets_429_with_retry_after() {
     assert_eq!(answers[2].header("retry-after"), Some("1"));
 
     // Requests in progress: 3 slow uploads hold the client's share; a 4th request is refused.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut socket = std::net::TcpStream::connect(server.addr).unwrap();
+    // The server may take a poll before a held upload (connections are served concurrently);
+    // the upload is then the one refused, and is replaced until all three are in progress.
+    let hold = || {
         use std::io::Write;
+        let mut socket = std::net::TcpStream::connect(server.addr).unwrap();
         write!(socket, "POST /api/v1/repos/default/stream/blob/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial").unwrap();
-        held.push(socket);
-    }
+        socket
+    };
+    let answered = |socket: &std::net::TcpStream| {
+        socket.set_nonblocking(true).unwrap();
+        let got = socket.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+        socket.set_nonblocking(false).unwrap();
+        got
+    };
+    let mut held: Vec<std::net::TcpStream> = (0..3).map(|_| hold()).collect();
     let refused = common::wait_until(std::time::Duration::from_secs(10), || {
+        for socket in held.iter_mut() {
+            if answered(socket) {
+                *socket = hold();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
         http_request(server.addr, "GET", "/api/v1/repos", &[], b"").is_ok_and(|r| r.status == 429)
     });
     assert!(refused, "a 4th request while 3 are in progress was not refused");
