@@ -232,9 +232,12 @@ impl Store {
         Ok(info)
     }
 
-    /// Removes an upload and its chunks.
+    /// Removes an upload and its chunks. Its meta goes first, so an upload cut halfway through
+    /// this by a crash is gone for clients (not a broken upload missing chunks); the startup
+    /// sweep removes the chunks left behind.
     pub async fn abort_upload(&self, repo: &str, id: &str) -> Result<()> {
         self.upload_meta(repo, id).await?;
+        self.backend.delete(&Path::from(format!("{}/meta.json", upload_prefix(repo, id)))).await?;
         for meta in self.backend.list(&Path::from(upload_prefix(repo, id))).await? {
             self.backend.delete(&meta.location).await?;
         }
