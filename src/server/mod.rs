@@ -154,10 +154,18 @@ impl Server {
             Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
             None => None,
         };
-        let (live, swept) = crate::store::sweep::claim_and_sweep(backend.local_root())?;
-        if let Some(swept) = swept.filter(|s| s.files + s.uploads > 0) {
-            log::info!("removed what an earlier server left: {} files ({} bytes), {} stale uploads", swept.files, swept.bytes, swept.uploads);
-        }
+        // On shared object storage other instances may be writing at any time, so nothing
+        // there can be swept at start (a bucket lifecycle rule expires `tmp/`, see README).
+        let live = match backend.local_root() {
+            Some(root) => {
+                let (live, swept) = crate::store::sweep::claim_and_sweep(root)?;
+                if let Some(swept) = swept.filter(|s| s.files + s.uploads > 0) {
+                    log::info!("removed what an earlier server left: {} files ({} bytes), {} stale uploads", swept.files, swept.bytes, swept.uploads);
+                }
+                Some(live)
+            }
+            None => None,
+        };
         let store = Store::open(backend).await?;
         let metrics = Arc::new(Metrics::default());
         let streams = stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
@@ -169,7 +177,7 @@ impl Server {
             completions: Default::default(),
             streams,
             clients: Default::default(),
-            _live: Some(live),
+            _live: live,
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -1,17 +1,21 @@
 //! The object storage the store lives on, behind `object_store`.
 //!
 //! Immutable objects go through `object_store` alone. Refs, the only mutable state, need
-//! compare-and-swap: on a local directory that is an `flock`ed lock file and an atomic,
-//! fsynced rename (`LocalFileSystem` does not implement `PutMode::Update`).
+//! compare-and-swap:
+//! - on a local directory, an `flock`ed lock file and an atomic, fsynced rename
+//!   (`LocalFileSystem` does not implement `PutMode::Update`);
+//! - on S3, conditional puts: `If-None-Match: *` to create, `If-Match: <etag>` to move.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::{Result, StoreError};
 
@@ -26,7 +30,9 @@ pub struct Backend {
     /// The same storage without fsync, for scratch data whose loss is detected and repaired
     /// (upload chunks: a lost chunk is missing at `complete` and the client resends it).
     scratch: Arc<dyn ObjectStore>,
-    local_root: PathBuf,
+    /// The directory of a local store; `None` on shared object storage.
+    local_root: Option<PathBuf>,
+    description: String,
 }
 
 impl Backend {
@@ -36,22 +42,75 @@ impl Backend {
         let root = std::fs::canonicalize(root)?;
         let objects = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
         let scratch = LocalFileSystem::new_with_prefix(&root)?;
-        Ok(Backend { objects: Arc::new(objects), scratch: Arc::new(scratch), local_root: root })
+        Ok(Backend {
+            objects: Arc::new(objects),
+            scratch: Arc::new(scratch),
+            description: format!("file://{}", root.display()),
+            local_root: Some(root),
+        })
     }
 
-    /// Parses a `--store` URL (`file:///abs/dir`).
-    pub fn from_url(url: &str) -> Result<Self> {
-        match url.strip_prefix("file://") {
-            Some(dir) if dir.starts_with('/') => Self::local(FsPath::new(dir)),
-            _ => Err(StoreError::InvalidInput(format!(
-                "unsupported store URL {url:?}: expected file:///absolute/dir"
-            ))),
+    /// A backend on an S3 bucket, under `prefix` (may be empty), configured by the standard
+    /// `AWS_*` variables (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, credentials, region).
+    pub fn s3(bucket: &str, prefix: &str) -> Result<Self> {
+        Self::s3_with(bucket, prefix, &[])
+    }
+
+    /// Like [`Backend::s3`], with settings that override the environment's, by their
+    /// `object_store` names (`aws_endpoint`, `aws_allow_http`, `aws_access_key_id`…).
+    pub fn s3_with(bucket: &str, prefix: &str, settings: &[(&str, &str)]) -> Result<Self> {
+        // object_store's HTTP client is built without a TLS provider of its own; give it ring,
+        // which the server's TLS already uses. Fails only if one is installed, which is fine.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AmazonS3Builder::from_env();
+        for (key, value) in settings {
+            let key: AmazonS3ConfigKey = key
+                .parse()
+                .map_err(|_| StoreError::InvalidInput(format!("unknown S3 setting {key:?}")))?;
+            builder = builder.with_config(key, *value);
         }
+        let s3 = builder
+            .with_bucket_name(bucket)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .build()?;
+        let prefix = prefix.trim_matches('/');
+        let objects: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        };
+        Ok(Backend {
+            scratch: objects.clone(),
+            objects,
+            local_root: None,
+            description: format!("s3://{bucket}/{prefix}"),
+        })
     }
 
-    /// The directory of a local store.
-    pub fn local_root(&self) -> &FsPath {
-        &self.local_root
+    /// Parses a `--store` URL: `file:///abs/dir` or `s3://BUCKET[/PREFIX]`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        if let Some(dir) = url.strip_prefix("file://").filter(|d| d.starts_with('/')) {
+            return Self::local(FsPath::new(dir));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if !bucket.is_empty() {
+                return Self::s3(bucket, prefix);
+            }
+        }
+        Err(StoreError::InvalidInput(format!(
+            "unsupported store URL {url:?}: expected file:///absolute/dir or s3://BUCKET/PREFIX"
+        )))
+    }
+
+    /// Where the store lives, as a URL for logs.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The directory of a local store; `None` on shared object storage.
+    pub fn local_root(&self) -> Option<&FsPath> {
+        self.local_root.as_deref()
     }
 
     /// The underlying object store.
@@ -158,6 +217,12 @@ impl Backend {
     /// Moves a finished temporary object to its content-addressed name. If an object with
     /// that name exists, it has the same content, so the temporary one is dropped.
     pub async fn publish(&self, tmp: &Path, dest: &Path) -> Result<()> {
+        if self.local_root.is_none() {
+            // S3 has no rename: a server-side copy. Overwriting an existing object is harmless,
+            // it has the same bytes, and S3 replaces objects atomically.
+            self.objects.copy(tmp, dest).await?;
+            return self.delete(tmp).await;
+        }
         match self.objects.rename_if_not_exists(tmp, dest).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => self.delete(tmp).await,
@@ -167,9 +232,24 @@ impl Backend {
 
     /// Reads a ref (the text of a small mutable object).
     pub async fn read_ref(&self, path: &Path) -> Result<Option<String>> {
-        let file = self.fs_path(path);
-        match tokio::fs::read_to_string(&file).await {
-            Ok(text) => Ok(Some(text.trim().to_string())),
+        Ok(self.read_ref_versioned(path).await?.map(|(text, _)| text))
+    }
+
+    /// Reads a ref and the version a conditional put must name to replace it.
+    async fn read_ref_versioned(&self, path: &Path) -> Result<Option<(String, UpdateVersion)>> {
+        let Some(root) = &self.local_root else {
+            return match self.objects.get(path).await {
+                Ok(got) => {
+                    let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+                    let bytes = got.bytes().await?;
+                    Ok(Some((String::from_utf8_lossy(&bytes).trim().to_string(), version)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        };
+        match tokio::fs::read_to_string(root.join(path.as_ref())).await {
+            Ok(text) => Ok(Some((text.trim().to_string(), UpdateVersion { e_tag: None, version: None }))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -178,8 +258,11 @@ impl Backend {
     /// Sets a ref to `new` if it currently holds `expected` (`None`: must not exist).
     /// Returns false when another writer got there first.
     pub async fn cas_ref(&self, path: &Path, expected: Option<&str>, new: &str) -> Result<bool> {
-        let file = self.fs_path(path);
-        let lock = self.local_root.join("refs.lock");
+        let Some(root) = &self.local_root else {
+            return self.cas_ref_conditional(path, expected, new).await;
+        };
+        let file = root.join(path.as_ref());
+        let lock = root.join("refs.lock");
         let expected = expected.map(str::to_string);
         let new = new.to_string();
         tokio::task::spawn_blocking(move || cas_file(&lock, &file, expected.as_deref(), &new))
@@ -187,9 +270,33 @@ impl Backend {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
-    fn fs_path(&self, path: &Path) -> PathBuf {
-        self.local_root.join(path.as_ref())
+    /// Compare-and-swap by conditional put: the put names the ETag read, so a ref moved
+    /// by another instance in between fails it (412) instead of being overwritten.
+    async fn cas_ref_conditional(&self, path: &Path, expected: Option<&str>, new: &str) -> Result<bool> {
+        let current = self.read_ref_versioned(path).await?;
+        let mode = match (current, expected) {
+            (None, None) => PutMode::Create,
+            (Some((text, version)), Some(expected)) if text == expected => {
+                if version.e_tag.is_none() {
+                    return Err(StoreError::Io(std::io::Error::other(
+                        "the object store gave no ETag for a ref: it cannot be updated safely",
+                    )));
+                }
+                // Unquoted: radosgw (Ceph 16) refuses a quoted `If-Match` ETag, even the
+                // current one, with 412; S3 and moto accept both forms.
+                let e_tag = version.e_tag.map(|t| t.trim_matches('"').to_string());
+                PutMode::Update(UpdateVersion { e_tag, version: version.version })
+            }
+            _ => return Ok(false),
+        };
+        let options = PutOptions { mode, ..Default::default() };
+        match self.objects.put_opts(path, PutPayload::from(new.to_string()), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
+
 }
 
 /// Compare-and-swap of a small file under an exclusive `flock`, which the kernel releases

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -69,17 +71,25 @@ impl ServerProcess {
     /// (for example `["--auth-token", "secret"]` or `["--max-upload-size", "1M"]`).
     pub fn start_with(extra_args: &[&str]) -> ServerProcess {
         let data = tempfile::tempdir().expect("create a data directory");
-        Self::spawn(DataDir::Owned(data), extra_args).unwrap_or_else(|e| panic!("cannot start the server: {e}"))
+        Self::spawn(DataDir::Owned(data), extra_args, &[]).unwrap_or_else(|e| panic!("cannot start the server: {e}"))
     }
 
     /// Starts a server on the given data directory (kept after the server stops, so a test
     /// can restart a server on the same data).
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
-        Self::spawn(DataDir::Given(data_dir.to_path_buf()), extra_args)
+        Self::spawn(DataDir::Given(data_dir.to_path_buf()), extra_args, &[])
             .unwrap_or_else(|e| panic!("cannot start the server: {e}"))
     }
 
-    fn spawn(data: DataDir, extra_args: &[&str]) -> Result<ServerProcess, String> {
+    /// Starts a server on `store_url` (an `s3://` prefix of `s3`) with extra arguments.
+    pub fn start_on_s3(s3: &s3::S3Server, store_url: &str, extra_args: &[&str]) -> ServerProcess {
+        let data = tempfile::tempdir().expect("create a scratch directory");
+        let mut args = vec!["--store", store_url];
+        args.extend_from_slice(extra_args);
+        Self::spawn(DataDir::Owned(data), &args, &s3.env()).unwrap_or_else(|e| panic!("cannot start the server on {store_url}: {e}"))
+    }
+
+    fn spawn(data: DataDir, extra_args: &[&str], envs: &[(&str, String)]) -> Result<ServerProcess, String> {
         let log_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let log_path = log_dir.path().join("server.log");
         let log_file = File::create(&log_path).map_err(|e| e.to_string())?;
@@ -96,6 +106,7 @@ impl ServerProcess {
         for var in PROXY_VARS {
             command.env_remove(var);
         }
+        command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
         let mut child = command.spawn().map_err(|e| format!("spawn {GOVCFS}: {e}"))?;
         let token = extra_args
             .iter()
