@@ -62,6 +62,7 @@ on_both_backends!(
     an_upload_started_on_one_instance_completes_on_another,
     repository_creation_races_have_one_winner,
     fsck_is_clean_after_all_of_it,
+    an_instance_announces_commits_made_by_another,
 );
 
 async fn blobs_round_trip_in_ranges_and_are_deduplicated(f: Fixture) {
@@ -193,4 +194,22 @@ async fn fsck_is_clean_after_all_of_it(f: Fixture) {
     assert!(report.damage.is_empty(), "{:?}", report.damage);
     assert_eq!(report.blobs, 1);
     assert!(report.commits >= 2);
+}
+
+async fn an_instance_announces_commits_made_by_another(f: Fixture) {
+    let a = Store::open(f.backend.clone()).await.unwrap();
+    let b = Store::open(f.backend.clone()).await.unwrap();
+    let mut events = a.subscribe();
+    let mut etags = std::collections::HashMap::new();
+    assert_eq!(a.poll_refs(&mut etags, true).await.unwrap(), 0, "the first poll only records");
+    let blob = b.put_blob_bytes("default", Bytes::from_static(b"y")).await.unwrap().hash;
+    let created = b.commit("default", &commit_of(vec![put("from-b", &blob)])).await.unwrap();
+    assert_eq!(a.poll_refs(&mut etags, false).await.unwrap(), 1);
+    let event = events.try_recv().expect("an event for b's commit");
+    assert_eq!((event.repo.as_str(), event.branch.as_str(), event.commit.as_str()), ("default", "main", created.commit.as_str()));
+    assert_eq!(a.poll_refs(&mut etags, false).await.unwrap(), 0, "an unchanged ref is not announced again");
+    // A's own commit is announced once, when it is made, not again by the poll.
+    a.commit("default", &commit_of(vec![put("from-a", &blob)])).await.unwrap();
+    assert!(events.try_recv().is_ok());
+    assert_eq!(a.poll_refs(&mut etags, false).await.unwrap(), 0);
 }

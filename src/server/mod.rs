@@ -200,6 +200,10 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let token = self.state.shutdown.clone();
         tokio::spawn(stream::sweep_sessions(self.state.clone(), token.clone()));
+        if self.state.store.backend().local_root().is_none() {
+            let state = self.state.clone();
+            tokio::spawn(async move { state.store.watch_shared_refs(state.shutdown.clone()).await });
+        }
         let trigger = token.clone();
         tokio::spawn(async move {
             shutdown.await;

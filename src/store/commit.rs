@@ -63,6 +63,7 @@ impl Store {
             let commit = Commit { tree, parent: head.clone(), message: request.message.clone(), timestamp: now };
             let id = self.write_commit(repo, &commit).await?;
             if self.backend.cas_ref(&ref_path(repo, branch), head.as_deref(), &id).await? {
+                self.note_ref(repo, branch, &id);
                 let _ = self.events.send(RefUpdate {
                     repo: repo.to_string(),
                     branch: branch.to_string(),

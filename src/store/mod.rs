@@ -22,12 +22,14 @@ pub mod paths;
 mod repo;
 pub mod sweep;
 mod upload;
+mod watch;
 
 pub use backend::Backend;
 pub use blob::BlobWriter;
 pub use commit::MAX_MTIME;
 pub use objects::{BlobHasher, Commit, Tree, TreeEntry};
 pub use repo::RefUpdate;
+pub use watch::REF_POLL;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -99,6 +101,8 @@ pub struct Store {
     branch_queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     trees: Mutex<TreeCache>,
     events: tokio::sync::broadcast::Sender<RefUpdate>,
+    /// The last commit of each `repo/branch` this process made or announced.
+    seen_refs: Mutex<HashMap<String, String>>,
 }
 
 impl Store {
@@ -110,6 +114,7 @@ impl Store {
             branch_queues: Mutex::new(HashMap::new()),
             trees: Mutex::new(TreeCache::new()),
             events,
+            seen_refs: Mutex::new(HashMap::new()),
         };
         match store.create_repo(crate::api::DEFAULT_REPO).await {
             Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
