@@ -168,7 +168,10 @@ impl Server {
         };
         let store = Store::open(backend).await?;
         let metrics = Arc::new(Metrics::default());
-        let streams = stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
+        let mut streams = stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
+        if store.backend().local_root().is_none() {
+            streams = streams.shared(stream::shared_session_key(store.backend()).await?);
+        }
         let state = Arc::new(AppState {
             store,
             metrics,

@@ -124,6 +124,16 @@ impl Backend {
         Ok(())
     }
 
+    /// Writes a small object unless one exists at `path`; returns whether it wrote.
+    pub async fn put_if_absent(&self, path: &Path, data: Bytes) -> Result<bool> {
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.objects.put_opts(path, PutPayload::from(data), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Writes scratch data without waiting for the disk (see [`Backend`]'s `scratch`).
     pub async fn put_scratch(&self, path: &Path, data: Bytes) -> Result<()> {
         self.scratch.put(path, PutPayload::from(data)).await?;

@@ -94,10 +94,11 @@ impl ServerProcess {
         let log_path = log_dir.path().join("server.log");
         let log_file = File::create(&log_path).map_err(|e| e.to_string())?;
         let mut command = Command::new(GOVCFS);
+        command.arg("serve");
+        if !extra_args.contains(&"--store") {
+            command.arg("--data").arg(data.path());
+        }
         command
-            .arg("serve")
-            .arg("--data")
-            .arg(data.path())
             .args(["--listen", "127.0.0.1:0"])
             .args(extra_args)
             .stdin(Stdio::null())

@@ -6,6 +6,7 @@
 
 pub mod chunk;
 pub mod session;
+pub mod token;
 pub mod upload;
 pub mod ws;
 
@@ -52,6 +53,42 @@ pub async fn open_session(state: &AppState, client: Option<std::net::IpAddr>, re
     Ok((session, response))
 }
 
+/// Where the key that signs session ids lives in a shared store.
+const SESSION_KEY_PATH: &str = "streams/session-key";
+
+/// The key every instance sharing `backend` signs session ids with: the first instance to
+/// start writes a random one (a create-only put), the others read it.
+pub async fn shared_session_key(backend: &crate::store::Backend) -> crate::store::Result<Vec<u8>> {
+    let path = object_store::path::Path::from(SESSION_KEY_PATH);
+    let fresh: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].iter().flat_map(|u| u.into_bytes()).collect();
+    backend.put_if_absent(&path, Bytes::from(fresh)).await?;
+    Ok(backend.get(&path).await?.to_vec())
+}
+
+/// The marker of a session cancelled on a shared store, which other instances look for.
+fn cancel_marker(id: &str) -> object_store::path::Path {
+    object_store::path::Path::from(format!("streams/cancelled/{}", token::nonce_of(id)))
+}
+
+/// On a shared store, whether another instance cancelled `session` (looked up at most once
+/// a second per session); if so it is cancelled here too.
+async fn cancelled_elsewhere(state: &AppState, repo: &str, session: &Session) -> bool {
+    if !state.streams.is_shared() || !session.cancel_check_due() {
+        return false;
+    }
+    match state.store.backend().size(&cancel_marker(&session.id)).await {
+        Ok(Some(_)) => {
+            let _ = state.streams.cancel(repo, &session.id);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            log::warn!("cannot look for the cancellation of stream {}: {e}", session.id);
+            false
+        }
+    }
+}
+
 /// The error for a session that cannot serve.
 pub fn lookup_error(id: &str, lookup: Lookup) -> ApiError {
     match lookup {
@@ -96,6 +133,9 @@ pub async fn chunk(
     let raw_index = query.chunk.ok_or_else(|| ApiError::bad_request("missing ?chunk=N"))?;
     let index: u64 = raw_index.trim().parse().map_err(|_| ApiError::bad_request(format!("invalid chunk number {raw_index:?}")))?;
     let session = state.streams.get(&repo, &id).map_err(|l| lookup_error(&id, l))?;
+    if cancelled_elsewhere(&state, &repo, &session).await {
+        return Err(lookup_error(&id, Lookup::Ended(session.progress())));
+    }
     if index >= session.chunk_count() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "chunk_out_of_range", format!("chunk {index} does not exist: the session has {} chunks", session.chunk_count())));
     }
@@ -127,6 +167,10 @@ pub async fn chunk(
 /// last progress, with status `cancelled` or `expired`).
 pub async fn progress(State(state): State<Arc<AppState>>, Path((repo, id)): Path<(String, String)>) -> ApiResult<Json<StreamProgress>> {
     match state.streams.peek(&repo, &id) {
+        Ok(session) if cancelled_elsewhere(&state, &repo, &session).await => match state.streams.peek(&repo, &id) {
+            Err(Lookup::Ended(p)) => Ok(Json(p)),
+            _ => Ok(Json(session.progress())),
+        },
         Ok(session) => Ok(Json(session.progress())),
         Err(Lookup::Ended(p)) => Ok(Json(p)),
         Err(l) => Err(lookup_error(&id, l)),
@@ -135,7 +179,12 @@ pub async fn progress(State(state): State<Arc<AppState>>, Path((repo, id)): Path
 
 /// `DELETE /api/v1/repos/:repo/stream/blob/:stream_id`
 pub async fn cancel(State(state): State<Arc<AppState>>, Path((repo, id)): Path<(String, String)>) -> ApiResult<Json<StreamProgress>> {
-    state.streams.cancel(&repo, &id).map(Json).map_err(|l| lookup_error(&id, l))
+    let progress = state.streams.cancel(&repo, &id).map_err(|l| lookup_error(&id, l))?;
+    if state.streams.is_shared() {
+        // Other instances serving this session see the marker within a second.
+        state.store.backend().put(&cancel_marker(&id), Bytes::new()).await?;
+    }
+    Ok(Json(progress))
 }
 
 /// Expires idle sessions every few seconds until `stop`.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rangemap::RangeInclusiveSet;
 
+use super::token::SessionToken;
 use crate::api::stream::{StreamProgress, DEFAULT_STREAM_CHUNK, MAX_STREAM_CHUNK, MIN_STREAM_CHUNK};
 
 /// Limits of the session table.
@@ -68,9 +69,32 @@ pub struct Session {
     served: Mutex<RangeInclusiveSet<u64>>,
     bytes_served: AtomicU64,
     cancelled: std::sync::atomic::AtomicBool,
+    /// When a cancellation by another instance was last looked for (shared stores).
+    cancel_checked: Mutex<Option<Instant>>,
 }
 
 impl Session {
+    #[allow(clippy::too_many_arguments)]
+    fn new(id: String, repo: &str, hash: &str, blob_size: u64, range: Range<u64>, chunk_size: u64, gzip: bool, owner: Option<std::net::IpAddr>) -> Self {
+        let now = Instant::now();
+        Session {
+            id,
+            repo: repo.to_string(),
+            hash: hash.to_string(),
+            blob_size,
+            range,
+            chunk_size,
+            gzip,
+            owner,
+            created: now,
+            last_used: Mutex::new(now),
+            served: Mutex::new(RangeInclusiveSet::new()),
+            bytes_served: AtomicU64::new(0),
+            cancelled: Default::default(),
+            cancel_checked: Mutex::new(None),
+        }
+    }
+
     /// Chunks in the range (at least one for a non-empty range, none for an empty one).
     pub fn chunk_count(&self) -> u64 {
         (self.range.end - self.range.start).div_ceil(self.chunk_size)
@@ -99,6 +123,17 @@ impl Session {
     /// Whether the session was cancelled (by DELETE, or by its WebSocket client).
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is time to look for a cancellation made through another instance (at most
+    /// once every [`CANCEL_CHECK`]); the check counts as done from now.
+    pub fn cancel_check_due(&self) -> bool {
+        let mut checked = self.cancel_checked.lock().expect("session lock");
+        let due = checked.is_none_or(|at| at.elapsed() >= CANCEL_CHECK);
+        if due {
+            *checked = Some(Instant::now());
+        }
+        due
     }
 
     fn touch(&self) {
@@ -155,6 +190,12 @@ pub enum Lookup {
 /// Ended sessions remembered so that late requests get 410 and the last progress.
 const ENDED_MEMORY: usize = 4096;
 
+/// How often an instance sharing a bucket looks for a cancellation made through another.
+pub const CANCEL_CHECK: Duration = Duration::from_secs(1);
+
+/// Oldest signed session id another instance still adopts.
+const MAX_ADOPTED_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// All sessions of a server.
 pub struct Sessions {
     limits: StreamLimits,
@@ -163,6 +204,8 @@ pub struct Sessions {
     ended: Mutex<lru::LruCache<String, (String, StreamProgress)>>,
     /// Sessions in `live`, mirrored for the metrics gauge.
     gauge: Arc<std::sync::atomic::AtomicI64>,
+    /// On a shared store: the key session ids are signed with (see [`super::token`]).
+    key: Option<Vec<u8>>,
 }
 
 impl Sessions {
@@ -173,7 +216,19 @@ impl Sessions {
             live: Mutex::new(HashMap::new()),
             ended: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(ENDED_MEMORY).expect("non-zero"))),
             gauge,
+            key: None,
         }
+    }
+
+    /// Signs session ids with `key`, and adopts sessions opened by other instances.
+    pub fn shared(mut self, key: Vec<u8>) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Whether sessions are shared with other instances.
+    pub fn is_shared(&self) -> bool {
+        self.key.is_some()
     }
 
     /// The limits.
@@ -192,22 +247,24 @@ impl Sessions {
         if owner.is_some() && live.values().filter(|s| s.owner == owner).count() >= self.limits.max_per_client {
             return None;
         }
-        let now = Instant::now();
-        let session = Arc::new(Session {
-            id: uuid::Uuid::new_v4().to_string(),
-            repo: repo.to_string(),
-            hash: hash.to_string(),
-            blob_size,
-            range,
-            chunk_size: clamp_chunk_size(chunk_size),
-            gzip,
-            owner,
-            created: now,
-            last_used: Mutex::new(now),
-            served: Mutex::new(RangeInclusiveSet::new()),
-            bytes_served: AtomicU64::new(0),
-            cancelled: Default::default(),
-        });
+        let nonce = uuid::Uuid::new_v4().to_string();
+        let chunk_size = clamp_chunk_size(chunk_size);
+        let id = match &self.key {
+            Some(key) => SessionToken {
+                nonce,
+                repo: repo.to_string(),
+                hash: hash.to_string(),
+                blob_size,
+                start: range.start,
+                end: range.end,
+                chunk_size,
+                gzip,
+                issued: crate::store::now_unix(),
+            }
+            .sign(key),
+            None => nonce,
+        };
+        let session = Arc::new(Session::new(id, repo, hash, blob_size, range, chunk_size, gzip, owner));
         live.insert(session.id.clone(), session.clone());
         self.gauge.store(live.len() as i64, Ordering::Relaxed);
         Some(session)
@@ -227,9 +284,33 @@ impl Sessions {
             return Ok(session.clone());
         }
         match self.ended.lock().expect("sessions lock").get(id) {
-            Some((owner, progress)) if owner == repo => Err(Lookup::Ended(progress.clone())),
-            _ => Err(Lookup::Unknown),
+            Some((owner, progress)) if owner == repo => return Err(Lookup::Ended(progress.clone())),
+            _ => {}
         }
+        self.adopt(repo, id).ok_or(Lookup::Unknown)
+    }
+
+    /// A session another instance opened, from its signed id.
+    fn adopt(&self, repo: &str, id: &str) -> Option<Arc<Session>> {
+        let token = SessionToken::verify(id, self.key.as_deref()?)?;
+        let age = crate::store::now_unix().saturating_sub(token.issued);
+        if token.repo != repo || age as u64 > MAX_ADOPTED_AGE.as_secs() || token.start > token.end {
+            return None;
+        }
+        let session = Arc::new(Session::new(
+            id.to_string(),
+            repo,
+            &token.hash,
+            token.blob_size,
+            token.start..token.end,
+            clamp_chunk_size(token.chunk_size),
+            token.gzip,
+            None,
+        ));
+        let mut live = self.live.lock().expect("sessions lock");
+        let session = live.entry(id.to_string()).or_insert(session).clone();
+        self.gauge.store(live.len() as i64, Ordering::Relaxed);
+        Some(session)
     }
 
     /// Cancels session `id`: later chunk requests get 410. Returns its progress.
@@ -330,6 +411,25 @@ mod tests {
 
     fn table(max: usize, timeout: Duration) -> Sessions {
         Sessions::new(StreamLimits { timeout, max_sessions: max, max_per_client: max }, Default::default())
+    }
+
+    #[test]
+    fn instances_sharing_a_key_adopt_each_others_sessions() {
+        let a = table(10, Duration::from_secs(60)).shared(b"k".to_vec());
+        let b = table(10, Duration::from_secs(60)).shared(b"k".to_vec());
+        let other = table(10, Duration::from_secs(60)).shared(b"not k".to_vec());
+        let opened = a.open(None, "r", "h", 1 << 20, 100..5000, 1024, true).unwrap();
+        let adopted = b.get("r", &opened.id).expect("adopted from the signed id");
+        assert_eq!((adopted.range.clone(), adopted.chunk_size, adopted.gzip, adopted.hash.as_str()), (100..5000, 1024, true, "h"));
+        assert_eq!(b.len(), 1);
+        assert!(matches!(b.get("other-repo", &opened.id), Err(Lookup::Unknown)));
+        assert!(matches!(other.get("r", &opened.id), Err(Lookup::Unknown)), "another key");
+        assert!(matches!(table(10, Duration::from_secs(60)).get("r", &opened.id), Err(Lookup::Unknown)), "not shared");
+        // Cancelled here, it stays cancelled here (the marker tells the other instances).
+        b.cancel("r", &opened.id).unwrap();
+        assert!(matches!(b.get("r", &opened.id), Err(Lookup::Ended(p)) if p.status == "cancelled"));
+        assert!(adopted.cancel_check_due());
+        assert!(!adopted.cancel_check_due(), "at most once a second");
     }
 
     #[test]
