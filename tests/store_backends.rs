@@ -27,7 +27,7 @@ fn s3() -> Fixture {
     let url = server.store_url();
     let (bucket, prefix) = url.strip_prefix("s3://").unwrap().split_once('/').unwrap();
     let settings = server.settings();
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let backend = Backend::s3_with(bucket, prefix, &settings).unwrap();
     Fixture { backend, _dir: None, _s3: Some(server) }
 }

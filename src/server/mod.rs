@@ -169,7 +169,7 @@ impl Server {
         let store = Store::open(backend).await?;
         let metrics = Arc::new(Metrics::default());
         let mut streams = stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
-        if store.backend().local_root().is_none() {
+        if store.backend().is_shared() {
             streams = streams.shared(stream::shared_session_key(store.backend()).await?);
         }
         let state = Arc::new(AppState {
@@ -203,7 +203,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let token = self.state.shutdown.clone();
         tokio::spawn(stream::sweep_sessions(self.state.clone(), token.clone()));
-        if self.state.store.backend().local_root().is_none() {
+        if self.state.store.backend().is_shared() {
             let state = self.state.clone();
             tokio::spawn(async move { state.store.watch_shared_refs(state.shutdown.clone()).await });
         }

@@ -103,6 +103,12 @@ impl Backend {
         )))
     }
 
+    /// Whether other server instances may share this store (object storage, not a local
+    /// directory): refs must then be watched, sessions shared, and nothing swept at start.
+    pub fn is_shared(&self) -> bool {
+        self.local_root.is_none()
+    }
+
     /// Where the store lives, as a URL for logs.
     pub fn description(&self) -> &str {
         &self.description
@@ -227,7 +233,7 @@ impl Backend {
     /// Moves a finished temporary object to its content-addressed name. If an object with
     /// that name exists, it has the same content, so the temporary one is dropped.
     pub async fn publish(&self, tmp: &Path, dest: &Path) -> Result<()> {
-        if self.local_root.is_none() {
+        if self.is_shared() {
             // S3 has no rename: a server-side copy. Overwriting an existing object is harmless,
             // it has the same bytes, and S3 replaces objects atomically.
             self.objects.copy(tmp, dest).await?;

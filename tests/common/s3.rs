@@ -58,7 +58,7 @@ impl S3Server {
         // moto accepts unsigned requests, so the bucket is one plain PUT once it answers.
         let deadline = Instant::now() + MOTO_STARTUP;
         loop {
-            if put_unsigned(&format!("{}/{}", server.endpoint, server.bucket)) {
+            if put_unsigned(port, &format!("/{}", server.bucket)) {
                 break;
             }
             assert!(Instant::now() < deadline, "moto_server did not answer within {MOTO_STARTUP:?}");
@@ -83,15 +83,10 @@ impl S3Server {
         ]
     }
 
-    /// The same settings by `object_store`'s names, for `Backend::s3_with` in-process.
-    pub fn settings(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("aws_endpoint", self.endpoint.clone()),
-            ("aws_allow_http", "true".into()),
-            ("aws_access_key_id", self.access_key.clone()),
-            ("aws_secret_access_key", self.secret_key.clone()),
-            ("aws_region", "us-east-1".into()),
-        ]
+    /// The same settings by `object_store`'s names (the variables' names in lower case), for
+    /// `Backend::s3_with` in-process.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        self.env().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
     }
 }
 
@@ -104,18 +99,8 @@ impl Drop for S3Server {
     }
 }
 
-/// One unsigned `PUT url` with an empty body; true on a 2xx answer.
-fn put_unsigned(url: &str) -> bool {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return false };
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-    let request = format!("PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 2") || answer.starts_with("HTTP/1.0 2")
+/// One unsigned `PUT` of an empty body to `target` on the moto server at `port`; true on 2xx.
+fn put_unsigned(port: u16, target: &str) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    super::http_request(addr, "PUT", target, &[], b"").is_ok_and(|r| (200..300).contains(&r.status))
 }

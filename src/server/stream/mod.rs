@@ -166,11 +166,11 @@ pub async fn chunk(
 /// `GET /api/v1/repos/:repo/stream/blob/:stream_id/progress` (an ended session answers its
 /// last progress, with status `cancelled` or `expired`).
 pub async fn progress(State(state): State<Arc<AppState>>, Path((repo, id)): Path<(String, String)>) -> ApiResult<Json<StreamProgress>> {
+    if let Ok(session) = state.streams.peek(&repo, &id) {
+        // A cancel through another instance ends the session here too before it is reported.
+        cancelled_elsewhere(&state, &repo, &session).await;
+    }
     match state.streams.peek(&repo, &id) {
-        Ok(session) if cancelled_elsewhere(&state, &repo, &session).await => match state.streams.peek(&repo, &id) {
-            Err(Lookup::Ended(p)) => Ok(Json(p)),
-            _ => Ok(Json(session.progress())),
-        },
         Ok(session) => Ok(Json(session.progress())),
         Err(Lookup::Ended(p)) => Ok(Json(p)),
         Err(l) => Err(lookup_error(&id, l)),

@@ -35,10 +35,9 @@ impl SessionToken {
     /// The signed id: `NONCE.PAYLOAD.SIGNATURE`, URL-safe.
     pub fn sign(&self, key: &[u8]) -> String {
         let payload = format!(
-            "{}\n{}\n{}\n{}\n{}\n{}\n{}",
-            self.repo, self.hash, self.blob_size, self.start, self.end, self.chunk_size, self.gzip as u8
+            "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.issued, self.repo, self.hash, self.blob_size, self.start, self.end, self.chunk_size, self.gzip as u8
         );
-        let payload = format!("{}\n{payload}", self.issued);
         let unsigned = format!("{}.{}", self.nonce, URL_SAFE_NO_PAD.encode(payload));
         format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode(signature(key, &unsigned)))
     }
