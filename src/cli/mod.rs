@@ -77,16 +77,19 @@ pub fn args() -> Vec<std::ffi::OsString> {
     }
 }
 
-/// Keeps memory flat under streaming: glibc's malloc otherwise raises its mmap threshold
-/// after the first large free and keeps many per-thread arenas, so chunk-sized buffers stay
-/// resident (fragmented in the heap) after they are freed. With a fixed 512 KiB threshold,
-/// chunk buffers are mapped and unmapped whole (measured: 396 → 323 MiB peak for a 1 GiB
-/// `cat` with a 256 MiB cache, and no slower).
+/// Keeps memory flat and chunk buffers cheap under streaming. glibc's defaults serve each
+/// 1 MiB chunk buffer with its own mmap (fresh pages: a fault and a zeroed page per 4 KiB,
+/// then munmap), and spread freed buffers over up to 8 arenas per core, where other
+/// threads cannot reuse them. One arena, a 4 MiB mmap threshold and a 64 MiB trim
+/// threshold make freed chunk buffers the next ones' memory. Measured on a 1 GiB `cat`
+/// through the mount with a 256 MiB cache: server CPU 3.3 → 1.5 s, mount CPU 3.0 → 2.0 s,
+/// wall 4.2 → 2.6 s, and the mount's peak RSS 242 → 246 MiB.
 pub fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called before other threads start.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
