@@ -184,6 +184,7 @@ async fn check_range(
     let status = response.status().as_u16();
     let content_range = response.headers().get("content-range").map(|v| v.to_str().unwrap().to_string());
     let md5 = response.headers().get("x-checksum-md5").map(|v| v.to_str().unwrap().to_string());
+    let crc = response.headers().get("x-checksum-crc32c").map(|v| v.to_str().unwrap().to_string());
     let content_length = response.content_length();
     let body = response.bytes().await.expect("body");
     if start >= len {
@@ -203,6 +204,9 @@ async fn check_range(
         end
     );
     prop_assert_eq!(md5, Some(md5_hex(&body)), "X-Checksum-MD5 of bytes={}-{}", start, end);
+    if let Some(crc) = crc {
+        prop_assert_eq!(crc, format!("{:08x}", govcfs::store::index::crc32c(&body)), "X-Checksum-CRC32C of bytes={}-{}", start, end);
+    }
     Ok(())
 }
 
@@ -275,6 +279,56 @@ fn range_requests_return_exactly_the_requested_slice() {
             assert_eq!(response.bytes().await.unwrap().as_ref(), &data[..]);
         }
     });
+}
+
+/// Aligned 1 MiB blocks are answered with the MD5, SHA-256 and CRC32C the block index kept
+/// from the write, each matching the bytes; a blob whose index predates CRC32C (48-byte
+/// entries in `<id>.idx`) is still answered with MD5 and SHA-256 from it.
+#[test]
+fn aligned_blocks_carry_the_checksums_of_the_block_index() {
+    use sha2::Digest;
+    let srv = ServerProcess::start();
+    let rt = runtime();
+    let http = http_client();
+    const MIB: usize = 1 << 20;
+    let data = random_bytes(2 * MIB + 12_345, 7);
+    let (hash, _) = rt.block_on(put_file(&http, &srv, "default", "blocks.bin", &data));
+    let url = format!("{}/blobs/{hash}", srv.api("default"));
+    let get = |start: usize, end: usize| {
+        rt.block_on(async {
+            let response = http.get(&url).header("Range", format!("bytes={start}-{}", end - 1)).send().await.unwrap();
+            assert_eq!(response.status(), 206);
+            let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+            let sums = (header("x-checksum-md5"), header("x-checksum-sha256"), header("x-checksum-crc32c"));
+            let body = response.bytes().await.unwrap();
+            assert_eq!(body.as_ref(), &data[start..end]);
+            sums
+        })
+    };
+    let blocks = [(0, MIB), (MIB, 2 * MIB), (2 * MIB, data.len())];
+    for &(start, end) in &blocks {
+        let block = &data[start..end];
+        let (md5, sha256, crc) = get(start, end);
+        assert_eq!(md5, Some(md5_hex(block)), "block at {start}");
+        assert_eq!(sha256, Some(hex::encode(sha2::Sha256::digest(block))), "block at {start}");
+        assert_eq!(crc, Some(format!("{:08x}", govcfs::store::index::crc32c(block))), "block at {start}");
+    }
+    // An unaligned range has no index entry: only the MD5, computed from the bytes.
+    let (md5, sha256, crc) = get(10, MIB + 10);
+    assert_eq!((md5, sha256, crc), (Some(md5_hex(&data[10..MIB + 10])), None, None));
+
+    // Rewrite the index as a store written before CRC32C had it.
+    let objects = srv.data_dir().join(format!("repos/default/objects/{}", &hash[..2]));
+    let index = std::fs::read(objects.join(format!("{hash}.idx2"))).unwrap();
+    assert_eq!(index.len(), 3 * 52);
+    let legacy: Vec<u8> = index.chunks(52).flat_map(|entry| entry[..48].to_vec()).collect();
+    std::fs::write(objects.join(format!("{hash}.idx")), legacy).unwrap();
+    std::fs::remove_file(objects.join(format!("{hash}.idx2"))).unwrap();
+    for &(start, end) in &blocks {
+        let block = &data[start..end];
+        let (md5, sha256, crc) = get(start, end);
+        assert_eq!((md5, sha256, crc), (Some(md5_hex(block)), Some(hex::encode(sha2::Sha256::digest(block))), None));
+    }
 }
 
 /// RFC 7233 §2.1: "If the selected representation is shorter than the specified

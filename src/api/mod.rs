@@ -11,8 +11,11 @@ pub const DEFAULT_REPO: &str = "default";
 /// Header carrying the hex MD5 of a response or request body.
 pub const CHECKSUM_HEADER: &str = "x-checksum-md5";
 /// Header carrying the hex SHA-256 of a response body, sent when the server has it at hand
-/// (aligned 1 MiB blocks); clients prefer it, as it is cheaper to verify than MD5.
+/// (aligned 1 MiB blocks); clients prefer it to MD5, as it is cheaper to verify.
 pub const CHECKSUM_SHA256_HEADER: &str = "x-checksum-sha256";
+/// Header carrying the CRC32C of a response body (8 hex digits), sent with the SHA-256 when
+/// the block index has it; clients prefer it, as it is verified at memory speed.
+pub const CHECKSUM_CRC32C_HEADER: &str = "x-checksum-crc32c";
 /// On an upload chunk PUT with an empty body: take the chunk's bytes from the same position
 /// of this blob instead (an append to a huge file then sends only the new bytes).
 pub const COPY_FROM_BLOB_HEADER: &str = "x-copy-from-blob";

@@ -13,7 +13,7 @@ use reqwest::Method;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{check, CancellationToken, Client, ClientError, Result};
-use crate::api::{CHECKSUM_HEADER, CHECKSUM_SHA256_HEADER};
+use crate::api::{CHECKSUM_CRC32C_HEADER, CHECKSUM_HEADER, CHECKSUM_SHA256_HEADER};
 use crate::store::BlobHasher;
 
 /// Options of [`Client::download`].
@@ -25,11 +25,13 @@ pub struct DownloadOptions {
     pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
 }
 
-/// Checks a response body against the checksum headers the server sent: SHA-256 when present
-/// (stronger, and faster with CPU SHA extensions), MD5 otherwise.
+/// Checks a response body against the checksum headers the server sent, the cheapest first:
+/// CRC32C (memory speed), SHA-256 (fast with CPU SHA extensions), MD5.
 fn verify_body(headers: &reqwest::header::HeaderMap, data: &[u8]) -> Result<()> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (expected, actual) = if let Some(expected) = header(CHECKSUM_SHA256_HEADER) {
+    let (expected, actual) = if let Some(expected) = header(CHECKSUM_CRC32C_HEADER) {
+        (expected, format!("{:08x}", crate::store::index::crc32c(data)))
+    } else if let Some(expected) = header(CHECKSUM_SHA256_HEADER) {
         (expected, hex::encode(sha2::Sha256::digest(data)))
     } else if let Some(expected) = header(CHECKSUM_HEADER) {
         (expected, hex::encode(Md5::digest(data)))
@@ -200,5 +202,41 @@ impl Client {
             }
         }
         Ok(pos - start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn the_cheapest_checksum_sent_is_verified() {
+        let data = b"some block bytes";
+        let crc = format!("{:08x}", crate::store::index::crc32c(data));
+        let sha = hex::encode(sha2::Sha256::digest(data));
+        let md5 = hex::encode(Md5::digest(data));
+        let wrong = |s: &str| s.chars().rev().collect::<String>();
+        // All three right; each alone right.
+        verify_body(&headers(&[(CHECKSUM_CRC32C_HEADER, crc.clone()), (CHECKSUM_SHA256_HEADER, sha.clone()), (CHECKSUM_HEADER, md5.clone())]), data).unwrap();
+        verify_body(&headers(&[(CHECKSUM_SHA256_HEADER, sha.clone())]), data).unwrap();
+        verify_body(&headers(&[(CHECKSUM_HEADER, md5.clone())]), data).unwrap();
+        // A wrong CRC32C fails even beside a right SHA-256; a wrong one of those fails alone.
+        let err = verify_body(&headers(&[(CHECKSUM_CRC32C_HEADER, wrong(&crc)), (CHECKSUM_SHA256_HEADER, sha.clone())]), data);
+        assert!(matches!(err, Err(ClientError::Checksum { .. })));
+        assert!(verify_body(&headers(&[(CHECKSUM_SHA256_HEADER, wrong(&sha))]), data).is_err());
+        assert!(verify_body(&headers(&[(CHECKSUM_HEADER, wrong(&md5))]), data).is_err());
+        // One flipped bit of the body is caught by the CRC.
+        let mut flipped = data.to_vec();
+        flipped[3] ^= 0x10;
+        assert!(verify_body(&headers(&[(CHECKSUM_CRC32C_HEADER, crc)]), &flipped).is_err());
     }
 }

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use super::error::{ApiError, ApiResult};
 use super::ranges::{plan, Plan};
 use super::AppState;
-use crate::api::{CHECKSUM_HEADER, CHECKSUM_SHA256_HEADER};
+use crate::api::{CHECKSUM_CRC32C_HEADER, CHECKSUM_HEADER, CHECKSUM_SHA256_HEADER};
 use crate::store::index::single_block;
 use crate::store::objects::md5_hex;
 
@@ -75,14 +75,14 @@ pub async fn serve_blob(
             Some(b) => state.store.block_sums(repo, hash, b).await,
             None => None,
         };
-        let (md5, sha256) = match sums {
-            Some(sums) => (sums.md5, Some(sums.sha256)),
+        let (md5, sha256, crc32c) = match sums {
+            Some(sums) => (sums.md5, Some(sums.sha256), sums.crc32c),
             None => {
                 let bytes = data.clone();
                 let md5 = tokio::task::spawn_blocking(move || md5_hex(&bytes))
                     .await
                     .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e)))?;
-                (md5, None)
+                (md5, None, None)
             }
         };
         if let Ok(v) = HeaderValue::from_str(&md5) {
@@ -90,6 +90,9 @@ pub async fn serve_blob(
         }
         if let Some(v) = sha256.and_then(|s| HeaderValue::from_str(&s).ok()) {
             builder = builder.header(CHECKSUM_SHA256_HEADER, v);
+        }
+        if let Some(crc) = crc32c {
+            builder = builder.header(CHECKSUM_CRC32C_HEADER, format!("{crc:08x}"));
         }
         state.metrics.add_sent(data.len() as u64);
         Body::from(data)

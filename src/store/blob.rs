@@ -11,13 +11,19 @@ use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, WriteMultipart};
 
-use super::index::{BlockIndexer, BlockSums, ENTRY_LEN};
+use super::index::{BlockIndexer, BlockSums, ENTRY_LEN, LEGACY_ENTRY_LEN};
 use super::objects::BlobHasher;
 use super::paths::validate_object_id;
 use super::{object_path, Backend, Result, Store, StoreError};
 use crate::api::BlobInfo;
 
+/// Where a blob's block index is kept.
 fn index_path(repo: &str, id: &str) -> Path {
+    Path::from(format!("repos/{repo}/objects/{}/{id}.idx2", &id[..2]))
+}
+
+/// Where blobs written before the index had CRC32C keep theirs.
+fn legacy_index_path(repo: &str, id: &str) -> Path {
     Path::from(format!("repos/{repo}/objects/{}/{id}.idx", &id[..2]))
 }
 
@@ -97,14 +103,23 @@ impl Store {
 
     /// Whether a blob's block index exists.
     async fn has_block_index(&self, repo: &str, id: &str) -> bool {
-        matches!(self.backend.size(&index_path(repo, id)).await, Ok(Some(_)))
+        for path in [index_path(repo, id), legacy_index_path(repo, id)] {
+            if matches!(self.backend.size(&path).await, Ok(Some(_))) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Checksums of block `block` of a blob, from its index (`None` if it has none).
     pub async fn block_sums(&self, repo: &str, id: &str, block: u64) -> Option<BlockSums> {
-        let start = block * ENTRY_LEN;
-        let entry = self.backend.get_range(&index_path(repo, id), start..start + ENTRY_LEN).await.ok()?;
-        BlockSums::decode(&entry)
+        for (path, len) in [(index_path(repo, id), ENTRY_LEN), (legacy_index_path(repo, id), LEGACY_ENTRY_LEN)] {
+            let start = block * len;
+            if let Ok(entry) = self.backend.get_range(&path, start..start + len).await {
+                return BlockSums::decode(&entry);
+            }
+        }
+        None
     }
 
     /// Starts writing a new blob. With `len`, the id is computed while the bytes stream in;

@@ -1,17 +1,22 @@
-//! The block index of a blob: the MD5 and SHA-256 of every aligned 1 MiB block, computed
-//! once while the blob is written and stored beside it (`<id>.idx`, 48 bytes per block).
+//! The block index of a blob: the MD5, SHA-256 and CRC32C of every aligned 1 MiB block,
+//! computed once while the blob is written and stored beside it (`<id>.idx2`, 52 bytes per
+//! block; stores written before CRC32C was added have `<id>.idx`, 48 bytes per block).
 //!
 //! The mount reads aligned 1 MiB chunks. With the index, the server answers such a request
-//! with its checksums without hashing the bytes again, and the client can verify them with
-//! SHA-256, which runs several times faster than MD5 on CPUs with SHA extensions.
+//! with its checksums without hashing the bytes again, and the client verifies the CRC32C,
+//! which runs at memory speed (SSE4.2/PCLMUL): SHA-256 cost the mount 40% of its CPU on a
+//! sequential read. CRC32C is what S3 and mountpoint-s3 check data with; it detects every
+//! burst error up to 32 bits and misses a random corruption with probability 2^-32.
 
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
 /// Size of an indexed block.
 pub const INDEX_BLOCK: u64 = 1 << 20;
-/// Bytes per index entry: MD5 (16) then SHA-256 (32).
-pub const ENTRY_LEN: u64 = 48;
+/// Bytes per index entry: MD5 (16), SHA-256 (32), then CRC32C (4, big-endian).
+pub const ENTRY_LEN: u64 = 52;
+/// Bytes per entry of an index written before CRC32C was added: MD5 then SHA-256.
+pub const LEGACY_ENTRY_LEN: u64 = 48;
 
 /// Checksums of one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,26 +25,47 @@ pub struct BlockSums {
     pub md5: String,
     /// Hex SHA-256 (plain, not the Git object encoding).
     pub sha256: String,
+    /// CRC32C (Castagnoli); `None` in a legacy index.
+    pub crc32c: Option<u32>,
 }
 
 impl BlockSums {
-    /// Decodes one 48-byte entry.
+    /// Decodes one entry: 52 bytes, or 48 from a legacy index.
     pub fn decode(entry: &[u8]) -> Option<BlockSums> {
         // A short or zero-filled entry (what a crash leaves of an unsynced file) is no entry.
-        if entry.len() != ENTRY_LEN as usize || entry.iter().all(|b| *b == 0) {
+        let known_len = entry.len() == ENTRY_LEN as usize || entry.len() == LEGACY_ENTRY_LEN as usize;
+        if !known_len || entry.iter().all(|b| *b == 0) {
             return None;
         }
-        Some(BlockSums { md5: hex::encode(&entry[..16]), sha256: hex::encode(&entry[16..]) })
+        let crc32c = entry.get(48..52).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+        Some(BlockSums { md5: hex::encode(&entry[..16]), sha256: hex::encode(&entry[16..48]), crc32c })
     }
 }
 
+/// The CRC32C of `data`.
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::crc32_iscsi(data)
+}
+
 /// Builds the index while bytes stream through it, in any piece sizes.
-#[derive(Default)]
 pub struct BlockIndexer {
     md5: Md5,
     sha: Sha256,
+    crc: crc_fast::Digest,
     filled: u64,
     entries: Vec<u8>,
+}
+
+impl Default for BlockIndexer {
+    fn default() -> Self {
+        BlockIndexer {
+            md5: Md5::default(),
+            sha: Sha256::default(),
+            crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
+            filled: 0,
+            entries: Vec::new(),
+        }
+    }
 }
 
 impl BlockIndexer {
@@ -49,6 +75,7 @@ impl BlockIndexer {
             let take = ((INDEX_BLOCK - self.filled) as usize).min(data.len());
             self.md5.update(&data[..take]);
             self.sha.update(&data[..take]);
+            self.crc.update(&data[..take]);
             self.filled += take as u64;
             data = &data[take..];
             if self.filled == INDEX_BLOCK {
@@ -60,6 +87,7 @@ impl BlockIndexer {
     fn close_block(&mut self) {
         self.entries.extend_from_slice(&self.md5.finalize_reset());
         self.entries.extend_from_slice(&self.sha.finalize_reset());
+        self.entries.extend_from_slice(&(self.crc.finalize_reset() as u32).to_be_bytes());
         self.filled = 0;
     }
 
@@ -95,10 +123,28 @@ mod tests {
         let index = indexer.finish();
         assert_eq!(index.len(), 3 * ENTRY_LEN as usize);
         for (i, block) in data.chunks(INDEX_BLOCK as usize).enumerate() {
-            let sums = BlockSums::decode(&index[i * 48..(i + 1) * 48]).unwrap();
+            let entry = ENTRY_LEN as usize;
+            let sums = BlockSums::decode(&index[i * entry..(i + 1) * entry]).unwrap();
             assert_eq!(sums.md5, md5_hex(block));
             assert_eq!(sums.sha256, hex::encode(Sha256::digest(block)));
+            assert_eq!(sums.crc32c, Some(crc32c(block)));
         }
+    }
+
+    #[test]
+    fn crc32c_is_castagnoli() {
+        // The check value of CRC-32/ISCSI in the CRC catalogue.
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    }
+
+    #[test]
+    fn legacy_entries_decode_without_crc() {
+        let mut entry = vec![0u8; LEGACY_ENTRY_LEN as usize];
+        entry[0] = 1;
+        let sums = BlockSums::decode(&entry).unwrap();
+        assert_eq!(sums.crc32c, None);
+        assert!(BlockSums::decode(&entry[..47]).is_none());
+        assert!(BlockSums::decode(&[0u8; 52]).is_none());
     }
 
     #[test]
