@@ -534,6 +534,29 @@ mod tests {
         assert_eq!(remote.bytes_read.load(Ordering::Relaxed), 4096);
     }
 
+    #[tokio::test]
+    async fn a_large_read_after_a_jump_fetches_whole_chunks_that_its_continuation_reuses() {
+        let remote = Arc::new(MemRemote::default());
+        let content = data(1 << 20, 5);
+        remote.put("media", content.clone());
+        let fs = Fs::new(remote.clone(), small_config());
+        let file = fs.lookup(ROOT_INO, "media").await.unwrap();
+        let (fh, _) = fs.open(file.ino).await.unwrap();
+        // 64 KiB chunks: a 64 KiB read at 100,000 spans chunks 1 and 2, fetched whole.
+        let first = fs.read(fh, 100_000, 64 << 10).await.unwrap();
+        assert_eq!(&first[..], &content[100_000..100_000 + (64 << 10)]);
+        assert_eq!(remote.range_reads.load(Ordering::Relaxed), 2);
+        assert_eq!(remote.bytes_read.load(Ordering::Relaxed), 128 << 10);
+        // The kernel's next, page-sized read inside chunk 2 is a cache hit.
+        let next = fs.read(fh, 100_000 + (64 << 10), 4096).await.unwrap();
+        assert_eq!(&next[..], &content[100_000 + (64 << 10)..100_000 + (64 << 10) + 4096]);
+        assert_eq!(remote.range_reads.load(Ordering::Relaxed), 2);
+        // A small read after another jump still fetches only its bytes.
+        let small = fs.read(fh, 900_000, 4096).await.unwrap();
+        assert_eq!(&small[..], &content[900_000..904_096]);
+        assert_eq!(remote.bytes_read.load(Ordering::Relaxed), (128 << 10) + 4096);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
         /// Any sequence of reads returns exactly the source bytes.

@@ -120,8 +120,12 @@ impl<R: Remote> Reader<R> {
         self.schedule_read_ahead(handle, &pinned, ahead);
 
         let all_cached = needed.clone().all(|i| self.cache.is_present_or_pending(&ChunkKey { blob: pinned.blob.clone(), index: i }));
-        if !plan.sequential && !all_cached {
-            // One round trip for exactly these bytes; a random read does not pull whole chunks.
+        // A large read after a jump is the start of a stretch (a player seeking, the kernel's
+        // first read-ahead), so it fetches the whole chunks around it, in parallel, and the
+        // reads that continue it are served from the cache instead of one round trip each.
+        let large = len >= self.config.chunk_size / 4;
+        if !plan.sequential && !all_cached && !large {
+            // One round trip for exactly these bytes; a small random read does not pull whole chunks.
             let data = self.remote.read_range(&pinned.blob, wanted.clone()).await?;
             // Whole chunks among them are kept, though (a big first read, say).
             if data.len() as u64 == wanted.end - wanted.start {
