@@ -20,6 +20,10 @@ use crate::store::objects::md5_hex;
 /// stream (the client then checks the blob id of a full download instead).
 const CHECKSUMMED_RESPONSE_LIMIT: u64 = 16 << 20;
 
+/// Responses up to this size are hashed on the request's own task: that takes microseconds,
+/// less than handing the bytes to a blocking thread and back.
+const INLINE_HASH_LIMIT: usize = 64 << 10;
+
 /// `GET|HEAD /api/v1/repos/:repo/blobs/:hash`
 pub async fn get_blob(
     State(state): State<Arc<AppState>>,
@@ -78,10 +82,14 @@ pub async fn serve_blob(
         let (md5, sha256, crc32c) = match sums {
             Some(sums) => (sums.md5, Some(sums.sha256), sums.crc32c),
             None => {
-                let bytes = data.clone();
-                let md5 = tokio::task::spawn_blocking(move || md5_hex(&bytes))
-                    .await
-                    .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e)))?;
+                let md5 = if data.len() <= INLINE_HASH_LIMIT {
+                    md5_hex(&data)
+                } else {
+                    let bytes = data.clone();
+                    tokio::task::spawn_blocking(move || md5_hex(&bytes))
+                        .await
+                        .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e)))?
+                };
                 (md5, None, None)
             }
         };

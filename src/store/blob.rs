@@ -43,6 +43,16 @@ impl Store {
     /// apart by not being a valid tree or commit (those are small).
     pub async fn blob_size(&self, repo: &str, id: &str) -> Result<u64> {
         validate_object_id(id)?;
+        let key = (repo.to_string(), id.to_string());
+        if let Some(size) = self.blob_sizes.lock().expect("blob size lock").get(&key) {
+            return Ok(*size);
+        }
+        let size = self.look_up_blob_size(repo, id).await?;
+        self.blob_sizes.lock().expect("blob size lock").put(key, size);
+        Ok(size)
+    }
+
+    async fn look_up_blob_size(&self, repo: &str, id: &str) -> Result<u64> {
         let not_found = || StoreError::NotFound(format!("blob {id}"));
         let size = self.backend.size(&object_path(repo, id)).await?.ok_or_else(not_found)?;
         if size > 16 << 20 || self.has_block_index(repo, id).await {
@@ -255,4 +265,29 @@ async fn hash_stored(backend: &Backend, tmp: &Path, len: u64) -> Result<((String
     }
     let ids = hasher.expect("kept").finish()?;
     Ok((ids, indexer.expect("kept").finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_blob_size_is_looked_up_once_and_a_missing_blob_is_asked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Backend::local(dir.path()).unwrap()).await.unwrap();
+        let blob = store.put_blob_bytes("default", Bytes::from_static(b"hello world")).await.unwrap();
+        assert_eq!(store.blob_size("default", &blob.hash).await.unwrap(), 11);
+        // Blobs are immutable and never deleted: the second answer comes from memory, which
+        // shows here because the file is gone.
+        let objects = dir.path().join(format!("repos/default/objects/{}", &blob.hash[..2]));
+        std::fs::remove_dir_all(&objects).unwrap();
+        assert_eq!(store.blob_size("default", &blob.hash).await.unwrap(), 11);
+
+        // A miss is not remembered: the blob may be written a moment later.
+        let late = store.put_blob_bytes("default", Bytes::from_static(b"late")).await.unwrap();
+        std::fs::remove_dir_all(dir.path().join(format!("repos/default/objects/{}", &late.hash[..2]))).unwrap();
+        assert!(matches!(store.blob_size("default", &late.hash).await, Err(StoreError::NotFound(_))));
+        store.put_blob_bytes("default", Bytes::from_static(b"late")).await.unwrap();
+        assert_eq!(store.blob_size("default", &late.hash).await.unwrap(), 4);
+    }
 }

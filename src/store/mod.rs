@@ -67,6 +67,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// versions of a 2,000-entry directory would otherwise hold hundreds of MiB.
 const TREE_CACHE_ENTRIES: usize = 100_000;
 
+/// Blob sizes, and commits' root trees, kept (about 150 bytes each).
+const BLOB_SIZE_CACHE_ENTRIES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16_384).expect("non-zero");
+
 /// Decoded trees by (repository, id); they are immutable, so this cache never goes stale.
 pub(crate) struct TreeCache {
     lru: lru::LruCache<(String, String), std::sync::Arc<Tree>>,
@@ -103,6 +106,13 @@ pub struct Store {
     events: tokio::sync::broadcast::Sender<RefUpdate>,
     /// The last commit of each `repo/branch` this process made or announced.
     seen_refs: Mutex<HashMap<String, String>>,
+    /// Repositories known to exist; none is ever deleted, so a hit needs no lookup.
+    known_repos: Mutex<std::collections::HashSet<String>>,
+    /// Sizes of blobs by (repository, id). Blobs are immutable and never deleted, so a cached
+    /// size is always right, and a ranged read skips a metadata lookup (an S3 HEAD).
+    blob_sizes: Mutex<lru::LruCache<(String, String), u64>>,
+    /// The root tree of each commit by (repository, commit id); commits are immutable too.
+    commit_trees: Mutex<lru::LruCache<(String, String), String>>,
 }
 
 impl Store {
@@ -115,6 +125,9 @@ impl Store {
             trees: Mutex::new(TreeCache::new()),
             events,
             seen_refs: Mutex::new(HashMap::new()),
+            known_repos: Mutex::new(std::collections::HashSet::new()),
+            blob_sizes: Mutex::new(lru::LruCache::new(BLOB_SIZE_CACHE_ENTRIES)),
+            commit_trees: Mutex::new(lru::LruCache::new(BLOB_SIZE_CACHE_ENTRIES)),
         };
         match store.create_repo(crate::api::DEFAULT_REPO).await {
             Ok(_) | Err(StoreError::AlreadyExists(_)) => {}

@@ -107,9 +107,15 @@ impl Store {
     /// Checks that a repository exists.
     pub async fn ensure_repo(&self, repo: &str) -> Result<()> {
         validate_repo_name(repo)?;
+        if self.known_repos.lock().expect("repo set lock").contains(repo) {
+            return Ok(());
+        }
         let config_path = Path::from(format!("{}/config.json", repo_prefix(repo)));
         match self.backend.size(&config_path).await? {
-            Some(_) => Ok(()),
+            Some(_) => {
+                self.known_repos.lock().expect("repo set lock").insert(repo.to_string());
+                Ok(())
+            }
             None => Err(StoreError::NotFound(format!("repository {repo}"))),
         }
     }
@@ -131,8 +137,15 @@ impl Store {
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("ref {reference}")))?
         };
+        let key = (repo.to_string(), commit.clone());
+        if let Some(tree) = self.commit_trees.lock().expect("commit cache lock").get(&key) {
+            return Ok(ResolvedRef { commit, tree: tree.clone() });
+        }
         let tree = match self.load_commit(repo, &commit).await {
-            Ok(c) => c.tree,
+            Ok(c) => {
+                self.commit_trees.lock().expect("commit cache lock").put(key, c.tree.clone());
+                c.tree
+            }
             // An id that names a blob or a tree: the caller's mistake, not damage.
             Err(StoreError::Corrupt { .. }) if commit == reference => {
                 return Err(StoreError::InvalidInput(format!("{reference} is not a commit")));
