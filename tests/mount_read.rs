@@ -387,6 +387,14 @@ fn random_preads_through_the_mount_match_the_source() {
     let mount = MountGuard::start(&server.repo_url("default"), &[]);
     let file = File::open(mount.path().join("rand/file.bin")).expect("open through the mount");
     assert_eq!(file.metadata().unwrap().len(), SIZE);
+    // SEEK_DATA/SEEK_HOLE (cp and tar ask them to skip holes): all data, then the end.
+    // SAFETY: lseek on an open descriptor.
+    let seek = |offset: u64, whence| unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    assert_eq!(seek(4096, libc::SEEK_DATA), 4096);
+    assert_eq!(seek(4096, libc::SEEK_HOLE), SIZE as libc::off_t);
+    assert_eq!(seek(SIZE, libc::SEEK_DATA), -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO));
+    assert!(!mount.log().contains("Not Implemented"), "mount log:\n{}", mount.log());
 
     let offsets = prop_oneof![
         6 => 0..SIZE,

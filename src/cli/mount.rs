@@ -321,9 +321,14 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
     if signalled {
         log::info!("signal received: unmounting {}", mountpoint.display());
     }
-    // After an outside unmount this only joins the session thread.
-    if let Err(e) = background.umount_and_join() {
-        log::warn!("unmount of {} failed: {e}", mountpoint.display());
+    // After an outside unmount this only joins the session thread; the unmount it still tries
+    // then fails with EINVAL (nothing mounted there), which is not worth a warning.
+    match background.umount_and_join() {
+        Err(e) if !signalled && e.raw_os_error() == Some(libc::EINVAL) => {
+            log::debug!("{} was already unmounted: {e}", mountpoint.display())
+        }
+        Err(e) => log::warn!("unmount of {} failed: {e}", mountpoint.display()),
+        Ok(()) => {}
     }
     log::warn!("{}", fs.stats_line());
     remote.cancel();

@@ -218,6 +218,20 @@ impl<R: Remote> Fs<R> {
     }
 
     /// The entries of directory `ino` (without `.` and `..`), from one listing.
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the only kinds the kernel passes on). Files
+    /// here have no holes: data runs from 0 to the end, where the one implicit hole is.
+    pub async fn seek_data_or_hole(&self, ino: u64, offset: u64, whence: i32) -> Result<u64> {
+        let size = self.getattr(ino).await?.size;
+        if offset >= size {
+            return Err(FsError::PastEnd(offset));
+        }
+        match whence {
+            libc::SEEK_DATA => Ok(offset),
+            libc::SEEK_HOLE => Ok(size),
+            other => Err(FsError::Invalid(format!("lseek whence {other}"))),
+        }
+    }
+
     pub async fn readdir(&self, ino: u64) -> Result<Vec<(String, Attr)>> {
         if let Some(children) = self.inodes.lock().expect("inodes lock").cached_listing(ino) {
             return Ok(children);
@@ -532,6 +546,19 @@ mod tests {
         let tail = fs.read(fh, (8 << 20) - 4096, 4096).await.unwrap();
         assert_eq!(&tail[..], &data(8 << 20, 3)[(8 << 20) - 4096..]);
         assert_eq!(remote.bytes_read.load(Ordering::Relaxed), 4096);
+    }
+
+    #[tokio::test]
+    async fn files_are_data_to_their_end_for_seek_data_and_seek_hole() {
+        let remote = Arc::new(MemRemote::default());
+        remote.put("f", data(1000, 1));
+        let fs = Fs::new(remote, small_config());
+        let ino = fs.lookup(ROOT_INO, "f").await.unwrap().ino;
+        assert_eq!(fs.seek_data_or_hole(ino, 10, libc::SEEK_DATA).await.unwrap(), 10);
+        assert_eq!(fs.seek_data_or_hole(ino, 10, libc::SEEK_HOLE).await.unwrap(), 1000);
+        let past = fs.seek_data_or_hole(ino, 1000, libc::SEEK_DATA).await.unwrap_err();
+        assert_eq!(past.errno(), libc::ENXIO);
+        assert_eq!(fs.seek_data_or_hole(ino, 1, libc::SEEK_END).await.unwrap_err().errno(), libc::EINVAL);
     }
 
     #[tokio::test]

@@ -34,6 +34,9 @@ pub enum FsError {
     Busy(String),
     #[error("operation not permitted: {0}")]
     NotPermitted(String),
+    /// `SEEK_DATA`/`SEEK_HOLE` at or past the end of a file.
+    #[error("offset {0} is at or past the end of the file")]
+    PastEnd(u64),
     /// A local spool or cache file could not be used.
     #[error("local I/O error: {0}")]
     Local(String),
@@ -55,13 +58,14 @@ impl FsError {
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Busy(_) => libc::EBUSY,
             FsError::NotPermitted(_) => libc::EPERM,
+            FsError::PastEnd(_) => libc::ENXIO,
         }
     }
 
     /// Routine errors (a missing name) are logged at debug, real failures at warn.
     pub fn log(&self, operation: &str) {
         match self {
-            FsError::NotFound(_) | FsError::Exists(_) | FsError::NotEmpty => log::debug!("{operation}: {self}"),
+            FsError::NotFound(_) | FsError::Exists(_) | FsError::NotEmpty | FsError::PastEnd(_) => log::debug!("{operation}: {self}"),
             _ => log::warn!("{operation}: {self}"),
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyLseek, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
     TimeOrNow, WriteFlags,
 };
 use std::path::Path;
@@ -221,6 +221,17 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         let fs = self.fs.clone();
         self.spawn("read", async move { fs.read(fh.0, offset, size).await }, move |r| match r {
             Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let fs = self.fs.clone();
+        self.spawn("lseek", async move { fs.seek_data_or_hole(ino.0, offset, whence).await }, move |r| match r {
+            Ok(found) => reply.offset(found as i64),
             Err(e) => reply.error(errno(&e)),
         });
     }
