@@ -180,7 +180,14 @@ impl Backend {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        Ok(self.objects.get_range(path, range).await?)
+        let Some(root) = &self.local_root else {
+            return Ok(self.objects.get_range(path, range).await?);
+        };
+        let file = root.join(path.as_ref());
+        let name = path.to_string();
+        tokio::task::spawn_blocking(move || read_local_range(&file, &name, range))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
     /// Streams `range` of an object in pieces, reading one piece ahead.
@@ -347,6 +354,30 @@ fn cas_file(lock: &FsPath, file: &FsPath, expected: Option<&str>, new: &str) -> 
     Ok(true)
 }
 
+/// Reads `range` of a local file into a buffer that is not zero-filled first: object_store's
+/// local reader fills it with zeros before reading over them, which cost a streaming server
+/// 7% of its CPU.
+fn read_local_range(file: &FsPath, name: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut opened = match std::fs::File::open(file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(object_store::Error::NotFound { path: name.to_string(), source: Box::new(e) }.into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    opened.seek(SeekFrom::Start(range.start))?;
+    let len = range.end - range.start;
+    let mut buf = Vec::with_capacity(len as usize);
+    // read_to_end reads into the spare capacity without initialising it.
+    opened.take(len).read_to_end(&mut buf)?;
+    if buf.len() as u64 != len {
+        let reason = format!("{name}: range {range:?} reaches past the end ({} bytes read)", buf.len());
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, reason).into());
+    }
+    Ok(Bytes::from(buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,5 +410,18 @@ mod tests {
             .await;
         let joined: Vec<u8> = parts.concat();
         assert_eq!(joined, data[start as usize..end as usize]);
+    }
+
+    #[tokio::test]
+    async fn local_range_reads_tell_a_missing_object_from_a_short_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::local(dir.path()).unwrap();
+        let p = Path::from("repos/x/objects/ab/obj");
+        backend.put(&p, Bytes::from_static(b"0123456789")).await.unwrap();
+        assert_eq!(&backend.get_range(&p, 2..7).await.unwrap()[..], b"23456");
+        let missing = backend.get_range(&Path::from("repos/x/objects/ab/none"), 0..4).await.unwrap_err();
+        assert!(matches!(missing, StoreError::Backend(object_store::Error::NotFound { .. })), "{missing:?}");
+        let short = backend.get_range(&p, 8..12).await.unwrap_err();
+        assert!(matches!(&short, StoreError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof), "{short:?}");
     }
 }
