@@ -5,7 +5,8 @@
 //!   read(off, len) ──► Prefetcher::on_read ──► ReadPlan { sequential, seek, read_ahead }
 //!                                                   │
 //!       first read / seek: fetch only what was asked (one round trip), window = 0
-//!       sequential read:   window doubles (chunk → … → max_read_ahead); the chunks of
+//!       sequential read:   once the stretch has read 4 chunks, the window doubles
+//!                          (chunk → … → max_read_ahead); the chunks of
 //!                          [end, end + window) are fetched ahead, several at once
 //!       seek:              window resets; chunks outside the new position are cancelled
 //! ```
@@ -15,6 +16,9 @@
 //! sequential.
 
 use std::ops::Range;
+
+/// Chunks a stretch must have read before read-ahead starts.
+const STRETCH_BEFORE_READ_AHEAD: u64 = 4;
 
 /// Settings of the prefetcher.
 #[derive(Debug, Clone, Copy)]
@@ -50,12 +54,14 @@ pub struct Prefetcher {
     next_expected: Option<u64>,
     /// Current read-ahead window in bytes (0 until the pattern looks sequential).
     window: u64,
+    /// Where the current sequential stretch began.
+    stretch_start: u64,
 }
 
 impl Prefetcher {
     /// A prefetcher that has seen no read yet.
     pub fn new(config: PrefetchConfig) -> Self {
-        Prefetcher { config, next_expected: None, window: 0 }
+        Prefetcher { config, next_expected: None, window: 0, stretch_start: 0 }
     }
 
     /// The current window.
@@ -77,7 +83,10 @@ impl Prefetcher {
             None => false,
         };
         let seek = self.next_expected.is_some() && !sequential;
-        if sequential {
+        if sequential && end.saturating_sub(self.stretch_start) < STRETCH_BEFORE_READ_AHEAD * self.config.chunk_size {
+            // Not yet: a player reading a couple of MiB after each seek would waste the window.
+            self.next_expected = Some(self.next_expected.unwrap_or(0).max(end));
+        } else if sequential {
             self.window = if self.window == 0 {
                 self.config.chunk_size
             } else {
@@ -87,6 +96,7 @@ impl Prefetcher {
             self.next_expected = Some(self.next_expected.unwrap_or(0).max(end));
         } else {
             self.window = 0;
+            self.stretch_start = offset;
             self.next_expected = Some(end);
         }
         let ahead_end = end.saturating_add(self.window).min(file_size);
@@ -122,16 +132,27 @@ mod tests {
     }
 
     #[test]
-    fn sequential_reads_double_the_window_up_to_the_max() {
+    fn read_ahead_starts_after_four_chunks_then_doubles_up_to_the_max() {
         let mut p = Prefetcher::new(cfg());
-        let mut off = 0;
-        let mut windows = Vec::new();
-        for _ in 0..8 {
-            let plan = p.on_read(off, 128 << 10, 1 << 40);
-            off += 128 << 10;
-            windows.push(plan.read_ahead.end - plan.read_ahead.start);
+        let windows: Vec<u64> = (0..8)
+            .map(|i| {
+                let plan = p.on_read(i * MIB, MIB, 1 << 40);
+                plan.read_ahead.end - plan.read_ahead.start
+            })
+            .collect();
+        assert_eq!(windows, vec![0, 0, 0, MIB, 2 * MIB, 4 * MIB, 8 * MIB, 8 * MIB]);
+    }
+
+    #[test]
+    fn a_player_reading_two_mib_after_each_seek_gets_no_read_ahead() {
+        let mut p = Prefetcher::new(cfg());
+        for jump in 1..10u64 {
+            let at = jump * 97 * MIB + 12_345;
+            // What the kernel sends for a 2 MiB read: 1 MiB, a page, 1 MiB, and 1 MiB ahead.
+            for (off, len) in [(at, MIB), (at + MIB, 4096), (at + MIB + 4096, MIB), (at + 2 * MIB + 4096, MIB)] {
+                assert!(p.on_read(off, len, 1 << 40).read_ahead.is_empty());
+            }
         }
-        assert_eq!(windows, vec![0, MIB, 2 * MIB, 4 * MIB, 8 * MIB, 8 * MIB, 8 * MIB, 8 * MIB]);
     }
 
     #[test]
@@ -162,11 +183,12 @@ mod tests {
     #[test]
     fn read_ahead_stops_at_the_end_of_the_file() {
         let mut p = Prefetcher::new(cfg());
-        p.on_read(0, MIB, 3 * MIB);
-        let plan = p.on_read(MIB, MIB, 3 * MIB);
-        assert_eq!(plan.read_ahead, 2 * MIB..3 * MIB);
-        let plan = p.on_read(2 * MIB, MIB, 3 * MIB);
-        assert!(plan.read_ahead.is_empty());
+        for i in 0..3 {
+            p.on_read(i * MIB, MIB, 6 * MIB);
+        }
+        assert_eq!(p.on_read(3 * MIB, MIB, 6 * MIB).read_ahead, 4 * MIB..5 * MIB);
+        assert_eq!(p.on_read(4 * MIB, MIB, 6 * MIB).read_ahead, 5 * MIB..6 * MIB);
+        assert!(p.on_read(5 * MIB, MIB, 6 * MIB).read_ahead.is_empty());
     }
 
     #[test]
