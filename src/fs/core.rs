@@ -217,7 +217,6 @@ impl<R: Remote> Fs<R> {
         Ok(ino)
     }
 
-    /// The entries of directory `ino` (without `.` and `..`), from one listing.
     /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the only kinds the kernel passes on). Files
     /// here have no holes: data runs from 0 to the end, where the one implicit hole is.
     pub async fn seek_data_or_hole(&self, ino: u64, offset: u64, whence: i32) -> Result<u64> {
@@ -232,6 +231,7 @@ impl<R: Remote> Fs<R> {
         }
     }
 
+    /// The entries of directory `ino` (without `.` and `..`), from one listing.
     pub async fn readdir(&self, ino: u64) -> Result<Vec<(String, Attr)>> {
         if let Some(children) = self.inodes.lock().expect("inodes lock").cached_listing(ino) {
             return Ok(children);

@@ -83,16 +83,17 @@ impl Prefetcher {
             None => false,
         };
         let seek = self.next_expected.is_some() && !sequential;
-        if sequential && end.saturating_sub(self.stretch_start) < STRETCH_BEFORE_READ_AHEAD * self.config.chunk_size {
-            // Not yet: a player reading a couple of MiB after each seek would waste the window.
-            self.next_expected = Some(self.next_expected.unwrap_or(0).max(end));
-        } else if sequential {
-            self.window = if self.window == 0 {
-                self.config.chunk_size
-            } else {
-                (self.window * 2).min(self.config.max_read_ahead)
+        if sequential {
+            // Read-ahead waits until the stretch has read a few chunks: a player reading a
+            // couple of MiB after each seek would waste the window.
+            if end.saturating_sub(self.stretch_start) >= STRETCH_BEFORE_READ_AHEAD * self.config.chunk_size {
+                self.window = if self.window == 0 {
+                    self.config.chunk_size
+                } else {
+                    (self.window * 2).min(self.config.max_read_ahead)
+                }
+                .min(self.config.max_read_ahead.max(self.config.chunk_size));
             }
-            .min(self.config.max_read_ahead.max(self.config.chunk_size));
             self.next_expected = Some(self.next_expected.unwrap_or(0).max(end));
         } else {
             self.window = 0;
