@@ -64,7 +64,11 @@ impl<E: Clone + Send + Sync + 'static> ChunkCache<E> {
     pub fn new(capacity: u64) -> Self {
         ChunkCache {
             capacity,
-            state: Mutex::new(State { lru: LruCache::unbounded(), bytes: 0, in_flight: HashMap::new() }),
+            state: Mutex::new(State {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                in_flight: HashMap::new(),
+            }),
             stats: CacheStats::default(),
         }
     }
@@ -98,7 +102,9 @@ impl<E: Clone + Send + Sync + 'static> ChunkCache<E> {
         }
         state.bytes += len;
         while state.bytes > self.capacity {
-            let Some((_, evicted)) = state.lru.pop_lru() else { break };
+            let Some((_, evicted)) = state.lru.pop_lru() else {
+                break;
+            };
             state.bytes -= evicted.data.len() as u64;
             if !evicted.read {
                 self.stats.evicted_unread.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +114,12 @@ impl<E: Clone + Send + Sync + 'static> ChunkCache<E> {
 
     /// Returns the chunk, fetching it with `fetch` on a miss. Concurrent callers for the same
     /// key share one fetch. `for_reader` is false for prefetches (for the waste counter).
-    pub async fn get_or_fetch<F, Fut>(&self, key: &ChunkKey, for_reader: bool, fetch: F) -> Result<Bytes, E>
+    pub async fn get_or_fetch<F, Fut>(
+        &self,
+        key: &ChunkKey,
+        for_reader: bool,
+        fetch: F,
+    ) -> Result<Bytes, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>>,
@@ -132,7 +143,9 @@ impl<E: Clone + Send + Sync + 'static> ChunkCache<E> {
                 self.stats.fetches.fetch_add(1, Ordering::Relaxed);
                 let result = fetch().await;
                 if let Ok(data) = &result {
-                    self.stats.bytes_fetched.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .bytes_fetched
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     self.insert(key.clone(), data.clone(), for_reader);
                 }
                 result
@@ -141,7 +154,11 @@ impl<E: Clone + Send + Sync + 'static> ChunkCache<E> {
             .clone();
         {
             let mut state = self.state.lock().expect("cache lock");
-            if state.in_flight.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            if state
+                .in_flight
+                .get(key)
+                .is_some_and(|f| Arc::ptr_eq(f, &flight))
+            {
                 state.in_flight.remove(key);
             }
             if for_reader {
@@ -160,7 +177,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(i: u64) -> ChunkKey {
-        ChunkKey { blob: Arc::from("b"), index: i }
+        ChunkKey {
+            blob: Arc::from("b"),
+            index: i,
+        }
     }
 
     #[tokio::test]
@@ -190,9 +210,13 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached() {
         let cache: ChunkCache<String> = ChunkCache::new(1 << 20);
-        let r = cache.get_or_fetch(&key(1), true, || async { Err("boom".to_string()) }).await;
+        let r = cache
+            .get_or_fetch(&key(1), true, || async { Err("boom".to_string()) })
+            .await;
         assert!(r.is_err());
-        let r = cache.get_or_fetch(&key(1), true, || async { Ok(Bytes::from_static(b"ok")) }).await;
+        let r = cache
+            .get_or_fetch(&key(1), true, || async { Ok(Bytes::from_static(b"ok")) })
+            .await;
         assert_eq!(r.unwrap(), Bytes::from_static(b"ok"));
     }
 

@@ -7,9 +7,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected a number with an optional K/M/G suffix"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected a number with an optional K/M/G suffix")
+    })?;
     let multiplier: u64 = match suffix.trim() {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,

@@ -30,7 +30,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{git_blob_id, http_request, md5_hex, random_bytes, run_cli_with, write_fast_random_file, RawResponse, ServerProcess, XorShift};
+use common::{
+    git_blob_id, http_request, md5_hex, random_bytes, run_cli_with, write_fast_random_file,
+    RawResponse, ServerProcess, XorShift,
+};
 use md5::Digest;
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -51,8 +54,6 @@ const MAX_CYCLES: usize = 40;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-
-
 fn api(path: &str) -> String {
     format!("/api/v1/repos/default{path}")
 }
@@ -63,7 +64,13 @@ fn get(addr: SocketAddr, target: &str) -> std::io::Result<RawResponse> {
 
 fn post_json(addr: SocketAddr, target: &str, body: &Value) -> std::io::Result<RawResponse> {
     let body = serde_json::to_vec(body).expect("JSON");
-    http_request(addr, "POST", target, &[("Content-Type", "application/json")], &body)
+    http_request(
+        addr,
+        "POST",
+        target,
+        &[("Content-Type", "application/json")],
+        &body,
+    )
 }
 
 /// A GET that must get an answer (the server is up): panics with the error otherwise.
@@ -79,8 +86,15 @@ fn must_json(addr: SocketAddr, target: &str) -> Value {
 
 /// `govcfs fsck --data DIR` (bounded); returns (success, stdout + stderr).
 fn fsck(data: &Path) -> (bool, String) {
-    let out = run_cli_with(&["fsck", "--data", data.to_str().expect("UTF-8 path")], &[], FSCK_TIMEOUT);
-    (out.status.success(), format!("{}{}", out.stdout_text(), out.stderr))
+    let out = run_cli_with(
+        &["fsck", "--data", data.to_str().expect("UTF-8 path")],
+        &[],
+        FSCK_TIMEOUT,
+    );
+    (
+        out.status.success(),
+        format!("{}{}", out.stdout_text(), out.stderr),
+    )
 }
 
 /// The head of `default`'s main branch, from `GET /api/v1/repos`.
@@ -103,7 +117,12 @@ fn log(addr: SocketAddr) -> Vec<(String, Option<String>)> {
         .as_array()
         .unwrap_or_else(|| panic!("no commits in {log}"))
         .iter()
-        .map(|c| (c["commit"].as_str().expect("commit").to_string(), c["parent"].as_str().map(str::to_string)))
+        .map(|c| {
+            (
+                c["commit"].as_str().expect("commit").to_string(),
+                c["parent"].as_str().map(str::to_string),
+            )
+        })
         .collect()
 }
 
@@ -132,9 +151,17 @@ fn files(addr: SocketAddr) -> BTreeMap<String, String> {
 fn check_blob(addr: SocketAddr, hash: &str, len: usize, what: &str) {
     let r = must_get(addr, &api(&format!("/blobs/{hash}")));
     assert_eq!(r.status, 200, "{what}: GET blob {hash}: {}", r.text());
-    assert_eq!(r.body.len(), len, "{what}: blob {hash} has {} bytes, want {len}", r.body.len());
+    assert_eq!(
+        r.body.len(),
+        len,
+        "{what}: blob {hash} has {} bytes, want {len}",
+        r.body.len()
+    );
     let actual = git_blob_id(&r.body);
-    assert_eq!(actual, hash, "{what}: blob {hash} hashes to {actual}: its content does not match its id");
+    assert_eq!(
+        actual, hash,
+        "{what}: blob {hash} hashes to {actual}: its content does not match its id"
+    );
 }
 
 /// What a data directory holds besides live objects: files a crash may leave behind.
@@ -162,7 +189,8 @@ struct Census {
 }
 
 fn is_staging_name(name: &str) -> bool {
-    name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// All regular files under `dir` (bounded recursion: the layout is a few levels deep).
@@ -170,7 +198,9 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     if depth > 12 {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         match entry.file_type() {
@@ -187,8 +217,15 @@ fn census(data: &Path) -> Census {
     walk(data, 0, &mut all);
     let tmp = data.join("tmp");
     for file in &all {
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let rel = file.strip_prefix(data).unwrap_or(file).to_string_lossy().into_owned();
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let rel = file
+            .strip_prefix(data)
+            .unwrap_or(file)
+            .to_string_lossy()
+            .into_owned();
         if file.starts_with(&tmp) {
             c.tmp_files += 1;
             c.tmp_bytes += std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
@@ -273,7 +310,13 @@ const START: u8 = 1;
 const CHUNK: u8 = 2;
 const COMPLETE: u8 = 3;
 const COMMIT: u8 = 4;
-const PHASES: [&str; 5] = ["between requests", "upload start", "chunk PUT", "complete (assembly)", "commit"];
+const PHASES: [&str; 5] = [
+    "between requests",
+    "upload start",
+    "chunk PUT",
+    "complete (assembly)",
+    "commit",
+];
 
 /// State shared between the client thread and the thread that kills the server.
 #[derive(Default)]
@@ -333,7 +376,14 @@ struct ClientOutcome {
 }
 
 /// Paths the client writes: overwritten often, some nested.
-const PATHS: [&str; 6] = ["f0.bin", "f1.bin", "f2.bin", "d/h.bin", "d/e/g0.bin", "d/e/g1.bin"];
+const PATHS: [&str; 6] = [
+    "f0.bin",
+    "f1.bin",
+    "f2.bin",
+    "d/h.bin",
+    "d/e/g0.bin",
+    "d/e/g1.bin",
+];
 
 /// A blob length: mostly log-uniform in 64 KiB–8 MiB, sometimes tiny.
 fn blob_len(rng: &mut XorShift) -> usize {
@@ -346,7 +396,15 @@ fn blob_len(rng: &mut XorShift) -> usize {
 }
 
 /// Sends one request as phase `phase` (visible to the killer thread while it is in flight).
-fn request(addr: SocketAddr, shared: &Shared, phase: u8, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<RawResponse> {
+fn request(
+    addr: SocketAddr,
+    shared: &Shared,
+    phase: u8,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<RawResponse> {
     shared.phase.store(phase, Ordering::SeqCst);
     shared.started[phase as usize].fetch_add(1, Ordering::SeqCst);
     let r = http_request(addr, method, target, headers, body);
@@ -357,7 +415,13 @@ fn request(addr: SocketAddr, shared: &Shared, phase: u8, method: &str, target: &
 /// Uploads and commits blobs until the server dies (or `MAX_CYCLES` are done).
 /// `reuse` are blobs made earlier: sometimes one is uploaded again (the assembly then finds
 /// the blob already stored).
-fn run_client(addr: SocketAddr, seed: u64, blob_seed_base: u64, reuse: Vec<BlobRec>, shared: Arc<Shared>) -> ClientOutcome {
+fn run_client(
+    addr: SocketAddr,
+    seed: u64,
+    blob_seed_base: u64,
+    reuse: Vec<BlobRec>,
+    shared: Arc<Shared>,
+) -> ClientOutcome {
     let mut rng = XorShift::new(seed);
     let mut out = ClientOutcome::default();
     let mut upload: Option<UploadRec> = None;
@@ -369,9 +433,16 @@ fn run_client(addr: SocketAddr, seed: u64, blob_seed_base: u64, reuse: Vec<BlobR
                 Ok(r) => r,
                 Err(e) => {
                     if shared.killed.load(Ordering::SeqCst) {
-                        out.interrupted = Some(Interrupted { phase: $phase, upload: upload.clone(), commit: pending_commit.clone() });
+                        out.interrupted = Some(Interrupted {
+                            phase: $phase,
+                            upload: upload.clone(),
+                            commit: pending_commit.clone(),
+                        });
                     } else {
-                        out.unexpected.push(format!("{} {} failed before the kill: {e}", $method, $target));
+                        out.unexpected.push(format!(
+                            "{} {} failed before the kill: {e}",
+                            $method, $target
+                        ));
                     }
                     return out;
                 }
@@ -381,7 +452,8 @@ fn run_client(addr: SocketAddr, seed: u64, blob_seed_base: u64, reuse: Vec<BlobR
     macro_rules! expect_status {
         ($r:expr, $ok:expr, $what:expr) => {
             if !$ok.contains(&$r.status) {
-                out.unexpected.push(format!("{}: status {} {}", $what, $r.status, $r.text()));
+                out.unexpected
+                    .push(format!("{}: status {} {}", $what, $r.status, $r.text()));
                 return out;
             }
         };
@@ -394,33 +466,72 @@ fn run_client(addr: SocketAddr, seed: u64, blob_seed_base: u64, reuse: Vec<BlobR
         } else {
             let (len, seed) = (blob_len(&mut rng), blob_seed_base + cycle as u64);
             let data = random_bytes(len, seed);
-            (BlobRec { hash: git_blob_id(&data), len, seed }, data)
+            (
+                BlobRec {
+                    hash: git_blob_id(&data),
+                    len,
+                    seed,
+                },
+                data,
+            )
         };
         let chunk_size = [64 * KIB, 128 * KIB, 256 * KIB, MIB][(rng.next_u64() % 4) as usize];
 
-        let r = send!(START, "POST", &api("/uploads"), &[("Content-Type", "application/json")], json!({ "chunk_size": chunk_size }).to_string().as_bytes());
+        let r = send!(
+            START,
+            "POST",
+            &api("/uploads"),
+            &[("Content-Type", "application/json")],
+            json!({ "chunk_size": chunk_size }).to_string().as_bytes()
+        );
         expect_status!(r, [200, 201], "start upload");
         let started = r.json();
         let Some(id) = started["upload_id"].as_str().map(str::to_string) else {
-            out.unexpected.push(format!("start upload: no upload_id in {started}"));
+            out.unexpected
+                .push(format!("start upload: no upload_id in {started}"));
             return out;
         };
         if started["chunk_size"].as_u64() != Some(chunk_size as u64) {
-            out.unexpected.push(format!("start upload: chunk size {} for {chunk_size}", started["chunk_size"]));
+            out.unexpected.push(format!(
+                "start upload: chunk size {} for {chunk_size}",
+                started["chunk_size"]
+            ));
             return out;
         }
-        upload = Some(UploadRec { id: id.clone(), chunk_size, blob: blob.clone(), acked: BTreeSet::new() });
+        upload = Some(UploadRec {
+            id: id.clone(),
+            chunk_size,
+            blob: blob.clone(),
+            acked: BTreeSet::new(),
+        });
         for (index, piece) in data.chunks(chunk_size).enumerate() {
             let md5 = md5_hex(piece);
-            let r = send!(CHUNK, "PUT", &api(&format!("/uploads/{id}/{index}")), &[("X-Checksum-MD5", md5.as_str())], piece);
+            let r = send!(
+                CHUNK,
+                "PUT",
+                &api(&format!("/uploads/{id}/{index}")),
+                &[("X-Checksum-MD5", md5.as_str())],
+                piece
+            );
             expect_status!(r, [200, 201, 204], format!("PUT chunk {index}"));
             upload.as_mut().expect("upload").acked.insert(index);
         }
-        let r = send!(COMPLETE, "POST", &api(&format!("/uploads/{id}/complete")), &[], b"");
+        let r = send!(
+            COMPLETE,
+            "POST",
+            &api(&format!("/uploads/{id}/complete")),
+            &[],
+            b""
+        );
         expect_status!(r, [200, 201], "complete");
         let info = r.json();
-        if info["hash"].as_str() != Some(blob.hash.as_str()) || info["size"].as_u64() != Some(blob.len as u64) {
-            out.unexpected.push(format!("complete answered {info} for a blob of {} bytes with id {}", blob.len, blob.hash));
+        if info["hash"].as_str() != Some(blob.hash.as_str())
+            || info["size"].as_u64() != Some(blob.len as u64)
+        {
+            out.unexpected.push(format!(
+                "complete answered {info} for a blob of {} bytes with id {}",
+                blob.len, blob.hash
+            ));
             return out;
         }
         upload = None;
@@ -429,10 +540,17 @@ fn run_client(addr: SocketAddr, seed: u64, blob_seed_base: u64, reuse: Vec<BlobR
         let path = PATHS[(rng.next_u64() % PATHS.len() as u64) as usize].to_string();
         pending_commit = Some((path.clone(), blob.hash.clone()));
         let body = json!({ "message": format!("crash-safety {blob_seed_base}/{cycle}"), "changes": [{ "op": "put", "path": path, "hash": blob.hash }] });
-        let r = send!(COMMIT, "POST", &api("/commits"), &[("Content-Type", "application/json")], body.to_string().as_bytes());
+        let r = send!(
+            COMMIT,
+            "POST",
+            &api("/commits"),
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes()
+        );
         expect_status!(r, [201], "commit");
         let Some(commit) = r.json()["commit"].as_str().map(str::to_string) else {
-            out.unexpected.push(format!("commit: no commit id in {}", r.text()));
+            out.unexpected
+                .push(format!("commit: no commit id in {}", r.text()));
             return out;
         };
         pending_commit = None;
@@ -460,7 +578,11 @@ fn aim(rng: &mut XorShift) -> Aim {
         6 => (START, 1 + (r >> 8) % 2, (r >> 16) % 400),
         _ => (IDLE, 0, (r >> 16) % 500_000),
     };
-    Aim { phase, n: n as u32, delay: Duration::from_micros(delay_us) }
+    Aim {
+        phase,
+        n: n as u32,
+        delay: Duration::from_micros(delay_us),
+    }
 }
 
 /// What the whole run promised and found.
@@ -492,7 +614,13 @@ struct Model {
 }
 
 /// Resumes (or finds completed) the upload the kill interrupted; returns the blob it made.
-fn resume_upload(addr: SocketAddr, cut: &Interrupted, up: &UploadRec, t: &mut Tally, what: &str) -> Option<BlobRec> {
+fn resume_upload(
+    addr: SocketAddr,
+    cut: &Interrupted,
+    up: &UploadRec,
+    t: &mut Tally,
+    what: &str,
+) -> Option<BlobRec> {
     let blob_target = api(&format!("/blobs/{}", up.blob.hash));
     let status_target = api(&format!("/uploads/{}", up.id));
     let in_complete = cut.phase == COMPLETE;
@@ -503,7 +631,11 @@ fn resume_upload(addr: SocketAddr, cut: &Interrupted, up: &UploadRec, t: &mut Ta
         match r.status {
             404 => {}
             200 => {
-                assert_eq!(git_blob_id(&r.body), up.blob.hash, "{what}: a blob published by a cut assembly does not match its id");
+                assert_eq!(
+                    git_blob_id(&r.body),
+                    up.blob.hash,
+                    "{what}: a blob published by a cut assembly does not match its id"
+                );
                 t.completes_already_published += 1;
             }
             s => panic!("{what}: GET blob after a cut complete: {s} {}", r.text()),
@@ -547,18 +679,49 @@ fn resume_upload(addr: SocketAddr, cut: &Interrupted, up: &UploadRec, t: &mut Ta
             continue;
         }
         let md5 = md5_hex(piece);
-        let r = http_request(addr, "PUT", &api(&format!("/uploads/{}/{index}", up.id)), &[("X-Checksum-MD5", md5.as_str())], piece)
-            .unwrap_or_else(|e| panic!("{what}: re-PUT chunk {index}: {e}"));
-        assert!(r.status / 100 == 2, "{what}: re-PUT chunk {index}: {} {}", r.status, r.text());
+        let r = http_request(
+            addr,
+            "PUT",
+            &api(&format!("/uploads/{}/{index}", up.id)),
+            &[("X-Checksum-MD5", md5.as_str())],
+            piece,
+        )
+        .unwrap_or_else(|e| panic!("{what}: re-PUT chunk {index}: {e}"));
+        assert!(
+            r.status / 100 == 2,
+            "{what}: re-PUT chunk {index}: {} {}",
+            r.status,
+            r.text()
+        );
         t.chunks_resent += 1;
     }
-    let r = http_request(addr, "POST", &api(&format!("/uploads/{}/complete", up.id)), &[], b"")
-        .unwrap_or_else(|e| panic!("{what}: complete after resuming: {e}"));
-    assert!(r.status == 200 || r.status == 201, "{what}: complete after resuming upload {}: {} {}", up.id, r.status, r.text());
+    let r = http_request(
+        addr,
+        "POST",
+        &api(&format!("/uploads/{}/complete", up.id)),
+        &[],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{what}: complete after resuming: {e}"));
+    assert!(
+        r.status == 200 || r.status == 201,
+        "{what}: complete after resuming upload {}: {} {}",
+        up.id,
+        r.status,
+        r.text()
+    );
     let info = r.json();
-    assert_eq!(info["hash"].as_str(), Some(up.blob.hash.as_str()), "{what}: a resumed upload completed to a different blob: {info}");
+    assert_eq!(
+        info["hash"].as_str(),
+        Some(up.blob.hash.as_str()),
+        "{what}: a resumed upload completed to a different blob: {info}"
+    );
     check_blob(addr, &up.blob.hash, up.blob.len, what);
-    assert_eq!(must_get(addr, &status_target).status, 404, "{what}: a completed upload is still listed");
+    assert_eq!(
+        must_get(addr, &status_target).status,
+        404,
+        "{what}: a completed upload is still listed"
+    );
     if in_complete {
         t.completes_redone += 1;
     } else {
@@ -568,7 +731,13 @@ fn resume_upload(addr: SocketAddr, cut: &Interrupted, up: &UploadRec, t: &mut Ta
 }
 
 /// Checks the restarted server against the model and updates it with what the client was told.
-fn check_after_restart(addr: SocketAddr, model: &mut Model, outcome: &ClientOutcome, t: &mut Tally, what: &str) {
+fn check_after_restart(
+    addr: SocketAddr,
+    model: &mut Model,
+    outcome: &ClientOutcome,
+    t: &mut Tally,
+    what: &str,
+) {
     let health = must_get(addr, "/healthz");
     assert_eq!(health.status, 200, "{what}: /healthz after the restart");
 
@@ -583,7 +752,11 @@ fn check_after_restart(addr: SocketAddr, model: &mut Model, outcome: &ClientOutc
     // The head: the last acknowledged commit, or the commit in flight on top of it.
     let head = repo_head(addr);
     let history = log(addr);
-    assert_eq!(history.first().map(|c| c.0.as_str()), Some(head.as_str()), "{what}: the log does not start at the head");
+    assert_eq!(
+        history.first().map(|c| c.0.as_str()),
+        Some(head.as_str()),
+        "{what}: the log does not start at the head"
+    );
     if head != model.head {
         let in_flight = outcome.interrupted.as_ref().and_then(|i| i.commit.clone());
         match in_flight {
@@ -599,17 +772,28 @@ fn check_after_restart(addr: SocketAddr, model: &mut Model, outcome: &ClientOutc
                 );
             }
         }
-    } else if outcome.interrupted.as_ref().is_some_and(|i| i.commit.is_some()) {
+    } else if outcome
+        .interrupted
+        .as_ref()
+        .is_some_and(|i| i.commit.is_some())
+    {
         t.unacked_commit_absent += 1;
     }
     // Every acknowledged commit is in the log, in order.
-    let position: HashMap<&str, usize> = history.iter().enumerate().map(|(i, c)| (c.0.as_str(), i)).collect();
+    let position: HashMap<&str, usize> = history
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.0.as_str(), i))
+        .collect();
     let mut previous = usize::MAX;
     for commit in &model.acked {
         let Some(&p) = position.get(commit.as_str()) else {
             panic!("{what}: acknowledged commit {commit} is not in the log after the restart");
         };
-        assert!(p < previous, "{what}: acknowledged commit {commit} is out of order in the log");
+        assert!(
+            p < previous,
+            "{what}: acknowledged commit {commit} is out of order in the log"
+        );
         previous = p;
     }
     // Every path holds what its last commit put there, and nothing else exists.
@@ -642,7 +826,12 @@ fn kill_nine_during_uploads_and_commits_loses_nothing_acknowledged() {
     let data = tempfile::tempdir().expect("data dir");
     let mut server = ServerProcess::start_in(data.path(), &[]);
     let mut rng = XorShift::new(0xC2A5_4001);
-    let mut model = Model { head: repo_head(server.addr), acked: Vec::new(), files: BTreeMap::new(), blobs: Vec::new() };
+    let mut model = Model {
+        head: repo_head(server.addr),
+        acked: Vec::new(),
+        files: BTreeMap::new(),
+        blobs: Vec::new(),
+    };
     let mut t = Tally::default();
     let mut fsck_last = String::new();
 
@@ -655,7 +844,14 @@ fn kill_nine_during_uploads_and_commits_loses_nothing_acknowledged() {
         let shared = Arc::new(Shared::default());
         let aimed = aim(&mut rng);
         // A few earlier blobs, so that some uploads repeat a stored blob.
-        let reuse: Vec<BlobRec> = model.blobs.iter().rev().take(4).filter(|b| b.len <= 2 * MIB).cloned().collect();
+        let reuse: Vec<BlobRec> = model
+            .blobs
+            .iter()
+            .rev()
+            .take(4)
+            .filter(|b| b.len <= 2 * MIB)
+            .cloned()
+            .collect();
         let (tx, rx) = mpsc::channel();
         let client_shared = shared.clone();
         let (addr, client_seed) = (server.addr, rng.next_u64());
@@ -680,9 +876,15 @@ fn kill_nine_during_uploads_and_commits_loses_nothing_acknowledged() {
         server.kill();
         t.kills += 1;
         t.at_kill[phase_at_kill as usize] += 1;
-        let outcome = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{what}: the client thread did not finish: {e}"));
+        let outcome = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{what}: the client thread did not finish: {e}"));
         let server_log = server.log();
-        assert!(outcome.unexpected.is_empty(), "{what}: answers that break the contract: {:?}\nserver log:\n{server_log}", outcome.unexpected);
+        assert!(
+            outcome.unexpected.is_empty(),
+            "{what}: answers that break the contract: {:?}\nserver log:\n{server_log}",
+            outcome.unexpected
+        );
         if let Some(cut) = &outcome.interrupted {
             t.lost_request[cut.phase as usize] += 1;
         }
@@ -690,14 +892,21 @@ fn kill_nine_during_uploads_and_commits_loses_nothing_acknowledged() {
         // The store exactly as the crash left it.
         let (ok, report) = fsck(data.path());
         t.fsck_runs += 1;
-        assert!(ok, "{what}: govcfs fsck found damage after the kill ({aimed:?}, at {}):\n{report}", PHASES[phase_at_kill as usize]);
+        assert!(
+            ok,
+            "{what}: govcfs fsck found damage after the kill ({aimed:?}, at {}):\n{report}",
+            PHASES[phase_at_kill as usize]
+        );
         fsck_last = report;
 
         drop(server);
         server = ServerProcess::start_in(data.path(), &[]);
         check_after_restart(server.addr, &mut model, &outcome, &mut t, &what);
         let log = server.log();
-        assert!(!log.contains("panicked"), "{what}: the restarted server panicked:\n{log}");
+        assert!(
+            !log.contains("panicked"),
+            "{what}: the restarted server panicked:\n{log}"
+        );
     }
 
     // Every blob the server ever reported, read back once more.
@@ -712,25 +921,49 @@ fn kill_nine_during_uploads_and_commits_loses_nothing_acknowledged() {
     assert!(ok, "final govcfs fsck:\n{report}");
     let garbage = census(data.path());
 
-    println!("crash loop: {} kills in {:.1} s", t.kills, started.elapsed().as_secs_f64());
+    println!(
+        "crash loop: {} kills in {:.1} s",
+        t.kills,
+        started.elapsed().as_secs_f64()
+    );
     println!("  kills by what the client was doing at the kill:");
     for (i, name) in PHASES.iter().enumerate() {
-        println!("    {name:<22} {:>3} (requests cut or refused: {})", t.at_kill[i], t.lost_request[i]);
+        println!(
+            "    {name:<22} {:>3} (requests cut or refused: {})",
+            t.at_kill[i], t.lost_request[i]
+        );
     }
     println!("  commits acknowledged: {} (all in the log, in order); in-flight commits that landed: {}, that did not: {}", t.commits_acked, t.unacked_commit_landed, t.unacked_commit_absent);
-    println!("  uploads completed and acknowledged: {}; distinct blobs verified at the end: {}", t.blobs_acked, checked.len());
+    println!(
+        "  uploads completed and acknowledged: {}; distinct blobs verified at the end: {}",
+        t.blobs_acked,
+        checked.len()
+    );
     println!(
         "  uploads cut during chunk PUTs: {} (resumed and completed: {}); completes cut: {} (blob already published: {}, completed again: {}); chunks re-sent: {}",
         t.uploads_cut_in_chunks, t.uploads_resumed, t.completes_cut, t.completes_already_published, t.completes_redone, t.chunks_resent
     );
-    println!("  govcfs fsck runs on the crashed store: {} (all clean); last: {}", t.fsck_runs + 1, fsck_last.lines().last().unwrap_or(""));
+    println!(
+        "  govcfs fsck runs on the crashed store: {} (all clean); last: {}",
+        t.fsck_runs + 1,
+        fsck_last.lines().last().unwrap_or("")
+    );
     println!("  garbage after {} kills: {garbage}", t.kills);
     println!("  anything lost: 0 (every check above fails the test at the first loss)");
 
-    assert!(t.kills >= 50, "only {} kills within the time budget", t.kills);
+    assert!(
+        t.kills >= 50,
+        "only {} kills within the time budget",
+        t.kills
+    );
     // The kills really landed where they were aimed (each phase several times).
     for phase in [CHUNK, COMPLETE, COMMIT] {
-        assert!(t.at_kill[phase as usize] >= 3, "only {} kills during {}", t.at_kill[phase as usize], PHASES[phase as usize]);
+        assert!(
+            t.at_kill[phase as usize] >= 3,
+            "only {} kills during {}",
+            t.at_kill[phase as usize],
+            PHASES[phase as usize]
+        );
     }
 }
 
@@ -741,28 +974,64 @@ fn kill_nine_during_uploads_and_commits_loses_nothing_acknowledged() {
 /// Names in `dir` (empty if it does not exist).
 fn names_in(dir: &Path) -> HashSet<String> {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Starts an upload of `data` in chunks of `chunk` bytes and sends every chunk; returns its id.
 fn upload_all_chunks(addr: SocketAddr, data: &[u8], chunk: usize) -> String {
-    let r = post_json(addr, &api("/uploads"), &json!({ "chunk_size": chunk })).expect("start upload");
-    assert!(r.status == 200 || r.status == 201, "start upload: {} {}", r.status, r.text());
-    let id = r.json()["upload_id"].as_str().expect("upload_id").to_string();
+    let r =
+        post_json(addr, &api("/uploads"), &json!({ "chunk_size": chunk })).expect("start upload");
+    assert!(
+        r.status == 200 || r.status == 201,
+        "start upload: {} {}",
+        r.status,
+        r.text()
+    );
+    let id = r.json()["upload_id"]
+        .as_str()
+        .expect("upload_id")
+        .to_string();
     for (index, piece) in data.chunks(chunk).enumerate() {
         let md5 = md5_hex(piece);
-        let r = http_request(addr, "PUT", &api(&format!("/uploads/{id}/{index}")), &[("X-Checksum-MD5", md5.as_str())], piece)
-            .expect("PUT chunk");
-        assert!(r.status / 100 == 2, "PUT chunk {index}: {} {}", r.status, r.text());
+        let r = http_request(
+            addr,
+            "PUT",
+            &api(&format!("/uploads/{id}/{index}")),
+            &[("X-Checksum-MD5", md5.as_str())],
+            piece,
+        )
+        .expect("PUT chunk");
+        assert!(
+            r.status / 100 == 2,
+            "PUT chunk {index}: {} {}",
+            r.status,
+            r.text()
+        );
     }
     id
 }
 
 /// `complete`s an upload; returns the blob id.
 fn complete(addr: SocketAddr, id: &str) -> String {
-    let r = http_request(addr, "POST", &api(&format!("/uploads/{id}/complete")), &[], b"").expect("complete");
-    assert!(r.status == 200 || r.status == 201, "complete {id}: {} {}", r.status, r.text());
+    let r = http_request(
+        addr,
+        "POST",
+        &api(&format!("/uploads/{id}/complete")),
+        &[],
+        b"",
+    )
+    .expect("complete");
+    assert!(
+        r.status == 200 || r.status == 201,
+        "complete {id}: {} {}",
+        r.status,
+        r.text()
+    );
     r.json()["hash"].as_str().expect("hash").to_string()
 }
 
@@ -790,10 +1059,16 @@ fn kills_during_assembly_leave_no_stale_files_in_tmp_after_a_restart() {
         std::thread::spawn(move || {
             let _ = tx.send(http_request(addr, "POST", &target, &[], b"").map(|r| r.status));
         });
-        let seen = common::wait_until(Duration::from_secs(20), || names_in(&tmp).difference(&before).next().is_some());
-        std::thread::sleep(Duration::from_millis([0, 5, 20, 50, 100, 200, 400, 800][round % 8]));
+        let seen = common::wait_until(Duration::from_secs(20), || {
+            names_in(&tmp).difference(&before).next().is_some()
+        });
+        std::thread::sleep(Duration::from_millis(
+            [0, 5, 20, 50, 100, 200, 400, 800][round % 8],
+        ));
         server.kill();
-        let answered = rx.recv_timeout(Duration::from_secs(30)).expect("the complete thread finished");
+        let answered = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the complete thread finished");
         // The kill cut the assembly when `complete` got no answer.
         let cut = seen && answered.is_err();
         hits += usize::from(cut);
@@ -802,17 +1077,26 @@ fn kills_during_assembly_leave_no_stale_files_in_tmp_after_a_restart() {
         // The cut assembly is redone (or had finished): the blob is right either way.
         let status = must_get(server.addr, &api(&format!("/uploads/{id}"))).status;
         if status == 200 {
-            assert_eq!(complete(server.addr, &id), want, "round {round}: the assembly redone after the kill");
+            assert_eq!(
+                complete(server.addr, &id),
+                want,
+                "round {round}: the assembly redone after the kill"
+            );
         }
         check_blob(server.addr, &want, blob.len(), &format!("round {round}"));
         let c = census(data.path());
         println!("round {round}: assembly cut by the kill: {cut} (complete answered: {answered:?}); upload after the restart: {status}; {c}");
         after_each.push(c.tmp_files);
     }
-    let settled = common::wait_until(Duration::from_secs(5), || census(data.path()).tmp_files == 0);
+    let settled = common::wait_until(Duration::from_secs(5), || {
+        census(data.path()).tmp_files == 0
+    });
     let c = census(data.path());
     println!("after {hits} kills during assembly and a restart: {c}; tmp/ files after each round: {after_each:?}");
-    assert!(hits >= ROUNDS / 2, "only {hits} of {ROUNDS} kills landed during an assembly");
+    assert!(
+        hits >= ROUNDS / 2,
+        "only {hits} of {ROUNDS} kills landed during an assembly"
+    );
     assert!(
         settled,
         "after {hits} kills during assembly and a restart with nothing in flight, tmp/ still holds {} files ({} bytes); \
@@ -831,10 +1115,17 @@ fn put_file(addr: SocketAddr, path: &str, data: &[u8]) -> (String, String) {
     let id = upload_all_chunks(addr, data, 4 * MIB);
     let hash = complete(addr, &id);
     assert_eq!(hash, git_blob_id(data));
-    let r = post_json(addr, &api("/commits"), &json!({ "message": path, "changes": [{ "op": "put", "path": path, "hash": hash }] }))
-        .expect("commit");
+    let r = post_json(
+        addr,
+        &api("/commits"),
+        &json!({ "message": path, "changes": [{ "op": "put", "path": path, "hash": hash }] }),
+    )
+    .expect("commit");
     assert_eq!(r.status, 201, "commit {path}: {}", r.text());
-    (hash, r.json()["commit"].as_str().expect("commit").to_string())
+    (
+        hash,
+        r.json()["commit"].as_str().expect("commit").to_string(),
+    )
 }
 
 fn flip_byte(file: &Path, offset: u64) {
@@ -844,11 +1135,17 @@ fn flip_byte(file: &Path, offset: u64) {
 }
 
 fn truncate(file: &Path, len: u64) {
-    std::fs::OpenOptions::new().write(true).open(file).and_then(|f| f.set_len(len)).expect("truncate");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|f| f.set_len(len))
+        .expect("truncate");
 }
 
 fn file_len(file: &Path) -> u64 {
-    std::fs::metadata(file).unwrap_or_else(|e| panic!("stat {}: {e}", file.display())).len()
+    std::fs::metadata(file)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", file.display()))
+        .len()
 }
 
 #[test]
@@ -857,14 +1154,23 @@ fn fsck_names_a_flipped_byte_a_truncated_tree_or_commit_and_a_ref_to_a_missing_c
     let mut server = ServerProcess::start_in(data.path(), &[]);
     let addr = server.addr;
     // v1 of a/b/one.bin is only in the history once v2 replaces it.
-    let (v1, v2) = (random_bytes(300 * KIB + 1, 31), random_bytes(200 * KIB + 3, 32));
+    let (v1, v2) = (
+        random_bytes(300 * KIB + 1, 31),
+        random_bytes(200 * KIB + 3, 32),
+    );
     let (v1_id, c1) = put_file(addr, "a/b/one.bin", &v1);
     let (_, _c2) = put_file(addr, "top.txt", b"top\n");
     let (v2_id, _c3) = put_file(addr, "a/b/one.bin", &v2);
-    let subtree = must_json(addr, &api("/stat/a/b"))["hash"].as_str().expect("hash").to_string();
+    let subtree = must_json(addr, &api("/stat/a/b"))["hash"]
+        .as_str()
+        .expect("hash")
+        .to_string();
     server.kill();
     let (ok, clean) = fsck(data.path());
-    assert!(ok && clean.contains("no damage"), "fsck of the undamaged store: {clean}");
+    assert!(
+        ok && clean.contains("no damage"),
+        "fsck of the undamaged store: {clean}"
+    );
     println!("undamaged: {}", clean.trim());
 
     let missing = git_blob_id(b"a commit that was never written");
@@ -914,7 +1220,10 @@ fn fsck_names_a_flipped_byte_a_truncated_tree_or_commit_and_a_ref_to_a_missing_c
             "a ref pointing at a missing commit",
             Box::new({
                 let id = missing.clone();
-                move |d: &Path| std::fs::write(d.join("repos/default/refs/heads/broken"), &id).expect("write the ref")
+                move |d: &Path| {
+                    std::fs::write(d.join("repos/default/refs/heads/broken"), &id)
+                        .expect("write the ref")
+                }
             }),
             vec!["broken".to_string(), missing.clone()],
         ),
@@ -925,10 +1234,16 @@ fn fsck_names_a_flipped_byte_a_truncated_tree_or_commit_and_a_ref_to_a_missing_c
         damage(copy.path());
         let (ok, report) = fsck(copy.path());
         assert!(!ok, "{what}: govcfs fsck exited 0:\n{report}");
-        let damaged: Vec<&str> = report.lines().filter(|l| l.starts_with("damaged:")).collect();
+        let damaged: Vec<&str> = report
+            .lines()
+            .filter(|l| l.starts_with("damaged:"))
+            .collect();
         assert!(!damaged.is_empty(), "{what}: no `damaged:` line:\n{report}");
         for needle in needles {
-            assert!(damaged.iter().any(|l| l.contains(needle.as_str())), "{what}: the report does not name {needle}:\n{report}");
+            assert!(
+                damaged.iter().any(|l| l.contains(needle.as_str())),
+                "{what}: the report does not name {needle}:\n{report}"
+            );
         }
         println!("{what}: {}", damaged.join(" | "));
     }
@@ -943,7 +1258,11 @@ const CUT_ATTEMPTS: usize = 12;
 
 /// Waits (busy, bounded by `timeout`) until `ready` holds or `gone` says to stop; returns
 /// whether `ready` held.
-fn spin_until(timeout: Duration, mut ready: impl FnMut() -> bool, mut gone: impl FnMut() -> bool) -> bool {
+fn spin_until(
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+    mut gone: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if ready() {
@@ -978,7 +1297,11 @@ fn a_kill_during_repository_creation_leaves_the_repository_usable_or_creatable()
             .spawn()
             .expect("spawn govcfs serve");
         let main_ref = data.path().join("repos/default/refs/heads/main");
-        spin_until(Duration::from_secs(20), || main_ref.exists(), || child.try_wait().is_ok_and(|s| s.is_some()));
+        spin_until(
+            Duration::from_secs(20),
+            || main_ref.exists(),
+            || child.try_wait().is_ok_and(|s| s.is_some()),
+        );
         mount_support::kill_child(&mut child);
         let config = data.path().join("repos/default/config.json");
         if main_ref.exists() && !config.exists() {
@@ -994,12 +1317,22 @@ fn a_kill_during_repository_creation_leaves_the_repository_usable_or_creatable()
         let mut server = ServerProcess::start_in(data.path(), &[]);
         let name = format!("proj{attempt}");
         let (addr, body) = (server.addr, json!({ "id": name }));
-        let poster = std::thread::spawn(move || post_json(addr, "/api/v1/repos", &body).map(|r| r.status));
+        let poster =
+            std::thread::spawn(move || post_json(addr, "/api/v1/repos", &body).map(|r| r.status));
         let repo_ref = data.path().join(format!("repos/{name}/refs/heads/main"));
-        spin_until(Duration::from_secs(20), || repo_ref.exists(), || poster.is_finished());
+        spin_until(
+            Duration::from_secs(20),
+            || repo_ref.exists(),
+            || poster.is_finished(),
+        );
         server.kill();
         let answer = poster.join().expect("the POST thread");
-        if repo_ref.exists() && !data.path().join(format!("repos/{name}/config.json")).exists() {
+        if repo_ref.exists()
+            && !data
+                .path()
+                .join(format!("repos/{name}/config.json"))
+                .exists()
+        {
             println!("POST /api/v1/repos {name} killed between its ref and its config (attempt {attempt}; client saw {answer:?})");
             cut_repo = Some(name);
             break;
@@ -1011,13 +1344,21 @@ fn a_kill_during_repository_creation_leaves_the_repository_usable_or_creatable()
 
     let server = ServerProcess::start_in(cut_default.path(), &[]);
     let default = must_get(server.addr, "/api/v1/repos/default/tree/");
-    println!("after the cut first start: GET default tree {} {}", default.status, default.text());
+    println!(
+        "after the cut first start: GET default tree {} {}",
+        default.status,
+        default.text()
+    );
     let (ok, report) = fsck(cut_default.path());
-    println!("govcfs fsck of that store: exit ok = {ok}: {}", report.trim().replace('\n', " | "));
+    println!(
+        "govcfs fsck of that store: exit ok = {ok}: {}",
+        report.trim().replace('\n', " | ")
+    );
     drop(server);
 
     let server = ServerProcess::start_in(data.path(), &[]);
-    let created = post_json(server.addr, "/api/v1/repos", &json!({ "id": cut_repo })).expect("create again");
+    let created =
+        post_json(server.addr, "/api/v1/repos", &json!({ "id": cut_repo })).expect("create again");
     let repo = must_get(server.addr, &format!("/api/v1/repos/{cut_repo}/tree/"));
     println!(
         "after the cut POST: POST {cut_repo} again {} {}; GET {cut_repo} tree {} {}",
@@ -1028,9 +1369,12 @@ fn a_kill_during_repository_creation_leaves_the_repository_usable_or_creatable()
     );
     assert_eq!(default.status, 200, "the default repository must always exist (CONTRACT §1), even after a kill during its creation");
     assert_eq!(
-        repo.status, 200,
+        repo.status,
+        200,
         "{cut_repo} can neither be used ({}) nor created again ({} {})",
-        repo.status, created.status, created.text()
+        repo.status,
+        created.status,
+        created.text()
     );
 }
 
@@ -1042,7 +1386,9 @@ fn a_kill_during_repository_creation_leaves_the_repository_usable_or_creatable()
 fn stored_chunks(data: &Path) -> usize {
     let mut all = Vec::new();
     walk(&data.join("repos/default/uploads"), 0, &mut all);
-    all.iter().filter(|p| p.extension().is_some_and(|e| e == "chunk")).count()
+    all.iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "chunk"))
+        .count()
 }
 
 #[test]
@@ -1055,12 +1401,23 @@ fn a_mount_killed_during_cp_leaves_the_old_version_and_a_clean_store() {
     let old = random_bytes(6 * MIB + 5, 51);
     let old_path = work.path().join("old.bin");
     std::fs::write(&old_path, &old).expect("write old.bin");
-    run_cli_with(&["put", old_path.to_str().expect("UTF-8"), &format!("{repo_url}/big.bin")], &[], Duration::from_secs(120))
-        .assert_success("govcfs put");
+    run_cli_with(
+        &[
+            "put",
+            old_path.to_str().expect("UTF-8"),
+            &format!("{repo_url}/big.bin"),
+        ],
+        &[],
+        Duration::from_secs(120),
+    )
+    .assert_success("govcfs put");
     let new_path = work.path().join("new.bin");
     write_fast_random_file(&new_path, 256 * MIB as u64, 52);
 
-    let mnt = mount_support::MountGuard::start(&repo_url, &["--cache-dir", cache.path().to_str().expect("UTF-8")]);
+    let mnt = mount_support::MountGuard::start(
+        &repo_url,
+        &["--cache-dir", cache.path().to_str().expect("UTF-8")],
+    );
     let mut cp = Command::new("cp")
         .arg(&new_path)
         .arg(mnt.path().join("big.bin"))
@@ -1080,14 +1437,24 @@ fn a_mount_killed_during_cp_leaves_the_old_version_and_a_clean_store() {
     if cp_status.is_none() {
         mount_support::kill_child(&mut cp);
     }
-    assert!(streamed && cp_running, "the mount was not killed during the cp (streamed: {streamed}, cp running: {cp_running})");
+    assert!(
+        streamed && cp_running,
+        "the mount was not killed during the cp (streamed: {streamed}, cp running: {cp_running})"
+    );
     let cp_status = cp_status.expect("cp exits once its mount is gone");
     println!("mount killed with {chunks_at_kill} chunks of the new version on the server; cp: {cp_status}");
-    assert!(!cp_status.success(), "cp reported success although the mount died before the file was closed");
+    assert!(
+        !cp_status.success(),
+        "cp reported success although the mount died before the file was closed"
+    );
 
     // The server still has the old version, and the half-sent new one never became a blob.
     let stat = must_json(server.addr, &api("/stat/big.bin"));
-    assert_eq!(stat["hash"].as_str(), Some(git_blob_id(&old).as_str()), "big.bin changed although cp never closed it");
+    assert_eq!(
+        stat["hash"].as_str(),
+        Some(git_blob_id(&old).as_str()),
+        "big.bin changed although cp never closed it"
+    );
     check_blob(server.addr, &git_blob_id(&old), old.len(), "old big.bin");
     let new_id = {
         let mut h = Sha256::new();
@@ -1095,9 +1462,17 @@ fn a_mount_killed_during_cp_leaves_the_old_version_and_a_clean_store() {
         h.update(std::fs::read(&new_path).expect("read new.bin"));
         hex::encode(h.finalize())
     };
-    assert_eq!(must_get(server.addr, &api(&format!("/blobs/{new_id}"))).status, 404, "the unfinished new version is stored as a blob");
+    assert_eq!(
+        must_get(server.addr, &api(&format!("/blobs/{new_id}"))).status,
+        404,
+        "the unfinished new version is stored as a blob"
+    );
     server.kill();
     let (ok, report) = fsck(data.path());
     assert!(ok, "govcfs fsck after the mount was killed:\n{report}");
-    println!("store after the mount was killed: {}; fsck: {}", census(data.path()), report.lines().last().unwrap_or(""));
+    println!(
+        "store after the mount was killed: {}; fsck: {}",
+        census(data.path()),
+        report.lines().last().unwrap_or("")
+    );
 }

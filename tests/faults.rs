@@ -32,7 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{first_difference, git_blob_id_of_file as blob_id_of_file, http_request, random_bytes, run_cli_with, write_fast_random_file, ServerProcess};
+use common::{
+    first_difference, git_blob_id_of_file as blob_id_of_file, http_request, random_bytes,
+    run_cli_with, write_fast_random_file, ServerProcess,
+};
 use fault_proxy::{Dir, FaultProxy, Scope};
 use mount_support::{run_bounded, wait_until, MountGuard, MountOptions};
 
@@ -50,15 +53,22 @@ const BIG_TIMEOUT: Duration = Duration::from_secs(420);
 static HEAVY: Mutex<()> = Mutex::new(());
 
 fn heavy() -> MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-
 
 /// The blob id the server has at `path` of repo `default` (asked directly, not through the
 /// proxy); `None` if the path does not exist.
 fn server_hash(addr: SocketAddr, path: &str) -> Option<String> {
-    let response = http_request(addr, "GET", &format!("/api/v1/repos/default/stat/{path}"), &[], b"")
-        .unwrap_or_else(|e| panic!("GET stat/{path}: {e}"));
+    let response = http_request(
+        addr,
+        "GET",
+        &format!("/api/v1/repos/default/stat/{path}"),
+        &[],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("GET stat/{path}: {e}"));
     match response.status {
         200 => Some(response.json()["hash"].as_str().expect("hash").to_string()),
         404 => None,
@@ -69,7 +79,11 @@ fn server_hash(addr: SocketAddr, path: &str) -> Option<String> {
 /// `govcfs put LOCAL SERVER/default/PATH` straight to the server (test setup).
 fn put_direct(server: &ServerProcess, local: &Path, path: &str) {
     let target = format!("{}/{path}", server.repo_url("default"));
-    let out = run_cli_with(&["put", local.to_str().expect("UTF-8 path"), &target], &[], BIG_TIMEOUT);
+    let out = run_cli_with(
+        &["put", local.to_str().expect("UTF-8 path"), &target],
+        &[],
+        BIG_TIMEOUT,
+    );
     out.assert_success(&format!("setup: govcfs put {} {target}", local.display()));
 }
 
@@ -92,7 +106,10 @@ fn count_lines(log: &str, needle: &str) -> usize {
 
 /// Runs `f` on a helper thread; `None` if it did not finish within `timeout` (the thread is
 /// left to finish on its own: the mount guard's unmount unblocks it at the latest).
-fn bounded<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+fn bounded<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -162,7 +179,8 @@ impl TestServer {
                         let e = e.clone();
                         std::thread::spawn(move || {
                             conn.set_nonblocking(false).expect("blocking");
-                            conn.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+                            conn.set_read_timeout(Some(Duration::from_secs(60)))
+                                .expect("timeout");
                             let mut buf = vec![0u8; 64 * 1024];
                             let mut total = 0u64;
                             let ending = loop {
@@ -186,7 +204,12 @@ impl TestServer {
                 }
             }
         });
-        TestServer { addr, stop, accepted, endings }
+        TestServer {
+            addr,
+            stop,
+            accepted,
+            endings,
+        }
     }
 
     fn endings(&self) -> Vec<(u64, Ending)> {
@@ -201,9 +224,12 @@ impl Drop for TestServer {
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the proxy");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
-    s.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
+    let s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the proxy");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("write timeout");
     s
 }
 
@@ -229,10 +255,15 @@ fn proxy_forwards_bytes_both_ways_unchanged() {
     for _ in 0..3 {
         let stream = connect(proxy.addr());
         let back = echo_round_trip(&stream, &data).expect("round trip");
-        assert!(back == data, "the echo through the proxy differs from what was sent");
+        assert!(
+            back == data,
+            "the echo through the proxy differs from what was sent"
+        );
     }
     // The counters move just after each write: give the last one a moment.
-    wait_until(Duration::from_secs(5), || (proxy.stats().bytes_up, proxy.stats().bytes_down) == (12 * MIB, 12 * MIB));
+    wait_until(Duration::from_secs(5), || {
+        (proxy.stats().bytes_up, proxy.stats().bytes_down) == (12 * MIB, 12 * MIB)
+    });
     let stats = proxy.stats();
     println!("proxy stats after 3 × 4 MiB echoes: {stats:?}");
     assert_eq!(stats.accepted, 3);
@@ -262,10 +293,18 @@ fn proxy_latency_delays_each_direction() {
         })
         .min()
         .expect("three samples");
-    println!("echo round trip: {plain:?} plain, {delayed:?} with 150 ms each way, {restored:?} restored");
-    assert!(delayed >= Duration::from_millis(300), "150 ms each way gave a round trip of {delayed:?}");
+    println!(
+        "echo round trip: {plain:?} plain, {delayed:?} with 150 ms each way, {restored:?} restored"
+    );
+    assert!(
+        delayed >= Duration::from_millis(300),
+        "150 ms each way gave a round trip of {delayed:?}"
+    );
     assert!(delayed < Duration::from_secs(5), "{delayed:?}");
-    assert!(restored < Duration::from_millis(250), "latency was not removed: {restored:?}");
+    assert!(
+        restored < Duration::from_millis(250),
+        "latency was not removed: {restored:?}"
+    );
 }
 
 #[test]
@@ -275,13 +314,24 @@ fn proxy_bandwidth_limit_paces_the_transfer() {
     proxy.set_bandwidth(Some(4 * MIB));
     let mut stream = connect(proxy.addr());
     let started = Instant::now();
-    stream.write_all(&random_bytes(2 * MIB as usize, 2)).expect("write");
+    stream
+        .write_all(&random_bytes(2 * MIB as usize, 2))
+        .expect("write");
     drop(stream);
-    assert!(wait_until(Duration::from_secs(30), || !sink.endings().is_empty()), "the sink did not see the end of the transfer");
+    assert!(
+        wait_until(Duration::from_secs(30), || !sink.endings().is_empty()),
+        "the sink did not see the end of the transfer"
+    );
     let elapsed = started.elapsed();
-    println!("2 MiB at a 4 MiB/s limit: {elapsed:?} ({:.1} MiB/s)", mb_per_s(2 * MIB, elapsed));
+    println!(
+        "2 MiB at a 4 MiB/s limit: {elapsed:?} ({:.1} MiB/s)",
+        mb_per_s(2 * MIB, elapsed)
+    );
     assert_eq!(sink.endings(), vec![(2 * MIB, Ending::Eof)]);
-    assert!(elapsed >= Duration::from_millis(400), "2 MiB at 4 MiB/s took only {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "2 MiB at 4 MiB/s took only {elapsed:?}"
+    );
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
 
@@ -295,23 +345,42 @@ fn proxy_resets_a_connection_after_n_bytes_and_both_peers_see_a_reset() {
     let _ = stream.write_all(&random_bytes(MIB as usize, 3));
     let mut buf = [0u8; 16];
     let read = stream.read(&mut buf);
-    println!("client after the reset: {read:?}; sink: {:?}; {:?}", sink.endings(), proxy.stats());
+    println!(
+        "client after the reset: {read:?}; sink: {:?}; {:?}",
+        sink.endings(),
+        proxy.stats()
+    );
     match read {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         Ok(n) => panic!("the client read {n} bytes (a clean end?) instead of a reset"),
     }
-    assert!(wait_until(Duration::from_secs(10), || !sink.endings().is_empty()), "the sink's connection did not end");
+    assert!(
+        wait_until(Duration::from_secs(10), || !sink.endings().is_empty()),
+        "the sink's connection did not end"
+    );
     let (received, ending) = sink.endings()[0].clone();
-    assert!(received <= 100 * KIB, "the sink received {received} bytes, more than the 100 KiB allowed");
-    assert_eq!(ending, Ending::Error(std::io::ErrorKind::ConnectionReset), "the server side saw no reset");
+    assert!(
+        received <= 100 * KIB,
+        "the sink received {received} bytes, more than the 100 KiB allowed"
+    );
+    assert_eq!(
+        ending,
+        Ending::Error(std::io::ErrorKind::ConnectionReset),
+        "the server side saw no reset"
+    );
     assert_eq!(proxy.stats().resets_injected, 1);
 
     // After clear_resets nothing is cut any more.
     proxy.clear_resets(Dir::Both);
     let mut stream = connect(proxy.addr());
-    stream.write_all(&random_bytes(MIB as usize, 4)).expect("write without a rule");
+    stream
+        .write_all(&random_bytes(MIB as usize, 4))
+        .expect("write without a rule");
     drop(stream);
-    assert!(wait_until(Duration::from_secs(10), || sink.endings().len() == 2), "the second connection did not end");
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.endings().len() == 2),
+        "the second connection did not end"
+    );
     assert_eq!(sink.endings()[1], (MIB, Ending::Eof));
     assert_eq!(proxy.stats().resets_injected, 1);
 }
@@ -329,7 +398,9 @@ fn proxy_total_rule_resets_the_connection_carrying_every_nth_byte() {
         })
         .collect();
     // The counters move just after each write: give the last one a moment.
-    wait_until(Duration::from_secs(5), || proxy.stats().bytes_down == 50 * KIB * 3 + 14 * KIB * 2);
+    wait_until(Duration::from_secs(5), || {
+        proxy.stats().bytes_down == 50 * KIB * 3 + 14 * KIB * 2
+    });
     let stats = proxy.stats();
     println!("echo outcomes {outcomes:?}; {stats:?}");
     assert_eq!(outcomes, vec![true, false, true, false, true]);
@@ -346,25 +417,41 @@ fn proxy_black_hole_holds_old_and_new_connections_until_restore() {
     assert_eq!(echo.accepted.load(Ordering::Relaxed), 1);
 
     proxy.set_blackhole(true);
-    old.set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
+    old.set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
     old.write_all(b"during").expect("write into the black-hole");
     let mut buf = [0u8; 6];
     let held = old.read(&mut buf);
-    assert!(matches!(&held, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)), "an old connection got {held:?} during the black-hole");
+    assert!(
+        matches!(&held, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "an old connection got {held:?} during the black-hole"
+    );
     // A new connection is accepted but never reaches the server.
     let mut new = connect(proxy.addr());
-    new.set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
+    new.set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
     new.write_all(b"hello!").expect("write on a new connection");
     let held = new.read(&mut buf);
-    assert!(held.is_err(), "a new connection got {held:?} during the black-hole");
+    assert!(
+        held.is_err(),
+        "a new connection got {held:?} during the black-hole"
+    );
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(echo.accepted.load(Ordering::Relaxed), 1, "the black-hole let a connection through to the server");
+    assert_eq!(
+        echo.accepted.load(Ordering::Relaxed),
+        1,
+        "the black-hole let a connection through to the server"
+    );
 
     proxy.restore();
     for (stream, expected) in [(&mut old, b"during"), (&mut new, b"hello!")] {
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         let mut got = [0u8; 6];
-        stream.read_exact(&mut got).expect("held bytes arrive after restore");
+        stream
+            .read_exact(&mut got)
+            .expect("held bytes arrive after restore");
         assert_eq!(&got, expected);
     }
     println!("{:?}", proxy.stats());
@@ -389,7 +476,10 @@ fn proxy_reset_all_cuts_every_live_connection() {
     assert!(wait_until(Duration::from_secs(5), || proxy.stats().live == 0));
     // The proxy still works for new connections.
     let s = connect(proxy.addr());
-    assert_eq!(echo_round_trip(&s, b"again").expect("after reset_all"), b"again");
+    assert_eq!(
+        echo_round_trip(&s, b"again").expect("after reset_all"),
+        b"again"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -412,7 +502,10 @@ fn cat_of_200mib_through_the_mount_survives_a_reset_every_10mib() {
     let out = work.path().join("cat.out");
     let started = Instant::now();
     let status = run_bounded(
-        Command::new("cat").arg(mount.path().join("big.bin")).stdout(File::create(&out).expect("create the output")).stderr(Stdio::inherit()),
+        Command::new("cat")
+            .arg(mount.path().join("big.bin"))
+            .stdout(File::create(&out).expect("create the output"))
+            .stderr(Stdio::inherit()),
         BIG_TIMEOUT,
     );
     let elapsed = started.elapsed();
@@ -429,14 +522,27 @@ fn cat_of_200mib_through_the_mount_survives_a_reset_every_10mib() {
         stats.accepted,
         stats.bytes_down / MIB
     );
-    assert!(status.success(), "cat failed ({status}); mount log tail:\n{}", tail(&log, 40));
+    assert!(
+        status.success(),
+        "cat failed ({status}); mount log tail:\n{}",
+        tail(&log, 40)
+    );
     match first_difference(&source, &out).expect("compare") {
         None => {}
         Some(at) => panic!("cat through the mount differs from the source at byte {at}"),
     }
-    assert!(stats.resets_injected >= 15, "only {} resets were injected: the test did not test much", stats.resets_injected);
+    assert!(
+        stats.resets_injected >= 15,
+        "only {} resets were injected: the test did not test much",
+        stats.resets_injected
+    );
     // Each reset costs at most the ranges in flight on that connection, not the file so far.
-    assert!(stats.bytes_down < 2 * SIZE, "{} MiB went down for a {} MiB file: reads restarted instead of resuming", stats.bytes_down / MIB, SIZE / MIB);
+    assert!(
+        stats.bytes_down < 2 * SIZE,
+        "{} MiB went down for a {} MiB file: reads restarted instead of resuming",
+        stats.bytes_down / MIB,
+        SIZE / MIB
+    );
     drop(mount);
 }
 
@@ -465,12 +571,17 @@ fn cp_of_100mib_into_the_mount_survives_a_reset_every_10mib_of_uploads() {
     proxy.reset_every(Dir::Up, 10 * MIB, Scope::Total);
     let started = Instant::now();
     let mut cp = Command::new("cp");
-    cp.arg(&source).arg(mount.path().join("up.bin")).stdout(Stdio::null());
+    cp.arg(&source)
+        .arg(mount.path().join("up.bin"))
+        .stdout(Stdio::null());
     let (status, stderr) = {
         let stderr_path = work.path().join("cp.stderr");
         cp.stderr(File::create(&stderr_path).expect("stderr file"));
         let status = run_bounded(&mut cp, BIG_TIMEOUT);
-        (status, std::fs::read_to_string(&stderr_path).unwrap_or_default())
+        (
+            status,
+            std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+        )
     };
     let elapsed = started.elapsed();
     let stats = proxy.stats();
@@ -489,20 +600,45 @@ fn cp_of_100mib_into_the_mount_survives_a_reset_every_10mib_of_uploads() {
     );
     if status.success() {
         println!("outcome: close succeeded; checking the server's blob id");
-        assert_eq!(server_hash(server.addr, "up.bin").as_deref(), Some(expected.as_str()), "the server does not have exactly the file");
+        assert_eq!(
+            server_hash(server.addr, "up.bin").as_deref(),
+            Some(expected.as_str()),
+            "the server does not have exactly the file"
+        );
     } else {
         // The other allowed outcome: close failed with EIO and the bytes were kept.
         println!("outcome: cp failed ({status}): {}", stderr.trim());
-        assert!(stderr.contains("Input/output error"), "cp failed without EIO: {stderr}");
+        assert!(
+            stderr.contains("Input/output error"),
+            "cp failed without EIO: {stderr}"
+        );
         let recovery = cache.join("recovery");
         let kept: Vec<PathBuf> = std::fs::read_dir(&recovery)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.metadata().is_ok_and(|m| m.len() == SIZE)).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.metadata().is_ok_and(|m| m.len() == SIZE))
+                    .collect()
+            })
             .unwrap_or_default();
-        assert!(kept.iter().any(|p| blob_id_of_file(p) == expected), "no exact copy of the bytes in {}: {kept:?}", recovery.display());
+        assert!(
+            kept.iter().any(|p| blob_id_of_file(p) == expected),
+            "no exact copy of the bytes in {}: {kept:?}",
+            recovery.display()
+        );
     }
-    assert!(stats.resets_injected >= 5, "only {} resets were injected", stats.resets_injected);
+    assert!(
+        stats.resets_injected >= 5,
+        "only {} resets were injected",
+        stats.resets_injected
+    );
     // A reset costs the chunk PUT it cut (4 MiB at most), not the upload so far.
-    assert!(stats.bytes_up < 2 * SIZE, "{} MiB went up for a {} MiB file: the upload restarted instead of resuming", stats.bytes_up / MIB, SIZE / MIB);
+    assert!(
+        stats.bytes_up < 2 * SIZE,
+        "{} MiB went up for a {} MiB file: the upload restarted instead of resuming",
+        stats.bytes_up / MIB,
+        SIZE / MIB
+    );
     drop(mount);
 }
 
@@ -548,13 +684,32 @@ fn hole_setup() -> HoleSetup {
     let expected_b = std::fs::read(&b_src).expect("read b");
     for pass in 0..2 {
         let a2 = a.clone();
-        let got = bounded(Duration::from_secs(60), move || read_file_uncached_by_kernel(&a2)).expect("reading a.bin hung before the black-hole");
-        assert!(got.as_deref() == Ok(&expected_a[..]), "pass {pass}: a.bin read wrong before the black-hole: {:?}", got.err());
+        let got = bounded(Duration::from_secs(60), move || {
+            read_file_uncached_by_kernel(&a2)
+        })
+        .expect("reading a.bin hung before the black-hole");
+        assert!(
+            got.as_deref() == Ok(&expected_a[..]),
+            "pass {pass}: a.bin read wrong before the black-hole: {:?}",
+            got.err()
+        );
     }
     let b2 = b.clone();
-    let meta = bounded(Duration::from_secs(20), move || std::fs::metadata(&b2).map(|m| m.len())).expect("stat b.bin hung");
+    let meta = bounded(Duration::from_secs(20), move || {
+        std::fs::metadata(&b2).map(|m| m.len())
+    })
+    .expect("stat b.bin hung");
     assert_eq!(meta.expect("stat b.bin"), HOLE_FILE);
-    HoleSetup { mount, proxy, _server: server, a, b, expected_a, expected_b, _work: work }
+    HoleSetup {
+        mount,
+        proxy,
+        _server: server,
+        a,
+        b,
+        expected_a,
+        expected_b,
+        _work: work,
+    }
 }
 
 /// Reads `len` bytes at `offset` of `path` with a fresh descriptor, after dropping the
@@ -599,7 +754,10 @@ fn start_uncached_read(b: &Path) -> mpsc::Receiver<(Result<usize, i32>, Duration
             let mut buf = vec![0u8; MIB as usize];
             f.read_at(&mut buf, 0)
         });
-        let _ = tx.send((result.map_err(|e| e.raw_os_error().unwrap_or(-1)), started.elapsed()));
+        let _ = tx.send((
+            result.map_err(|e| e.raw_os_error().unwrap_or(-1)),
+            started.elapsed(),
+        ));
     });
     rx
 }
@@ -633,8 +791,13 @@ fn black_hole_of_30s_cached_reads_go_on_and_the_mount_serves_again_after_restore
     // goes through the mount's cache (an ordinary read does not cache all: see the ignored
     // test `black_hole_file_read_before_is_served_whole_from_the_mount_cache`).
     let a2 = s.a.clone();
-    let primed = bounded(Duration::from_secs(60), move || pread_uncached_by_kernel(&a2, 0, HOLE_FILE as usize));
-    assert!(matches!(&primed, Some(Ok(d)) if *d == s.expected_a), "the in-order read of a.bin failed before the black-hole");
+    let primed = bounded(Duration::from_secs(60), move || {
+        pread_uncached_by_kernel(&a2, 0, HOLE_FILE as usize)
+    });
+    assert!(
+        matches!(&primed, Some(Ok(d)) if *d == s.expected_a),
+        "the in-order read of a.bin failed before the black-hole"
+    );
     let before = s.proxy.stats();
     s.proxy.set_blackhole(true);
     let holed_at = Instant::now();
@@ -644,7 +807,9 @@ fn black_hole_of_30s_cached_reads_go_on_and_the_mount_serves_again_after_restore
     let page_cache_time = holed_at.elapsed();
     let a2 = s.a.clone();
     let started = Instant::now();
-    let mount_cache = bounded(Duration::from_secs(20), move || pread_uncached_by_kernel(&a2, 0, HOLE_FILE as usize));
+    let mount_cache = bounded(Duration::from_secs(20), move || {
+        pread_uncached_by_kernel(&a2, 0, HOLE_FILE as usize)
+    });
     let mount_cache_time = started.elapsed();
     let pending = start_uncached_read(&s.b);
     if let Some(left) = BLACK_HOLE.checked_sub(holed_at.elapsed()) {
@@ -659,7 +824,9 @@ fn black_hole_of_30s_cached_reads_go_on_and_the_mount_serves_again_after_restore
 
     let b2 = s.b.clone();
     let started = Instant::now();
-    let after = bounded(Duration::from_secs(90), move || read_file_uncached_by_kernel(&b2));
+    let after = bounded(Duration::from_secs(90), move || {
+        read_file_uncached_by_kernel(&b2)
+    });
     let after_time = started.elapsed();
     let log = s.mount.log();
     println!(
@@ -675,13 +842,23 @@ fn black_hole_of_30s_cached_reads_go_on_and_the_mount_serves_again_after_restore
         s.proxy.stats().accepted - before.accepted,
         count_lines(&log, "retrying in"),
     );
-    assert!(matches!(&page_cache, Some(Ok(d)) if *d == s.expected_a), "a read of a.bin (in the page cache) failed or hung during the black-hole");
+    assert!(
+        matches!(&page_cache, Some(Ok(d)) if *d == s.expected_a),
+        "a read of a.bin (in the page cache) failed or hung during the black-hole"
+    );
     assert!(
         matches!(&mount_cache, Some(Ok(d)) if *d == s.expected_a),
         "a read of a.bin from the mount's cache (page cache dropped) failed or hung during the black-hole"
     );
-    assert!(uncached.is_some(), "a read started during the black-hole still hung 90 s after the network came back");
-    assert!(matches!(&after, Some(Ok(d)) if *d == s.expected_b), "the mount did not serve b.bin within 90 s of the restore; log tail:\n{}", tail(&log, 30));
+    assert!(
+        uncached.is_some(),
+        "a read started during the black-hole still hung 90 s after the network came back"
+    );
+    assert!(
+        matches!(&after, Some(Ok(d)) if *d == s.expected_b),
+        "the mount did not serve b.bin within 90 s of the restore; log tail:\n{}",
+        tail(&log, 30)
+    );
     drop(s);
 }
 
@@ -702,7 +879,11 @@ fn black_hole_uncached_read_fails_with_eio_within_90s() {
     let outcome = pending.recv_timeout(MEASURE_FOR).ok();
     s.proxy.set_blackhole(false);
     // A read still pending at the limit: let it end now that the network is back.
-    let late = if outcome.is_none() { pending.recv_timeout(Duration::from_secs(90)).ok() } else { None };
+    let late = if outcome.is_none() {
+        pending.recv_timeout(Duration::from_secs(90)).ok()
+    } else {
+        None
+    };
     let log = s.mount.log();
     println!(
         "FIGURES uncached read in a black-hole: {}; client retries in the mount log {}; failed FUSE reads in the mount log {}; connections {}",
@@ -715,9 +896,18 @@ fn black_hole_uncached_read_fails_with_eio_within_90s() {
         count_lines(&log, "read: remote error"),
         s.proxy.stats().accepted,
     );
-    let (result, took) = outcome.unwrap_or_else(|| panic!("the uncached read did not end within {MEASURE_FOR:?} of black-hole"));
-    assert_eq!(result.err(), Some(libc::EIO), "the uncached read did not fail with EIO");
-    assert!(took <= EIO_WITHIN, "the uncached read took {took:.1?} to fail with EIO (limit {EIO_WITHIN:?})");
+    let (result, took) = outcome.unwrap_or_else(|| {
+        panic!("the uncached read did not end within {MEASURE_FOR:?} of black-hole")
+    });
+    assert_eq!(
+        result.err(),
+        Some(libc::EIO),
+        "the uncached read did not fail with EIO"
+    );
+    assert!(
+        took <= EIO_WITHIN,
+        "the uncached read took {took:.1?} to fail with EIO (limit {EIO_WITHIN:?})"
+    );
     drop(s);
 }
 
@@ -741,24 +931,43 @@ fn black_hole_file_read_before_is_served_whole_from_the_mount_cache() {
     // read-ahead, which is how `dd bs=1M` or a program with a 1 MiB buffer reads.
     for pass in 0..2 {
         let a2 = s.a.clone();
-        let got = bounded(Duration::from_secs(60), move || pread_in_pieces(&a2, 0, HOLE_FILE as usize, MIB as usize));
-        assert!(matches!(&got, Some(Ok(d)) if *d == s.expected_a), "pass {pass} of 1 MiB reads of a.bin failed before the black-hole");
+        let got = bounded(Duration::from_secs(60), move || {
+            pread_in_pieces(&a2, 0, HOLE_FILE as usize, MIB as usize)
+        });
+        assert!(
+            matches!(&got, Some(Ok(d)) if *d == s.expected_a),
+            "pass {pass} of 1 MiB reads of a.bin failed before the black-hole"
+        );
     }
     s.proxy.set_blackhole(true);
     let mut outcomes = Vec::new();
     for chunk in 0..HOLE_FILE / MIB {
         let a2 = s.a.clone();
-        let r = bounded(Duration::from_secs(5), move || pread_uncached_by_kernel(&a2, chunk * MIB, 4096));
+        let r = bounded(Duration::from_secs(5), move || {
+            pread_uncached_by_kernel(&a2, chunk * MIB, 4096)
+        });
         let at = (chunk * MIB) as usize;
         outcomes.push((chunk, describe_read(&r, &s.expected_a[at..at + 4096])));
     }
     let a2 = s.a.clone();
-    let whole = bounded(Duration::from_secs(20), move || read_file_uncached_by_kernel(&a2));
+    let whole = bounded(Duration::from_secs(20), move || {
+        read_file_uncached_by_kernel(&a2)
+    });
     s.proxy.set_blackhole(false);
-    let missing: Vec<u64> = outcomes.iter().filter(|(_, o)| o != "ok").map(|(c, _)| *c).collect();
+    let missing: Vec<u64> = outcomes
+        .iter()
+        .filter(|(_, o)| o != "ok")
+        .map(|(c, _)| *c)
+        .collect();
     println!("FIGURES 4 KiB reads of each 1 MiB chunk of a.bin in a black-hole: chunks not served from the mount cache: {missing:?}; whole read: {}", describe_read(&whole, &s.expected_a));
-    assert!(missing.is_empty(), "chunks {missing:?} of a file read twice were not served during the black-hole");
-    assert!(matches!(&whole, Some(Ok(d)) if *d == s.expected_a), "a.bin did not read whole during the black-hole");
+    assert!(
+        missing.is_empty(),
+        "chunks {missing:?} of a file read twice were not served during the black-hole"
+    );
+    assert!(
+        matches!(&whole, Some(Ok(d)) if *d == s.expected_a),
+        "a.bin did not read whole during the black-hole"
+    );
     // Let reads left pending in the black-hole finish before the mount goes.
     std::thread::sleep(Duration::from_secs(2));
     drop(s);
@@ -782,7 +991,11 @@ fn cli_get_of_100mib_resumes_after_a_cut_every_10mib() {
 
     let out = work.path().join("got.bin");
     let url = format!("{}/big.bin", proxy.repo_url("default"));
-    let result = run_cli_with(&["get", &url, "-o", out.to_str().expect("UTF-8")], &[("RUST_LOG", "govcfs=debug")], BIG_TIMEOUT);
+    let result = run_cli_with(
+        &["get", &url, "-o", out.to_str().expect("UTF-8")],
+        &[("RUST_LOG", "govcfs=debug")],
+        BIG_TIMEOUT,
+    );
     let stats = proxy.stats();
     println!(
         "FIGURES govcfs get 100 MiB, cut every 10 MiB: {:.1?} ({:.0} MB/s), exit {}; resets injected {}; connections {}; \
@@ -797,9 +1010,22 @@ fn cli_get_of_100mib_resumes_after_a_cut_every_10mib() {
         count_lines(&result.stderr, "retrying in"),
     );
     result.assert_success("govcfs get through the cutting proxy");
-    assert_eq!(first_difference(&source, &out).expect("compare"), None, "the downloaded file differs from the source");
-    assert!(stats.resets_injected >= 5, "only {} resets were injected", stats.resets_injected);
-    assert!(stats.bytes_down < 2 * SIZE, "{} MiB went down for a {} MiB file: the download restarted instead of resuming", stats.bytes_down / MIB, SIZE / MIB);
+    assert_eq!(
+        first_difference(&source, &out).expect("compare"),
+        None,
+        "the downloaded file differs from the source"
+    );
+    assert!(
+        stats.resets_injected >= 5,
+        "only {} resets were injected",
+        stats.resets_injected
+    );
+    assert!(
+        stats.bytes_down < 2 * SIZE,
+        "{} MiB went down for a {} MiB file: the download restarted instead of resuming",
+        stats.bytes_down / MIB,
+        SIZE / MIB
+    );
 }
 
 #[test]
@@ -815,7 +1041,11 @@ fn cli_put_of_100mib_resumes_after_a_cut_every_10mib() {
     proxy.reset_every(Dir::Both, 10 * MIB, Scope::Total);
 
     let url = format!("{}/up.bin", proxy.repo_url("default"));
-    let result = run_cli_with(&["put", source.to_str().expect("UTF-8"), &url], &[("RUST_LOG", "govcfs=debug")], BIG_TIMEOUT);
+    let result = run_cli_with(
+        &["put", source.to_str().expect("UTF-8"), &url],
+        &[("RUST_LOG", "govcfs=debug")],
+        BIG_TIMEOUT,
+    );
     let stats = proxy.stats();
     println!(
         "FIGURES govcfs put 100 MiB, cut every 10 MiB: {:.1?} ({:.0} MB/s), exit {}; resets injected {}; connections {}; bytes up {} MiB; retries logged {}",
@@ -828,8 +1058,25 @@ fn cli_put_of_100mib_resumes_after_a_cut_every_10mib() {
         count_lines(&result.stderr, "retrying in"),
     );
     result.assert_success("govcfs put through the cutting proxy");
-    assert_eq!(server_hash(server.addr, "up.bin").as_deref(), Some(expected.as_str()), "the server's blob is not the file");
-    assert!(result.stdout_text().contains(&expected), "put printed {}", result.stdout_text());
-    assert!(stats.resets_injected >= 5, "only {} resets were injected", stats.resets_injected);
-    assert!(stats.bytes_up < 2 * SIZE, "{} MiB went up for a {} MiB file: the upload restarted instead of resuming", stats.bytes_up / MIB, SIZE / MIB);
+    assert_eq!(
+        server_hash(server.addr, "up.bin").as_deref(),
+        Some(expected.as_str()),
+        "the server's blob is not the file"
+    );
+    assert!(
+        result.stdout_text().contains(&expected),
+        "put printed {}",
+        result.stdout_text()
+    );
+    assert!(
+        stats.resets_injected >= 5,
+        "only {} resets were injected",
+        stats.resets_injected
+    );
+    assert!(
+        stats.bytes_up < 2 * SIZE,
+        "{} MiB went up for a {} MiB file: the upload restarted instead of resuming",
+        stats.bytes_up / MIB,
+        SIZE / MIB
+    );
 }

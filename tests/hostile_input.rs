@@ -95,8 +95,14 @@ impl Sandbox {
         let root = tempfile::tempdir().expect("create the sandbox");
         std::fs::create_dir(root.path().join("sentinel")).expect("create the sentinel directory");
         std::fs::write(root.path().join("sentinel/canary.txt"), CANARY).expect("write the canary");
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(77, |d| d.as_nanos() as u64);
-        let marker = format!("pwned-{}-{}", std::process::id(), XorShift::new(nanos).next_u64() % 1_000_000);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(77, |d| d.as_nanos() as u64);
+        let marker = format!(
+            "pwned-{}-{}",
+            std::process::id(),
+            XorShift::new(nanos).next_u64() % 1_000_000
+        );
         Sandbox { root, marker }
     }
 
@@ -110,7 +116,11 @@ impl Sandbox {
 
     /// The absolute path of `sentinel/MARKER`.
     fn sentinel_target(&self) -> String {
-        self.sentinel().join(&self.marker).to_str().expect("UTF-8 temp path").to_string()
+        self.sentinel()
+            .join(&self.marker)
+            .to_str()
+            .expect("UTF-8 temp path")
+            .to_string()
     }
 
     fn start(&self, args: &[&str]) -> ServerProcess {
@@ -124,14 +134,35 @@ impl Sandbox {
         let names = |dir: &Path| -> BTreeSet<String> {
             std::fs::read_dir(dir)
                 .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-                .map(|e| e.expect("directory entry").file_name().to_string_lossy().into_owned())
+                .map(|e| {
+                    e.expect("directory entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .collect()
         };
         let root = names(self.root.path());
-        assert_eq!(root, BTreeSet::from(["data".to_string(), "sentinel".to_string()]), "something was created beside the data directory");
-        assert_eq!(names(&self.sentinel()), BTreeSet::from(["canary.txt".to_string()]), "something was created in the sentinel directory");
-        assert_eq!(std::fs::read_to_string(self.sentinel().join("canary.txt")).unwrap(), CANARY, "the canary was changed");
-        for outside in [std::env::temp_dir().join(&self.marker), PathBuf::from("/").join(&self.marker), PathBuf::from("/tmp").join(&self.marker)] {
+        assert_eq!(
+            root,
+            BTreeSet::from(["data".to_string(), "sentinel".to_string()]),
+            "something was created beside the data directory"
+        );
+        assert_eq!(
+            names(&self.sentinel()),
+            BTreeSet::from(["canary.txt".to_string()]),
+            "something was created in the sentinel directory"
+        );
+        assert_eq!(
+            std::fs::read_to_string(self.sentinel().join("canary.txt")).unwrap(),
+            CANARY,
+            "the canary was changed"
+        );
+        for outside in [
+            std::env::temp_dir().join(&self.marker),
+            PathBuf::from("/").join(&self.marker),
+            PathBuf::from("/tmp").join(&self.marker),
+        ] {
             assert!(!outside.exists(), "{} was created", outside.display());
         }
 
@@ -140,37 +171,79 @@ impl Sandbox {
         // `repos/`, `tmp/` and the server's lock files (`refs.lock`, `live.lock`, …).
         let unexpected: Vec<&String> = top
             .iter()
-            .filter(|n| !(n.as_str() == "repos" || n.as_str() == "tmp" || (n.ends_with(".lock") && data.join(n.as_str()).is_file())))
+            .filter(|n| {
+                !(n.as_str() == "repos"
+                    || n.as_str() == "tmp"
+                    || (n.ends_with(".lock") && data.join(n.as_str()).is_file()))
+            })
             .collect();
-        assert!(unexpected.is_empty(), "unexpected entries at the top of the data directory: {unexpected:?}");
+        assert!(
+            unexpected.is_empty(),
+            "unexpected entries at the top of the data directory: {unexpected:?}"
+        );
         let want: BTreeSet<String> = repos.iter().map(|s| s.to_string()).collect();
         assert_eq!(names(&data.join("repos")), want, "the repositories on disk");
-        let repo_entries: BTreeSet<String> = ["config.json", "objects", "refs", "uploads"].iter().map(|s| s.to_string()).collect();
+        let repo_entries: BTreeSet<String> = ["config.json", "objects", "refs", "uploads"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         for repo in repos {
             let entries = names(&data.join("repos").join(repo));
-            assert!(entries.is_subset(&repo_entries), "unexpected entries in repos/{repo}: {entries:?}");
+            assert!(
+                entries.is_subset(&repo_entries),
+                "unexpected entries in repos/{repo}: {entries:?}"
+            );
         }
         let canonical = std::fs::canonicalize(&data).expect("canonical data dir");
         let mut files = Vec::new();
         walk(&data, &mut files, 0);
         for file in &files {
             let meta = std::fs::symlink_metadata(file).expect("stat");
-            assert!(!meta.file_type().is_symlink(), "a symlink in the data directory: {}", file.display());
+            assert!(
+                !meta.file_type().is_symlink(),
+                "a symlink in the data directory: {}",
+                file.display()
+            );
             let rel = file.strip_prefix(&data).expect("inside the data directory");
-            assert!(rel.components().all(|c| matches!(c, Component::Normal(_))), "odd path in the data directory: {}", file.display());
-            assert!(!rel.to_string_lossy().contains(&self.marker), "a file named after the traversal marker: {}", file.display());
-            assert!(std::fs::canonicalize(file).expect("canonical path").starts_with(&canonical), "{} resolves outside the data directory", file.display());
+            assert!(
+                rel.components().all(|c| matches!(c, Component::Normal(_))),
+                "odd path in the data directory: {}",
+                file.display()
+            );
+            assert!(
+                !rel.to_string_lossy().contains(&self.marker),
+                "a file named after the traversal marker: {}",
+                file.display()
+            );
+            assert!(
+                std::fs::canonicalize(file)
+                    .expect("canonical path")
+                    .starts_with(&canonical),
+                "{} resolves outside the data directory",
+                file.display()
+            );
         }
         let tmp_empty = wait_until(Duration::from_secs(15), || {
-            std::fs::read_dir(data.join("tmp")).map(|d| d.count() == 0).unwrap_or(true)
+            std::fs::read_dir(data.join("tmp"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
         });
-        assert!(tmp_empty, "temporary blobs were left behind: {:?}", std::fs::read_dir(data.join("tmp")).map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>()));
+        assert!(
+            tmp_empty,
+            "temporary blobs were left behind: {:?}",
+            std::fs::read_dir(data.join("tmp"))
+                .map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+        );
     }
 }
 
 /// Every path under `dir` (bounded depth; symlinks are listed, not followed).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
-    assert!(depth < 64, "the data directory is nested more than 64 levels deep at {}", dir.display());
+    assert!(
+        depth < 64,
+        "the data directory is nested more than 64 levels deep at {}",
+        dir.display()
+    );
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
         let entry = entry.expect("directory entry");
         let path = entry.path();
@@ -183,17 +256,28 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
 
 /// The server still answers `GET /healthz` (10 s guard) and has not panicked.
 fn assert_healthy(srv: &ServerProcess) {
-    let r = http_request(srv.addr, "GET", "/healthz", &[], b"").unwrap_or_else(|e| panic!("GET /healthz got no answer within 10 s: {e}; log: {}", log_tail(srv)));
+    let r = http_request(srv.addr, "GET", "/healthz", &[], b"").unwrap_or_else(|e| {
+        panic!(
+            "GET /healthz got no answer within 10 s: {e}; log: {}",
+            log_tail(srv)
+        )
+    });
     assert_eq!((r.status, r.text().as_str()), (200, "ok"), "GET /healthz");
     let log = srv.log();
-    assert!(!log.contains("panicked"), "the server panicked: {}", log_tail(srv));
+    assert!(
+        !log.contains("panicked"),
+        "the server panicked: {}",
+        log_tail(srv)
+    );
 }
 
 /// The last 4 000 characters of the server log.
 fn log_tail(srv: &ServerProcess) -> String {
     let log = srv.log();
     let start = log.len().saturating_sub(4000);
-    let start = (start..log.len()).find(|i| log.is_char_boundary(*i)).unwrap_or(log.len());
+    let start = (start..log.len())
+        .find(|i| log.is_char_boundary(*i))
+        .unwrap_or(log.len());
     log[start..].to_string()
 }
 
@@ -202,7 +286,11 @@ fn short(s: &str) -> String {
     if s.chars().count() <= 160 {
         s.to_string()
     } else {
-        format!("{}…({} bytes)", s.chars().take(160).collect::<String>(), s.len())
+        format!(
+            "{}…({} bytes)",
+            s.chars().take(160).collect::<String>(),
+            s.len()
+        )
     }
 }
 
@@ -224,7 +312,6 @@ fn path_is_utf8(target: &str) -> bool {
     percent_decode_str(path).decode_utf8().is_ok()
 }
 
-
 /// One hostile request and whether its error must be the contract's JSON.
 #[derive(Clone)]
 struct Probe {
@@ -237,7 +324,13 @@ struct Probe {
 
 impl Probe {
     fn new(method: &'static str, target: impl Into<String>) -> Probe {
-        Probe { method, target: target.into(), headers: Vec::new(), body: Vec::new(), json: true }
+        Probe {
+            method,
+            target: target.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            json: true,
+        }
     }
 
     fn body(mut self, body: impl Into<Vec<u8>>) -> Probe {
@@ -246,7 +339,8 @@ impl Probe {
     }
 
     fn json_body(self, value: &Value) -> Probe {
-        self.header("Content-Type", "application/json").body(value.to_string())
+        self.header("Content-Type", "application/json")
+            .body(value.to_string())
     }
 
     fn header(mut self, k: &str, v: &str) -> Probe {
@@ -255,24 +349,43 @@ impl Probe {
     }
 
     fn send(&self, srv: &ServerProcess) -> Result<RawResponse, String> {
-        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        http_request(srv.addr, self.method, &self.target, &headers, &self.body)
-            .map_err(|e| format!("{} {}: no complete answer within 10 s: {e}", self.method, short(&self.target)))
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        http_request(srv.addr, self.method, &self.target, &headers, &self.body).map_err(|e| {
+            format!(
+                "{} {}: no complete answer within 10 s: {e}",
+                self.method,
+                short(&self.target)
+            )
+        })
     }
 }
 
 /// Why an answer is not a 4xx (JSON where required), or `None` when it is.
 fn client_error_problem(what: &str, r: &RawResponse, want_json: bool) -> Option<String> {
     if !(400..500).contains(&r.status) {
-        return Some(format!("{what}: status {} (want 4xx): {}", r.status, short(&r.text())));
+        return Some(format!(
+            "{what}: status {} (want 4xx): {}",
+            r.status,
+            short(&r.text())
+        ));
     }
     if want_json {
         let ct = r.header("content-type").unwrap_or("");
         let body: Option<Value> = serde_json::from_slice(&r.body).ok();
         let ok = ct.starts_with("application/json")
-            && body.as_ref().is_some_and(|b| b["code"].is_string() && b["error"].is_string());
+            && body
+                .as_ref()
+                .is_some_and(|b| b["code"].is_string() && b["error"].is_string());
         if !ok {
-            return Some(format!("{what}: {} with content-type {ct:?} and a body that is not the JSON error: {}", r.status, short(&r.text())));
+            return Some(format!(
+                "{what}: {} with content-type {ct:?} and a body that is not the JSON error: {}",
+                r.status,
+                short(&r.text())
+            ));
         }
     }
     None
@@ -300,14 +413,26 @@ fn run_probes(srv: &ServerProcess, probes: &[Probe], tally: &mut Tally) {
         "{} of {} hostile requests were not answered with a 4xx JSON error:\n{}\nlog: {}",
         failures.len(),
         probes.len(),
-        failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n"),
+        failures
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
         log_tail(srv)
     );
 }
 
 /// Stores `data` with a raw streamed upload; returns its blob id.
 fn seed_blob(srv: &ServerProcess, repo: &str, data: &[u8]) -> String {
-    let r = http_request(srv.addr, "POST", &format!("/api/v1/repos/{repo}/stream/blob/upload"), &[], data).expect("upload");
+    let r = http_request(
+        srv.addr,
+        "POST",
+        &format!("/api/v1/repos/{repo}/stream/blob/upload"),
+        &[],
+        data,
+    )
+    .expect("upload");
     assert_eq!(r.status, 201, "seed upload: {}", r.text());
     let hash = r.json()["hash"].as_str().expect("hash").to_string();
     assert_eq!(hash, git_blob_id(data));
@@ -317,13 +442,26 @@ fn seed_blob(srv: &ServerProcess, repo: &str, data: &[u8]) -> String {
 /// Posts a commit of `changes` to `repo`'s default branch (10 s guard).
 fn commit(srv: &ServerProcess, repo: &str, changes: Value) -> RawResponse {
     let body = json!({ "message": "hostile", "changes": changes }).to_string();
-    http_request(srv.addr, "POST", &format!("/api/v1/repos/{repo}/commits"), &[("Content-Type", "application/json")], body.as_bytes())
-        .unwrap_or_else(|e| panic!("commit: no answer within 10 s: {e}"))
+    http_request(
+        srv.addr,
+        "POST",
+        &format!("/api/v1/repos/{repo}/commits"),
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("commit: no answer within 10 s: {e}"))
 }
 
 /// Starts a resumable upload on `repo`; returns its id.
 fn start_upload(srv: &ServerProcess, repo: &str) -> String {
-    let r = http_request(srv.addr, "POST", &format!("/api/v1/repos/{repo}/uploads"), &[("Content-Type", "application/json")], b"{\"chunk_size\": 65536}").unwrap();
+    let r = http_request(
+        srv.addr,
+        "POST",
+        &format!("/api/v1/repos/{repo}/uploads"),
+        &[("Content-Type", "application/json")],
+        b"{\"chunk_size\": 65536}",
+    )
+    .unwrap();
     assert_eq!(r.status, 201, "start upload: {}", r.text());
     r.json()["upload_id"].as_str().unwrap().to_string()
 }
@@ -339,11 +477,60 @@ fn hostile_url_paths(sb: &Sandbox) -> Vec<String> {
     let m = &sb.marker;
     let abs = sb.sentinel_target().replace('/', "%2F");
     let mut paths: Vec<String> = [
-        "..", "../..", "a/..", "a/../..", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%2e%2e%2f%2e%2e", "%2e%2e/%2e%2e/etc/passwd",
-        "a%2F..%2F..", ".", "%2e", "./x", "a/./b", "a/%2e/b", "a//b", "a%2F%2Fb", "/abs", "//etc/passwd", "%2Fetc%2Fpasswd",
-        "%5C..%5C..", "%5C%5Cserver%5Cshare", "a%00b", "%00", "a%00/..", "..%00", "%00%2e%2e", "%01", "%1b%5B31m", "%0d%0aSet-Cookie:%20x=1",
-        "%7f", "%09", "%ff", "a%fe%ff", "%c0%ae%c0%ae", "%c0%af", "%ed%a0%80", "%e0%80%ae", "%f8%88%80%80%80", "%e2%80%ae", "%ef%bc%8e%ef%bc%8e",
-        "~", "~root", "....", "...%2F...", "con", "NUL", "a%3Fref=..%2F..", "a%23frag", "%25", "%252e%252e", "%%32%65", "a/%2e%2e%2f..%2fb",
+        "..",
+        "../..",
+        "a/..",
+        "a/../..",
+        "%2e%2e",
+        "%2E%2E",
+        ".%2e",
+        "%2e.",
+        "%2e%2e%2f%2e%2e",
+        "%2e%2e/%2e%2e/etc/passwd",
+        "a%2F..%2F..",
+        ".",
+        "%2e",
+        "./x",
+        "a/./b",
+        "a/%2e/b",
+        "a//b",
+        "a%2F%2Fb",
+        "/abs",
+        "//etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "%5C..%5C..",
+        "%5C%5Cserver%5Cshare",
+        "a%00b",
+        "%00",
+        "a%00/..",
+        "..%00",
+        "%00%2e%2e",
+        "%01",
+        "%1b%5B31m",
+        "%0d%0aSet-Cookie:%20x=1",
+        "%7f",
+        "%09",
+        "%ff",
+        "a%fe%ff",
+        "%c0%ae%c0%ae",
+        "%c0%af",
+        "%ed%a0%80",
+        "%e0%80%ae",
+        "%f8%88%80%80%80",
+        "%e2%80%ae",
+        "%ef%bc%8e%ef%bc%8e",
+        "~",
+        "~root",
+        "....",
+        "...%2F...",
+        "con",
+        "NUL",
+        "a%3Fref=..%2F..",
+        "a%23frag",
+        "%25",
+        "%252e%252e",
+        "%%32%65",
+        "a/%2e%2e%2f..%2fb",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -372,7 +559,15 @@ fn hostile_paths_on_the_browse_tree_and_stat_routes_get_4xx_json() {
     let srv = sb.start(&[]);
     let mut tally = Tally::new("hostile_paths_on_the_browse_tree_and_stat_routes_get_4xx_json");
     let hash = seed_blob(&srv, "default", b"a file");
-    assert_eq!(commit(&srv, "default", json!([{ "op": "put", "path": "a/b.txt", "hash": hash }])).status, 201);
+    assert_eq!(
+        commit(
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "a/b.txt", "hash": hash }])
+        )
+        .status,
+        201
+    );
 
     let mut probes = Vec::new();
     for p in hostile_url_paths(&sb) {
@@ -382,9 +577,15 @@ fn hostile_paths_on_the_browse_tree_and_stat_routes_get_4xx_json() {
         probes.push(Probe::new("GET", format!("/default/a/{p}")));
         probes.push(Probe::new("GET", format!("/default/{p}?ref=main")));
         probes.push(Probe::new("GET", format!("/api/v1/repos/default/tree/{p}")));
-        probes.push(Probe::new("GET", format!("/api/v1/repos/default/tree/a/{p}")));
+        probes.push(Probe::new(
+            "GET",
+            format!("/api/v1/repos/default/tree/a/{p}"),
+        ));
         probes.push(Probe::new("GET", format!("/api/v1/repos/default/stat/{p}")));
-        probes.push(Probe::new("GET", format!("/api/v1/repos/default/stat/{p}?ref=main")));
+        probes.push(Probe::new(
+            "GET",
+            format!("/api/v1/repos/default/stat/{p}?ref=main"),
+        ));
     }
     run_probes(&srv, &probes, &mut tally);
 
@@ -400,9 +601,39 @@ fn hostile_paths_on_the_browse_tree_and_stat_routes_get_4xx_json() {
 fn hostile_url_repo_names(sb: &Sandbox) -> Vec<String> {
     let m = &sb.marker;
     let mut names: Vec<String> = [
-        "..", ".", "%2e%2e", "%2E", "api", "metrics", "healthz", "a%2Fb", "..%2F..", "%2Ftmp", "%00", "default%00", "-x", ".hidden",
-        "_x", "%ff", "default%ff", "default%2F..", "default%5C..", "..%5C..", "a%0a", "a%0d%0aX-Injected:%20y", "a%20b", "%e2%80%ae",
-        "API", "Default", "nope", "default.", "default..", "%2e%2e%2f%2e%2e", "a%3Fb", "a%23b", "%25",
+        "..",
+        ".",
+        "%2e%2e",
+        "%2E",
+        "api",
+        "metrics",
+        "healthz",
+        "a%2Fb",
+        "..%2F..",
+        "%2Ftmp",
+        "%00",
+        "default%00",
+        "-x",
+        ".hidden",
+        "_x",
+        "%ff",
+        "default%ff",
+        "default%2F..",
+        "default%5C..",
+        "..%5C..",
+        "a%0a",
+        "a%0d%0aX-Injected:%20y",
+        "a%20b",
+        "%e2%80%ae",
+        "API",
+        "Default",
+        "nope",
+        "default.",
+        "default..",
+        "%2e%2e%2f%2e%2e",
+        "a%3Fb",
+        "a%23b",
+        "%25",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -438,7 +669,8 @@ fn hostile_repository_names_on_every_route_get_4xx_json() {
             Probe::new("GET", format!("{api}/stat/x")),
             Probe::new("GET", format!("{api}/log")),
             Probe::new("GET", format!("{api}/events")),
-            Probe::new("POST", format!("{api}/commits")).json_body(&json!({ "changes": [{ "op": "put", "path": "x", "hash": hash }] })),
+            Probe::new("POST", format!("{api}/commits"))
+                .json_body(&json!({ "changes": [{ "op": "put", "path": "x", "hash": hash }] })),
             Probe::new("POST", format!("{api}/uploads")).json_body(&json!({})),
             Probe::new("GET", format!("{api}/uploads/{ZERO_UUID}")),
             Probe::new("DELETE", format!("{api}/uploads/{ZERO_UUID}")),
@@ -446,11 +678,16 @@ fn hostile_repository_names_on_every_route_get_4xx_json() {
             Probe::new("POST", format!("{api}/uploads/{ZERO_UUID}/complete")),
             Probe::new("GET", format!("{api}/blobs/{hash}")),
             Probe::new("HEAD", format!("{api}/blobs/{hash}")),
-            Probe::new("POST", format!("{api}/stream/blob/start")).json_body(&json!({ "hash": hash })),
-            Probe::new("GET", format!("{api}/stream/blob/{ZERO_UUID}/chunk?chunk=0")),
+            Probe::new("POST", format!("{api}/stream/blob/start"))
+                .json_body(&json!({ "hash": hash })),
+            Probe::new(
+                "GET",
+                format!("{api}/stream/blob/{ZERO_UUID}/chunk?chunk=0"),
+            ),
             Probe::new("GET", format!("{api}/stream/blob/{ZERO_UUID}/progress")),
             Probe::new("DELETE", format!("{api}/stream/blob/{ZERO_UUID}")),
-            Probe::new("POST", format!("{api}/stream/blob/upload")).body(format!("payload for {r}")),
+            Probe::new("POST", format!("{api}/stream/blob/upload"))
+                .body(format!("payload for {r}")),
         ]);
     }
     run_probes(&srv, &probes, &mut tally);
@@ -458,21 +695,39 @@ fn hostile_repository_names_on_every_route_get_4xx_json() {
     // `GET /NAME` redirects to `/NAME/` without validating; the redirect must stay on this
     // server (no `//host` or `/\host`), and following it must give a 4xx.
     // (`/metrics` and `/healthz` are the routes these names are reserved for.)
-    for r in hostile_url_repo_names(&sb).into_iter().filter(|r| r != "metrics" && r != "healthz") {
+    for r in hostile_url_repo_names(&sb)
+        .into_iter()
+        .filter(|r| r != "metrics" && r != "healthz")
+    {
         tally.add(1);
-        let answer = http_request(srv.addr, "GET", &format!("/{r}"), &[], b"").unwrap_or_else(|e| panic!("GET /{r}: {e}"));
+        let answer = http_request(srv.addr, "GET", &format!("/{r}"), &[], b"")
+            .unwrap_or_else(|e| panic!("GET /{r}: {e}"));
         if (300..400).contains(&answer.status) {
-            let location = answer.header("location").unwrap_or_else(|| panic!("GET /{r}: redirect without Location")).to_string();
+            let location = answer
+                .header("location")
+                .unwrap_or_else(|| panic!("GET /{r}: redirect without Location"))
+                .to_string();
             assert!(
-                location.starts_with('/') && !location.starts_with("//") && !location.starts_with("/\\"),
+                location.starts_with('/')
+                    && !location.starts_with("//")
+                    && !location.starts_with("/\\"),
                 "GET /{r}: redirect off the server to {location:?}"
             );
-            assert!(!location.contains('\r') && !location.contains('\n'), "GET /{r}: header injection in {location:?}");
+            assert!(
+                !location.contains('\r') && !location.contains('\n'),
+                "GET /{r}: header injection in {location:?}"
+            );
             let followed = http_request(srv.addr, "GET", &location, &[], b"").unwrap();
-            if let Some(problem) = client_error_problem(&format!("GET {location}"), &followed, path_is_utf8(&location)) {
+            if let Some(problem) = client_error_problem(
+                &format!("GET {location}"),
+                &followed,
+                path_is_utf8(&location),
+            ) {
                 panic!("{problem}");
             }
-        } else if let Some(problem) = client_error_problem(&format!("GET /{r}"), &answer, path_is_utf8(&r)) {
+        } else if let Some(problem) =
+            client_error_problem(&format!("GET /{r}"), &answer, path_is_utf8(&r))
+        {
             panic!("{problem}");
         }
     }
@@ -480,30 +735,79 @@ fn hostile_repository_names_on_every_route_get_4xx_json() {
     // Creating them: every invalid or reserved name is refused...
     let m = &sb.marker;
     let mut bad_names: Vec<String> = [
-        "..", ".", "/abs", "a/b", "a\\b", "..\\..\\x", "a\0b", "\0", "", " ", "a\nb", "a b", "api", "metrics", "healthz", "-x", ".x", "_x",
-        "é", "\u{202e}x", "default/..", "a\u{7f}", "\u{ff0e}\u{ff0e}",
+        "..",
+        ".",
+        "/abs",
+        "a/b",
+        "a\\b",
+        "..\\..\\x",
+        "a\0b",
+        "\0",
+        "",
+        " ",
+        "a\nb",
+        "a b",
+        "api",
+        "metrics",
+        "healthz",
+        "-x",
+        ".x",
+        "_x",
+        "é",
+        "\u{202e}x",
+        "default/..",
+        "a\u{7f}",
+        "\u{ff0e}\u{ff0e}",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    bad_names.extend([format!("../../sentinel/{m}"), sb.sentinel_target(), "a".repeat(65), "x".repeat(100_000)]);
-    let probes: Vec<Probe> = bad_names.iter().map(|n| Probe::new("POST", "/api/v1/repos").json_body(&json!({ "id": n }))).collect();
+    bad_names.extend([
+        format!("../../sentinel/{m}"),
+        sb.sentinel_target(),
+        "a".repeat(65),
+        "x".repeat(100_000),
+    ]);
+    let probes: Vec<Probe> = bad_names
+        .iter()
+        .map(|n| Probe::new("POST", "/api/v1/repos").json_body(&json!({ "id": n })))
+        .collect();
     run_probes(&srv, &probes, &mut tally);
     // ...and the reserved names are reserved exactly (the contract's names are lowercase):
     // uppercase twins are ordinary repositories that shadow no route.
     for name in ["API", "HEALTHZ"] {
         tally.add(1);
-        let r = http_request(srv.addr, "POST", "/api/v1/repos", &[("Content-Type", "application/json")], json!({ "id": name }).to_string().as_bytes()).unwrap();
+        let r = http_request(
+            srv.addr,
+            "POST",
+            "/api/v1/repos",
+            &[("Content-Type", "application/json")],
+            json!({ "id": name }).to_string().as_bytes(),
+        )
+        .unwrap();
         assert_eq!(r.status, 201, "create {name}: {}", r.text());
     }
     let r = http_request(srv.addr, "GET", "/api/v1/repos", &[], b"").unwrap();
     assert_eq!(r.json()["count"], 3, "{}", r.text());
     let r = http_request(srv.addr, "GET", "/API/", &[], b"").unwrap();
     assert_eq!(r.status, 200, "browse the repository API: {}", r.text());
-    assert!(srv.metrics().contains("govcfs_http_requests_total"), "GET /metrics still answers the metrics");
+    assert!(
+        srv.metrics().contains("govcfs_http_requests_total"),
+        "GET /metrics still answers the metrics"
+    );
 
     // No hostile upload stored anything.
-    let r = http_request(srv.addr, "GET", &format!("/api/v1/repos/default/blobs/{}", git_blob_id(b"payload for ..")), &[], b"").unwrap();
+    let r = http_request(
+        srv.addr,
+        "GET",
+        &format!(
+            "/api/v1/repos/default/blobs/{}",
+            git_blob_id(b"payload for ..")
+        ),
+        &[],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 404);
     assert_healthy(&srv);
     sb.assert_contained(&["API", "HEALTHZ", "default"]);
@@ -522,8 +826,19 @@ fn hostile_upload_stream_and_blob_ids_and_chunk_indices_get_4xx_json() {
 
     // Upload ids.
     let mut upload_ids: Vec<String> = [
-        "..", "%2e%2e", "..%2F..", "%00", "%ff", "meta.json", "a%2Fmeta.json", "..%2Fdefault%2Fconfig.json", "%7B00000000-0000-0000-0000-000000000000%7D",
-        "urn:uuid:00000000-0000-0000-0000-000000000000", "00000000000000000000000000000000", "%2e", "%5C..%5C..",
+        "..",
+        "%2e%2e",
+        "..%2F..",
+        "%00",
+        "%ff",
+        "meta.json",
+        "a%2Fmeta.json",
+        "..%2Fdefault%2Fconfig.json",
+        "%7B00000000-0000-0000-0000-000000000000%7D",
+        "urn:uuid:00000000-0000-0000-0000-000000000000",
+        "00000000000000000000000000000000",
+        "%2e",
+        "%5C..%5C..",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -550,22 +865,66 @@ fn hostile_upload_stream_and_blob_ids_and_chunk_indices_get_4xx_json() {
 
     // Bogus chunk indices of a real upload (64 KiB chunks, 16 MiB limit).
     for index in [
-        "-1", "18446744073709551616", "99999999999999999999999", "1e3", "0x10", "1.0", "%201", "1%20", "%00", "..", "%2e%2e", "%ff", "0%00",
-        "18446744073709551615", "281474976710656", "4398046511104", "256", "１",
+        "-1",
+        "18446744073709551616",
+        "99999999999999999999999",
+        "1e3",
+        "0x10",
+        "1.0",
+        "%201",
+        "1%20",
+        "%00",
+        "..",
+        "%2e%2e",
+        "%ff",
+        "0%00",
+        "18446744073709551615",
+        "281474976710656",
+        "4398046511104",
+        "256",
+        "１",
     ] {
         probes.push(Probe::new("PUT", format!("{api}/uploads/{upload}/{index}")).body("x"));
     }
     // Copy sources that are not blob ids.
-    for source in ["..", "../../sentinel/x", "a", "é", "", "0", "%00", &"g".repeat(64), &hash.to_uppercase(), &hash[..63]] {
-        probes.push(Probe::new("PUT", format!("{api}/uploads/{upload}/0")).header("X-Copy-From-Blob", source));
+    for source in [
+        "..",
+        "../../sentinel/x",
+        "a",
+        "é",
+        "",
+        "0",
+        "%00",
+        &"g".repeat(64),
+        &hash.to_uppercase(),
+        &hash[..63],
+    ] {
+        probes.push(
+            Probe::new("PUT", format!("{api}/uploads/{upload}/0"))
+                .header("X-Copy-From-Blob", source),
+        );
     }
     // Checksums that are not MD5s.
     for md5 in ["zz", "", "..", &"f".repeat(4000)] {
-        probes.push(Probe::new("PUT", format!("{api}/uploads/{upload}/0")).header("X-Checksum-MD5", md5).body("abc"));
+        probes.push(
+            Probe::new("PUT", format!("{api}/uploads/{upload}/0"))
+                .header("X-Checksum-MD5", md5)
+                .body("abc"),
+        );
     }
 
     // Stream ids.
-    for s in ["..", "%2e%2e", "..%2F..", "%00", "%ff", "%2F", ZERO_UUID, &"x".repeat(5000), &format!("..%2F..%2Fsentinel%2F{m}")] {
+    for s in [
+        "..",
+        "%2e%2e",
+        "..%2F..",
+        "%00",
+        "%ff",
+        "%2F",
+        ZERO_UUID,
+        &"x".repeat(5000),
+        &format!("..%2F..%2Fsentinel%2F{m}"),
+    ] {
         probes.extend([
             Probe::new("GET", format!("{api}/stream/blob/{s}/chunk?chunk=0")),
             Probe::new("GET", format!("{api}/stream/blob/{s}/progress")),
@@ -574,7 +933,10 @@ fn hostile_upload_stream_and_blob_ids_and_chunk_indices_get_4xx_json() {
     }
 
     // Blob ids, in the URL and in JSON.
-    let mut blob_ids: Vec<String> = ["..", "%2e%2e", "a", "%c3%a9", "%ff", "%00", "%2F"].iter().map(|s| s.to_string()).collect();
+    let mut blob_ids: Vec<String> = ["..", "%2e%2e", "a", "%c3%a9", "%ff", "%00", "%2F"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     blob_ids.extend([
         format!("..%2F..%2Fsentinel%2F{m}"),
         format!("%c3%a9{}", &hash[2..]),
@@ -592,18 +954,49 @@ fn hostile_upload_stream_and_blob_ids_and_chunk_indices_get_4xx_json() {
         probes.push(Probe::new("GET", format!("{api}/blobs/{h}")));
         probes.push(Probe::new("HEAD", format!("{api}/blobs/{h}")));
         let decoded = percent_decode_str(h).decode_utf8_lossy().into_owned();
-        probes.push(Probe::new("POST", format!("{api}/stream/blob/start")).json_body(&json!({ "hash": decoded })));
-        probes.push(Probe::new("POST", format!("{api}/commits")).json_body(&json!({ "changes": [{ "op": "put", "path": "f", "hash": decoded }] })));
-        probes.push(Probe::new("POST", format!("{api}/commits")).json_body(&json!({ "changes": [{ "op": "delete", "path": "f", "expect": decoded }] })));
+        probes.push(
+            Probe::new("POST", format!("{api}/stream/blob/start"))
+                .json_body(&json!({ "hash": decoded })),
+        );
+        probes.push(
+            Probe::new("POST", format!("{api}/commits"))
+                .json_body(&json!({ "changes": [{ "op": "put", "path": "f", "hash": decoded }] })),
+        );
+        probes.push(Probe::new("POST", format!("{api}/commits")).json_body(
+            &json!({ "changes": [{ "op": "delete", "path": "f", "expect": decoded }] }),
+        ));
     }
     run_probes(&srv, &probes, &mut tally);
 
     // The real upload kept no chunk.
-    let r = http_request(srv.addr, "GET", &format!("{api}/uploads/{upload}"), &[], b"").unwrap();
-    assert_eq!((r.status, &r.json()["received"]), (200, &json!([])), "{}", r.text());
-    let r = http_request(srv.addr, "DELETE", &format!("{api}/uploads/{upload}"), &[], b"").unwrap();
+    let r = http_request(
+        srv.addr,
+        "GET",
+        &format!("{api}/uploads/{upload}"),
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, &r.json()["received"]),
+        (200, &json!([])),
+        "{}",
+        r.text()
+    );
+    let r = http_request(
+        srv.addr,
+        "DELETE",
+        &format!("{api}/uploads/{upload}"),
+        &[],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 204);
-    assert_eq!(srv.metric("govcfs_stream_sessions_active"), Some(0.0), "a hostile request opened a session");
+    assert_eq!(
+        srv.metric("govcfs_stream_sessions_active"),
+        Some(0.0),
+        "a hostile request opened a session"
+    );
     assert_healthy(&srv);
     sb.assert_contained(&["default"]);
     tally.done();
@@ -613,15 +1006,44 @@ fn hostile_upload_stream_and_blob_ids_and_chunk_indices_get_4xx_json() {
 fn hostile_paths_in_commits_are_refused_and_odd_but_legal_names_stay_inside_the_tree() {
     let sb = Sandbox::new();
     let srv = sb.start(&[]);
-    let mut tally = Tally::new("hostile_paths_in_commits_are_refused_and_odd_but_legal_names_stay_inside_the_tree");
+    let mut tally = Tally::new(
+        "hostile_paths_in_commits_are_refused_and_odd_but_legal_names_stay_inside_the_tree",
+    );
     let data = b"committed bytes".to_vec();
     let hash = seed_blob(&srv, "default", &data);
-    assert_eq!(commit(&srv, "default", json!([{ "op": "put", "path": "exists.txt", "hash": hash }])).status, 201);
+    assert_eq!(
+        commit(
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "exists.txt", "hash": hash }])
+        )
+        .status,
+        201
+    );
     let m = &sb.marker;
 
     let mut bad: Vec<String> = [
-        "..", "../x", "a/..", "a/../b", "/abs", "/etc/passwd", ".", "./x", "a/./b", "a//b", "", "/", "//", "a\0b", "\0", "x/\0/y", "../", "./",
-        "x/../", "x/..//", "/..",
+        "..",
+        "../x",
+        "a/..",
+        "a/../b",
+        "/abs",
+        "/etc/passwd",
+        ".",
+        "./x",
+        "a/./b",
+        "a//b",
+        "",
+        "/",
+        "//",
+        "a\0b",
+        "\0",
+        "x/\0/y",
+        "../",
+        "./",
+        "x/../",
+        "x/..//",
+        "/..",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -647,20 +1069,43 @@ fn hostile_paths_in_commits_are_refused_and_odd_but_legal_names_stay_inside_the_
             json!({ "op": "move", "from": p, "to": "moved.txt" }),
             json!({ "op": "move", "from": "exists.txt", "to": p }),
         ] {
-            probes.push(Probe::new("POST", format!("{api}/commits")).json_body(&json!({ "changes": [change] })));
+            probes.push(
+                Probe::new("POST", format!("{api}/commits"))
+                    .json_body(&json!({ "changes": [change] })),
+            );
             // A good change first: the whole commit must still be refused.
-            probes.push(Probe::new("POST", format!("{api}/commits")).json_body(&json!({ "changes": [{ "op": "put", "path": "good.txt", "hash": hash }, change] })));
+            probes.push(Probe::new("POST", format!("{api}/commits")).json_body(
+                &json!({ "changes": [{ "op": "put", "path": "good.txt", "hash": hash }, change] }),
+            ));
         }
     }
     // Invalid branch names in the body.
-    for branch in ["../x", "", ".x", "x.lock", "a/b", "a\0", " ", "refs/heads/main", &"a".repeat(129), &format!("../../sentinel/{m}")] {
-        probes.push(Probe::new("POST", format!("{api}/commits")).json_body(&json!({ "ref": branch, "changes": [{ "op": "put", "path": "x", "hash": hash }] })));
+    for branch in [
+        "../x",
+        "",
+        ".x",
+        "x.lock",
+        "a/b",
+        "a\0",
+        " ",
+        "refs/heads/main",
+        &"a".repeat(129),
+        &format!("../../sentinel/{m}"),
+    ] {
+        probes.push(Probe::new("POST", format!("{api}/commits")).json_body(
+            &json!({ "ref": branch, "changes": [{ "op": "put", "path": "x", "hash": hash }] }),
+        ));
     }
     run_probes(&srv, &probes, &mut tally);
     let r = http_request(srv.addr, "GET", &format!("{api}/stat/good.txt"), &[], b"").unwrap();
     assert_eq!(r.status, 404, "a refused commit applied its good change");
     let r = http_request(srv.addr, "GET", &format!("{api}/log"), &[], b"").unwrap();
-    assert_eq!(r.json()["commits"].as_array().unwrap().len(), 2, "only the first commit landed: {}", r.text());
+    assert_eq!(
+        r.json()["commits"].as_array().unwrap().len(),
+        2,
+        "only the first commit landed: {}",
+        r.text()
+    );
 
     // Names POSIX allows (backslashes, control characters, markup, 255 bytes, a 4096-byte path)
     // are stored as names inside the tree, read back exactly, and never touch the disk as paths.
@@ -684,25 +1129,61 @@ fn hostile_paths_in_commits_are_refused_and_odd_but_legal_names_stay_inside_the_
     for name in &odd {
         tally.add(1);
         let path = format!("odd/{name}");
-        let path = if name.len() >= 4000 { name.clone() } else { path };
-        let r = commit(&srv, "default", json!([{ "op": "put", "path": path, "hash": hash }]));
-        assert_eq!(r.status, 201, "commit of the legal path {:?}: {}", short(&path), r.text());
+        let path = if name.len() >= 4000 {
+            name.clone()
+        } else {
+            path
+        };
+        let r = commit(
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": path, "hash": hash }]),
+        );
+        assert_eq!(
+            r.status,
+            201,
+            "commit of the legal path {:?}: {}",
+            short(&path),
+            r.text()
+        );
         let url = format!("{api}/stat/{}", enc_path(&path));
         let r = http_request(srv.addr, "GET", &url, &[], b"").unwrap();
         assert_eq!(r.status, 200, "stat {:?}: {}", short(&path), r.text());
         assert_eq!(r.json()["path"], path.as_str(), "the stored path");
-        let r = http_request(srv.addr, "GET", &format!("/default/{}", enc_path(&path)), &[], b"").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, data.as_slice()), "browse {:?}", short(&path));
+        let r = http_request(
+            srv.addr,
+            "GET",
+            &format!("/default/{}", enc_path(&path)),
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, data.as_slice()),
+            "browse {:?}",
+            short(&path)
+        );
     }
     // The directory index escapes every name.
     let r = http_request(srv.addr, "GET", "/default/odd/", &[], b"").unwrap();
     assert_eq!(r.status, 200);
     let page = r.text();
-    assert!(!page.contains("<script>") && !page.contains("<tagged>"), "markup in a name reached the index unescaped: {page}");
+    assert!(
+        !page.contains("<script>") && !page.contains("<tagged>"),
+        "markup in a name reached the index unescaped: {page}"
+    );
     for line in page.lines().filter(|l| l.starts_with("<a href=\"")) {
         let href = line["<a href=\"".len()..].split('"').next().unwrap();
-        assert!(href.bytes().all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>' && b != b'\\'), "unescaped href {href:?}");
-        assert!(!href.starts_with('/') && !href.contains("://"), "an absolute link in the index: {href:?}");
+        assert!(
+            href.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>' && b != b'\\'),
+            "unescaped href {href:?}"
+        );
+        assert!(
+            !href.starts_with('/') && !href.contains("://"),
+            "an absolute link in the index: {href:?}"
+        );
     }
     assert_healthy(&srv);
     sb.assert_contained(&["default"]);
@@ -715,16 +1196,43 @@ fn hostile_refs_get_4xx_json() {
     let srv = sb.start(&[]);
     let mut tally = Tally::new("hostile_refs_get_4xx_json");
     let hash = seed_blob(&srv, "default", b"x");
-    assert_eq!(commit(&srv, "default", json!([{ "op": "put", "path": "f", "hash": hash }])).status, 201);
+    assert_eq!(
+        commit(
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "f", "hash": hash }])
+        )
+        .status,
+        201
+    );
     let m = &sb.marker;
     let mut refs: Vec<String> = [
-        "..", "..%2F..%2Fsentinel", "%00", "main%00", "main.lock", ".main", "%2Fetc%2Fpasswd", "refs%2Fheads%2Fmain", "main%0a", "%ff", "main%20",
-        "%2e%2e", "main%2F..%2F..", "-", "main%5C..",
+        "..",
+        "..%2F..%2Fsentinel",
+        "%00",
+        "main%00",
+        "main.lock",
+        ".main",
+        "%2Fetc%2Fpasswd",
+        "refs%2Fheads%2Fmain",
+        "main%0a",
+        "%ff",
+        "main%20",
+        "%2e%2e",
+        "main%2F..%2F..",
+        "-",
+        "main%5C..",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    refs.extend(["a".repeat(200), "0".repeat(64), "0".repeat(63), "A".repeat(64), format!("..%2F..%2Fsentinel%2F{m}")]);
+    refs.extend([
+        "a".repeat(200),
+        "0".repeat(64),
+        "0".repeat(63),
+        "A".repeat(64),
+        format!("..%2F..%2Fsentinel%2F{m}"),
+    ]);
     let mut probes = Vec::new();
     for r in &refs {
         for target in [
@@ -745,9 +1253,19 @@ fn hostile_refs_get_4xx_json() {
 
 /// The ids of the head commit and its root tree.
 fn head_commit_and_tree(srv: &ServerProcess, repo: &str) -> (String, String) {
-    let r = http_request(srv.addr, "GET", &format!("/api/v1/repos/{repo}/log?limit=1"), &[], b"").unwrap();
+    let r = http_request(
+        srv.addr,
+        "GET",
+        &format!("/api/v1/repos/{repo}/log?limit=1"),
+        &[],
+        b"",
+    )
+    .unwrap();
     let c = &r.json()["commits"][0];
-    (c["commit"].as_str().unwrap().to_string(), c["tree"].as_str().unwrap().to_string())
+    (
+        c["commit"].as_str().unwrap().to_string(),
+        c["tree"].as_str().unwrap().to_string(),
+    )
 }
 
 /// `?ref=` naming an object that exists but is not a commit (a blob or a tree) is the client's
@@ -760,7 +1278,15 @@ fn bug_ref_naming_a_blob_or_tree_answers_4xx_not_500() {
     let srv = sb.start(&[]);
     let mut tally = Tally::new("bug_ref_naming_a_blob_or_tree_answers_4xx_not_500");
     let hash = seed_blob(&srv, "default", b"0123456789");
-    assert_eq!(commit(&srv, "default", json!([{ "op": "put", "path": "f", "hash": hash }])).status, 201);
+    assert_eq!(
+        commit(
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "f", "hash": hash }])
+        )
+        .status,
+        201
+    );
     let (_, tree) = head_commit_and_tree(&srv, "default");
     let mut probes = Vec::new();
     for id in [&hash, &tree] {
@@ -775,7 +1301,11 @@ fn bug_ref_naming_a_blob_or_tree_answers_4xx_not_500() {
         }
     }
     run_probes(&srv, &probes, &mut tally);
-    assert!(!srv.log().contains("internal error"), "a client's bad ref was logged as an internal error: {}", log_tail(&srv));
+    assert!(
+        !srv.log().contains("internal error"),
+        "a client's bad ref was logged as an internal error: {}",
+        log_tail(&srv)
+    );
     assert_healthy(&srv);
     tally.done();
 }
@@ -792,30 +1322,74 @@ fn bug_commit_refuses_tree_and_commit_ids_as_file_contents() {
     let mut srv = sb.start(&[]);
     let mut tally = Tally::new("bug_commit_refuses_tree_and_commit_ids_as_file_contents");
     let hash = seed_blob(&srv, "default", b"0123456789");
-    assert_eq!(commit(&srv, "default", json!([{ "op": "put", "path": "f", "hash": hash }])).status, 201);
+    assert_eq!(
+        commit(
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "f", "hash": hash }])
+        )
+        .status,
+        201
+    );
     let (commit_id, tree_id) = head_commit_and_tree(&srv, "default");
     let upload = start_upload(&srv, "default");
     let mut failures = Vec::new();
     for id in [&commit_id, &tree_id] {
         tally.add(3);
-        let r = commit(&srv, "default", json!([{ "op": "put", "path": format!("as-file-{id}"), "hash": id }]));
-        if let Some(p) = client_error_problem(&format!("put a file with the non-blob object {id}"), &r, true) {
+        let r = commit(
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": format!("as-file-{id}"), "hash": id }]),
+        );
+        if let Some(p) = client_error_problem(
+            &format!("put a file with the non-blob object {id}"),
+            &r,
+            true,
+        ) {
             failures.push(p);
         }
-        let r = http_request(srv.addr, "GET", &format!("/api/v1/repos/default/blobs/{id}"), &[], b"").unwrap();
-        if let Some(p) = client_error_problem(&format!("GET the non-blob object {id} as a blob"), &r, true) {
+        let r = http_request(
+            srv.addr,
+            "GET",
+            &format!("/api/v1/repos/default/blobs/{id}"),
+            &[],
+            b"",
+        )
+        .unwrap();
+        if let Some(p) =
+            client_error_problem(&format!("GET the non-blob object {id} as a blob"), &r, true)
+        {
             failures.push(p);
         }
-        let r = http_request(srv.addr, "PUT", &format!("/api/v1/repos/default/uploads/{upload}/0"), &[("X-Copy-From-Blob", id.as_str())], b"").unwrap();
-        if let Some(p) = client_error_problem(&format!("copy an upload chunk from the non-blob object {id}"), &r, true) {
+        let r = http_request(
+            srv.addr,
+            "PUT",
+            &format!("/api/v1/repos/default/uploads/{upload}/0"),
+            &[("X-Copy-From-Blob", id.as_str())],
+            b"",
+        )
+        .unwrap();
+        if let Some(p) = client_error_problem(
+            &format!("copy an upload chunk from the non-blob object {id}"),
+            &r,
+            true,
+        ) {
             failures.push(p);
         }
     }
     assert_healthy(&srv);
     srv.signal(libc::SIGTERM);
-    assert!(srv.wait_exit(Duration::from_secs(20)).is_some(), "the server did not stop on SIGTERM");
+    assert!(
+        srv.wait_exit(Duration::from_secs(20)).is_some(),
+        "the server did not stop on SIGTERM"
+    );
     let fsck = run_cli(&["fsck", "--data", sb.data().to_str().unwrap()]);
-    assert!(fsck.status.success(), "fsck after a client's commits reports damage: {} {}", fsck.stdout_text(), fsck.stderr);
+    assert!(
+        fsck.status.success(),
+        "fsck after a client's commits reports damage: {} {}",
+        fsck.stdout_text(),
+        fsck.stderr
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     tally.done();
 }
@@ -833,9 +1407,16 @@ fn bug_far_future_mtime_does_not_crash_the_browsable_view() {
     let mut tally = Tally::new("bug_far_future_mtime_does_not_crash_the_browsable_view");
     let hash = seed_blob(&srv, "default", b"timeless");
     let mut failures = Vec::new();
-    for (i, mtime) in [253_402_300_800i64, 1 << 40, i64::MAX, i64::MIN, -1].into_iter().enumerate() {
+    for (i, mtime) in [253_402_300_800i64, 1 << 40, i64::MAX, i64::MIN, -1]
+        .into_iter()
+        .enumerate()
+    {
         tally.add(3);
-        let r = commit(&srv, "default", json!([{ "op": "put", "path": format!("d{i}/f"), "hash": hash, "mtime": mtime }]));
+        let r = commit(
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": format!("d{i}/f"), "hash": hash, "mtime": mtime }]),
+        );
         if r.status != 201 {
             // Refusing the time is fine too.
             if let Some(p) = client_error_problem(&format!("put with mtime {mtime}"), &r, true) {
@@ -846,12 +1427,21 @@ fn bug_far_future_mtime_does_not_crash_the_browsable_view() {
         for target in [format!("/default/d{i}/f"), format!("/default/d{i}/")] {
             match http_request(srv.addr, "GET", &target, &[], b"") {
                 Ok(r) if r.status == 200 => {}
-                Ok(r) => failures.push(format!("GET {target} (mtime {mtime}): {} {}", r.status, short(&r.text()))),
+                Ok(r) => failures.push(format!(
+                    "GET {target} (mtime {mtime}): {} {}",
+                    r.status,
+                    short(&r.text())
+                )),
                 Err(e) => failures.push(format!("GET {target} (mtime {mtime}): no answer ({e})")),
             }
         }
     }
-    assert!(failures.is_empty(), "{}\nlog: {}", failures.join("\n"), log_tail(&srv));
+    assert!(
+        failures.is_empty(),
+        "{}\nlog: {}",
+        failures.join("\n"),
+        log_tail(&srv)
+    );
     assert_healthy(&srv);
     tally.done();
 }
@@ -882,8 +1472,16 @@ fn bug_undecodable_urls_and_bad_queries_get_json_errors() {
             probes.push(Probe::new("GET", target));
         }
     }
-    for query in ["limit=abc", "limit=-1", "limit=18446744073709551616", "limit=1.5"] {
-        probes.push(Probe::new("GET", format!("/api/v1/repos/default/log?{query}")));
+    for query in [
+        "limit=abc",
+        "limit=-1",
+        "limit=18446744073709551616",
+        "limit=1.5",
+    ] {
+        probes.push(Probe::new(
+            "GET",
+            format!("/api/v1/repos/default/log?{query}"),
+        ));
     }
     probes.push(Probe::new("GET", "/api/v1/repos/default/stream/websocket"));
     probes.push(Probe::new("POST", "/api/v1/repos/default/stream/websocket"));
@@ -892,11 +1490,18 @@ fn bug_undecodable_urls_and_bad_queries_get_json_errors() {
     for p in &probes {
         tally.add(1);
         let r = p.send(&srv).unwrap_or_else(|e| panic!("{e}"));
-        if let Some(problem) = client_error_problem(&format!("{} {}", p.method, p.target), &r, true) {
+        if let Some(problem) = client_error_problem(&format!("{} {}", p.method, p.target), &r, true)
+        {
             failures.push(problem);
         }
     }
-    assert!(failures.is_empty(), "{} of {} answers are not JSON errors:\n{}", failures.len(), probes.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} answers are not JSON errors:\n{}",
+        failures.len(),
+        probes.len(),
+        failures.join("\n")
+    );
     assert_healthy(&srv);
     tally.done();
 }
@@ -910,7 +1515,15 @@ fn bug_websocket_upgrade_checks_the_repository_first() {
     let srv = ServerProcess::start();
     let mut tally = Tally::new("bug_websocket_upgrade_checks_the_repository_first");
     let mut failures = Vec::new();
-    for repo in ["api", "..", "%2e%2e", "a%2Fb", "-x", "nope", &"a".repeat(65)] {
+    for repo in [
+        "api",
+        "..",
+        "%2e%2e",
+        "a%2Fb",
+        "-x",
+        "nope",
+        &"a".repeat(65),
+    ] {
         tally.add(1);
         let request = format!(
             "GET /api/v1/repos/{repo}/stream/websocket HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -922,9 +1535,16 @@ fn bug_websocket_upgrade_checks_the_repository_first() {
         let mut buf = vec![0u8; 4096];
         let n = s.read(&mut buf).unwrap_or(0);
         let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         if !(400..500).contains(&status) {
-            failures.push(format!("upgrade on {repo:?}: {}", head.lines().next().unwrap_or("")));
+            failures.push(format!(
+                "upgrade on {repo:?}: {}",
+                head.lines().next().unwrap_or("")
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -954,7 +1574,10 @@ fn single_range_expectation(header: &str, len: u64) -> Option<Expect> {
     // Leading zeros (`00`) are valid digits too, but the parser the server uses refuses them;
     // ignoring such a header is allowed, so they are left out of the exact expectations.
     let number = |s: &str| -> Option<u64> {
-        let plain = !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+        let plain = !s.is_empty()
+            && s.len() <= 19
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && (s == "0" || !s.starts_with('0'));
         plain.then(|| s.parse().ok()).flatten()
     };
     if first.is_empty() {
@@ -965,7 +1588,11 @@ fn single_range_expectation(header: &str, len: u64) -> Option<Expect> {
         };
     }
     let a = number(first)?;
-    let b = if last.is_empty() { u64::MAX } else { number(last)? };
+    let b = if last.is_empty() {
+        u64::MAX
+    } else {
+        number(last)?
+    };
     if b < a {
         return Some(Expect::Full);
     }
@@ -978,38 +1605,65 @@ fn single_range_expectation(header: &str, len: u64) -> Option<Expect> {
 /// Checks one answer to a `Range` request for `data`: 200 with all of it, 206 with exactly the
 /// slice its `Content-Range` names (inside the body), or 416 with `Content-Range: bytes */LEN`;
 /// for a well-formed single range, the one the RFC asks for. Returns the problem, if any.
-fn range_problem(what: &str, data: &[u8], header: &str, r: &RawResponse, head: bool) -> Option<String> {
+fn range_problem(
+    what: &str,
+    data: &[u8],
+    header: &str,
+    r: &RawResponse,
+    head: bool,
+) -> Option<String> {
     let len = data.len() as u64;
-    let content_length = r.header("content-length").and_then(|v| v.parse::<u64>().ok());
+    let content_length = r
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok());
     let got = match r.status {
         200 => {
             if r.header("content-range").is_some() {
                 return Some(format!("{what}: 200 with a Content-Range"));
             }
             if content_length != Some(len) || (!head && r.body != data) {
-                return Some(format!("{what}: 200 without the whole body (Content-Length {content_length:?})"));
+                return Some(format!(
+                    "{what}: 200 without the whole body (Content-Length {content_length:?})"
+                ));
             }
             Expect::Full
         }
         206 => {
-            let Some(cr) = r.header("content-range") else { return Some(format!("{what}: 206 without Content-Range")) };
+            let Some(cr) = r.header("content-range") else {
+                return Some(format!("{what}: 206 without Content-Range"));
+            };
             let parsed = cr.strip_prefix("bytes ").and_then(|rest| {
                 let (range, total) = rest.split_once('/')?;
                 let (a, b) = range.split_once('-')?;
-                Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?, total.parse::<u64>().ok()?))
+                Some((
+                    a.parse::<u64>().ok()?,
+                    b.parse::<u64>().ok()?,
+                    total.parse::<u64>().ok()?,
+                ))
             });
-            let Some((a, b, total)) = parsed else { return Some(format!("{what}: malformed Content-Range {cr:?}")) };
+            let Some((a, b, total)) = parsed else {
+                return Some(format!("{what}: malformed Content-Range {cr:?}"));
+            };
             if total != len || a > b || b >= len {
-                return Some(format!("{what}: Content-Range {cr:?} outside a body of {len} bytes"));
+                return Some(format!(
+                    "{what}: Content-Range {cr:?} outside a body of {len} bytes"
+                ));
             }
-            if content_length != Some(b - a + 1) || (!head && r.body != data[a as usize..=b as usize]) {
-                return Some(format!("{what}: 206 {cr:?} with the wrong bytes (Content-Length {content_length:?})"));
+            if content_length != Some(b - a + 1)
+                || (!head && r.body != data[a as usize..=b as usize])
+            {
+                return Some(format!(
+                    "{what}: 206 {cr:?} with the wrong bytes (Content-Length {content_length:?})"
+                ));
             }
             Expect::Partial(a, b)
         }
         416 => {
             if r.header("content-range") != Some(format!("bytes */{len}").as_str()) {
-                return Some(format!("{what}: 416 with Content-Range {:?}", r.header("content-range")));
+                return Some(format!(
+                    "{what}: 416 with Content-Range {:?}",
+                    r.header("content-range")
+                ));
             }
             if !head {
                 if let Some(p) = client_error_problem(what, r, true) {
@@ -1021,7 +1675,9 @@ fn range_problem(what: &str, data: &[u8], header: &str, r: &RawResponse, head: b
         other => return Some(format!("{what}: status {other}: {}", short(&r.text()))),
     };
     match single_range_expectation(header, len) {
-        Some(want) if want != got => Some(format!("{what}: got {got:?}, RFC 7233 asks for {want:?}")),
+        Some(want) if want != got => {
+            Some(format!("{what}: got {got:?}, RFC 7233 asks for {want:?}"))
+        }
         _ => None,
     }
 }
@@ -1029,21 +1685,81 @@ fn range_problem(what: &str, data: &[u8], header: &str, r: &RawResponse, head: b
 /// Hostile `Range` headers (all valid header values).
 fn hostile_range_headers() -> Vec<String> {
     let mut headers: Vec<String> = [
-        "bytes=0-18446744073709551615", "bytes=18446744073709551615-", "bytes=18446744073709551615-18446744073709551615", "bytes=-18446744073709551615",
-        "bytes=0-18446744073709551616", "bytes=18446744073709551616-", "bytes=-18446744073709551616", "bytes=99999999999999999999999999999999-",
-        "bytes=9223372036854775807-9223372036854775808", "bytes=-9223372036854775808", "bytes=-0", "bytes=0--1", "bytes=-1-2", "bytes=--1",
-        "bytes=-", "bytes=", "bytes", "bytes=0-1,5-9", "bytes=0-1,0-1", "bytes=100-200,0-1", "bytes=0-1,100-200", "bytes=-100,0-1",
-        "bytes=-5,-5", "bytes=0-0,1-1,2-2,3-3", "bytes=5-,0-0", "pages=0-1", "bytes 0-1", "BYTES=0-1", "Bytes=0-1", "bytes=0-1 ", "bytes=1-2,",
-        "bytes=,1-2", "bytes=,", "bytes=0", "bytes=1", "bytes=9-", "bytes=10-", "bytes=10-10", "bytes=9-9", "bytes=5-3", "bytes=+1-2",
-        "bytes=0x1-2", "bytes=1 - 2", "bytes=1e2-", "bytes=1.5-2", "bytes=0-1;q=1", "bytes=0-1/10", "bytes*=0-1", "bytes==0-1",
-        "bytes=0-0-0", "bytes=a-b", "bytes=-a", "none", "*", "bytes=*", "bytes=0-1\t", "bytes=\t0-1", "bytes=0-1, 2-3", "bytes=0-65535",
-        "bytes=65536-", "bytes=1048576-", "bytes=-1048577", "bytes=0-0,-1",
+        "bytes=0-18446744073709551615",
+        "bytes=18446744073709551615-",
+        "bytes=18446744073709551615-18446744073709551615",
+        "bytes=-18446744073709551615",
+        "bytes=0-18446744073709551616",
+        "bytes=18446744073709551616-",
+        "bytes=-18446744073709551616",
+        "bytes=99999999999999999999999999999999-",
+        "bytes=9223372036854775807-9223372036854775808",
+        "bytes=-9223372036854775808",
+        "bytes=-0",
+        "bytes=0--1",
+        "bytes=-1-2",
+        "bytes=--1",
+        "bytes=-",
+        "bytes=",
+        "bytes",
+        "bytes=0-1,5-9",
+        "bytes=0-1,0-1",
+        "bytes=100-200,0-1",
+        "bytes=0-1,100-200",
+        "bytes=-100,0-1",
+        "bytes=-5,-5",
+        "bytes=0-0,1-1,2-2,3-3",
+        "bytes=5-,0-0",
+        "pages=0-1",
+        "bytes 0-1",
+        "BYTES=0-1",
+        "Bytes=0-1",
+        "bytes=0-1 ",
+        "bytes=1-2,",
+        "bytes=,1-2",
+        "bytes=,",
+        "bytes=0",
+        "bytes=1",
+        "bytes=9-",
+        "bytes=10-",
+        "bytes=10-10",
+        "bytes=9-9",
+        "bytes=5-3",
+        "bytes=+1-2",
+        "bytes=0x1-2",
+        "bytes=1 - 2",
+        "bytes=1e2-",
+        "bytes=1.5-2",
+        "bytes=0-1;q=1",
+        "bytes=0-1/10",
+        "bytes*=0-1",
+        "bytes==0-1",
+        "bytes=0-0-0",
+        "bytes=a-b",
+        "bytes=-a",
+        "none",
+        "*",
+        "bytes=*",
+        "bytes=0-1\t",
+        "bytes=\t0-1",
+        "bytes=0-1, 2-3",
+        "bytes=0-65535",
+        "bytes=65536-",
+        "bytes=1048576-",
+        "bytes=-1048577",
+        "bytes=0-0,-1",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     // Many ranges in one header, and one very long number.
-    headers.push(format!("bytes={}", (0..2000).map(|i| format!("{}-{}", 2 * i, 2 * i)).collect::<Vec<_>>().join(",")));
+    headers.push(format!(
+        "bytes={}",
+        (0..2000)
+            .map(|i| format!("{}-{}", 2 * i, 2 * i))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
     headers.push(format!("bytes={}-", "9".repeat(5000)));
     headers.push(format!("bytes=0-{}", "0".repeat(5000)));
     headers
@@ -1054,12 +1770,29 @@ fn hostile_range_headers_on_blobs_and_the_browsable_view() {
     let sb = Sandbox::new();
     let srv = sb.start(&[]);
     let mut tally = Tally::new("hostile_range_headers_on_blobs_and_the_browsable_view");
-    let blobs: Vec<Vec<u8>> = vec![Vec::new(), b"x".to_vec(), b"0123456789".to_vec(), random_bytes(70_000, 5)];
+    let blobs: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"x".to_vec(),
+        b"0123456789".to_vec(),
+        random_bytes(70_000, 5),
+    ];
     let mut targets = Vec::new();
     for (i, data) in blobs.iter().enumerate() {
         let hash = seed_blob(&srv, "default", data);
-        assert_eq!(commit(&srv, "default", json!([{ "op": "put", "path": format!("r{i}"), "hash": hash }])).status, 201);
-        targets.push((data, format!("/api/v1/repos/default/blobs/{hash}"), hash.clone()));
+        assert_eq!(
+            commit(
+                &srv,
+                "default",
+                json!([{ "op": "put", "path": format!("r{i}"), "hash": hash }])
+            )
+            .status,
+            201
+        );
+        targets.push((
+            data,
+            format!("/api/v1/repos/default/blobs/{hash}"),
+            hash.clone(),
+        ));
         targets.push((data, format!("/default/r{i}"), hash));
     }
     let mut failures = Vec::new();
@@ -1069,15 +1802,31 @@ fn hostile_range_headers_on_blobs_and_the_browsable_view() {
             let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
                 ("GET", vec![("Range", header.as_str())]),
                 ("HEAD", vec![("Range", header.as_str())]),
-                ("GET", vec![("Range", header.as_str()), ("If-Range", etag.as_str())]),
-                ("GET", vec![("Range", header.as_str()), ("Accept-Encoding", "zstd, gzip")]),
+                (
+                    "GET",
+                    vec![("Range", header.as_str()), ("If-Range", etag.as_str())],
+                ),
+                (
+                    "GET",
+                    vec![
+                        ("Range", header.as_str()),
+                        ("Accept-Encoding", "zstd, gzip"),
+                    ],
+                ),
             ];
             for (method, headers) in cases {
                 tally.add(1);
-                let what = format!("{method} {target} Range {:?} {:?}", short(&header), &headers[1..]);
+                let what = format!(
+                    "{method} {target} Range {:?} {:?}",
+                    short(&header),
+                    &headers[1..]
+                );
                 match http_request(srv.addr, method, target, &headers, b"") {
                     Err(e) => failures.push(format!("{what}: no answer within 10 s ({e})")),
-                    Ok(r) if headers.iter().any(|(k, _)| *k == "Accept-Encoding") && r.header("content-encoding").is_some() => {
+                    Ok(r)
+                        if headers.iter().any(|(k, _)| *k == "Accept-Encoding")
+                            && r.header("content-encoding").is_some() =>
+                    {
                         // A compressed answer: only its status and Content-Range are checked.
                         if ![200, 206, 416].contains(&r.status) {
                             failures.push(format!("{what}: status {}", r.status));
@@ -1093,14 +1842,38 @@ fn hostile_range_headers_on_blobs_and_the_browsable_view() {
         }
         // A stale If-Range sends the whole body whatever the range.
         tally.add(1);
-        let r = http_request(srv.addr, "GET", target, &[("Range", "bytes=0-0"), ("If-Range", "\"stale\"")], b"").unwrap();
-        if let Some(p) = range_problem(&format!("GET {target} with a stale If-Range"), data, "", &r, false) {
+        let r = http_request(
+            srv.addr,
+            "GET",
+            target,
+            &[("Range", "bytes=0-0"), ("If-Range", "\"stale\"")],
+            b"",
+        )
+        .unwrap();
+        if let Some(p) = range_problem(
+            &format!("GET {target} with a stale If-Range"),
+            data,
+            "",
+            &r,
+            false,
+        ) {
             failures.push(p);
         } else if r.status != 200 {
             failures.push(format!("GET {target} with a stale If-Range: {}", r.status));
         }
     }
-    assert!(failures.is_empty(), "{} of {} range answers are wrong:\n{}", failures.len(), tally.count, failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} range answers are wrong:\n{}",
+        failures.len(),
+        tally.count,
+        failures
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(!srv.log().contains("internal error"), "{}", log_tail(&srv));
     assert_healthy(&srv);
     sb.assert_contained(&["default"]);
@@ -1120,13 +1893,29 @@ fn bug_satisfiable_multi_range_is_never_416() {
     let data = b"0123456789";
     let hash = seed_blob(&srv, "default", data);
     let mut failures = Vec::new();
-    for header in ["bytes=0-1,100-200", "bytes=100-200,0-1", "bytes=-100,0-1", "bytes=0-1,0-1", "bytes=-5,-5", "bytes=5-,0-0,100-"] {
+    for header in [
+        "bytes=0-1,100-200",
+        "bytes=100-200,0-1",
+        "bytes=-100,0-1",
+        "bytes=0-1,0-1",
+        "bytes=-5,-5",
+        "bytes=5-,0-0,100-",
+    ] {
         tally.add(1);
-        let r = http_request(srv.addr, "GET", &format!("/api/v1/repos/default/blobs/{hash}"), &[("Range", header)], b"").unwrap();
+        let r = http_request(
+            srv.addr,
+            "GET",
+            &format!("/api/v1/repos/default/blobs/{hash}"),
+            &[("Range", header)],
+            b"",
+        )
+        .unwrap();
         if let Some(p) = range_problem(header, data, header, &r, false) {
             failures.push(p);
         } else if r.status == 416 {
-            failures.push(format!("{header}: 416 for a satisfiable set of ranges of a 10-byte body"));
+            failures.push(format!(
+                "{header}: 416 for a satisfiable set of ranges of a 10-byte body"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -1140,9 +1929,25 @@ fn fuzz_range_headers_through_http() {
     const CASES: u32 = 600;
     let srv = ServerProcess::start();
     let mut targets = Vec::new();
-    for (i, data) in [Vec::new(), b"x".to_vec(), b"0123456789".to_vec(), random_bytes(70_000, 6)].into_iter().enumerate() {
+    for (i, data) in [
+        Vec::new(),
+        b"x".to_vec(),
+        b"0123456789".to_vec(),
+        random_bytes(70_000, 6),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let hash = seed_blob(&srv, "default", &data);
-        assert_eq!(commit(&srv, "default", json!([{ "op": "put", "path": format!("r{i}"), "hash": hash }])).status, 201);
+        assert_eq!(
+            commit(
+                &srv,
+                "default",
+                json!([{ "op": "put", "path": format!("r{i}"), "hash": hash }])
+            )
+            .status,
+            201
+        );
         targets.push((data.clone(), format!("/api/v1/repos/default/blobs/{hash}")));
         targets.push((data, format!("/default/r{i}")));
     }
@@ -1150,7 +1955,13 @@ fn fuzz_range_headers_through_http() {
         (0u64..12).prop_map(|n| n.to_string()),
         (69_990u64..70_010).prop_map(|n| n.to_string()),
         any::<u64>().prop_map(|n| n.to_string()),
-        prop_oneof![Just(u64::MAX), Just(u64::MAX - 1), Just(i64::MAX as u64), Just(1u64 << 63)].prop_map(|n| n.to_string()),
+        prop_oneof![
+            Just(u64::MAX),
+            Just(u64::MAX - 1),
+            Just(i64::MAX as u64),
+            Just(1u64 << 63)
+        ]
+        .prop_map(|n| n.to_string()),
         "[0-9]{19,30}",
         "-[0-9]{1,5}",
         "[ +0x.e]{0,2}[0-9]{1,3}",
@@ -1168,18 +1979,35 @@ fn fuzz_range_headers_through_http() {
             .prop_map(|(unit, specs, sep)| format!("{unit}{}", specs.join(sep))),
         1 => "[ -~]{0,40}",
     ];
-    let config = ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&(header, 0..targets.len(), any::<bool>()), |(header, which, head)| {
-        let (data, target) = &targets[which];
-        let method = if head { "HEAD" } else { "GET" };
-        let r = http_request(srv.addr, method, target, &[("Range", header.trim())], b"")
-            .map_err(|e| TestCaseError::fail(format!("{method} {target} Range {header:?}: no answer within 10 s ({e})")))?;
-        match range_problem(&format!("{method} {target} Range {header:?}"), data, header.trim(), &r, head) {
-            Some(p) => Err(TestCaseError::fail(p)),
-            None => Ok(()),
-        }
-    });
+    let result = runner.run(
+        &(header, 0..targets.len(), any::<bool>()),
+        |(header, which, head)| {
+            let (data, target) = &targets[which];
+            let method = if head { "HEAD" } else { "GET" };
+            let r = http_request(srv.addr, method, target, &[("Range", header.trim())], b"")
+                .map_err(|e| {
+                    TestCaseError::fail(format!(
+                        "{method} {target} Range {header:?}: no answer within 10 s ({e})"
+                    ))
+                })?;
+            match range_problem(
+                &format!("{method} {target} Range {header:?}"),
+                data,
+                header.trim(),
+                &r,
+                head,
+            ) {
+                Some(p) => Err(TestCaseError::fail(p)),
+                None => Ok(()),
+            }
+        },
+    );
     if let Err(e) = result {
         panic!("{e}\nlog: {}", log_tail(&srv));
     }
@@ -1194,9 +2022,35 @@ fn fuzz_range_headers_through_http() {
 /// Bodies that are not a valid request on any JSON route.
 fn malformed_json_bodies() -> Vec<Vec<u8>> {
     let mut bodies: Vec<Vec<u8>> = [
-        "{", "{\"", "{\"id\":", "{\"id\":\"x", "{\"id\":\"x\"", "{\"changes\":[{\"op\":\"put\",\"path\":\"a\",", "[", "]", "}", "null", "true", "0", "-1",
-        "\"str\"", "[]", "[{}]", "{} x", "{}{}", "{\"a\":1,}", "{'id':'x'}", "{id:\"x\"}", "\u{feff}{\"hash\":\"x\"}", "{\"hash\":\"\\ud800\"}",
-        "{\"hash\":\"\\u0000\"", "NaN", "Infinity", "1e999999", "{\"chunk_size\": 1e400}", "{\"chunk_size\": 18446744073709551616}",
+        "{",
+        "{\"",
+        "{\"id\":",
+        "{\"id\":\"x",
+        "{\"id\":\"x\"",
+        "{\"changes\":[{\"op\":\"put\",\"path\":\"a\",",
+        "[",
+        "]",
+        "}",
+        "null",
+        "true",
+        "0",
+        "-1",
+        "\"str\"",
+        "[]",
+        "[{}]",
+        "{} x",
+        "{}{}",
+        "{\"a\":1,}",
+        "{'id':'x'}",
+        "{id:\"x\"}",
+        "\u{feff}{\"hash\":\"x\"}",
+        "{\"hash\":\"\\ud800\"}",
+        "{\"hash\":\"\\u0000\"",
+        "NaN",
+        "Infinity",
+        "1e999999",
+        "{\"chunk_size\": 1e400}",
+        "{\"chunk_size\": 18446744073709551616}",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -1211,7 +2065,12 @@ fn malformed_json_bodies() -> Vec<Vec<u8>> {
     bodies.push(format!("{{\"changes\":{}", "[".repeat(60_000)).into_bytes());
     bodies.push(format!("{{\"x\":\"{}\"}}", "y".repeat(1_500_000)).into_bytes());
     bodies.push(format!("{{\"id\":\"{}", "z".repeat(1_000_000)).into_bytes());
-    bodies.push(vec![b' '; 1000].into_iter().chain(b"x".iter().copied()).collect());
+    bodies.push(
+        vec![b' '; 1000]
+            .into_iter()
+            .chain(b"x".iter().copied())
+            .collect(),
+    );
     bodies.push(random_bytes(100_000, 42));
     bodies
 }
@@ -1223,14 +2082,22 @@ fn malformed_json_bodies_get_4xx_json() {
     let mut tally = Tally::new("malformed_json_bodies_get_4xx_json");
     let hash = seed_blob(&srv, "default", b"json target");
     let api = "/api/v1/repos/default";
-    let routes = ["/api/v1/repos".to_string(), format!("{api}/commits"), format!("{api}/uploads"), format!("{api}/stream/blob/start")];
+    let routes = [
+        "/api/v1/repos".to_string(),
+        format!("{api}/commits"),
+        format!("{api}/uploads"),
+        format!("{api}/stream/blob/start"),
+    ];
     // The wire types are the oracle: a body one of them accepts is a valid request, not a
     // malformed one (`[]` and unknown fields make a valid StartUpload, for instance).
     let valid_for = |route: usize, body: &[u8]| -> bool {
         match route {
             0 => serde_json::from_slice::<govcfs::api::CreateRepo>(body).is_ok(),
             1 => serde_json::from_slice::<govcfs::api::CommitRequest>(body).is_ok(),
-            2 => body.iter().all(u8::is_ascii_whitespace) || serde_json::from_slice::<govcfs::api::StartUpload>(body).is_ok(),
+            2 => {
+                body.iter().all(u8::is_ascii_whitespace)
+                    || serde_json::from_slice::<govcfs::api::StartUpload>(body).is_ok()
+            }
             _ => serde_json::from_slice::<govcfs::api::stream::StreamRequest>(body).is_ok(),
         }
     };
@@ -1242,48 +2109,112 @@ fn malformed_json_bodies_get_4xx_json() {
                 skipped += 1;
                 continue;
             }
-            probes.push(Probe::new("POST", route.clone()).header("Content-Type", "application/json").body(body.clone()));
+            probes.push(
+                Probe::new("POST", route.clone())
+                    .header("Content-Type", "application/json")
+                    .body(body.clone()),
+            );
         }
     }
-    assert!(skipped < 10, "most malformed bodies must be malformed for every route ({skipped} were valid)");
+    assert!(
+        skipped < 10,
+        "most malformed bodies must be malformed for every route ({skipped} were valid)"
+    );
     // Well-formed JSON of the wrong shape, per route.
     let wrong: Vec<(String, Vec<Value>)> = vec![
-        (routes[0].clone(), vec![json!({ "id": 5 }), json!({ "id": null }), json!({ "id": ["a"] }), json!({ "id": { "x": 1 } }), json!({ "id": true }), json!({ "ID": "x" }), json!({}), json!({ "id": "ok", "id2": 1.5e308 }).get("id2").cloned().unwrap()]),
-        (routes[1].clone(), vec![
-            json!({ "changes": "x" }), json!({ "changes": [1] }), json!({ "changes": [{ "op": "put" }] }), json!({ "changes": null }), json!({ "changes": {} }), json!({}),
-            json!({ "changes": [{ "op": "put", "path": 5, "hash": hash }] }),
-            json!({ "changes": [{ "op": "put", "path": "a", "hash": hash, "mode": -1 }] }),
-            json!({ "changes": [{ "op": "put", "path": "a", "hash": hash, "mode": 4_294_967_296u64 }] }),
-            json!({ "changes": [{ "op": "put", "path": "a", "hash": hash, "mtime": 1e20 }] }),
-            json!({ "changes": [{ "op": "put", "path": "a", "hash": hash, "mtime": "now" }] }),
-            json!({ "changes": [{ "op": "delete", "path": "a", "expect": 5 }] }),
-            json!({ "changes": [{ "op": "PUT", "path": "a", "hash": hash }] }),
-            json!({ "changes": [{ "op": "move", "from": "a" }] }),
-            json!({ "changes": [{ "op": ["put"], "path": "a", "hash": hash }] }),
-            json!({ "ref": 5, "changes": [{ "op": "put", "path": "a", "hash": hash }] }),
-            json!({ "message": 5, "changes": [{ "op": "put", "path": "a", "hash": hash }] }),
-            json!({ "message": "x".repeat(1_900_000), "changes": "x" }),
-        ]),
-        (routes[2].clone(), vec![
-            json!({ "chunk_size": "big" }), json!({ "chunk_size": -1 }), json!({ "chunk_size": 1.5 }), json!({ "chunk_size": [1] }), json!({ "chunk_size": true }),
-            json!(["big"]), json!("x"), json!(5),
-        ]),
-        (routes[3].clone(), vec![
-            json!({ "hash": 5 }), json!({ "hash": null }), json!({ "hash": ["a"] }), json!({}),
-            json!({ "hash": hash, "chunk_size": -1 }), json!({ "hash": hash, "chunk_size": 1e30 }),
-            json!({ "hash": hash, "start_offset": 9_223_372_036_854_775_808u64 }), json!({ "hash": hash, "end_offset": -9.3e18 }),
-            json!({ "hash": hash, "enable_gzip": "yes" }), json!({ "hash": hash, "binary": 1 }), json!({ "hash": hash, "start_offset": "0" }),
-        ]),
+        (
+            routes[0].clone(),
+            vec![
+                json!({ "id": 5 }),
+                json!({ "id": null }),
+                json!({ "id": ["a"] }),
+                json!({ "id": { "x": 1 } }),
+                json!({ "id": true }),
+                json!({ "ID": "x" }),
+                json!({}),
+                json!({ "id": "ok", "id2": 1.5e308 })
+                    .get("id2")
+                    .cloned()
+                    .unwrap(),
+            ],
+        ),
+        (
+            routes[1].clone(),
+            vec![
+                json!({ "changes": "x" }),
+                json!({ "changes": [1] }),
+                json!({ "changes": [{ "op": "put" }] }),
+                json!({ "changes": null }),
+                json!({ "changes": {} }),
+                json!({}),
+                json!({ "changes": [{ "op": "put", "path": 5, "hash": hash }] }),
+                json!({ "changes": [{ "op": "put", "path": "a", "hash": hash, "mode": -1 }] }),
+                json!({ "changes": [{ "op": "put", "path": "a", "hash": hash, "mode": 4_294_967_296u64 }] }),
+                json!({ "changes": [{ "op": "put", "path": "a", "hash": hash, "mtime": 1e20 }] }),
+                json!({ "changes": [{ "op": "put", "path": "a", "hash": hash, "mtime": "now" }] }),
+                json!({ "changes": [{ "op": "delete", "path": "a", "expect": 5 }] }),
+                json!({ "changes": [{ "op": "PUT", "path": "a", "hash": hash }] }),
+                json!({ "changes": [{ "op": "move", "from": "a" }] }),
+                json!({ "changes": [{ "op": ["put"], "path": "a", "hash": hash }] }),
+                json!({ "ref": 5, "changes": [{ "op": "put", "path": "a", "hash": hash }] }),
+                json!({ "message": 5, "changes": [{ "op": "put", "path": "a", "hash": hash }] }),
+                json!({ "message": "x".repeat(1_900_000), "changes": "x" }),
+            ],
+        ),
+        (
+            routes[2].clone(),
+            vec![
+                json!({ "chunk_size": "big" }),
+                json!({ "chunk_size": -1 }),
+                json!({ "chunk_size": 1.5 }),
+                json!({ "chunk_size": [1] }),
+                json!({ "chunk_size": true }),
+                json!(["big"]),
+                json!("x"),
+                json!(5),
+            ],
+        ),
+        (
+            routes[3].clone(),
+            vec![
+                json!({ "hash": 5 }),
+                json!({ "hash": null }),
+                json!({ "hash": ["a"] }),
+                json!({}),
+                json!({ "hash": hash, "chunk_size": -1 }),
+                json!({ "hash": hash, "chunk_size": 1e30 }),
+                json!({ "hash": hash, "start_offset": 9_223_372_036_854_775_808u64 }),
+                json!({ "hash": hash, "end_offset": -9.3e18 }),
+                json!({ "hash": hash, "enable_gzip": "yes" }),
+                json!({ "hash": hash, "binary": 1 }),
+                json!({ "hash": hash, "start_offset": "0" }),
+            ],
+        ),
     ];
     for (i, (route, values)) in wrong.iter().enumerate() {
         for v in values {
-            assert!(!valid_for(i, v.to_string().as_bytes()), "{route}: {} is a valid body", short(&v.to_string()));
+            assert!(
+                !valid_for(i, v.to_string().as_bytes()),
+                "{route}: {} is a valid body",
+                short(&v.to_string())
+            );
             probes.push(Probe::new("POST", route.clone()).json_body(v));
         }
     }
     // Content types the JSON routes do not take.
-    for ct in ["", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx", "application/json; charset=utf-16"] {
-        let body = if ct.contains("utf-16") { b"\xff\xfe{\x00}\x00".to_vec() } else { json!({ "id": "x" }).to_string().into_bytes() };
+    for ct in [
+        "",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "application/json; charset=utf-16",
+    ] {
+        let body = if ct.contains("utf-16") {
+            b"\xff\xfe{\x00}\x00".to_vec()
+        } else {
+            json!({ "id": "x" }).to_string().into_bytes()
+        };
         let mut p = Probe::new("POST", routes[0].clone()).body(body);
         if !ct.is_empty() {
             p = p.header("Content-Type", ct);
@@ -1297,19 +2228,45 @@ fn malformed_json_bodies_get_4xx_json() {
     let huge = format!("{{\"id\":\"{}\"}}", "h".repeat(3 << 20)).into_bytes();
     for (i, route) in routes.iter().enumerate() {
         tally.add(1);
-        let r = http_request(srv.addr, "POST", route, &[("Content-Type", "application/json")], &huge).unwrap_or_else(|e| panic!("POST {route} 3 MiB: {e}"));
-        if let Some(p) = client_error_problem(&format!("POST {route} with 3 MiB of JSON"), &r, i < 2) {
+        let r = http_request(
+            srv.addr,
+            "POST",
+            route,
+            &[("Content-Type", "application/json")],
+            &huge,
+        )
+        .unwrap_or_else(|e| panic!("POST {route} 3 MiB: {e}"));
+        if let Some(p) =
+            client_error_problem(&format!("POST {route} with 3 MiB of JSON"), &r, i < 2)
+        {
             panic!("{p}");
         }
     }
     assert_eq!(srv.metric("govcfs_stream_sessions_active"), Some(0.0));
     let r = http_request(srv.addr, "GET", "/api/v1/repos", &[], b"").unwrap();
-    assert_eq!(r.json()["count"], 1, "a malformed body created a repository: {}", r.text());
+    assert_eq!(
+        r.json()["count"],
+        1,
+        "a malformed body created a repository: {}",
+        r.text()
+    );
     let r = http_request(srv.addr, "GET", &format!("{api}/log"), &[], b"").unwrap();
-    assert_eq!(r.json()["commits"].as_array().unwrap().len(), 1, "a malformed body made a commit: {}", r.text());
+    assert_eq!(
+        r.json()["commits"].as_array().unwrap().len(),
+        1,
+        "a malformed body made a commit: {}",
+        r.text()
+    );
     assert_healthy(&srv);
     // Uploads that were started by a stray valid body would show up under uploads/.
-    assert!(!sb.data().join("repos/default/uploads").exists() || std::fs::read_dir(sb.data().join("repos/default/uploads")).unwrap().count() == 0, "a malformed body started an upload");
+    assert!(
+        !sb.data().join("repos/default/uploads").exists()
+            || std::fs::read_dir(sb.data().join("repos/default/uploads"))
+                .unwrap()
+                .count()
+                == 0,
+        "a malformed body started an upload"
+    );
     sb.assert_contained(&["default"]);
     tally.done();
 }
@@ -1326,13 +2283,28 @@ fn bug_oversize_bodies_get_json_413() {
     let mut tally = Tally::new("bug_oversize_bodies_get_json_413");
     let huge = format!("{{\"hash\":\"{}\"}}", "h".repeat(3 << 20)).into_bytes();
     let mut failures = Vec::new();
-    for route in ["/api/v1/repos/default/uploads", "/api/v1/repos/default/stream/blob/start", "/api/v1/repos", "/api/v1/repos/default/commits"] {
+    for route in [
+        "/api/v1/repos/default/uploads",
+        "/api/v1/repos/default/stream/blob/start",
+        "/api/v1/repos",
+        "/api/v1/repos/default/commits",
+    ] {
         tally.add(1);
-        let r = http_request(srv.addr, "POST", route, &[("Content-Type", "application/json")], &huge).unwrap();
+        let r = http_request(
+            srv.addr,
+            "POST",
+            route,
+            &[("Content-Type", "application/json")],
+            &huge,
+        )
+        .unwrap();
         if let Some(p) = client_error_problem(&format!("POST {route} with 3 MiB"), &r, true) {
             failures.push(p);
         } else if r.status != 413 {
-            failures.push(format!("POST {route} with 3 MiB: {} (want 413 too_large)", r.status));
+            failures.push(format!(
+                "POST {route} with 3 MiB: {} (want 413 too_large)",
+                r.status
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -1364,43 +2336,160 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
     // (name, content type, body, what a success must have stored: None = anything
     // self-consistent, Some(bytes) = exactly these bytes).
     let mut cases: Vec<(String, String, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    let mut add = |name: &str, ct: &str, body: Vec<u8>, expect: Option<Vec<u8>>| cases.push((name.to_string(), ct.to_string(), body, expect));
+    let mut add = |name: &str, ct: &str, body: Vec<u8>, expect: Option<Vec<u8>>| {
+        cases.push((name.to_string(), ct.to_string(), body, expect))
+    };
     let hello = [part(b"hello"), closing()].concat();
-    add("no boundary parameter", "multipart/form-data", hello.clone(), None);
-    add("empty boundary", "multipart/form-data; boundary=", hello.clone(), None);
-    add("boundary of 200 characters", &format!("multipart/form-data; boundary={}", "b".repeat(200)), hello.clone(), None);
-    add("quoted boundary with spaces", "multipart/form-data; boundary=\"a b c\"", b"--a b c\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nspaced\r\n--a b c--\r\n".to_vec(), Some(b"spaced".to_vec()));
-    add("another boundary in the body", &ct, b"--other\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--other--\r\n".to_vec(), None);
-    add("truncated inside a part", &ct, format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nhello").into_bytes(), None);
-    add("truncated inside the part headers", &ct, format!("--{BOUNDARY}\r\nContent-Disposition: form-da").into_bytes(), None);
+    add(
+        "no boundary parameter",
+        "multipart/form-data",
+        hello.clone(),
+        None,
+    );
+    add(
+        "empty boundary",
+        "multipart/form-data; boundary=",
+        hello.clone(),
+        None,
+    );
+    add(
+        "boundary of 200 characters",
+        &format!("multipart/form-data; boundary={}", "b".repeat(200)),
+        hello.clone(),
+        None,
+    );
+    add(
+        "quoted boundary with spaces",
+        "multipart/form-data; boundary=\"a b c\"",
+        b"--a b c\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nspaced\r\n--a b c--\r\n"
+            .to_vec(),
+        Some(b"spaced".to_vec()),
+    );
+    add(
+        "another boundary in the body",
+        &ct,
+        b"--other\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--other--\r\n".to_vec(),
+        None,
+    );
+    add(
+        "truncated inside a part",
+        &ct,
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nhello")
+            .into_bytes(),
+        None,
+    );
+    add(
+        "truncated inside the part headers",
+        &ct,
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-da").into_bytes(),
+        None,
+    );
     add("no closing boundary", &ct, part(b"hello"), None);
     add("empty body", &ct, Vec::new(), None);
-    add("only the closing boundary", &ct, closing(), Some(Vec::new()));
-    add("a part header of 1 MiB", &ct, {
-        let mut b = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f\"\r\nX-Pad: {}\r\n\r\n", "p".repeat(1 << 20)).into_bytes();
-        b.extend_from_slice(b"padded\r\n");
-        b.extend(closing());
-        b
-    }, Some(b"padded".to_vec()));
-    add("a part with 200 headers", &ct, {
-        let mut b = format!("--{BOUNDARY}\r\n").into_bytes();
-        for i in 0..200 {
-            b.extend(format!("X-H{i}: v\r\n").into_bytes());
-        }
-        b.extend(b"\r\nmany headers\r\n");
-        b.extend(closing());
-        b
-    }, None);
-    add("a header line without a colon", &ct, format!("--{BOUNDARY}\r\nthis is not a header\r\n\r\nbody\r\n--{BOUNDARY}--\r\n").into_bytes(), None);
-    add("a header with bytes that are not UTF-8", &ct, [format!("--{BOUNDARY}\r\nX-Bin: ").into_bytes(), vec![0xff, 0xfe, 0x00], b"\r\n\r\nbin\r\n".to_vec(), closing()].concat(), None);
-    add("LF line endings", &ct, format!("--{BOUNDARY}\nContent-Disposition: form-data; name=\"f\"\n\nlf\n--{BOUNDARY}--\n").into_bytes(), None);
-    add("a preamble and an epilogue", &ct, [b"preamble garbage\r\n".to_vec(), part(b"middle"), closing(), b"epilogue garbage".to_vec()].concat(), Some(b"middle".to_vec()));
-    add("a nested multipart part", &ct, part(format!("--inner\r\nContent-Type: text/plain\r\n\r\ninner\r\n--inner--").as_bytes()), None);
-    add("a nested multipart part, closed", &ct, [part(b"--inner\r\n\r\ninner\r\n--inner--"), closing()].concat(), Some(b"--inner\r\n\r\ninner\r\n--inner--".to_vec()));
-    add("the boundary inside the content, without CRLF before it", &ct, [part(format!("a--{BOUNDARY}b").as_bytes()), closing()].concat(), Some(format!("a--{BOUNDARY}b").into_bytes()));
+    add(
+        "only the closing boundary",
+        &ct,
+        closing(),
+        Some(Vec::new()),
+    );
+    add(
+        "a part header of 1 MiB",
+        &ct,
+        {
+            let mut b = format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f\"\r\nX-Pad: {}\r\n\r\n",
+                "p".repeat(1 << 20)
+            )
+            .into_bytes();
+            b.extend_from_slice(b"padded\r\n");
+            b.extend(closing());
+            b
+        },
+        Some(b"padded".to_vec()),
+    );
+    add(
+        "a part with 200 headers",
+        &ct,
+        {
+            let mut b = format!("--{BOUNDARY}\r\n").into_bytes();
+            for i in 0..200 {
+                b.extend(format!("X-H{i}: v\r\n").into_bytes());
+            }
+            b.extend(b"\r\nmany headers\r\n");
+            b.extend(closing());
+            b
+        },
+        None,
+    );
+    add(
+        "a header line without a colon",
+        &ct,
+        format!("--{BOUNDARY}\r\nthis is not a header\r\n\r\nbody\r\n--{BOUNDARY}--\r\n")
+            .into_bytes(),
+        None,
+    );
+    add(
+        "a header with bytes that are not UTF-8",
+        &ct,
+        [
+            format!("--{BOUNDARY}\r\nX-Bin: ").into_bytes(),
+            vec![0xff, 0xfe, 0x00],
+            b"\r\n\r\nbin\r\n".to_vec(),
+            closing(),
+        ]
+        .concat(),
+        None,
+    );
+    add(
+        "LF line endings",
+        &ct,
+        format!("--{BOUNDARY}\nContent-Disposition: form-data; name=\"f\"\n\nlf\n--{BOUNDARY}--\n")
+            .into_bytes(),
+        None,
+    );
+    add(
+        "a preamble and an epilogue",
+        &ct,
+        [
+            b"preamble garbage\r\n".to_vec(),
+            part(b"middle"),
+            closing(),
+            b"epilogue garbage".to_vec(),
+        ]
+        .concat(),
+        Some(b"middle".to_vec()),
+    );
+    add(
+        "a nested multipart part",
+        &ct,
+        part(format!("--inner\r\nContent-Type: text/plain\r\n\r\ninner\r\n--inner--").as_bytes()),
+        None,
+    );
+    add(
+        "a nested multipart part, closed",
+        &ct,
+        [part(b"--inner\r\n\r\ninner\r\n--inner--"), closing()].concat(),
+        Some(b"--inner\r\n\r\ninner\r\n--inner--".to_vec()),
+    );
+    add(
+        "the boundary inside the content, without CRLF before it",
+        &ct,
+        [part(format!("a--{BOUNDARY}b").as_bytes()), closing()].concat(),
+        Some(format!("a--{BOUNDARY}b").into_bytes()),
+    );
     add("random bytes", &ct, random_bytes(200_000, 9), None);
-    add("a multipart subtype that is not form-data", &format!("multipart/mixed; boundary={BOUNDARY}"), hello.clone(), None);
-    add("a boundary parameter twice", &format!("multipart/form-data; boundary={BOUNDARY}; boundary=other"), hello.clone(), None);
+    add(
+        "a multipart subtype that is not form-data",
+        &format!("multipart/mixed; boundary={BOUNDARY}"),
+        hello.clone(),
+        None,
+    );
+    add(
+        "a boundary parameter twice",
+        &format!("multipart/form-data; boundary={BOUNDARY}; boundary=other"),
+        hello.clone(),
+        None,
+    );
     {
         // 10 000 tiny parts: stored as their concatenation, or refused cleanly.
         let mut body = Vec::new();
@@ -1419,7 +2508,13 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
     let mut stored = Vec::new();
     for (name, ct, body, expect) in &cases {
         tally.add(1);
-        let r = match http_request(srv.addr, "POST", route, &[("Content-Type", ct.as_str())], body) {
+        let r = match http_request(
+            srv.addr,
+            "POST",
+            route,
+            &[("Content-Type", ct.as_str())],
+            body,
+        ) {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("{name}: no answer within 10 s ({e})"));
@@ -1429,12 +2524,29 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
         if r.status == 201 {
             let answer = r.json();
             let hash = answer["hash"].as_str().unwrap_or("").to_string();
-            let blob = http_request(srv.addr, "GET", &format!("/api/v1/repos/default/blobs/{hash}"), &[], b"").unwrap();
-            if blob.status != 200 || git_blob_id(&blob.body) != hash || answer["size"] != blob.body.len() {
-                failures.push(format!("{name}: 201 {answer} but the stored blob does not match it"));
+            let blob = http_request(
+                srv.addr,
+                "GET",
+                &format!("/api/v1/repos/default/blobs/{hash}"),
+                &[],
+                b"",
+            )
+            .unwrap();
+            if blob.status != 200
+                || git_blob_id(&blob.body) != hash
+                || answer["size"] != blob.body.len()
+            {
+                failures.push(format!(
+                    "{name}: 201 {answer} but the stored blob does not match it"
+                ));
             } else if let Some(want) = expect {
                 if &blob.body != want {
-                    failures.push(format!("{name}: stored {} bytes {:?}…, want {} bytes", blob.body.len(), short(&blob.text()), want.len()));
+                    failures.push(format!(
+                        "{name}: stored {} bytes {:?}…, want {} bytes",
+                        blob.body.len(),
+                        short(&blob.text()),
+                        want.len()
+                    ));
                 }
             }
             stored.push(name.clone());
@@ -1443,7 +2555,12 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
         }
     }
     println!("multipart cases stored: {stored:?}");
-    assert!(failures.is_empty(), "{}\nlog: {}", failures.join("\n"), log_tail(&srv));
+    assert!(
+        failures.is_empty(),
+        "{}\nlog: {}",
+        failures.join("\n"),
+        log_tail(&srv)
+    );
     assert_healthy(&srv);
     sb.assert_contained(&["default"]);
     tally.done();
@@ -1452,7 +2569,8 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
 /// Sends raw bytes on a fresh connection (optionally half-closing it) and reads whatever comes
 /// back within 10 s: `Ok(Some(status))`, `Ok(None)` when the server closed without an answer.
 fn raw_exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Result<Option<u16>, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     // A server that refuses early may close before everything is written.
@@ -1486,7 +2604,11 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Result<Opti
     let mut rest = &raw[..];
     loop {
         let head = String::from_utf8_lossy(&rest[..rest.len().min(200)]).into_owned();
-        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("not an HTTP answer: {head:?}"))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {head:?}"))?;
         if !(100..200).contains(&status) {
             return Ok(Some(status));
         }
@@ -1501,34 +2623,136 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Result<Opti
 fn broken_http_framing_gets_4xx_or_a_close_and_the_server_keeps_serving() {
     let sb = Sandbox::new();
     let srv = sb.start(&["--max-upload-size", "1M"]);
-    let mut tally = Tally::new("broken_http_framing_gets_4xx_or_a_close_and_the_server_keeps_serving");
+    let mut tally =
+        Tally::new("broken_http_framing_gets_4xx_or_a_close_and_the_server_keeps_serving");
     let up = "POST /api/v1/repos/default/stream/blob/upload HTTP/1.1\r\nHost: x\r\n";
     let many_headers: String = (0..10_000).map(|i| format!("X-H{i}: v\r\n")).collect();
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), false),
         ("binary garbage", random_bytes(10_000, 3), false),
-        ("a NUL in the request line", b"GET /heal\0thz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
-        ("a header without a colon", b"GET /healthz HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n".to_vec(), false),
-        ("a NUL in a header value", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n".to_vec(), false),
-        ("an obs-fold header", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n".to_vec(), false),
-        ("a space before the colon", b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), false),
-        ("10 000 headers", format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(), false),
-        ("a 1 MiB header", format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(1 << 20)).into_bytes(), false),
-        ("a request target of 100 KB", format!("GET /default/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000)).into_bytes(), false),
-        ("two Content-Lengths", format!("{up}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!").into_bytes(), false),
-        ("a negative Content-Length", format!("{up}Content-Length: -1\r\n\r\nhello").into_bytes(), false),
-        ("an overflowing Content-Length", format!("{up}Content-Length: 99999999999999999999999\r\n\r\nhello").into_bytes(), false),
-        ("a Content-Length past --max-upload-size", format!("{up}Content-Length: 18446744073709551615\r\n\r\nhello").into_bytes(), true),
-        ("a body shorter than its Content-Length", format!("{up}Content-Length: 100\r\n\r\nhello").into_bytes(), true),
-        ("a chunk size that is not hex", format!("{up}Transfer-Encoding: chunked\r\n\r\nzzz\r\nabc\r\n0\r\n\r\n").into_bytes(), true),
-        ("an overflowing chunk size", format!("{up}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nabc\r\n0\r\n\r\n").into_bytes(), true),
-        ("a chunk longer than announced", format!("{up}Transfer-Encoding: chunked\r\n\r\n2\r\nabcdef\r\n0\r\n\r\n").into_bytes(), true),
-        ("a chunked body without its end", format!("{up}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").into_bytes(), true),
-        ("Transfer-Encoding: gzip, chunked", format!("{up}Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").into_bytes(), true),
-        ("an unknown Content-Encoding", format!("{up}Content-Encoding: br\r\nContent-Length: 5\r\n\r\nhello").into_bytes(), false),
-        ("a zstd body that is not zstd", format!("{up}Content-Encoding: zstd\r\nContent-Length: 5\r\n\r\nhello").into_bytes(), false),
-        ("Expect: 100-continue past the limit", format!("{up}Expect: 100-continue\r\nContent-Length: 2000000\r\n\r\n").into_bytes(), true),
-        ("a pipelined request after a bad one", format!("{up}Content-Length: -5\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(), false),
+        (
+            "a NUL in the request line",
+            b"GET /heal\0thz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "a header without a colon",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "a NUL in a header value",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "an obs-fold header",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "a space before the colon",
+            b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "10 000 headers",
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            false,
+        ),
+        (
+            "a 1 MiB header",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(1 << 20)
+            )
+            .into_bytes(),
+            false,
+        ),
+        (
+            "a request target of 100 KB",
+            format!(
+                "GET /default/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "a".repeat(100_000)
+            )
+            .into_bytes(),
+            false,
+        ),
+        (
+            "two Content-Lengths",
+            format!("{up}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!").into_bytes(),
+            false,
+        ),
+        (
+            "a negative Content-Length",
+            format!("{up}Content-Length: -1\r\n\r\nhello").into_bytes(),
+            false,
+        ),
+        (
+            "an overflowing Content-Length",
+            format!("{up}Content-Length: 99999999999999999999999\r\n\r\nhello").into_bytes(),
+            false,
+        ),
+        (
+            "a Content-Length past --max-upload-size",
+            format!("{up}Content-Length: 18446744073709551615\r\n\r\nhello").into_bytes(),
+            true,
+        ),
+        (
+            "a body shorter than its Content-Length",
+            format!("{up}Content-Length: 100\r\n\r\nhello").into_bytes(),
+            true,
+        ),
+        (
+            "a chunk size that is not hex",
+            format!("{up}Transfer-Encoding: chunked\r\n\r\nzzz\r\nabc\r\n0\r\n\r\n").into_bytes(),
+            true,
+        ),
+        (
+            "an overflowing chunk size",
+            format!(
+                "{up}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nabc\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            true,
+        ),
+        (
+            "a chunk longer than announced",
+            format!("{up}Transfer-Encoding: chunked\r\n\r\n2\r\nabcdef\r\n0\r\n\r\n").into_bytes(),
+            true,
+        ),
+        (
+            "a chunked body without its end",
+            format!("{up}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").into_bytes(),
+            true,
+        ),
+        (
+            "Transfer-Encoding: gzip, chunked",
+            format!("{up}Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                .into_bytes(),
+            true,
+        ),
+        (
+            "an unknown Content-Encoding",
+            format!("{up}Content-Encoding: br\r\nContent-Length: 5\r\n\r\nhello").into_bytes(),
+            false,
+        ),
+        (
+            "a zstd body that is not zstd",
+            format!("{up}Content-Encoding: zstd\r\nContent-Length: 5\r\n\r\nhello").into_bytes(),
+            false,
+        ),
+        (
+            "Expect: 100-continue past the limit",
+            format!("{up}Expect: 100-continue\r\nContent-Length: 2000000\r\n\r\n").into_bytes(),
+            true,
+        ),
+        (
+            "a pipelined request after a bad one",
+            format!("{up}Content-Length: -5\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .into_bytes(),
+            false,
+        ),
     ];
     let mut failures = Vec::new();
     let mut answers = Vec::new();
@@ -1537,8 +2761,12 @@ fn broken_http_framing_gets_4xx_or_a_close_and_the_server_keeps_serving() {
         match raw_exchange(srv.addr, bytes, *half_close) {
             Err(e) => failures.push(format!("{name}: {e}")),
             Ok(None) => answers.push(format!("{name}: closed")),
-            Ok(Some(status)) if (400..500).contains(&status) => answers.push(format!("{name}: {status}")),
-            Ok(Some(status)) => failures.push(format!("{name}: status {status} (want a 4xx or a close)")),
+            Ok(Some(status)) if (400..500).contains(&status) => {
+                answers.push(format!("{name}: {status}"))
+            }
+            Ok(Some(status)) => {
+                failures.push(format!("{name}: status {status} (want a 4xx or a close)"))
+            }
         }
         if let Err(e) = http_request(srv.addr, "GET", "/healthz", &[], b"") {
             failures.push(format!("after {name}: GET /healthz got no answer ({e})"));
@@ -1555,16 +2783,31 @@ fn broken_http_framing_gets_4xx_or_a_close_and_the_server_keeps_serving() {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     if status == 201 {
-        assert!(text.contains(&git_blob_id(b"hello")), "Content-Length won over Transfer-Encoding: {text}");
+        assert!(
+            text.contains(&git_blob_id(b"hello")),
+            "Content-Length won over Transfer-Encoding: {text}"
+        );
         answers.push("Content-Length and Transfer-Encoding: 201 (chunked body)".into());
     } else {
-        assert!((400..500).contains(&status), "Content-Length and Transfer-Encoding: {text}");
+        assert!(
+            (400..500).contains(&status),
+            "Content-Length and Transfer-Encoding: {text}"
+        );
         answers.push(format!("Content-Length and Transfer-Encoding: {status}"));
     }
     println!("broken framing answers: {answers:?}");
-    assert!(failures.is_empty(), "{}\nlog: {}", failures.join("\n"), log_tail(&srv));
+    assert!(
+        failures.is_empty(),
+        "{}\nlog: {}",
+        failures.join("\n"),
+        log_tail(&srv)
+    );
     assert_healthy(&srv);
     sb.assert_contained(&["default"]);
     tally.done();
@@ -1587,9 +2830,20 @@ struct Drip {
 
 /// Opens a connection, sends `head` at once, then one byte of `drip` every `every` until
 /// `max` passes, `stop` is set or the server closes the connection.
-fn drip(addr: SocketAddr, head: &[u8], drip: &[u8], every: Duration, max: Duration, stop: &AtomicBool) -> Drip {
+fn drip(
+    addr: SocketAddr,
+    head: &[u8],
+    drip: &[u8],
+    every: Duration,
+    max: Duration,
+    stop: &AtomicBool,
+) -> Drip {
     let started = Instant::now();
-    let mut outcome = Drip { closed_after: None, sent: 0, answer: None };
+    let mut outcome = Drip {
+        closed_after: None,
+        sent: 0,
+        answer: None,
+    };
     let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
         Ok(s) => s,
         Err(_) => {
@@ -1628,10 +2882,13 @@ fn drip(addr: SocketAddr, head: &[u8], drip: &[u8], every: Duration, max: Durati
                 }
                 Ok(n) => {
                     if outcome.answer.is_none() {
-                        outcome.answer = Some(String::from_utf8_lossy(&buf[..n.min(120)]).into_owned());
+                        outcome.answer =
+                            Some(String::from_utf8_lossy(&buf[..n.min(120)]).into_owned());
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10).min(every)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10).min(every))
+                }
                 Err(_) => {
                     outcome.closed_after = Some(started.elapsed());
                     return outcome;
@@ -1669,7 +2926,11 @@ fn slow_loris_clients_do_not_starve_other_clients() {
     let mut tally = Tally::new("slow_loris_clients_do_not_starve_other_clients");
     let addr = srv.addr;
     // 200 idle connections that never send a byte.
-    let idle: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("idle connection")).collect();
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("idle connection")
+        })
+        .collect();
     tally.add(200);
     // 20 clients sending headers one byte per 500 ms, 5 sending a 100 000-byte body so.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1679,9 +2940,29 @@ fn slow_loris_clients_do_not_starve_other_clients() {
         let stop = stop.clone();
         slow.push(std::thread::spawn(move || {
             if i < 20 {
-                ("headers", drip(addr, SLOW_HEADERS, SLOW_HEADER_DRIP, Duration::from_millis(500), window, &stop))
+                (
+                    "headers",
+                    drip(
+                        addr,
+                        SLOW_HEADERS,
+                        SLOW_HEADER_DRIP,
+                        Duration::from_millis(500),
+                        window,
+                        &stop,
+                    ),
+                )
             } else {
-                ("body", drip(addr, &slow_body_head(100_000), b"slow body ", Duration::from_millis(500), window, &stop))
+                (
+                    "body",
+                    drip(
+                        addr,
+                        &slow_body_head(100_000),
+                        b"slow body ",
+                        Duration::from_millis(500),
+                        window,
+                        &stop,
+                    ),
+                )
             }
         }));
     }
@@ -1695,22 +2976,42 @@ fn slow_loris_clients_do_not_starve_other_clients() {
         let t = Instant::now();
         let r = http_request(addr, "GET", "/healthz", &[], b"").unwrap_or_else(|e| panic!("round {round}: GET /healthz got no answer within 10 s while slow clients are connected: {e}"));
         assert_eq!(r.status, 200);
-        let r = http_request(addr, "GET", "/api/v1/repos", &[], b"").unwrap_or_else(|e| panic!("round {round}: GET /api/v1/repos: {e}"));
+        let r = http_request(addr, "GET", "/api/v1/repos", &[], b"")
+            .unwrap_or_else(|e| panic!("round {round}: GET /api/v1/repos: {e}"));
         assert_eq!(r.status, 200);
         let status = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), http.get(format!("http://{addr}/api/v1/repos/default/tree")).send()).await })
-            .unwrap_or_else(|_| panic!("round {round}: a keep-alive client got no answer within 10 s"))
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    http.get(format!("http://{addr}/api/v1/repos/default/tree"))
+                        .send(),
+                )
+                .await
+            })
+            .unwrap_or_else(|_| {
+                panic!("round {round}: a keep-alive client got no answer within 10 s")
+            })
             .expect("keep-alive request")
             .status();
         assert_eq!(status, 200);
         longest = longest.max(t.elapsed());
     }
     stop.store(true, Ordering::Relaxed);
-    let outcomes: Vec<(&str, Drip)> = slow.into_iter().map(|h| h.join().expect("slow client thread")).collect();
+    let outcomes: Vec<(&str, Drip)> = slow
+        .into_iter()
+        .map(|h| h.join().expect("slow client thread"))
+        .collect();
     let idle_closed = idle.iter().filter(|s| closed_by_server(s)).count();
     for kind in ["headers", "body"] {
-        let of_kind: Vec<&Drip> = outcomes.iter().filter(|(k, _)| *k == kind).map(|(_, d)| d).collect();
-        let closed: Vec<String> = of_kind.iter().filter_map(|d| d.closed_after.map(|t| format!("{:.1}s", t.as_secs_f64()))).collect();
+        let of_kind: Vec<&Drip> = outcomes
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, d)| d)
+            .collect();
+        let closed: Vec<String> = of_kind
+            .iter()
+            .filter_map(|d| d.closed_after.map(|t| format!("{:.1}s", t.as_secs_f64())))
+            .collect();
         println!(
             "slow {kind} connections closed by the server within {window:?}: {} of {} (after {closed:?}); answers: {:?}",
             closed.len(),
@@ -1740,7 +3041,16 @@ fn slow_header_connection_is_closed_within_60_s() {
     let idle = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     let dripper = {
         let stop = stop.clone();
-        std::thread::spawn(move || drip(addr, SLOW_HEADERS, SLOW_HEADER_DRIP, Duration::from_millis(500), Duration::from_secs(70), &stop))
+        std::thread::spawn(move || {
+            drip(
+                addr,
+                SLOW_HEADERS,
+                SLOW_HEADER_DRIP,
+                Duration::from_millis(500),
+                Duration::from_secs(70),
+                &stop,
+            )
+        })
     };
     tally.add(2);
     let outcome = dripper.join().unwrap();
@@ -1751,7 +3061,10 @@ fn slow_header_connection_is_closed_within_60_s() {
         outcome.closed_after.unwrap_or(Duration::from_secs(70)) + opened.elapsed()
     );
     let closed = outcome.closed_after.unwrap_or_else(|| panic!("the server kept a connection that sent headers one byte per 500 ms for 70 s ({} bytes) open", outcome.sent));
-    assert!(closed <= Duration::from_secs(60), "the slow header connection was closed only after {closed:?}");
+    assert!(
+        closed <= Duration::from_secs(60),
+        "the slow header connection was closed only after {closed:?}"
+    );
     assert_healthy(&srv);
     tally.done();
 }
@@ -1766,12 +3079,19 @@ fn idle_connection_that_sends_nothing_is_closed_within_60_s() {
     let srv = ServerProcess::start();
     let mut tally = Tally::new("idle_connection_that_sends_nothing_is_closed_within_60_s");
     let opened = Instant::now();
-    let idle: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect_timeout(&srv.addr, Duration::from_secs(5)).unwrap()).collect();
+    let idle: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect_timeout(&srv.addr, Duration::from_secs(5)).unwrap())
+        .collect();
     tally.add(5);
-    let closed = wait_until(Duration::from_secs(70), || idle.iter().all(closed_by_server));
+    let closed = wait_until(Duration::from_secs(70), || {
+        idle.iter().all(closed_by_server)
+    });
     let after = opened.elapsed();
     println!("idle connections closed by the server: {closed} (after {after:?})");
-    assert!(closed && after <= Duration::from_secs(62), "connections that never sent a byte were still open after {after:?}");
+    assert!(
+        closed && after <= Duration::from_secs(62),
+        "connections that never sent a byte were still open after {after:?}"
+    );
     assert_healthy(&srv);
     tally.done();
 }
@@ -1790,10 +3110,25 @@ fn slow_body_connection_is_closed_within_60_s() {
     let mut tally = Tally::new("slow_body_connection_is_closed_within_60_s");
     let stop = AtomicBool::new(false);
     tally.add(1);
-    let outcome = drip(srv.addr, &slow_body_head(1_000_000), b"slow body ", Duration::from_millis(500), Duration::from_secs(70), &stop);
+    let outcome = drip(
+        srv.addr,
+        &slow_body_head(1_000_000),
+        b"slow body ",
+        Duration::from_millis(500),
+        Duration::from_secs(70),
+        &stop,
+    );
     println!("slow body connection: {outcome:?}");
-    let closed = outcome.closed_after.unwrap_or_else(|| panic!("the server kept an upload whose body trickled for 70 s ({} bytes) open", outcome.sent));
-    assert!(closed <= Duration::from_secs(60), "the slow body connection was closed only after {closed:?}");
+    let closed = outcome.closed_after.unwrap_or_else(|| {
+        panic!(
+            "the server kept an upload whose body trickled for 70 s ({} bytes) open",
+            outcome.sent
+        )
+    });
+    assert!(
+        closed <= Duration::from_secs(60),
+        "the slow body connection was closed only after {closed:?}"
+    );
     assert_healthy(&srv);
     sb.assert_contained(&["default"]);
     tally.done();
@@ -1803,20 +3138,28 @@ fn slow_body_connection_is_closed_within_60_s() {
 // 5. WebSocket floods
 // ---------------------------------------------------------------------------------------
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(srv: &ServerProcess) -> Ws {
     let url = format!("ws://{}/api/v1/repos/default/stream/websocket", srv.addr);
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url))
-        .await
-        .expect("WebSocket handshake within 10 s")
-        .expect("WebSocket handshake");
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("WebSocket handshake within 10 s")
+    .expect("WebSocket handshake");
     ws
 }
 
 /// Sends every message without reading answers, for at most `limit`; returns how many went
 /// out before the server closed the connection (or all of them).
-async fn ws_flood(ws: &mut Ws, messages: impl IntoIterator<Item = Message>, limit: Duration) -> usize {
+async fn ws_flood(
+    ws: &mut Ws,
+    messages: impl IntoIterator<Item = Message>,
+    limit: Duration,
+) -> usize {
     let deadline = Instant::now() + limit;
     let mut sent = 0;
     for m in messages {
@@ -1838,8 +3181,12 @@ async fn ws_drain(ws: &mut Ws, quiet: Duration) -> (usize, usize, bool) {
     for _ in 0..100_000 {
         match tokio::time::timeout(quiet, ws.next()).await {
             Err(_) => return (errors, others, false),
-            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return (errors, others, true),
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"type\":\"error\"") => errors += 1,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                return (errors, others, true)
+            }
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"type\":\"error\"") => {
+                errors += 1
+            }
             Ok(Some(Ok(_))) => others += 1,
         }
     }
@@ -1848,21 +3195,47 @@ async fn ws_drain(ws: &mut Ws, quiet: Duration) -> (usize, usize, bool) {
 
 /// After the flood: the session gauge returns to 0, memory is bounded, and a fresh WebSocket
 /// still streams a blob completely.
-async fn assert_ws_recovered(srv: &ServerProcess, hash: &str, size: usize, rss_before_kib: u64, what: &str) {
-    let freed = wait_until(Duration::from_secs(20), || srv.metric("govcfs_stream_sessions_active") == Some(0.0));
-    assert!(freed, "{what}: govcfs_stream_sessions_active is {:?} after the connections closed", srv.metric("govcfs_stream_sessions_active"));
+async fn assert_ws_recovered(
+    srv: &ServerProcess,
+    hash: &str,
+    size: usize,
+    rss_before_kib: u64,
+    what: &str,
+) {
+    let freed = wait_until(Duration::from_secs(20), || {
+        srv.metric("govcfs_stream_sessions_active") == Some(0.0)
+    });
+    assert!(
+        freed,
+        "{what}: govcfs_stream_sessions_active is {:?} after the connections closed",
+        srv.metric("govcfs_stream_sessions_active")
+    );
     let rss = srv.rss_kib().expect("VmRSS of the server");
     let growth_mib = rss.saturating_sub(rss_before_kib) / 1024;
-    println!("{what}: server VmRSS {} MiB → {} MiB (peak {} MiB)", rss_before_kib / 1024, rss / 1024, srv.peak_rss_kib().unwrap_or(0) / 1024);
-    assert!(growth_mib < 100, "{what}: the server's VmRSS grew by {growth_mib} MiB");
+    println!(
+        "{what}: server VmRSS {} MiB → {} MiB (peak {} MiB)",
+        rss_before_kib / 1024,
+        rss / 1024,
+        srv.peak_rss_kib().unwrap_or(0) / 1024
+    );
+    assert!(
+        growth_mib < 100,
+        "{what}: the server's VmRSS grew by {growth_mib} MiB"
+    );
     let mut ws = ws_connect(srv).await;
     let request = json!({ "type": "stream", "hash": hash, "chunk_size": 65536, "start_offset": 0, "end_offset": -1 });
-    ws.send(Message::text(request.to_string())).await.expect("send a request");
+    ws.send(Message::text(request.to_string()))
+        .await
+        .expect("send a request");
     let mut received = 0u64;
     let mut done = false;
     for _ in 0..10_000 {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap_or_else(|_| panic!("{what}: no frame within 10 s"));
-        let Some(Ok(Message::Text(t))) = frame else { panic!("{what}: the stream after the flood ended with {frame:?}") };
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no frame within 10 s"));
+        let Some(Ok(Message::Text(t))) = frame else {
+            panic!("{what}: the stream after the flood ended with {frame:?}")
+        };
         let v: Value = serde_json::from_str(t.as_str()).expect("JSON frame");
         match v["type"].as_str() {
             Some("chunk") => received += v["size"].as_u64().unwrap(),
@@ -1874,7 +3247,10 @@ async fn assert_ws_recovered(srv: &ServerProcess, hash: &str, size: usize, rss_b
             _ => {}
         }
     }
-    assert!(done && received == size as u64, "{what}: a stream after the flood got {received} of {size} bytes");
+    assert!(
+        done && received == size as u64,
+        "{what}: a stream after the flood got {received} of {size} bytes"
+    );
     drop(ws);
     assert_healthy(srv);
 }
@@ -1896,7 +3272,9 @@ fn garbage_messages(n: usize) -> Vec<Message> {
         format!("{{\"hash\":\"{}\"}}", "f".repeat(60_000)),
         String::from_utf8_lossy(&random_bytes(2000, 11)).into_owned(),
     ];
-    (0..n).map(|i| Message::text(pool[i % pool.len()].clone())).collect()
+    (0..n)
+        .map(|i| Message::text(pool[i % pool.len()].clone()))
+        .collect()
 }
 
 #[test]
@@ -1928,24 +3306,48 @@ fn websocket_floods_leave_memory_bounded_and_no_session_behind() {
         let mut errors = 0usize;
         for window in garbage_messages(1000).chunks(16) {
             for m in window {
-                tokio::time::timeout(Duration::from_secs(10), ws.send(m.clone())).await.expect("send within 10 s").expect("send a garbage message");
+                tokio::time::timeout(Duration::from_secs(10), ws.send(m.clone()))
+                    .await
+                    .expect("send within 10 s")
+                    .expect("send a garbage message");
             }
             let want = errors + window.len();
             while errors < want {
                 match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"type\":\"error\"") => errors += 1,
+                    Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"type\":\"error\"") => {
+                        errors += 1
+                    }
                     Ok(Some(Ok(_))) => {}
                     other => panic!("after {errors} error frames: {other:?}"),
                 }
             }
         }
         tally.add(1000);
-        assert_eq!(errors, 1000, "a reading client gets one error frame per garbage message");
-        ws.send(Message::text(json!({ "hash": hash, "chunk_size": 1 << 20 }).to_string())).await.unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("an answer within 10 s");
-        assert!(matches!(&first, Some(Ok(Message::Text(t))) if t.as_str().contains("\"type\":\"response\"")), "a valid request after 1 000 garbage ones: {first:?}");
+        assert_eq!(
+            errors, 1000,
+            "a reading client gets one error frame per garbage message"
+        );
+        ws.send(Message::text(
+            json!({ "hash": hash, "chunk_size": 1 << 20 }).to_string(),
+        ))
+        .await
+        .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s");
+        assert!(
+            matches!(&first, Some(Ok(Message::Text(t))) if t.as_str().contains("\"type\":\"response\"")),
+            "a valid request after 1 000 garbage ones: {first:?}"
+        );
         drop(ws);
-        assert_ws_recovered(&srv, &hash, data.len(), before, "1 000 garbage messages, read").await;
+        assert_ws_recovered(
+            &srv,
+            &hash,
+            data.len(),
+            before,
+            "1 000 garbage messages, read",
+        )
+        .await;
 
         // 2. A 10 MiB text frame (the limit is 64 KiB): the server drops the connection.
         let mut ws = ws_connect(&srv).await;
@@ -1953,14 +3355,24 @@ fn websocket_floods_leave_memory_bounded_and_no_session_behind() {
         let _ = tokio::time::timeout(Duration::from_secs(30), ws.send(Message::text(big))).await;
         tally.add(1);
         let (_, _, closed) = ws_drain(&mut ws, Duration::from_secs(10)).await;
-        assert!(closed, "the server kept a connection that sent a 10 MiB frame open");
+        assert!(
+            closed,
+            "the server kept a connection that sent a 10 MiB frame open"
+        );
         drop(ws);
         // And the same as a binary frame, and as a fragmented message of 160 × 64 KiB.
         let mut ws = ws_connect(&srv).await;
-        let _ = tokio::time::timeout(Duration::from_secs(30), ws.send(Message::binary(vec![0u8; 10 << 20]))).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            ws.send(Message::binary(vec![0u8; 10 << 20])),
+        )
+        .await;
         tally.add(1);
         let (_, _, closed) = ws_drain(&mut ws, Duration::from_secs(10)).await;
-        assert!(closed, "the server kept a connection that sent a 10 MiB binary frame open");
+        assert!(
+            closed,
+            "the server kept a connection that sent a 10 MiB binary frame open"
+        );
         drop(ws);
         assert_ws_recovered(&srv, &hash, data.len(), before, "10 MiB frames").await;
 
@@ -1968,7 +3380,12 @@ fn websocket_floods_leave_memory_bounded_and_no_session_behind() {
         //    connection dropped in the middle of a stream.
         let mut ws = ws_connect(&srv).await;
         let request = json!({ "type": "stream", "hash": hash, "chunk_size": 1024, "start_offset": 0, "end_offset": -1 }).to_string();
-        let sent = ws_flood(&mut ws, (0..500).map(|_| Message::text(request.clone())), Duration::from_secs(30)).await;
+        let sent = ws_flood(
+            &mut ws,
+            (0..500).map(|_| Message::text(request.clone())),
+            Duration::from_secs(30),
+        )
+        .await;
         tally.add(sent as u64);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let open = srv.metric("govcfs_stream_sessions_active").unwrap_or(-1.0);
@@ -1979,7 +3396,12 @@ fn websocket_floods_leave_memory_bounded_and_no_session_behind() {
         let mut many = Vec::new();
         for _ in 0..50 {
             let mut ws = ws_connect(&srv).await;
-            let sent = ws_flood(&mut ws, (0..20).map(|_| Message::text(request.clone())), Duration::from_secs(10)).await;
+            let sent = ws_flood(
+                &mut ws,
+                (0..20).map(|_| Message::text(request.clone())),
+                Duration::from_secs(10),
+            )
+            .await;
             tally.add(sent as u64);
             many.push(ws);
         }
@@ -1991,7 +3413,13 @@ fn websocket_floods_leave_memory_bounded_and_no_session_behind() {
 
         // 5. 10 000 pings and 10 000 small binary frames, answers unread.
         let mut ws = ws_connect(&srv).await;
-        let flood = (0..20_000).map(|i| if i % 2 == 0 { Message::Ping(vec![1u8; 125].into()) } else { Message::binary(vec![2u8; 100]) });
+        let flood = (0..20_000).map(|i| {
+            if i % 2 == 0 {
+                Message::Ping(vec![1u8; 125].into())
+            } else {
+                Message::binary(vec![2u8; 100])
+            }
+        });
         let sent = ws_flood(&mut ws, flood, Duration::from_secs(30)).await;
         tally.add(sent as u64);
         let (errors, others, closed) = ws_drain(&mut ws, Duration::from_secs(3)).await;
@@ -2013,16 +3441,27 @@ fn websocket_floods_leave_memory_bounded_and_no_session_behind() {
 
 use govcfs::api::EntryType;
 use govcfs::store::objects::{object_id, Commit, Tree, TreeEntry};
-use govcfs::store::paths::{normalize_path, split_path, validate_branch, validate_object_id, validate_repo_name};
+use govcfs::store::paths::{
+    normalize_path, split_path, validate_branch, validate_object_id, validate_repo_name,
+};
 use govcfs::store::StoreError;
 
 /// Runs `cases` cases of `test` over `strategy` (no regression files are written) and prints
 /// the count.
-fn fuzz<S: Strategy>(name: &str, cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
+fn fuzz<S: Strategy>(
+    name: &str,
+    cases: u32,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) where
     S::Value: std::fmt::Debug,
 {
-    let config = ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 2000, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    };
     let mut runner = TestRunner::new(config);
     if let Err(e) = runner.run(&strategy, test) {
         panic!("{name}: {e}");
@@ -2056,24 +3495,49 @@ fn fuzz_path_validation() {
             Ok(segments) => {
                 // One trailing `/` is allowed (directory URLs), so `/` alone is the root.
                 let trimmed = path.strip_suffix('/').unwrap_or(&path);
-                prop_assert!(!trimmed.starts_with('/'), "accepted an absolute path {:?}", path);
+                prop_assert!(
+                    !trimmed.starts_with('/'),
+                    "accepted an absolute path {:?}",
+                    path
+                );
                 prop_assert!(!path.contains('\0'), "accepted a path with NUL {:?}", path);
                 for s in &segments {
-                    prop_assert!(!s.is_empty() && *s != "." && *s != "..", "accepted segment {:?} of {:?}", s, path);
-                    prop_assert!(!s.contains('/') && !s.contains('\0') && s.len() <= 255, "bad segment {:?}", s);
+                    prop_assert!(
+                        !s.is_empty() && *s != "." && *s != "..",
+                        "accepted segment {:?} of {:?}",
+                        s,
+                        path
+                    );
+                    prop_assert!(
+                        !s.contains('/') && !s.contains('\0') && s.len() <= 255,
+                        "bad segment {:?}",
+                        s
+                    );
                 }
                 let joined = segments.join("/");
                 prop_assert!(joined.len() <= 4096);
                 prop_assert_eq!(normalize_path(&path).ok(), Some(joined.clone()));
-                prop_assert_eq!(normalize_path(&joined).ok(), Some(joined.clone()), "normalising is idempotent");
+                prop_assert_eq!(
+                    normalize_path(&joined).ok(),
+                    Some(joined.clone()),
+                    "normalising is idempotent"
+                );
                 // Resolved under a root, an accepted path never leaves it.
                 let root = Path::new("/srv/data/root");
                 let full = root.join(&joined);
                 prop_assert!(full.starts_with(root));
-                prop_assert!(full.components().skip(root.components().count()).all(|c| matches!(c, Component::Normal(_))));
+                prop_assert!(full
+                    .components()
+                    .skip(root.components().count())
+                    .all(|c| matches!(c, Component::Normal(_))));
             }
             Err(StoreError::InvalidInput(_)) => {}
-            Err(other) => prop_assert!(false, "split_path({:?}) failed with a non-input error {:?}", path, other),
+            Err(other) => prop_assert!(
+                false,
+                "split_path({:?}) failed with a non-input error {:?}",
+                path,
+                other
+            ),
         }
         Ok(())
     });
@@ -2084,7 +3548,8 @@ fn contract_repo_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
         && !["api", "metrics", "healthz"].contains(&name)
 }
 
@@ -2098,7 +3563,12 @@ fn fuzz_repository_names_ids_and_branches() {
     ];
     fuzz("fuzz_repository_names", 2000, name, |name| {
         let accepted = validate_repo_name(&name).is_ok();
-        prop_assert_eq!(accepted, contract_repo_name(&name), "validate_repo_name({:?}) disagrees with CONTRACT §3", name);
+        prop_assert_eq!(
+            accepted,
+            contract_repo_name(&name),
+            "validate_repo_name({:?}) disagrees with CONTRACT §3",
+            name
+        );
         if accepted {
             let p = Path::new("repos").join(&name);
             prop_assert_eq!(p.components().count(), 2);
@@ -2114,15 +3584,34 @@ fn fuzz_repository_names_ids_and_branches() {
     ];
     fuzz("fuzz_object_ids", 500, id, |id| {
         if validate_object_id(&id).is_ok() {
-            prop_assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "accepted id {:?}", id);
-            prop_assert!(id.is_char_boundary(2), "an accepted id cannot be cut into its fan-out directory");
+            prop_assert!(
+                id.len() == 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "accepted id {:?}",
+                id
+            );
+            prop_assert!(
+                id.is_char_boundary(2),
+                "an accepted id cannot be cut into its fan-out directory"
+            );
         }
         Ok(())
     });
     let branch = prop_oneof![2 => "[A-Za-z0-9._-]{0,130}", 1 => "\\PC{0,20}", 1 => "[a-z]{0,3}(\\.\\.|/|\\.lock|\\x00)[a-z]{0,3}"];
     fuzz("fuzz_branch_names", 500, branch, |b| {
         if validate_branch(&b).is_ok() {
-            prop_assert!(!b.is_empty() && b.len() <= 128 && !b.starts_with('.') && !b.contains('/') && !b.contains('\0') && !b.ends_with(".lock"), "accepted branch {:?}", b);
+            prop_assert!(
+                !b.is_empty()
+                    && b.len() <= 128
+                    && !b.starts_with('.')
+                    && !b.contains('/')
+                    && !b.contains('\0')
+                    && !b.ends_with(".lock"),
+                "accepted branch {:?}",
+                b
+            );
             let p = Path::new("refs/heads").join(&b);
             prop_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
         }
@@ -2135,32 +3624,64 @@ fn fuzz_stream_ranges_and_chunk_sizes() {
     use govcfs::server::stream::session::{clamp_chunk_size, resolve_range};
     let offset = prop_oneof![3 => -3i64..200, 1 => any::<i64>(), 1 => prop_oneof![Just(i64::MAX), Just(i64::MIN), Just(-1i64), Just(i64::MAX - 1)]];
     let size = prop_oneof![3 => 0u64..200, 1 => any::<u64>(), 1 => Just(u64::MAX)];
-    fuzz("fuzz_resolve_range", 2000, (offset.clone(), offset, size, any::<u64>()), |(start, end, size, chunk)| {
-        match resolve_range(start, end, size) {
-            Ok(r) => {
-                prop_assert!(start >= 0 && end >= -1, "accepted {}..={}", start, end);
-                prop_assert_eq!(r.start, start as u64);
-                prop_assert!(r.start <= r.end && r.end <= size, "{:?} outside a blob of {}", r, size);
-                if end >= 0 {
-                    prop_assert_eq!(r.end, end as u64 + 1);
-                } else {
-                    prop_assert_eq!(r.end, size);
+    fuzz(
+        "fuzz_resolve_range",
+        2000,
+        (offset.clone(), offset, size, any::<u64>()),
+        |(start, end, size, chunk)| {
+            match resolve_range(start, end, size) {
+                Ok(r) => {
+                    prop_assert!(start >= 0 && end >= -1, "accepted {}..={}", start, end);
+                    prop_assert_eq!(r.start, start as u64);
+                    prop_assert!(
+                        r.start <= r.end && r.end <= size,
+                        "{:?} outside a blob of {}",
+                        r,
+                        size
+                    );
+                    if end >= 0 {
+                        prop_assert_eq!(r.end, end as u64 + 1);
+                    } else {
+                        prop_assert_eq!(r.end, size);
+                    }
                 }
+                Err(message) => prop_assert!(!message.is_empty()),
             }
-            Err(message) => prop_assert!(!message.is_empty()),
-        }
-        let c = clamp_chunk_size(chunk);
-        prop_assert!((1 << 10..=10 << 20).contains(&c), "chunk size {} clamped to {}", chunk, c);
-        Ok(())
-    });
+            let c = clamp_chunk_size(chunk);
+            prop_assert!(
+                (1 << 10..=10 << 20).contains(&c),
+                "chunk size {} clamped to {}",
+                chunk,
+                c
+            );
+            Ok(())
+        },
+    );
 }
 
 fn entry_type() -> impl Strategy<Value = EntryType> {
-    prop_oneof![Just(EntryType::File), Just(EntryType::Directory), Just(EntryType::Symlink)]
+    prop_oneof![
+        Just(EntryType::File),
+        Just(EntryType::Directory),
+        Just(EntryType::Symlink)
+    ]
 }
 
 fn tree_entry() -> impl Strategy<Value = TreeEntry> {
-    (entry_type(), any::<u32>(), any::<u64>(), any::<i64>(), "[0-9a-f]{64}").prop_map(|(kind, mode, size, mtime, hash)| TreeEntry { kind, mode, size, mtime, hash })
+    (
+        entry_type(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<i64>(),
+        "[0-9a-f]{64}",
+    )
+        .prop_map(|(kind, mode, size, mtime, hash)| TreeEntry {
+            kind,
+            mode,
+            size,
+            mtime,
+            hash,
+        })
 }
 
 fn valid_name() -> impl Strategy<Value = String> {
@@ -2168,11 +3689,23 @@ fn valid_name() -> impl Strategy<Value = String> {
 }
 
 fn valid_tree() -> impl Strategy<Value = Tree> {
-    prop::collection::btree_map(valid_name(), tree_entry(), 0..12).prop_map(|entries| Tree { entries })
+    prop::collection::btree_map(valid_name(), tree_entry(), 0..12)
+        .prop_map(|entries| Tree { entries })
 }
 
 fn valid_commit() -> impl Strategy<Value = Commit> {
-    ("[0-9a-f]{64}", prop::option::of("[0-9a-f]{64}"), "\\PC{0,80}|[\\x00-\\x7f]{0,40}", any::<i64>()).prop_map(|(tree, parent, message, timestamp)| Commit { tree, parent, message, timestamp })
+    (
+        "[0-9a-f]{64}",
+        prop::option::of("[0-9a-f]{64}"),
+        "\\PC{0,80}|[\\x00-\\x7f]{0,40}",
+        any::<i64>(),
+    )
+        .prop_map(|(tree, parent, message, timestamp)| Commit {
+            tree,
+            parent,
+            message,
+            timestamp,
+        })
 }
 
 /// Ways to damage an encoding: flip, insert, delete, truncate, duplicate.
@@ -2189,7 +3722,21 @@ fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
     prop::collection::vec(
         prop_oneof![
             (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
-            (any::<usize>(), prop_oneof![Just(b'"'), Just(b'{'), Just(b'}'), Just(b','), Just(b'\\'), Just(b'/'), Just(0u8), Just(b'-'), any::<u8>()]).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    Just(b'"'),
+                    Just(b'{'),
+                    Just(b'}'),
+                    Just(b','),
+                    Just(b'\\'),
+                    Just(b'/'),
+                    Just(0u8),
+                    Just(b'-'),
+                    any::<u8>()
+                ]
+            )
+                .prop_map(|(i, b)| Mutation::Insert(i, b)),
             any::<usize>().prop_map(Mutation::Delete),
             any::<usize>().prop_map(Mutation::Truncate),
             (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::Splice(a, b)),
@@ -2222,7 +3769,15 @@ fn mutate(mut bytes: Vec<u8>, ms: &[Mutation]) -> Vec<u8> {
 
 fn assert_tree_names_valid(tree: &Tree) -> Result<(), TestCaseError> {
     for name in tree.entries.keys() {
-        prop_assert!(!name.is_empty() && !name.contains('/') && !name.contains('\0') && name != "." && name != "..", "decoded a tree with the entry name {:?}", name);
+        prop_assert!(
+            !name.is_empty()
+                && !name.contains('/')
+                && !name.contains('\0')
+                && name != "."
+                && name != "..",
+            "decoded a tree with the entry name {:?}",
+            name
+        );
     }
     Ok(())
 }
@@ -2231,68 +3786,131 @@ fn assert_tree_names_valid(tree: &Tree) -> Result<(), TestCaseError> {
 fn fuzz_tree_decoding() {
     fuzz("fuzz_tree_round_trip", 800, valid_tree(), |tree| {
         let (id, bytes) = tree.encode();
-        let decoded = Tree::decode(&id, &bytes).map_err(|e| TestCaseError::fail(format!("a valid tree does not decode: {e}")))?;
+        let decoded = Tree::decode(&id, &bytes)
+            .map_err(|e| TestCaseError::fail(format!("a valid tree does not decode: {e}")))?;
         prop_assert_eq!(&decoded, &tree);
-        prop_assert_eq!(decoded.encode(), (id.clone(), bytes.clone()), "the encoding is canonical");
+        prop_assert_eq!(
+            decoded.encode(),
+            (id.clone(), bytes.clone()),
+            "the encoding is canonical"
+        );
         let other = object_id("tree", b"another tree");
-        prop_assert!(matches!(Tree::decode(&other, &bytes), Err(StoreError::Corrupt { .. })), "decoded under the wrong id");
-        prop_assert!(Tree::decode(&id, &[bytes.as_slice(), b" "].concat()).is_err(), "decoded bytes that are not the id's");
+        prop_assert!(
+            matches!(
+                Tree::decode(&other, &bytes),
+                Err(StoreError::Corrupt { .. })
+            ),
+            "decoded under the wrong id"
+        );
+        prop_assert!(
+            Tree::decode(&id, &[bytes.as_slice(), b" "].concat()).is_err(),
+            "decoded bytes that are not the id's"
+        );
         Ok(())
     });
-    fuzz("fuzz_tree_mutations", 1200, (valid_tree(), mutations()), |(tree, ms)| {
-        let (_, bytes) = tree.encode();
-        let damaged = mutate(bytes, &ms);
-        let id = object_id("tree", &damaged);
-        if let Ok(t) = Tree::decode(&id, &damaged) {
-            assert_tree_names_valid(&t)?;
-            let (id2, bytes2) = t.encode();
-            prop_assert_eq!(Tree::decode(&id2, &bytes2).ok(), Some(t));
-        }
-        Ok(())
-    });
-    fuzz("fuzz_tree_random_bytes", 500, prop_oneof![prop::collection::vec(any::<u8>(), 0..300), "\\PC{0,200}".prop_map(String::into_bytes)], |bytes| {
-        let id = object_id("tree", &bytes);
-        if let Ok(t) = Tree::decode(&id, &bytes) {
-            assert_tree_names_valid(&t)?;
-        }
-        Ok(())
-    });
-    let hostile_name = prop_oneof![Just(""), Just("."), Just(".."), Just("a/b"), Just("/"), Just("a\0"), Just("../x"), Just("x/..")].prop_map(str::to_string);
-    fuzz("fuzz_tree_hostile_names", 300, (hostile_name, tree_entry(), valid_tree()), |(name, entry, mut tree)| {
-        tree.entries.insert(name.clone(), entry);
-        let (id, bytes) = tree.encode();
-        prop_assert!(matches!(Tree::decode(&id, &bytes), Err(StoreError::Corrupt { .. })), "decoded a tree with the entry name {:?}", name);
-        Ok(())
-    });
+    fuzz(
+        "fuzz_tree_mutations",
+        1200,
+        (valid_tree(), mutations()),
+        |(tree, ms)| {
+            let (_, bytes) = tree.encode();
+            let damaged = mutate(bytes, &ms);
+            let id = object_id("tree", &damaged);
+            if let Ok(t) = Tree::decode(&id, &damaged) {
+                assert_tree_names_valid(&t)?;
+                let (id2, bytes2) = t.encode();
+                prop_assert_eq!(Tree::decode(&id2, &bytes2).ok(), Some(t));
+            }
+            Ok(())
+        },
+    );
+    fuzz(
+        "fuzz_tree_random_bytes",
+        500,
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            "\\PC{0,200}".prop_map(String::into_bytes)
+        ],
+        |bytes| {
+            let id = object_id("tree", &bytes);
+            if let Ok(t) = Tree::decode(&id, &bytes) {
+                assert_tree_names_valid(&t)?;
+            }
+            Ok(())
+        },
+    );
+    let hostile_name = prop_oneof![
+        Just(""),
+        Just("."),
+        Just(".."),
+        Just("a/b"),
+        Just("/"),
+        Just("a\0"),
+        Just("../x"),
+        Just("x/..")
+    ]
+    .prop_map(str::to_string);
+    fuzz(
+        "fuzz_tree_hostile_names",
+        300,
+        (hostile_name, tree_entry(), valid_tree()),
+        |(name, entry, mut tree)| {
+            tree.entries.insert(name.clone(), entry);
+            let (id, bytes) = tree.encode();
+            prop_assert!(
+                matches!(Tree::decode(&id, &bytes), Err(StoreError::Corrupt { .. })),
+                "decoded a tree with the entry name {:?}",
+                name
+            );
+            Ok(())
+        },
+    );
 }
 
 #[test]
 fn fuzz_commit_decoding() {
     fuzz("fuzz_commit_round_trip", 500, valid_commit(), |commit| {
         let (id, bytes) = commit.encode();
-        let decoded = Commit::decode(&id, &bytes).map_err(|e| TestCaseError::fail(format!("a valid commit does not decode: {e}")))?;
+        let decoded = Commit::decode(&id, &bytes)
+            .map_err(|e| TestCaseError::fail(format!("a valid commit does not decode: {e}")))?;
         prop_assert_eq!(&decoded, &commit);
         prop_assert_eq!(decoded.encode(), (id.clone(), bytes.clone()));
-        prop_assert!(Commit::decode(&object_id("commit", b"x"), &bytes).is_err(), "decoded under the wrong id");
-        prop_assert!(Commit::decode(&object_id("tree", &bytes), &bytes).is_err(), "a commit's bytes under their tree id");
+        prop_assert!(
+            Commit::decode(&object_id("commit", b"x"), &bytes).is_err(),
+            "decoded under the wrong id"
+        );
+        prop_assert!(
+            Commit::decode(&object_id("tree", &bytes), &bytes).is_err(),
+            "a commit's bytes under their tree id"
+        );
         Ok(())
     });
-    fuzz("fuzz_commit_mutations", 800, (valid_commit(), mutations()), |(commit, ms)| {
-        let (_, bytes) = commit.encode();
-        let damaged = mutate(bytes, &ms);
-        let id = object_id("commit", &damaged);
-        if let Ok(c) = Commit::decode(&id, &damaged) {
-            let (id2, bytes2) = c.encode();
-            prop_assert_eq!(Commit::decode(&id2, &bytes2).ok(), Some(c));
-        }
-        Ok(())
-    });
-    fuzz("fuzz_commit_random_bytes", 300, prop::collection::vec(any::<u8>(), 0..300), |bytes| {
-        let id = object_id("commit", &bytes);
-        let _ = Commit::decode(&id, &bytes);
-        let _ = Commit::decode("not an id", &bytes);
-        Ok(())
-    });
+    fuzz(
+        "fuzz_commit_mutations",
+        800,
+        (valid_commit(), mutations()),
+        |(commit, ms)| {
+            let (_, bytes) = commit.encode();
+            let damaged = mutate(bytes, &ms);
+            let id = object_id("commit", &damaged);
+            if let Ok(c) = Commit::decode(&id, &damaged) {
+                let (id2, bytes2) = c.encode();
+                prop_assert_eq!(Commit::decode(&id2, &bytes2).ok(), Some(c));
+            }
+            Ok(())
+        },
+    );
+    fuzz(
+        "fuzz_commit_random_bytes",
+        300,
+        prop::collection::vec(any::<u8>(), 0..300),
+        |bytes| {
+            let id = object_id("commit", &bytes);
+            let _ = Commit::decode(&id, &bytes);
+            let _ = Commit::decode("not an id", &bytes);
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -2313,22 +3931,41 @@ fn fuzz_websocket_messages_and_block_index_entries() {
     ];
     fuzz("fuzz_websocket_client_messages", 1000, text, |text| {
         if let Ok(message) = WsClientMessage::parse(&text) {
-            prop_assert_eq!(WsClientMessage::parse(&message.to_text()).ok(), Some(message), "a parsed message does not survive its own encoding");
+            prop_assert_eq!(
+                WsClientMessage::parse(&message.to_text()).ok(),
+                Some(message),
+                "a parsed message does not survive its own encoding"
+            );
         }
         Ok(())
     });
     use govcfs::store::index::{single_block, BlockSums, INDEX_BLOCK};
-    fuzz("fuzz_block_index", 500, (prop::collection::vec(any::<u8>(), 0..100), 0u64..(1 << 40), any::<u64>(), any::<u64>()), |(entry, len, a, b)| {
-        if let Some(sums) = BlockSums::decode(&entry) {
-            prop_assert!(entry.len() == 48 || entry.len() == 52);
-            prop_assert_eq!((sums.md5.len(), sums.sha256.len()), (32, 64));
-        }
-        // Ranges inside a blob of `len` bytes.
-        let (start, end) = if len == 0 { (0, 0) } else { let (x, y) = (a % (len + 1), b % (len + 1)); (x.min(y), x.max(y)) };
-        if let Some(block) = single_block(&(start..end), len) {
-            prop_assert_eq!(start, block * INDEX_BLOCK);
-            prop_assert_eq!(end, ((block + 1) * INDEX_BLOCK).min(len));
-        }
-        Ok(())
-    });
+    fuzz(
+        "fuzz_block_index",
+        500,
+        (
+            prop::collection::vec(any::<u8>(), 0..100),
+            0u64..(1 << 40),
+            any::<u64>(),
+            any::<u64>(),
+        ),
+        |(entry, len, a, b)| {
+            if let Some(sums) = BlockSums::decode(&entry) {
+                prop_assert!(entry.len() == 48 || entry.len() == 52);
+                prop_assert_eq!((sums.md5.len(), sums.sha256.len()), (32, 64));
+            }
+            // Ranges inside a blob of `len` bytes.
+            let (start, end) = if len == 0 {
+                (0, 0)
+            } else {
+                let (x, y) = (a % (len + 1), b % (len + 1));
+                (x.min(y), x.max(y))
+            };
+            if let Some(block) = single_block(&(start..end), len) {
+                prop_assert_eq!(start, block * INDEX_BLOCK);
+                prop_assert_eq!(end, ((block + 1) * INDEX_BLOCK).min(len));
+            }
+            Ok(())
+        },
+    );
 }

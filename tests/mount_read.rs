@@ -18,7 +18,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{assert_files_equal, first_difference, free_port, metric_value, random_bytes, run_cli, ServerProcess, XorShift};
+use common::{
+    assert_files_equal, first_difference, free_port, metric_value, random_bytes, run_cli,
+    ServerProcess, XorShift,
+};
 use mount_support::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -86,11 +89,16 @@ fn api_put_file(api: &str, local: &Path, path: &str) -> String {
             .map(|index| {
                 let offset = index * chunk;
                 let mut buf = vec![0u8; chunk.min(len - offset) as usize];
-                file.read_exact_at(&mut buf, offset).expect("read a chunk of the local file");
+                file.read_exact_at(&mut buf, offset)
+                    .expect("read a chunk of the local file");
                 let request = http.put(format!("{api}/uploads/{id}/{index}")).body(buf);
                 async move {
                     let response = request.send().await.expect("PUT chunk");
-                    assert!(response.status().is_success(), "PUT chunk {index}: {}", response.status());
+                    assert!(
+                        response.status().is_success(),
+                        "PUT chunk {index}: {}",
+                        response.status()
+                    );
                 }
             })
             .buffer_unordered(3)
@@ -118,13 +126,18 @@ fn api_put_file(api: &str, local: &Path, path: &str) -> String {
         assert_eq!(response.status(), 201, "commit {path}");
         hash
     });
-    println!("uploaded {path}: {len} bytes in {:.1?} ({:.0} MB/s)", started.elapsed(), mb_per_s(len, started.elapsed()));
+    println!(
+        "uploaded {path}: {len} bytes in {:.1?} ({:.0} MB/s)",
+        started.elapsed(),
+        mb_per_s(len, started.elapsed())
+    );
     hash
 }
 
 /// `govcfs_blob_bytes_sent_total` of a server.
 fn blob_bytes_sent(server: &ServerProcess) -> u64 {
-    metric_value(&server.metrics(), "govcfs_blob_bytes_sent_total").expect("govcfs_blob_bytes_sent_total in /metrics") as u64
+    metric_value(&server.metrics(), "govcfs_blob_bytes_sent_total")
+        .expect("govcfs_blob_bytes_sent_total in /metrics") as u64
 }
 
 /// The route label of a `govcfs_http_requests_total{route="…",status="…"} N` line.
@@ -192,20 +205,35 @@ fn write_text_file(path: &Path, len: u64, seed: u64) -> u64 {
     needles
 }
 
-
 /// `grep -c PATTERN FILE` → the count it prints.
 fn grep_count(pattern: &str, file: &Path) -> u64 {
-    let (status, stdout, stderr) = output_bounded(Command::new("grep").args(["-c", pattern]).arg(file), BIG_COMMAND_TIMEOUT);
+    let (status, stdout, stderr) = output_bounded(
+        Command::new("grep").args(["-c", pattern]).arg(file),
+        BIG_COMMAND_TIMEOUT,
+    );
     // grep exits 1 when nothing matches, with "0" printed.
-    assert!(status.code() == Some(0) || status.code() == Some(1), "grep -c {pattern} {}: {status}; {stderr}", file.display());
-    String::from_utf8_lossy(&stdout).trim().parse().unwrap_or_else(|e| panic!("grep printed {:?}: {e}", String::from_utf8_lossy(&stdout)))
+    assert!(
+        status.code() == Some(0) || status.code() == Some(1),
+        "grep -c {pattern} {}: {status}; {stderr}",
+        file.display()
+    );
+    String::from_utf8_lossy(&stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("grep printed {:?}: {e}", String::from_utf8_lossy(&stdout)))
 }
 
 /// `cat SRC > DEST`, returning whether it succeeded and how long it took.
 fn cat_to(src: &Path, dest: &Path) -> (std::process::ExitStatus, Duration) {
     let out = File::create(dest).expect("create the output file");
     let started = Instant::now();
-    let status = run_bounded(Command::new("cat").arg(src).stdout(Stdio::from(out)).stderr(Stdio::inherit()), BIG_COMMAND_TIMEOUT);
+    let status = run_bounded(
+        Command::new("cat")
+            .arg(src)
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::inherit()),
+        BIG_COMMAND_TIMEOUT,
+    );
     (status, started.elapsed())
 }
 
@@ -232,7 +260,9 @@ fn pread_full(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> 
 /// Reads a whole file.
 fn read_whole(path: &Path) -> Vec<u8> {
     let mut data = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     data
 }
 
@@ -241,15 +271,31 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     if a == b {
         return None;
     }
-    Some(a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len())))
+    Some(
+        a.iter()
+            .zip(b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len())),
+    )
 }
 
 /// Asserts that stderr is exactly one line starting with `govcfs:`.
 fn assert_one_line_error(what: &str, status: std::process::ExitStatus, stderr: &str) {
-    assert!(!status.success(), "{what}: expected a non-zero exit, got {status}; stderr: {stderr}");
+    assert!(
+        !status.success(),
+        "{what}: expected a non-zero exit, got {status}; stderr: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected one line on stderr, got {}: {stderr:?}", lines.len());
-    assert!(lines[0].starts_with("govcfs: "), "{what}: stderr does not start with \"govcfs: \": {stderr:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected one line on stderr, got {}: {stderr:?}",
+        lines.len()
+    );
+    assert!(
+        lines[0].starts_with("govcfs: "),
+        "{what}: stderr does not start with \"govcfs: \": {stderr:?}"
+    );
     println!("{what}: exit {status}, stderr: {}", lines[0]);
 }
 
@@ -264,17 +310,34 @@ fn cat_and_grep_of_a_1gib_text_file_match_the_source() {
     let source = work.path().join("big.txt");
     let started = Instant::now();
     let needles = write_text_file(&source, GIB, 11);
-    println!("generated 1 GiB of text ({needles} NEEDLE lines) in {:.1?}", started.elapsed());
+    println!(
+        "generated 1 GiB of text ({needles} NEEDLE lines) in {:.1?}",
+        started.elapsed()
+    );
     api_put_file(&server.api("default"), &source, "text/big.txt");
 
     let mount = MountGuard::start(&server.repo_url("default"), &[]);
     let through = mount.path().join("text/big.txt");
-    assert_eq!(std::fs::metadata(&through).expect("stat through the mount").len(), GIB);
+    assert_eq!(
+        std::fs::metadata(&through)
+            .expect("stat through the mount")
+            .len(),
+        GIB
+    );
 
     let out = work.path().join("cat.out");
     let (status, elapsed) = cat_to(&through, &out);
-    assert!(status.success(), "cat {} failed: {status}; mount log:\n{}", through.display(), mount.log());
-    println!("cat of 1 GiB through the mount: {:.1?}, {:.0} MB/s", elapsed, mb_per_s(GIB, elapsed));
+    assert!(
+        status.success(),
+        "cat {} failed: {status}; mount log:\n{}",
+        through.display(),
+        mount.log()
+    );
+    println!(
+        "cat of 1 GiB through the mount: {:.1?}, {:.0} MB/s",
+        elapsed,
+        mb_per_s(GIB, elapsed)
+    );
     assert_files_equal(&source, &out);
     std::fs::remove_file(&out).expect("remove the cat output");
 
@@ -306,7 +369,11 @@ fn huge_file() -> HugeFile {
     common::write_fast_random_file(&source, HUGE, 22);
     println!("generated 4 GiB in {:.1?}", started.elapsed());
     api_put_file(&server.api("default"), &source, "huge.bin");
-    HugeFile { server, source, _work: work }
+    HugeFile {
+        server,
+        source,
+        _work: work,
+    }
 }
 
 /// `cat MP/huge.bin > /dev/null`; returns the mount's peak RSS in KiB.
@@ -314,11 +381,18 @@ fn cat_huge_to_dev_null(huge: &HugeFile, mount: &MountGuard) -> u64 {
     let sent_before = blob_bytes_sent(&huge.server);
     let started = Instant::now();
     let status = run_bounded(
-        Command::new("cat").arg(mount.path().join("huge.bin")).stdout(Stdio::null()).stderr(Stdio::inherit()),
+        Command::new("cat")
+            .arg(mount.path().join("huge.bin"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
         BIG_COMMAND_TIMEOUT,
     );
     let elapsed = started.elapsed();
-    assert!(status.success(), "cat failed: {status}; mount log:\n{}", mount.log());
+    assert!(
+        status.success(),
+        "cat failed: {status}; mount log:\n{}",
+        mount.log()
+    );
     let sent = blob_bytes_sent(&huge.server) - sent_before;
     let peak = mount.peak_rss_kib().expect("VmHWM of the mount process");
     println!(
@@ -330,7 +404,10 @@ fn cat_huge_to_dev_null(huge: &HugeFile, mount: &MountGuard) -> u64 {
         peak as f64 / 1024.0
     );
     // The file really went through the mount (the cache holds at most 256 MiB of it).
-    assert!(sent >= HUGE - 256 * MIB, "cat read only {sent} bytes from the server: it did not read the file");
+    assert!(
+        sent >= HUGE - 256 * MIB,
+        "cat read only {sent} bytes from the server: it did not read the file"
+    );
     peak
 }
 
@@ -343,23 +420,54 @@ fn four_gib_file_tail_fetches_only_its_end_and_cat_memory_stays_bounded() {
     let huge = huge_file();
     let mount = MountGuard::start(&huge.server.repo_url("default"), &["--cache-size", "256M"]);
     let through = mount.path().join("huge.bin");
-    assert_eq!(std::fs::metadata(&through).expect("stat through the mount").len(), HUGE);
+    assert_eq!(
+        std::fs::metadata(&through)
+            .expect("stat through the mount")
+            .len(),
+        HUGE
+    );
 
     let sent_before = blob_bytes_sent(&huge.server);
-    let (status, tail, stderr) = output_bounded(Command::new("tail").args(["-c", &TAIL.to_string()]).arg(&through), Duration::from_secs(60));
+    let (status, tail, stderr) = output_bounded(
+        Command::new("tail")
+            .args(["-c", &TAIL.to_string()])
+            .arg(&through),
+        Duration::from_secs(60),
+    );
     let sent_after = blob_bytes_sent(&huge.server);
     assert!(status.success(), "tail failed: {status}; {stderr}");
     let mut expected = vec![0u8; TAIL as usize];
-    File::open(&huge.source).unwrap().read_exact_at(&mut expected, HUGE - TAIL).unwrap();
-    assert_eq!(tail.len(), expected.len(), "tail printed {} bytes", tail.len());
-    assert!(tail == expected, "tail output differs from the source's last 64 KiB at byte {:?}", first_diff(&tail, &expected));
+    File::open(&huge.source)
+        .unwrap()
+        .read_exact_at(&mut expected, HUGE - TAIL)
+        .unwrap();
+    assert_eq!(
+        tail.len(),
+        expected.len(),
+        "tail printed {} bytes",
+        tail.len()
+    );
+    assert!(
+        tail == expected,
+        "tail output differs from the source's last 64 KiB at byte {:?}",
+        first_diff(&tail, &expected)
+    );
     let tail_sent = sent_after - sent_before;
-    println!("tail -c {TAIL}: server sent {tail_sent} blob bytes ({:.2} chunks of 1 MiB)", tail_sent as f64 / MIB as f64);
-    assert!(tail_sent <= 2 * MIB, "tail -c 64K made the server send {tail_sent} bytes (more than 2 chunks)");
+    println!(
+        "tail -c {TAIL}: server sent {tail_sent} blob bytes ({:.2} chunks of 1 MiB)",
+        tail_sent as f64 / MIB as f64
+    );
+    assert!(
+        tail_sent <= 2 * MIB,
+        "tail -c 64K made the server send {tail_sent} bytes (more than 2 chunks)"
+    );
 
     let peak = cat_huge_to_dev_null(&huge, &mount);
     // Regression guard: far below the 4 GiB read (the cache is bounded and evicts).
-    assert!(peak < (256 + 256) * 1024, "mount peak RSS {peak} KiB: memory grows with the file");
+    assert!(
+        peak < (256 + 256) * 1024,
+        "mount peak RSS {peak} KiB: memory grows with the file"
+    );
 }
 
 /// The brief's target: with `--cache-size 256M`, the mount's peak RSS during a 4 GiB `cat`
@@ -369,7 +477,10 @@ fn four_gib_file_cat_peak_rss_stays_under_cache_size_plus_64mib() {
     let huge = huge_file();
     let mount = MountGuard::start(&huge.server.repo_url("default"), &["--cache-size", "256M"]);
     let peak = cat_huge_to_dev_null(&huge, &mount);
-    assert!(peak < (256 + 64) * 1024, "mount peak RSS {peak} KiB exceeds 256 MiB + 64 MiB");
+    assert!(
+        peak < (256 + 64) * 1024,
+        "mount peak RSS {peak} KiB exceeds 256 MiB + 64 MiB"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -383,7 +494,12 @@ fn random_preads_through_the_mount_match_the_source() {
     let server = ServerProcess::start();
     let work = tempfile::tempdir().expect("tempdir");
     let data = random_bytes(SIZE as usize, 33);
-    put_bytes(work.path(), &server.repo_url("default"), "rand/file.bin", &data);
+    put_bytes(
+        work.path(),
+        &server.repo_url("default"),
+        "rand/file.bin",
+        &data,
+    );
     let mount = MountGuard::start(&server.repo_url("default"), &[]);
     let file = File::open(mount.path().join("rand/file.bin")).expect("open through the mount");
     assert_eq!(file.metadata().unwrap().len(), SIZE);
@@ -391,12 +507,21 @@ fn random_preads_through_the_mount_match_the_source() {
     // fallback for a filesystem without lseek gives the same offsets, so the log check is what
     // shows the mount answers them itself.
     // SAFETY: lseek on an open descriptor.
-    let seek = |offset: u64, whence| unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    let seek = |offset: u64, whence| unsafe {
+        libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence)
+    };
     assert_eq!(seek(4096, libc::SEEK_DATA), 4096);
     assert_eq!(seek(4096, libc::SEEK_HOLE), SIZE as libc::off_t);
     assert_eq!(seek(SIZE, libc::SEEK_DATA), -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO));
-    assert!(!mount.log().contains("Not Implemented"), "mount log:\n{}", mount.log());
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENXIO)
+    );
+    assert!(
+        !mount.log().contains("Not Implemented"),
+        "mount log:\n{}",
+        mount.log()
+    );
 
     let offsets = prop_oneof![
         6 => 0..SIZE,
@@ -405,7 +530,11 @@ fn random_preads_through_the_mount_match_the_source() {
         1 => Just(SIZE),
     ];
     let lengths = prop_oneof![6 => 0..=MAX_LEN, 2 => 1usize..=16, 1 => Just(MAX_LEN)];
-    let mut runner = TestRunner::new(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 1000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
     let reads = std::cell::Cell::new(0u64);
     let bytes = std::cell::Cell::new(0u64);
     let started = Instant::now();
@@ -416,7 +545,8 @@ fn random_preads_through_the_mount_match_the_source() {
             unsafe {
                 libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
             }
-            let got = pread_full(&file, offset, len).map_err(|e| TestCaseError::fail(format!("pread({offset}, {len}): {e}")))?;
+            let got = pread_full(&file, offset, len)
+                .map_err(|e| TestCaseError::fail(format!("pread({offset}, {len}): {e}")))?;
             let start = offset.min(SIZE) as usize;
             let end = (offset + len as u64).min(SIZE) as usize;
             let want = &data[start..end];
@@ -433,7 +563,12 @@ fn random_preads_through_the_mount_match_the_source() {
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}; mount log:\n{}", mount.log()));
-    println!("{} preads, {} bytes, in {:.1?}", reads.get(), bytes.get(), started.elapsed());
+    println!(
+        "{} preads, {} bytes, in {:.1?}",
+        reads.get(),
+        bytes.get(),
+        started.elapsed()
+    );
     assert!(reads.get() >= 1000);
 }
 
@@ -443,10 +578,37 @@ fn random_preads_through_the_mount_match_the_source() {
 
 /// Uploads `data` through the chunked upload API and returns its blob id.
 async fn upload_blob(http: &reqwest::Client, api: &str, data: &[u8]) -> String {
-    let started: Value = http.post(format!("{api}/uploads")).send().await.unwrap().error_for_status().unwrap().json().await.unwrap();
-    let id = started["upload_id"].as_str().expect("upload_id").to_string();
-    http.put(format!("{api}/uploads/{id}/0")).body(data.to_vec()).send().await.unwrap().error_for_status().unwrap();
-    let done: Value = http.post(format!("{api}/uploads/{id}/complete")).send().await.unwrap().error_for_status().unwrap().json().await.unwrap();
+    let started: Value = http
+        .post(format!("{api}/uploads"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["upload_id"]
+        .as_str()
+        .expect("upload_id")
+        .to_string();
+    http.put(format!("{api}/uploads/{id}/0"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let done: Value = http
+        .post(format!("{api}/uploads/{id}/complete"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(done["size"].as_u64(), Some(data.len() as u64), "{done}");
     done["hash"].as_str().expect("hash").to_string()
 }
@@ -459,8 +621,15 @@ fn listing_a_directory_of_10000_files_is_one_tree_request() {
     common::block_on(async {
         let http = common::http_client();
         let hash = upload_blob(&http, &api, b"small file\n").await;
-        let changes: Vec<Value> = (1..=N).map(|i| json!({"op": "put", "path": format!("many/f{i:05}"), "hash": hash})).collect();
-        let response = http.post(format!("{api}/commits")).json(&json!({"message": "10,000 files", "changes": changes})).send().await.unwrap();
+        let changes: Vec<Value> = (1..=N)
+            .map(|i| json!({"op": "put", "path": format!("many/f{i:05}"), "hash": hash}))
+            .collect();
+        let response = http
+            .post(format!("{api}/commits"))
+            .json(&json!({"message": "10,000 files", "changes": changes}))
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         let body = response.text().await.unwrap();
         assert_eq!(status, 201, "commit of {N} files: {body}");
@@ -472,24 +641,55 @@ fn listing_a_directory_of_10000_files_is_one_tree_request() {
     assert!(std::fs::metadata(&many).expect("stat many").is_dir());
 
     let before = tree_requests(&server);
-    let (status, stdout, stderr) = output_bounded(Command::new("ls").arg("-l").arg(&many), Duration::from_secs(120));
+    let (status, stdout, stderr) = output_bounded(
+        Command::new("ls").arg("-l").arg(&many),
+        Duration::from_secs(120),
+    );
     let after = tree_requests(&server);
     assert!(status.success(), "ls -l: {status}; {stderr}");
     let text = String::from_utf8_lossy(&stdout);
-    let names: Vec<&str> = text.lines().filter(|l| l.starts_with('-')).filter_map(|l| l.split_whitespace().last()).collect();
-    println!("ls -l {}: {} file entries; tree requests {before} -> {after}", many.display(), names.len());
+    let names: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    println!(
+        "ls -l {}: {} file entries; tree requests {before} -> {after}",
+        many.display(),
+        names.len()
+    );
     assert_eq!(names.len(), N, "ls -l listed {} files", names.len());
     let expected: Vec<String> = (1..=N).map(|i| format!("f{i:05}")).collect();
     let mut sorted: Vec<&str> = names.clone();
     sorted.sort_unstable();
-    assert!(sorted.iter().zip(&expected).all(|(a, b)| *a == b.as_str()), "unexpected names in the listing");
-    assert!(text.lines().filter(|l| l.starts_with('-')).all(|l| l.split_whitespace().nth(4) == Some("11")), "every file has 11 bytes");
-    assert_eq!(after - before, 1, "ls -l of 10,000 files made {} tree requests", after - before);
+    assert!(
+        sorted.iter().zip(&expected).all(|(a, b)| *a == b.as_str()),
+        "unexpected names in the listing"
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with('-'))
+            .all(|l| l.split_whitespace().nth(4) == Some("11")),
+        "every file has 11 bytes"
+    );
+    assert_eq!(
+        after - before,
+        1,
+        "ls -l of 10,000 files made {} tree requests",
+        after - before
+    );
 
     // Within the TTL, listing again costs nothing.
-    let (status, _, stderr) = output_bounded(Command::new("ls").arg("-l").arg(&many), Duration::from_secs(120));
+    let (status, _, stderr) = output_bounded(
+        Command::new("ls").arg("-l").arg(&many),
+        Duration::from_secs(120),
+    );
     assert!(status.success(), "second ls -l: {stderr}");
-    assert_eq!(tree_requests(&server), after, "a second ls -l within the TTL listed the directory again");
+    assert_eq!(
+        tree_requests(&server),
+        after,
+        "a second ls -l within the TTL listed the directory again"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -515,7 +715,11 @@ fn open_file_reads_its_pinned_version_and_a_fresh_open_reads_the_new_one() {
         let mut file = File::open(&path).expect("open through the mount");
         let mut first = vec![0u8; HALF];
         file.read_exact(&mut first).expect("read the first half");
-        assert!(first == old[..HALF], "first half differs from the old version at {:?}", first_diff(&first, &old[..HALF]));
+        assert!(
+            first == old[..HALF],
+            "first half differs from the old version at {:?}",
+            first_diff(&first, &old[..HALF])
+        );
 
         put(&new_local, &repo, "pinned.bin");
         // Let the mount's attributes expire, and make the kernel see the change.
@@ -524,8 +728,17 @@ fn open_file_reads_its_pinned_version_and_a_fresh_open_reads_the_new_one() {
 
         let mut second = Vec::with_capacity(HALF);
         file.read_to_end(&mut second).expect("read the second half");
-        assert_eq!(second.len(), HALF, "the second half has {} bytes", second.len());
-        assert!(second == old[HALF..], "the open file saw new bytes: second half differs from the OLD version at {:?}", first_diff(&second, &old[HALF..]));
+        assert_eq!(
+            second.len(),
+            HALF,
+            "the second half has {} bytes",
+            second.len()
+        );
+        assert!(
+            second == old[HALF..],
+            "the open file saw new bytes: second half differs from the OLD version at {:?}",
+            first_diff(&second, &old[HALF..])
+        );
         assert!(second != new[HALF..]);
     }
 
@@ -533,7 +746,11 @@ fn open_file_reads_its_pinned_version_and_a_fresh_open_reads_the_new_one() {
     std::thread::sleep(Duration::from_millis(1200));
     let fresh = read_whole(&path);
     assert_eq!(fresh.len(), SIZE);
-    assert!(fresh == new, "a fresh open after the TTL differs from the NEW version at {:?}", first_diff(&fresh, &new));
+    assert!(
+        fresh == new,
+        "a fresh open after the TTL differs from the NEW version at {:?}",
+        first_diff(&fresh, &new)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -557,7 +774,11 @@ fn tail_follow_case(first: &[u8]) {
     let repo = server.repo_url("default");
     put_bytes(work.path(), &repo, "log.txt", first);
     let mount = MountGuard::start(&repo, &["--attr-ttl", "0.5"]);
-    let last_line = String::from_utf8_lossy(first).lines().last().expect("a first line").to_string();
+    let last_line = String::from_utf8_lossy(first)
+        .lines()
+        .last()
+        .expect("a first line")
+        .to_string();
 
     let mut tail = ChildGuard(
         Command::new("tail")
@@ -591,7 +812,8 @@ fn tail_follow_case(first: &[u8]) {
         }
         Err(seen)
     };
-    wait_for(&last_line, Duration::from_secs(15)).unwrap_or_else(|seen| panic!("tail -F did not print {last_line:?}; saw {seen:?}"));
+    wait_for(&last_line, Duration::from_secs(15))
+        .unwrap_or_else(|seen| panic!("tail -F did not print {last_line:?}; saw {seen:?}"));
 
     let appended = "a line appended by another client";
     let mut grown = first.to_vec();
@@ -639,11 +861,16 @@ fn server_restart_during_cat_never_gives_wrong_bytes_with_success() {
     let work = tempfile::tempdir().expect("tempdir");
     let data_dir = work.path().join("data");
     std::fs::create_dir(&data_dir).unwrap();
-    let mut server = RestartableServer::start(&data_dir, "127.0.0.1:0", &work.path().join("server.log"));
+    let mut server =
+        RestartableServer::start(&data_dir, "127.0.0.1:0", &work.path().join("server.log"));
     let repo = server.repo_url("default");
     let source = work.path().join("big.bin");
     common::write_fast_random_file(&source, SIZE, 77);
-    api_put_file(&format!("http://{}/api/v1/repos/default", server.addr), &source, "big");
+    api_put_file(
+        &format!("http://{}/api/v1/repos/default", server.addr),
+        &source,
+        "big",
+    );
 
     let mount = MountGuard::start(&repo, &[]);
     let out = work.path().join("cat.out");
@@ -663,7 +890,9 @@ fn server_restart_during_cat_never_gives_wrong_bytes_with_success() {
         text
     });
     let written = || std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-    let started = wait_until(Duration::from_secs(30), || written() > 0 || cat.0.try_wait().ok().flatten().is_some());
+    let started = wait_until(Duration::from_secs(30), || {
+        written() > 0 || cat.0.try_wait().ok().flatten().is_some()
+    });
     assert!(started, "cat wrote nothing within 30 s");
     let at_kill = written();
     server.kill();
@@ -672,7 +901,12 @@ fn server_restart_during_cat_never_gives_wrong_bytes_with_success() {
     server.restart();
     println!("server restarted on {}", server.addr);
 
-    let status = wait_child(&mut cat.0, Duration::from_secs(120)).unwrap_or_else(|| panic!("cat did not finish within 120 s; mount log:\n{}", mount.log()));
+    let status = wait_child(&mut cat.0, Duration::from_secs(120)).unwrap_or_else(|| {
+        panic!(
+            "cat did not finish within 120 s; mount log:\n{}",
+            mount.log()
+        )
+    });
     let stderr = err_thread.join().unwrap_or_default();
     let len = written();
     if status.success() {
@@ -681,8 +915,14 @@ fn server_restart_during_cat_never_gives_wrong_bytes_with_success() {
             Some(at) => panic!("cat exited 0 but its output differs from the source at byte {at} ({len} bytes written); mount log:\n{}", mount.log()),
         }
     } else {
-        println!("outcome: cat failed ({status}) after {len} bytes: {}", stderr.trim());
-        assert!(stderr.contains("Input/output error") || stderr.contains("Transport endpoint"), "cat failed without EIO: {stderr}");
+        println!(
+            "outcome: cat failed ({status}) after {len} bytes: {}",
+            stderr.trim()
+        );
+        assert!(
+            stderr.contains("Input/output error") || stderr.contains("Transport endpoint"),
+            "cat failed without EIO: {stderr}"
+        );
     }
     if at_kill == SIZE {
         println!("note: cat had already finished when the server was killed");
@@ -741,7 +981,12 @@ fn mount_errors_are_one_line_on_stderr_with_a_nonzero_exit() {
 fn writes_on_the_read_only_mount_fail_with_erofs() {
     let server = ServerProcess::start();
     let work = tempfile::tempdir().expect("tempdir");
-    put_bytes(work.path(), &server.repo_url("default"), "dir/existing.txt", b"existing\n");
+    put_bytes(
+        work.path(),
+        &server.repo_url("default"),
+        "dir/existing.txt",
+        b"existing\n",
+    );
     // The brief's mount was read-only by default; since the write side landed, it needs
     // --read-only (CONTRACT §5: "A read-only mount answers EROFS").
     let mount = MountGuard::start(&server.repo_url("default"), &["--read-only"]);
@@ -750,16 +995,46 @@ fn writes_on_the_read_only_mount_fail_with_erofs() {
         Ok(()) => panic!("{what} succeeded on a read-only mount"),
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}"),
     };
-    expect_erofs("create a file", File::create(mp.join("dir/new.txt")).map(drop));
-    expect_erofs("create a file at the root", std::fs::OpenOptions::new().write(true).create_new(true).open(mp.join("new")).map(drop));
+    expect_erofs(
+        "create a file",
+        File::create(mp.join("dir/new.txt")).map(drop),
+    );
+    expect_erofs(
+        "create a file at the root",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(mp.join("new"))
+            .map(drop),
+    );
     expect_erofs("mkdir", std::fs::create_dir(mp.join("newdir")));
-    expect_erofs("open an existing file for writing", std::fs::OpenOptions::new().write(true).open(mp.join("dir/existing.txt")).map(drop));
-    expect_erofs("append to an existing file", std::fs::OpenOptions::new().append(true).open(mp.join("dir/existing.txt")).map(drop));
+    expect_erofs(
+        "open an existing file for writing",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(mp.join("dir/existing.txt"))
+            .map(drop),
+    );
+    expect_erofs(
+        "append to an existing file",
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(mp.join("dir/existing.txt"))
+            .map(drop),
+    );
     expect_erofs("unlink", std::fs::remove_file(mp.join("dir/existing.txt")));
-    expect_erofs("rename", std::fs::rename(mp.join("dir/existing.txt"), mp.join("dir/moved.txt")));
+    expect_erofs(
+        "rename",
+        std::fs::rename(mp.join("dir/existing.txt"), mp.join("dir/moved.txt")),
+    );
     // Nothing changed.
     assert_eq!(read_whole(&mp.join("dir/existing.txt")), b"existing\n");
-    assert_eq!(read_dir_bounded(&mp.join("dir"), Duration::from_secs(20)).unwrap().unwrap(), vec!["existing.txt"]);
+    assert_eq!(
+        read_dir_bounded(&mp.join("dir"), Duration::from_secs(20))
+            .unwrap()
+            .unwrap(),
+        vec!["existing.txt"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -769,12 +1044,17 @@ fn writes_on_the_read_only_mount_fail_with_erofs() {
 /// PIDs of running `govcfs` processes whose command line names `mountpoint`.
 fn daemon_pids(mountpoint: &Path) -> Vec<u32> {
     let wanted = mountpoint.as_os_str().as_encoded_bytes();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-            let is_ours = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == Path::new(GOVCFS));
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let is_ours = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe == Path::new(GOVCFS));
             is_ours && cmdline.split(|b| *b == 0).any(|arg| arg == wanted)
         })
         .collect()
@@ -784,26 +1064,66 @@ fn daemon_pids(mountpoint: &Path) -> Vec<u32> {
 fn daemon_mode_returns_once_mounted_and_govcfs_unmount_unmounts() {
     let server = ServerProcess::start();
     let work = tempfile::tempdir().expect("tempdir");
-    put_bytes(work.path(), &server.repo_url("default"), "hello.txt", b"hello\n");
+    put_bytes(
+        work.path(),
+        &server.repo_url("default"),
+        "hello.txt",
+        b"hello\n",
+    );
     let daemon = DaemonMount::new();
     let url = server.repo_url("default");
     let started = Instant::now();
-    let result = daemon.run(Path::new(GOVCFS), &[OsStr::new("mount"), OsStr::new(&url), daemon.path().as_os_str()]);
-    println!("govcfs mount (background) returned {} after {:.1?}", result.status, started.elapsed());
-    assert!(result.status.success(), "govcfs mount without -f failed: {}; logs:\n{}", result.stderr, daemon.logs());
+    let result = daemon.run(
+        Path::new(GOVCFS),
+        &[
+            OsStr::new("mount"),
+            OsStr::new(&url),
+            daemon.path().as_os_str(),
+        ],
+    );
+    println!(
+        "govcfs mount (background) returned {} after {:.1?}",
+        result.status,
+        started.elapsed()
+    );
+    assert!(
+        result.status.success(),
+        "govcfs mount without -f failed: {}; logs:\n{}",
+        result.stderr,
+        daemon.logs()
+    );
     match &result.first_read_dir {
         Some(Ok(names)) => assert_eq!(names, &vec!["hello.txt".to_string()]),
-        other => panic!("read_dir right after the mount returned: {other:?}; logs:\n{}", daemon.logs()),
+        other => panic!(
+            "read_dir right after the mount returned: {other:?}; logs:\n{}",
+            daemon.logs()
+        ),
     }
     assert!(is_mounted(daemon.path()));
     assert_eq!(read_whole(&daemon.path().join("hello.txt")), b"hello\n");
     let pids = daemon_pids(daemon.path());
-    assert_eq!(pids.len(), 1, "expected one background mount process, found {pids:?}");
+    assert_eq!(
+        pids.len(),
+        1,
+        "expected one background mount process, found {pids:?}"
+    );
 
-    let (status, stdout, stderr) = output_bounded(govcfs_command().arg("unmount").arg(daemon.path()), Duration::from_secs(60));
-    assert!(status.success(), "govcfs unmount: {status}; {stderr} {}", String::from_utf8_lossy(&stdout));
-    assert!(wait_until(Duration::from_secs(20), || !is_mounted(daemon.path())), "still mounted after govcfs unmount");
-    let exited = wait_until(Duration::from_secs(20), || daemon_pids(daemon.path()).is_empty());
+    let (status, stdout, stderr) = output_bounded(
+        govcfs_command().arg("unmount").arg(daemon.path()),
+        Duration::from_secs(60),
+    );
+    assert!(
+        status.success(),
+        "govcfs unmount: {status}; {stderr} {}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || !is_mounted(daemon.path())),
+        "still mounted after govcfs unmount"
+    );
+    let exited = wait_until(Duration::from_secs(20), || {
+        daemon_pids(daemon.path()).is_empty()
+    });
     if !exited {
         // It was started on our behalf: stop it before failing.
         for pid in daemon_pids(daemon.path()) {
@@ -813,24 +1133,44 @@ fn daemon_mode_returns_once_mounted_and_govcfs_unmount_unmounts() {
             }
         }
     }
-    assert!(exited, "the background mount process did not exit after the unmount");
+    assert!(
+        exited,
+        "the background mount process did not exit after the unmount"
+    );
     // Unmounting again is a one-line error.
-    let (status, _, stderr) = output_bounded(govcfs_command().arg("unmount").arg(daemon.path()), Duration::from_secs(60));
-    assert_one_line_error("unmount of a directory that is not mounted", status, &stderr);
+    let (status, _, stderr) = output_bounded(
+        govcfs_command().arg("unmount").arg(daemon.path()),
+        Duration::from_secs(60),
+    );
+    assert_one_line_error(
+        "unmount of a directory that is not mounted",
+        status,
+        &stderr,
+    );
 }
 
 #[test]
 fn fstab_helper_mount_govcfs_mounts_in_the_background() {
     let server = ServerProcess::start();
     let work = tempfile::tempdir().expect("tempdir");
-    put_bytes(work.path(), &server.repo_url("default"), "hello.txt", b"hello\n");
+    put_bytes(
+        work.path(),
+        &server.repo_url("default"),
+        "hello.txt",
+        b"hello\n",
+    );
     let helper = work.path().join("mount.govcfs");
     std::os::unix::fs::symlink(GOVCFS, &helper).expect("symlink mount.govcfs");
     let daemon = DaemonMount::new();
     let url = server.repo_url("default");
     let result = daemon.run(
         &helper,
-        &[OsStr::new(&url), daemon.path().as_os_str(), OsStr::new("-o"), OsStr::new("ro,cache_size=64M,_netdev")],
+        &[
+            OsStr::new(&url),
+            daemon.path().as_os_str(),
+            OsStr::new("-o"),
+            OsStr::new("ro,cache_size=64M,_netdev"),
+        ],
     );
     assert!(
         result.status.success(),
@@ -841,12 +1181,20 @@ fn fstab_helper_mount_govcfs_mounts_in_the_background() {
     );
     match &result.first_read_dir {
         Some(Ok(names)) => assert_eq!(names, &vec!["hello.txt".to_string()]),
-        other => panic!("read_dir right after mount.govcfs returned: {other:?}; logs:\n{}", daemon.logs()),
+        other => panic!(
+            "read_dir right after mount.govcfs returned: {other:?}; logs:\n{}",
+            daemon.logs()
+        ),
     }
     assert_eq!(read_whole(&daemon.path().join("hello.txt")), b"hello\n");
     let entries = mount_entries(daemon.path());
     println!("mount.govcfs mounted: {entries:?}");
-    assert!(entries.iter().any(|(_, fstype, source)| fstype.starts_with("fuse") && source == &url), "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .any(|(_, fstype, source)| fstype.starts_with("fuse") && source == &url),
+        "{entries:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -857,11 +1205,29 @@ fn fstab_helper_mount_govcfs_mounts_in_the_background() {
 fn mount_without_url_serves_an_empty_default_repository() {
     let xdg = tempfile::tempdir().expect("tempdir");
     let xdg_path = xdg.path().to_str().expect("UTF-8").to_string();
-    let mount = MountGuard::start_with(MountOptions { url: None, args: &[], envs: &[("XDG_DATA_HOME", &xdg_path)] });
-    let names = read_dir_bounded(mount.path(), Duration::from_secs(20)).expect("read_dir hung").expect("read_dir");
-    assert!(names.is_empty(), "the embedded default repository is not empty: {names:?}");
+    let mount = MountGuard::start_with(MountOptions {
+        url: None,
+        args: &[],
+        envs: &[("XDG_DATA_HOME", &xdg_path)],
+    });
+    let names = read_dir_bounded(mount.path(), Duration::from_secs(20))
+        .expect("read_dir hung")
+        .expect("read_dir");
+    assert!(
+        names.is_empty(),
+        "the embedded default repository is not empty: {names:?}"
+    );
     let entries = mount_entries(mount.path());
     println!("embedded mount: {entries:?}");
-    assert!(entries.iter().any(|(_, _, source)| source.starts_with("http://127.0.0.1:") && source.ends_with("/default")), "{entries:?}");
-    assert!(xdg.path().join("govcfs").is_dir(), "the embedded server did not use $XDG_DATA_HOME/govcfs");
+    assert!(
+        entries
+            .iter()
+            .any(|(_, _, source)| source.starts_with("http://127.0.0.1:")
+                && source.ends_with("/default")),
+        "{entries:?}"
+    );
+    assert!(
+        xdg.path().join("govcfs").is_dir(),
+        "the embedded server did not use $XDG_DATA_HOME/govcfs"
+    );
 }

@@ -50,7 +50,10 @@ impl S3Instance {
     /// Starts a server on `store_url` (a prefix of `s3`).
     fn start(s3: &S3Server, store_url: &str) -> S3Instance {
         let server = ServerProcess::start_on_s3(s3, store_url, &["--log-level", "debug"]);
-        S3Instance { addr: server.addr, server }
+        S3Instance {
+            addr: server.addr,
+            server,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -94,32 +97,61 @@ impl S3Instance {
 fn s3_and_prefix() -> (S3Server, String) {
     let s3 = S3Server::start();
     let store_url = s3.store_url();
-    eprintln!("S3 server: {} at {}; store {store_url}", s3.kind, s3.endpoint);
+    eprintln!(
+        "S3 server: {} at {}; store {store_url}",
+        s3.kind, s3.endpoint
+    );
     (s3, store_url)
 }
 
 /// One API request to `server`; panics if it cannot be sent or answered.
-fn api_request(server: &S3Instance, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
-    http_request(server.addr, method, target, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {target} on {}: {e}; log:\n{}", server.url(), server.log_tail(40)))
+fn api_request(
+    server: &S3Instance,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
+    http_request(server.addr, method, target, headers, body).unwrap_or_else(|e| {
+        panic!(
+            "{method} {target} on {}: {e}; log:\n{}",
+            server.url(),
+            server.log_tail(40)
+        )
+    })
 }
 
 /// The entries of directory `dir` through `server`'s tree API: name -> blob id.
 fn tree_of(server: &S3Instance, dir: &str) -> BTreeMap<String, String> {
     let target = format!("{}/tree/{dir}", server.api());
     let response = api_request(server, "GET", &target, &[], b"");
-    assert_eq!(response.status, 200, "GET {target} on {}: {}", server.url(), response.text());
+    assert_eq!(
+        response.status,
+        200,
+        "GET {target} on {}: {}",
+        server.url(),
+        response.text()
+    );
     response.json()["entries"]
         .as_array()
         .expect("entries array")
         .iter()
-        .map(|e| (e["name"].as_str().expect("name").to_string(), e["hash"].as_str().expect("hash").to_string()))
+        .map(|e| {
+            (
+                e["name"].as_str().expect("name").to_string(),
+                e["hash"].as_str().expect("hash").to_string(),
+            )
+        })
         .collect()
 }
 
 /// `govcfs get URL -o OUT`; panics on failure.
 fn get_to(url: &str, out: &Path, timeout: Duration) -> CliOutput {
-    let output = run_cli_with(&["get", url, "-o", out.to_str().expect("UTF-8 path")], &[], timeout);
+    let output = run_cli_with(
+        &["get", url, "-o", out.to_str().expect("UTF-8 path")],
+        &[],
+        timeout,
+    );
     output.assert_success(&format!("govcfs get {url}"));
     output
 }
@@ -179,41 +211,76 @@ fn two_servers_on_one_bucket_keep_every_concurrent_commit() {
                 scope.spawn(move || {
                     barrier.wait();
                     for i in 0..FILES {
-                        let local = files[&(side, i)].0.to_str().expect("UTF-8 path").to_string();
+                        let local = files[&(side, i)]
+                            .0
+                            .to_str()
+                            .expect("UTF-8 path")
+                            .to_string();
                         let url = server.file_url(&format!("{side}/{i}"));
                         let out = run_cli_with(&["put", &local, &url], &[], SMALL_TIMEOUT);
                         if !out.status.success() {
-                            return Err(format!("govcfs put {local} {url}: {:?}; stderr: {}", out.status, out.stderr));
+                            return Err(format!(
+                                "govcfs put {local} {url}: {:?}; stderr: {}",
+                                out.status, out.stderr
+                            ));
                         }
                     }
                     Ok(())
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("put thread panicked".into()))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("put thread panicked".into()))
+            })
+            .collect()
     });
-    eprintln!("{} concurrent puts through two servers took {:.1?}", 2 * FILES, started.elapsed());
+    eprintln!(
+        "{} concurrent puts through two servers took {:.1?}",
+        2 * FILES,
+        started.elapsed()
+    );
     for r in &results {
         if let Err(e) = r {
-            panic!("{e}\nlog of A:\n{}\nlog of B:\n{}", a.log_tail(40), b.log_tail(40));
+            panic!(
+                "{e}\nlog of A:\n{}\nlog of B:\n{}",
+                a.log_tail(40),
+                b.log_tail(40)
+            );
         }
     }
     let lost_races = |s: &S3Instance| s.log().matches("lost a race").count();
-    eprintln!("commits that lost a ref race and were re-applied: A {}, B {}", lost_races(&a), lost_races(&b));
+    eprintln!(
+        "commits that lost a ref race and were re-applied: A {}, B {}",
+        lost_races(&a),
+        lost_races(&b)
+    );
 
     // Both servers list all 30 files, with the blob ids of what was put.
     for (name, server) in [("A", &a), ("B", &b)] {
         for side in ["a", "b"] {
             let listed = tree_of(server, side);
-            let expected: BTreeMap<String, String> =
-                (0..FILES).map(|i| (i.to_string(), git_blob_id(&files[&(side, i)].1))).collect();
-            assert_eq!(listed, expected, "tree {side}/ through server {name} (left: listed, right: put)");
+            let expected: BTreeMap<String, String> = (0..FILES)
+                .map(|i| (i.to_string(), git_blob_id(&files[&(side, i)].1)))
+                .collect();
+            assert_eq!(
+                listed, expected,
+                "tree {side}/ through server {name} (left: listed, right: put)"
+            );
             let out = run_cli_with(&["ls", &server.file_url(side)], &[], SMALL_TIMEOUT);
             out.assert_success(&format!("govcfs ls {side}/ through {name}"));
             let text = out.stdout_text();
-            let names: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().last()).collect();
+            let names: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.split_whitespace().last())
+                .collect();
             for i in 0..FILES {
-                assert!(names.contains(&i.to_string().as_str()), "govcfs ls {side}/ through {name} lacks {i}:\n{text}");
+                assert!(
+                    names.contains(&i.to_string().as_str()),
+                    "govcfs ls {side}/ through {name} lacks {i}:\n{text}"
+                );
             }
         }
     }
@@ -224,7 +291,12 @@ fn two_servers_on_one_bucket_keep_every_concurrent_commit() {
         let got = work.path().join(format!("got-{side}-{i}"));
         get_to(&other.file_url(&format!("{side}/{i}")), &got, SMALL_TIMEOUT);
         let bytes = std::fs::read(&got).expect("read the downloaded file");
-        assert!(bytes == *data, "{side}/{i} read through the other server differs ({} bytes, {} expected)", bytes.len(), data.len());
+        assert!(
+            bytes == *data,
+            "{side}/{i} read through the other server differs ({} bytes, {} expected)",
+            bytes.len(),
+            data.len()
+        );
     }
 }
 
@@ -246,19 +318,41 @@ fn a_mount_through_one_server_sees_writes_made_through_the_other() {
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = MountGuard::start(
         &format!("{}/{REPO}", a.url()),
-        &["--cache-dir", cache.path().to_str().expect("UTF-8 path"), "--attr-ttl", "60"],
+        &[
+            "--cache-dir",
+            cache.path().to_str().expect("UTF-8 path"),
+            "--attr-ttl",
+            "60",
+        ],
     );
     let logs = |mnt: &MountGuard| {
-        format!("mount log:\n{}\nlog of A:\n{}\nlog of B:\n{}", mnt.log(), a.log_tail(40), b.log_tail(40))
+        format!(
+            "mount log:\n{}\nlog of A:\n{}\nlog of B:\n{}",
+            mnt.log(),
+            a.log_tail(40),
+            b.log_tail(40)
+        )
     };
 
     // 20 MiB through the mount of A, read back through B.
     let source = work.path().join("big.bin");
     write_random_file(&source, 20 * MIB, 20).expect("write the source file");
     let started = Instant::now();
-    let (status, _, stderr) = output_bounded(Command::new("cp").arg(&source).arg(mnt.path().join("big.bin")), Duration::from_secs(300));
-    assert!(status.success(), "cp into the mount failed: {status}; stderr: {stderr}\n{}", logs(&mnt));
-    eprintln!("cp of 20 MiB into the mount of A: {:.1?}", started.elapsed());
+    let (status, _, stderr) = output_bounded(
+        Command::new("cp")
+            .arg(&source)
+            .arg(mnt.path().join("big.bin")),
+        Duration::from_secs(300),
+    );
+    assert!(
+        status.success(),
+        "cp into the mount failed: {status}; stderr: {stderr}\n{}",
+        logs(&mnt)
+    );
+    eprintln!(
+        "cp of 20 MiB into the mount of A: {:.1?}",
+        started.elapsed()
+    );
     let got = work.path().join("big-via-b.bin");
     get_to(&b.file_url("big.bin"), &got, SMALL_TIMEOUT);
     assert_files_equal(&source, &got);
@@ -267,7 +361,15 @@ fn a_mount_through_one_server_sees_writes_made_through_the_other() {
     let data = random_bytes((300 * KIB) as usize + 5, 21);
     let local = work.path().join("from-b.bin");
     std::fs::write(&local, &data).expect("write the local file");
-    let out = run_cli_with(&["put", local.to_str().expect("UTF-8 path"), &b.file_url("from-b.bin")], &[], SMALL_TIMEOUT);
+    let out = run_cli_with(
+        &[
+            "put",
+            local.to_str().expect("UTF-8 path"),
+            &b.file_url("from-b.bin"),
+        ],
+        &[],
+        SMALL_TIMEOUT,
+    );
     out.assert_success("govcfs put from-b.bin through B");
     let put_done = Instant::now();
     let mut last_listing = None;
@@ -281,13 +383,24 @@ fn a_mount_through_one_server_sees_writes_made_through_the_other() {
         found
     });
     assert!(seen, "from-b.bin (put through B) not listed by the mount of A within 15 s; last listing: {last_listing:?}\n{}", logs(&mnt));
-    eprintln!("the mount of A listed the file put through B {:.1?} after the put returned", put_done.elapsed());
+    eprintln!(
+        "the mount of A listed the file put through B {:.1?} after the put returned",
+        put_done.elapsed()
+    );
 
     // And reads back right through the mount.
     match read_bounded(&mnt.path().join("from-b.bin"), Duration::from_secs(60)) {
-        Some(Ok(bytes)) => assert!(bytes == data, "from-b.bin through the mount: {} bytes differ from the {} put", bytes.len(), data.len()),
+        Some(Ok(bytes)) => assert!(
+            bytes == data,
+            "from-b.bin through the mount: {} bytes differ from the {} put",
+            bytes.len(),
+            data.len()
+        ),
         Some(Err(e)) => panic!("reading from-b.bin through the mount: {e}\n{}", logs(&mnt)),
-        None => panic!("reading from-b.bin through the mount hung for 60 s\n{}", logs(&mnt)),
+        None => panic!(
+            "reading from-b.bin through the mount hung for 60 s\n{}",
+            logs(&mnt)
+        ),
     }
     mnt.unmount();
 }
@@ -307,9 +420,15 @@ fn a_mount_through_one_server_sees_writes_made_through_the_other() {
 fn a_2_gib_file_through_s3_keeps_server_memory_flat() {
     const LIMIT_KIB: u64 = 128 * 1024;
     let (s3, store_url) = s3_and_prefix();
-    let (len, size_name) = if s3.kind == "moto" { (256 * MIB, "256 MiB") } else { (2 * GIB, "2 GiB") };
+    let (len, size_name) = if s3.kind == "moto" {
+        (256 * MIB, "256 MiB")
+    } else {
+        (2 * GIB, "2 GiB")
+    };
     if s3.kind == "moto" {
-        eprintln!("moto copies a whole object per ranged GET: this run moves {size_name}, not 2 GiB");
+        eprintln!(
+            "moto copies a whole object per ranged GET: this run moves {size_name}, not 2 GiB"
+        );
     }
     let server = S3Instance::start(&s3, &store_url);
     let work = tempfile::tempdir().expect("work dir");
@@ -321,17 +440,44 @@ fn a_2_gib_file_through_s3_keeps_server_memory_flat() {
     let rss_idle = server.peak_rss_kib().unwrap_or(0);
 
     let sampler = ProcSampler::start(server.pid());
-    let put = run_cli_with(&["put", source.to_str().expect("UTF-8 path"), &server.file_url("big.bin")], &[], BIG_TIMEOUT);
+    let put = run_cli_with(
+        &[
+            "put",
+            source.to_str().expect("UTF-8 path"),
+            &server.file_url("big.bin"),
+        ],
+        &[],
+        BIG_TIMEOUT,
+    );
     let put_samples = sampler.stop();
     if !put.status.success() {
-        panic!("govcfs put of {size_name} failed ({:?}); stderr: {}\nserver log:\n{}", put.status, put.stderr, server.log_tail(60));
+        panic!(
+            "govcfs put of {size_name} failed ({:?}); stderr: {}\nserver log:\n{}",
+            put.status,
+            put.stderr,
+            server.log_tail(60)
+        );
     }
 
     let sampler = ProcSampler::start(server.pid());
-    let get = run_cli_with(&["get", &server.file_url("big.bin"), "-o", got.to_str().expect("UTF-8 path")], &[], BIG_TIMEOUT);
+    let get = run_cli_with(
+        &[
+            "get",
+            &server.file_url("big.bin"),
+            "-o",
+            got.to_str().expect("UTF-8 path"),
+        ],
+        &[],
+        BIG_TIMEOUT,
+    );
     let get_samples = sampler.stop();
     if !get.status.success() {
-        panic!("govcfs get of {size_name} failed ({:?}); stderr: {}\nserver log:\n{}", get.status, get.stderr, server.log_tail(60));
+        panic!(
+            "govcfs get of {size_name} failed ({:?}); stderr: {}\nserver log:\n{}",
+            get.status,
+            get.stderr,
+            server.log_tail(60)
+        );
     }
     let peak = server.peak_rss_kib().expect("VmHWM of the server");
 
@@ -352,9 +498,16 @@ fn a_2_gib_file_through_s3_keeps_server_memory_flat() {
         get_samples.max_rss_at_secs,
         get_samples.max_threads
     );
-    eprintln!("client peak RSS: put {} KiB, get {} KiB", put.peak_rss_kib, get.peak_rss_kib);
+    eprintln!(
+        "client peak RSS: put {} KiB, get {} KiB",
+        put.peak_rss_kib, get.peak_rss_kib
+    );
     // Where the put's time went: the server logs each request's duration at debug level.
-    for line in server.log().lines().filter(|l| l.contains("/complete ->") || l.contains("/commits ->")) {
+    for line in server
+        .log()
+        .lines()
+        .filter(|l| l.contains("/complete ->") || l.contains("/commits ->"))
+    {
         eprintln!("server: {line}");
     }
 
@@ -389,37 +542,84 @@ fn an_upload_session_started_on_one_server_is_completed_on_the_other() {
     let (first, second) = data.split_at(CHUNK as usize);
     let json = [("Content-Type", "application/json")];
     let fail = |what: &str, r: &RawResponse| -> String {
-        format!("{what}: {} {}\nlog of A:\n{}\nlog of B:\n{}", r.status, r.text(), a.log_tail(40), b.log_tail(40))
+        format!(
+            "{what}: {} {}\nlog of A:\n{}\nlog of B:\n{}",
+            r.status,
+            r.text(),
+            a.log_tail(40),
+            b.log_tail(40)
+        )
     };
 
     // Start on A.
     let body = format!(r#"{{"chunk_size": {CHUNK}}}"#);
-    let r = api_request(&a, "POST", &format!("{}/uploads", a.api()), &json, body.as_bytes());
+    let r = api_request(
+        &a,
+        "POST",
+        &format!("{}/uploads", a.api()),
+        &json,
+        body.as_bytes(),
+    );
     assert_eq!(r.status, 201, "{}", fail("start the upload on A", &r));
     let started: Value = r.json();
-    let id = started["upload_id"].as_str().expect("upload_id").to_string();
-    assert_eq!(started["chunk_size"].as_u64(), Some(CHUNK), "chunk size granted: {started}");
+    let id = started["upload_id"]
+        .as_str()
+        .expect("upload_id")
+        .to_string();
+    assert_eq!(
+        started["chunk_size"].as_u64(),
+        Some(CHUNK),
+        "chunk size granted: {started}"
+    );
 
     // Chunk 0 on A, chunk 1 on B (each with its MD5).
     let uploads = |server: &S3Instance| format!("{}/uploads/{id}", server.api());
     let md5 = md5_hex(first);
-    let r = api_request(&a, "PUT", &format!("{}/0", uploads(&a)), &[("x-checksum-md5", &md5)], first);
+    let r = api_request(
+        &a,
+        "PUT",
+        &format!("{}/0", uploads(&a)),
+        &[("x-checksum-md5", &md5)],
+        first,
+    );
     assert_eq!(r.status, 204, "{}", fail("chunk 0 on A", &r));
     let r = api_request(&b, "GET", &uploads(&b), &[], b"");
     assert_eq!(r.status, 200, "{}", fail("status of the upload on B", &r));
     let status = r.json();
-    assert_eq!(status["received"], serde_json::json!([0]), "upload status on B after chunk 0 on A: {status}");
+    assert_eq!(
+        status["received"],
+        serde_json::json!([0]),
+        "upload status on B after chunk 0 on A: {status}"
+    );
     let md5 = md5_hex(second);
-    let r = api_request(&b, "PUT", &format!("{}/1", uploads(&b)), &[("x-checksum-md5", &md5)], second);
+    let r = api_request(
+        &b,
+        "PUT",
+        &format!("{}/1", uploads(&b)),
+        &[("x-checksum-md5", &md5)],
+        second,
+    );
     assert_eq!(r.status, 204, "{}", fail("chunk 1 on B", &r));
 
     // Complete on B.
     let r = api_request(&b, "POST", &format!("{}/complete", uploads(&b)), &[], b"");
     assert_eq!(r.status, 201, "{}", fail("complete on B", &r));
     let info = r.json();
-    assert_eq!(info["hash"].as_str(), Some(git_blob_id(&data).as_str()), "blob id of the assembled upload: {info}");
-    assert_eq!(info["size"].as_u64(), Some(data.len() as u64), "size of the assembled upload: {info}");
-    assert_eq!(info["md5"].as_str(), Some(md5_hex(&data).as_str()), "MD5 of the assembled upload: {info}");
+    assert_eq!(
+        info["hash"].as_str(),
+        Some(git_blob_id(&data).as_str()),
+        "blob id of the assembled upload: {info}"
+    );
+    assert_eq!(
+        info["size"].as_u64(),
+        Some(data.len() as u64),
+        "size of the assembled upload: {info}"
+    );
+    assert_eq!(
+        info["md5"].as_str(),
+        Some(md5_hex(&data).as_str()),
+        "MD5 of the assembled upload: {info}"
+    );
     let hash = info["hash"].as_str().expect("hash").to_string();
 
     // Commit on A.
@@ -427,7 +627,13 @@ fn an_upload_session_started_on_one_server_is_completed_on_the_other() {
         "message": "upload assembled on another server",
         "changes": [{ "op": "put", "path": "session/two-servers.bin", "hash": hash }],
     });
-    let r = api_request(&a, "POST", &format!("{}/commits", a.api()), &json, commit.to_string().as_bytes());
+    let r = api_request(
+        &a,
+        "POST",
+        &format!("{}/commits", a.api()),
+        &json,
+        commit.to_string().as_bytes(),
+    );
     assert_eq!(r.status, 201, "{}", fail("commit on A", &r));
 
     // Read through B.
@@ -435,5 +641,10 @@ fn an_upload_session_started_on_one_server_is_completed_on_the_other() {
     let got = work.path().join("got.bin");
     get_to(&b.file_url("session/two-servers.bin"), &got, SMALL_TIMEOUT);
     let bytes = std::fs::read(&got).expect("read the downloaded file");
-    assert!(bytes == data, "session/two-servers.bin through B: {} bytes, differing from the {} uploaded", bytes.len(), data.len());
+    assert!(
+        bytes == data,
+        "session/two-servers.bin through B: {} bytes, differing from the {} uploaded",
+        bytes.len(),
+        data.len()
+    );
 }

@@ -20,8 +20,6 @@ use serde_json::{json, Value};
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-
-
 /// Status and JSON body (`Value::Null` when the body is not JSON).
 async fn json_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -52,11 +50,20 @@ async fn upload(
         None => json!({}),
     };
     let (status, started) = post_json(http, &format!("{api}/uploads"), &start_body).await;
-    assert!(status == 200 || status == 201, "start upload: {status} {started}");
-    let id = started["upload_id"].as_str().expect("upload_id").to_string();
+    assert!(
+        status == 200 || status == 201,
+        "start upload: {status} {started}"
+    );
+    let id = started["upload_id"]
+        .as_str()
+        .expect("upload_id")
+        .to_string();
     let chunk = started["chunk_size"].as_u64().expect("chunk_size") as usize;
     if let Some(c) = chunk_size {
-        assert_eq!(chunk as u64, c, "the server changed a chunk size inside its bounds");
+        assert_eq!(
+            chunk as u64, c,
+            "the server changed a chunk size inside its bounds"
+        );
     }
     for (index, piece) in data.chunks(chunk).enumerate() {
         let response = http
@@ -66,10 +73,19 @@ async fn upload(
             .send()
             .await
             .expect("PUT chunk");
-        assert!(response.status().is_success(), "PUT chunk {index}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "PUT chunk {index}: {}",
+            response.status()
+        );
     }
-    let (status, info) =
-        json_of(http.post(format!("{api}/uploads/{id}/complete")).send().await.expect("complete")).await;
+    let (status, info) = json_of(
+        http.post(format!("{api}/uploads/{id}/complete"))
+            .send()
+            .await
+            .expect("complete"),
+    )
+    .await;
     assert!(status == 200 || status == 201, "complete: {status} {info}");
     info
 }
@@ -84,14 +100,30 @@ async fn put_file(
 ) -> (String, String) {
     let info = upload(http, srv, repo, data, None).await;
     let hash = info["hash"].as_str().unwrap().to_string();
-    let (status, created) = commit(http, srv, repo, json!([{ "op": "put", "path": path, "hash": hash }])).await;
+    let (status, created) = commit(
+        http,
+        srv,
+        repo,
+        json!([{ "op": "put", "path": path, "hash": hash }]),
+    )
+    .await;
     assert_eq!(status, 201, "commit {path}: {created}");
     (hash, created["commit"].as_str().unwrap().to_string())
 }
 
 /// Posts a commit with these changes to the default branch.
-async fn commit(http: &reqwest::Client, srv: &ServerProcess, repo: &str, changes: Value) -> (u16, Value) {
-    post_json(http, &format!("{}/commits", srv.api(repo)), &json!({ "message": "test", "changes": changes })).await
+async fn commit(
+    http: &reqwest::Client,
+    srv: &ServerProcess,
+    repo: &str,
+    changes: Value,
+) -> (u16, Value) {
+    post_json(
+        http,
+        &format!("{}/commits", srv.api(repo)),
+        &json!({ "message": "test", "changes": changes }),
+    )
+    .await
 }
 
 /// The head commit of `repo`'s default branch, from `GET /api/v1/repos`.
@@ -112,12 +144,19 @@ async fn repo_head(http: &reqwest::Client, srv: &ServerProcess, repo: &str) -> S
 fn assert_error(what: &str, status: u16, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{what}: status (body {body})");
     assert_eq!(body["code"], want_code, "{what}: code (body {body})");
-    assert!(body["error"].is_string(), "{what}: no error message in {body}");
+    assert!(
+        body["error"].is_string(),
+        "{what}: no error message in {body}"
+    );
 }
 
 /// All `href` values of an HTML page.
 fn hrefs(html: &str) -> Vec<String> {
-    html.split("<a href=\"").skip(1).filter_map(|s| s.split('"').next()).map(str::to_string).collect()
+    html.split("<a href=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(str::to_string)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -132,21 +171,41 @@ fn blob_ids_equal_git_hash_object_sha256() {
     }
     let work = tempfile::tempdir().unwrap();
     let git_dir = work.path().join("repo");
-    let init = Command::new("git").args(["init", "-q", "--object-format=sha256"]).arg(&git_dir).output().unwrap();
+    let init = Command::new("git")
+        .args(["init", "-q", "--object-format=sha256"])
+        .arg(&git_dir)
+        .output()
+        .unwrap();
     if !init.status.success() {
-        println!("skipping: this git cannot make sha256 repositories: {}", String::from_utf8_lossy(&init.stderr));
+        println!(
+            "skipping: this git cannot make sha256 repositories: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         return;
     }
     let srv = ServerProcess::start();
     let http = http_client();
-    let contents: Vec<(&str, Vec<u8>)> =
-        vec![("empty", Vec::new()), ("hello", b"hello\n".to_vec()), ("random", random_bytes(1 << 20, 1))];
+    let contents: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("hello", b"hello\n".to_vec()),
+        ("random", random_bytes(1 << 20, 1)),
+    ];
     block_on(async {
         for (name, data) in &contents {
             let file = work.path().join(name);
             std::fs::write(&file, data).unwrap();
-            let out = Command::new("git").arg("-C").arg(&git_dir).arg("hash-object").arg(&file).output().unwrap();
-            assert!(out.status.success(), "git hash-object: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(&git_dir)
+                .arg("hash-object")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git hash-object: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let git_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
             assert_eq!(git_id.len(), 64, "not a sha256 id: {git_id}");
             assert_eq!(git_id, git_blob_id(data), "local computation of the id");
@@ -158,9 +217,17 @@ fn blob_ids_equal_git_hash_object_sha256() {
                 assert_eq!(info["size"], data.len() as u64, "{name}");
                 assert_eq!(info["md5"], md5_hex(data).as_str(), "{name}");
             }
-            let body = http.get(format!("{}/blobs/{git_id}", srv.api("default"))).send().await.unwrap();
+            let body = http
+                .get(format!("{}/blobs/{git_id}", srv.api("default")))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(body.status(), 200);
-            assert_eq!(body.bytes().await.unwrap().as_ref(), &data[..], "{name}: stored bytes");
+            assert_eq!(
+                body.bytes().await.unwrap().as_ref(),
+                &data[..],
+                "{name}: stored bytes"
+            );
         }
     });
 }
@@ -180,11 +247,25 @@ async fn check_range(
     end: u64,
 ) -> Result<(), TestCaseError> {
     let len = data.len() as u64;
-    let response = http.get(url).header("Range", format!("bytes={start}-{end}")).send().await.expect("GET range");
+    let response = http
+        .get(url)
+        .header("Range", format!("bytes={start}-{end}"))
+        .send()
+        .await
+        .expect("GET range");
     let status = response.status().as_u16();
-    let content_range = response.headers().get("content-range").map(|v| v.to_str().unwrap().to_string());
-    let md5 = response.headers().get("x-checksum-md5").map(|v| v.to_str().unwrap().to_string());
-    let crc = response.headers().get("x-checksum-crc32c").map(|v| v.to_str().unwrap().to_string());
+    let content_range = response
+        .headers()
+        .get("content-range")
+        .map(|v| v.to_str().unwrap().to_string());
+    let md5 = response
+        .headers()
+        .get("x-checksum-md5")
+        .map(|v| v.to_str().unwrap().to_string());
+    let crc = response
+        .headers()
+        .get("x-checksum-crc32c")
+        .map(|v| v.to_str().unwrap().to_string());
     let content_length = response.content_length();
     let body = response.bytes().await.expect("body");
     if start >= len {
@@ -203,9 +284,21 @@ async fn check_range(
         start,
         end
     );
-    prop_assert_eq!(md5, Some(md5_hex(&body)), "X-Checksum-MD5 of bytes={}-{}", start, end);
+    prop_assert_eq!(
+        md5,
+        Some(md5_hex(&body)),
+        "X-Checksum-MD5 of bytes={}-{}",
+        start,
+        end
+    );
     if let Some(crc) = crc {
-        prop_assert_eq!(crc, format!("{:08x}", govcfs::store::index::crc32c(&body)), "X-Checksum-CRC32C of bytes={}-{}", start, end);
+        prop_assert_eq!(
+            crc,
+            format!("{:08x}", govcfs::store::index::crc32c(&body)),
+            "X-Checksum-CRC32C of bytes={}-{}",
+            start,
+            end
+        );
     }
     Ok(())
 }
@@ -217,7 +310,10 @@ fn range_requests_return_exactly_the_requested_slice() {
     let http = http_client();
     let data = random_bytes(RANGE_BLOB_LEN as usize, 2);
     let (hash, _) = rt.block_on(put_file(&http, &srv, "default", "ranges/blob.bin", &data));
-    let urls = [format!("{}/default/ranges/blob.bin", srv.url()), format!("{}/blobs/{hash}", srv.api("default"))];
+    let urls = [
+        format!("{}/default/ranges/blob.bin", srv.url()),
+        format!("{}/blobs/{hash}", srv.api("default")),
+    ];
 
     // Fixed edge cases first, then random ones biased towards both ends of the blob.
     let len = RANGE_BLOB_LEN;
@@ -236,14 +332,19 @@ fn range_requests_return_exactly_the_requested_slice() {
     rt.block_on(async {
         for url in &urls {
             for (start, end) in fixed {
-                check_range(&http, url, &data, start, end).await.unwrap_or_else(|e| panic!("{e}"));
+                check_range(&http, url, &data, start, end)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
         }
     });
     let starts = prop_oneof![0u64..16, (len - 16)..(len + 16), 0u64..(len + 4096)];
     let lengths = prop_oneof![0u64..16, 0u64..(len + 4096)];
-    let mut runner =
-        TestRunner::new(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
     runner
         .run(&(starts, lengths), |(start, length)| {
             rt.block_on(async {
@@ -259,23 +360,42 @@ fn range_requests_return_exactly_the_requested_slice() {
     rt.block_on(async {
         for url in &urls {
             for n in [1u64, 2, 100, 65_536, len - 1, len] {
-                let response = http.get(url).header("Range", format!("bytes=-{n}")).send().await.unwrap();
+                let response = http
+                    .get(url)
+                    .header("Range", format!("bytes=-{n}"))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(response.status(), 206, "bytes=-{n}");
-                let cr = response.headers()["content-range"].to_str().unwrap().to_string();
+                let cr = response.headers()["content-range"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
                 assert_eq!(cr, format!("bytes {}-{}/{len}", len - n, len - 1));
-                let md5 = response.headers()["x-checksum-md5"].to_str().unwrap().to_string();
+                let md5 = response.headers()["x-checksum-md5"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
                 let body = response.bytes().await.unwrap();
                 assert_eq!(body.as_ref(), &data[(len - n) as usize..], "bytes=-{n}");
                 assert_eq!(md5, md5_hex(&body));
             }
             // Open-ended range.
-            let response = http.get(url).header("Range", "bytes=299000-").send().await.unwrap();
+            let response = http
+                .get(url)
+                .header("Range", "bytes=299000-")
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), 206);
             assert_eq!(response.bytes().await.unwrap().as_ref(), &data[299_000..]);
             // A whole-body GET carries the MD5 of the whole blob.
             let response = http.get(url).send().await.unwrap();
             assert_eq!(response.status(), 200);
-            assert_eq!(response.headers()["x-checksum-md5"].to_str().unwrap(), md5_hex(&data));
+            assert_eq!(
+                response.headers()["x-checksum-md5"].to_str().unwrap(),
+                md5_hex(&data)
+            );
             assert_eq!(response.bytes().await.unwrap().as_ref(), &data[..]);
         }
     });
@@ -296,10 +416,24 @@ fn aligned_blocks_carry_the_checksums_of_the_block_index() {
     let url = format!("{}/blobs/{hash}", srv.api("default"));
     let get = |start: usize, end: usize| {
         rt.block_on(async {
-            let response = http.get(&url).header("Range", format!("bytes={start}-{}", end - 1)).send().await.unwrap();
+            let response = http
+                .get(&url)
+                .header("Range", format!("bytes={start}-{}", end - 1))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), 206);
-            let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
-            let sums = (header("x-checksum-md5"), header("x-checksum-sha256"), header("x-checksum-crc32c"));
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            let sums = (
+                header("x-checksum-md5"),
+                header("x-checksum-sha256"),
+                header("x-checksum-crc32c"),
+            );
             let body = response.bytes().await.unwrap();
             assert_eq!(body.as_ref(), &data[start..end]);
             sums
@@ -310,24 +444,47 @@ fn aligned_blocks_carry_the_checksums_of_the_block_index() {
         let block = &data[start..end];
         let (md5, sha256, crc) = get(start, end);
         assert_eq!(md5, Some(md5_hex(block)), "block at {start}");
-        assert_eq!(sha256, Some(hex::encode(sha2::Sha256::digest(block))), "block at {start}");
-        assert_eq!(crc, Some(format!("{:08x}", govcfs::store::index::crc32c(block))), "block at {start}");
+        assert_eq!(
+            sha256,
+            Some(hex::encode(sha2::Sha256::digest(block))),
+            "block at {start}"
+        );
+        assert_eq!(
+            crc,
+            Some(format!("{:08x}", govcfs::store::index::crc32c(block))),
+            "block at {start}"
+        );
     }
     // An unaligned range has no index entry: only the MD5, computed from the bytes.
     let (md5, sha256, crc) = get(10, MIB + 10);
-    assert_eq!((md5, sha256, crc), (Some(md5_hex(&data[10..MIB + 10])), None, None));
+    assert_eq!(
+        (md5, sha256, crc),
+        (Some(md5_hex(&data[10..MIB + 10])), None, None)
+    );
 
     // Rewrite the index as a store written before CRC32C had it.
-    let objects = srv.data_dir().join(format!("repos/default/objects/{}", &hash[..2]));
+    let objects = srv
+        .data_dir()
+        .join(format!("repos/default/objects/{}", &hash[..2]));
     let index = std::fs::read(objects.join(format!("{hash}.idx2"))).unwrap();
     assert_eq!(index.len(), 3 * 52);
-    let legacy: Vec<u8> = index.chunks(52).flat_map(|entry| entry[..48].to_vec()).collect();
+    let legacy: Vec<u8> = index
+        .chunks(52)
+        .flat_map(|entry| entry[..48].to_vec())
+        .collect();
     std::fs::write(objects.join(format!("{hash}.idx")), legacy).unwrap();
     std::fs::remove_file(objects.join(format!("{hash}.idx2"))).unwrap();
     for &(start, end) in &blocks {
         let block = &data[start..end];
         let (md5, sha256, crc) = get(start, end);
-        assert_eq!((md5, sha256, crc), (Some(md5_hex(block)), Some(hex::encode(sha2::Sha256::digest(block))), None));
+        assert_eq!(
+            (md5, sha256, crc),
+            (
+                Some(md5_hex(block)),
+                Some(hex::encode(sha2::Sha256::digest(block))),
+                None
+            )
+        );
     }
 }
 
@@ -339,8 +496,16 @@ fn suffix_range_longer_than_the_blob_returns_the_whole_blob() {
     let http = http_client();
     block_on(async {
         let (hash, _) = put_file(&http, &srv, "default", "h.txt", b"hello\n").await;
-        for url in [format!("{}/default/h.txt", srv.url()), format!("{}/blobs/{hash}", srv.api("default"))] {
-            let response = http.get(&url).header("Range", "bytes=-100").send().await.unwrap();
+        for url in [
+            format!("{}/default/h.txt", srv.url()),
+            format!("{}/blobs/{hash}", srv.api("default")),
+        ] {
+            let response = http
+                .get(&url)
+                .header("Range", "bytes=-100")
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), 206, "{url}");
             assert_eq!(response.headers()["content-range"], "bytes 0-5/6");
             assert_eq!(response.bytes().await.unwrap().as_ref(), b"hello\n");
@@ -356,7 +521,10 @@ fn range_on_an_empty_blob_is_never_a_server_error() {
     let http = http_client();
     block_on(async {
         let (hash, _) = put_file(&http, &srv, "default", "empty", b"").await;
-        for url in [format!("{}/default/empty", srv.url()), format!("{}/blobs/{hash}", srv.api("default"))] {
+        for url in [
+            format!("{}/default/empty", srv.url()),
+            format!("{}/blobs/{hash}", srv.api("default")),
+        ] {
             for range in ["bytes=0-0", "bytes=0-", "bytes=0-100", "bytes=-1"] {
                 let response = http.get(&url).header("Range", range).send().await.unwrap();
                 let status = response.status().as_u16();
@@ -379,7 +547,8 @@ fn cli_get_of_an_empty_file_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let url = format!("{}/empty", srv.repo_url("default"));
-    run_cli(&["get", &url, "-o", out.to_str().unwrap()]).assert_success("govcfs get of an empty file");
+    run_cli(&["get", &url, "-o", out.to_str().unwrap()])
+        .assert_success("govcfs get of an empty file");
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 0);
 }
 
@@ -391,8 +560,12 @@ fn reversed_range_is_ignored() {
     let http = http_client();
     block_on(async {
         put_file(&http, &srv, "default", "h.txt", b"hello\n").await;
-        let response =
-            http.get(format!("{}/default/h.txt", srv.url())).header("Range", "bytes=5-3").send().await.unwrap();
+        let response = http
+            .get(format!("{}/default/h.txt", srv.url()))
+            .header("Range", "bytes=5-3")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.bytes().await.unwrap().as_ref(), b"hello\n");
     });
@@ -416,8 +589,21 @@ fn browsable_view_serves_files_and_indexes() {
         let readme = b"hello world\n";
         let (hash, _) = put_file(&http, &srv, "default", "docs/readme.txt", readme).await;
         put_file(&http, &srv, "default", "docs/my file.txt", b"spaces").await;
-        put_file(&http, &srv, "default", "docs/sub/inner.bin", &random_bytes(1000, 3)).await;
-        let (status, body) = commit(&http, &srv, "default", json!([{ "op": "mkdir", "path": "docs/empty" }])).await;
+        put_file(
+            &http,
+            &srv,
+            "default",
+            "docs/sub/inner.bin",
+            &random_bytes(1000, 3),
+        )
+        .await;
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "mkdir", "path": "docs/empty" }]),
+        )
+        .await;
         assert_eq!(status, 201, "{body}");
         let file_url = format!("{}/default/docs/readme.txt", srv.url());
         let etag = format!("\"{hash}\"");
@@ -429,8 +615,13 @@ fn browsable_view_serves_files_and_indexes() {
         assert_eq!(h["content-length"], readme.len().to_string().as_str());
         assert_eq!(h["accept-ranges"], "bytes");
         assert_eq!(h["etag"], etag.as_str());
-        let last_modified = httpdate::parse_http_date(h["last-modified"].to_str().unwrap()).expect("HTTP date");
-        let (_, stat) = get_json(&http, &format!("{}/stat/docs/readme.txt", srv.api("default"))).await;
+        let last_modified =
+            httpdate::parse_http_date(h["last-modified"].to_str().unwrap()).expect("HTTP date");
+        let (_, stat) = get_json(
+            &http,
+            &format!("{}/stat/docs/readme.txt", srv.api("default")),
+        )
+        .await;
         let mtime = std::time::UNIX_EPOCH + Duration::from_secs(stat["mtime"].as_u64().unwrap());
         assert_eq!(last_modified, mtime, "Last-Modified is the entry's mtime");
         assert!(head.bytes().await.unwrap().is_empty());
@@ -442,21 +633,48 @@ fn browsable_view_serves_files_and_indexes() {
         assert_eq!(get.bytes().await.unwrap().as_ref(), readme);
 
         // If-None-Match.
-        for tag in [etag.clone(), format!("W/{etag}"), format!("\"zzz\", {etag}"), "*".to_string()] {
-            let r = http.get(&file_url).header("If-None-Match", &tag).send().await.unwrap();
+        for tag in [
+            etag.clone(),
+            format!("W/{etag}"),
+            format!("\"zzz\", {etag}"),
+            "*".to_string(),
+        ] {
+            let r = http
+                .get(&file_url)
+                .header("If-None-Match", &tag)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 304, "If-None-Match: {tag}");
             assert!(r.bytes().await.unwrap().is_empty());
         }
-        let r = http.get(&file_url).header("If-None-Match", "\"other\"").send().await.unwrap();
+        let r = http
+            .get(&file_url)
+            .header("If-None-Match", "\"other\"")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap().as_ref(), readme);
 
         // If-Range: a stale validator gets the whole body, the current one the range.
-        let r = http.get(&file_url).header("Range", "bytes=0-4").header("If-Range", "\"other\"").send().await.unwrap();
+        let r = http
+            .get(&file_url)
+            .header("Range", "bytes=0-4")
+            .header("If-Range", "\"other\"")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert!(r.headers().get("content-range").is_none());
         assert_eq!(r.bytes().await.unwrap().as_ref(), readme);
-        let r = http.get(&file_url).header("Range", "bytes=0-4").header("If-Range", &etag).send().await.unwrap();
+        let r = http
+            .get(&file_url)
+            .header("Range", "bytes=0-4")
+            .header("If-Range", &etag)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 206);
         assert_eq!(r.bytes().await.unwrap().as_ref(), b"hello");
 
@@ -464,15 +682,24 @@ fn browsable_view_serves_files_and_indexes() {
         let (_, listing) = get_json(&http, &format!("{}/tree/docs", srv.api("default"))).await;
         let entries = listing["entries"].as_array().unwrap();
         assert_eq!(entries.len(), 4, "{listing}");
-        let index = http.get(format!("{}/default/docs/", srv.url())).send().await.unwrap();
+        let index = http
+            .get(format!("{}/default/docs/", srv.url()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(index.status(), 200);
-        assert!(index.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert!(index.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
         let html = index.text().await.unwrap();
         let links: Vec<String> = hrefs(&html).into_iter().filter(|h| h != "../").collect();
         assert_eq!(links.len(), entries.len(), "one link per entry: {html}");
         let links: BTreeSet<String> = links.into_iter().collect();
-        let want: BTreeSet<String> =
-            ["readme.txt", "my%20file.txt", "sub/", "empty/"].iter().map(|s| s.to_string()).collect();
+        let want: BTreeSet<String> = ["readme.txt", "my%20file.txt", "sub/", "empty/"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(links, want, "{html}");
         // Every link resolves, relative to the index URL.
         let base = reqwest::Url::parse(&format!("{}/default/docs/", srv.url())).unwrap();
@@ -481,20 +708,47 @@ fn browsable_view_serves_files_and_indexes() {
             let r = http.get(target.clone()).send().await.unwrap();
             assert_eq!(r.status(), 200, "{target}");
         }
-        let r = http.get(base.join("my%20file.txt").unwrap()).send().await.unwrap();
+        let r = http
+            .get(base.join("my%20file.txt").unwrap())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.bytes().await.unwrap().as_ref(), b"spaces");
         // The empty directory has an index with no entries.
-        let html = http.get(format!("{}/default/docs/empty/", srv.url())).send().await.unwrap().text().await.unwrap();
+        let html = http
+            .get(format!("{}/default/docs/empty/", srv.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(hrefs(&html).iter().all(|h| h == "../"), "{html}");
         // The root index.
-        let html = http.get(format!("{}/default/", srv.url())).send().await.unwrap().text().await.unwrap();
+        let html = http
+            .get(format!("{}/default/", srv.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert_eq!(hrefs(&html), vec!["docs/".to_string()], "{html}");
 
         // A directory URL without the trailing slash redirects to the one with it.
         for (url, want) in [
-            (format!("{}/default/docs", srv.url()), format!("{}/default/docs/", srv.url())),
-            (format!("{}/default/docs/sub", srv.url()), format!("{}/default/docs/sub/", srv.url())),
-            (format!("{}/default", srv.url()), format!("{}/default/", srv.url())),
+            (
+                format!("{}/default/docs", srv.url()),
+                format!("{}/default/docs/", srv.url()),
+            ),
+            (
+                format!("{}/default/docs/sub", srv.url()),
+                format!("{}/default/docs/sub/", srv.url()),
+            ),
+            (
+                format!("{}/default", srv.url()),
+                format!("{}/default/", srv.url()),
+            ),
         ] {
             let r = no_redirect.get(&url).send().await.unwrap();
             assert!(r.status().is_redirection(), "{url}: {}", r.status());
@@ -502,14 +756,25 @@ fn browsable_view_serves_files_and_indexes() {
             let resolved = reqwest::Url::parse(&url).unwrap().join(location).unwrap();
             assert_eq!(resolved.as_str(), want, "{url} -> {location}");
         }
-        let followed = http.get(format!("{}/default/docs", srv.url())).send().await.unwrap();
+        let followed = http
+            .get(format!("{}/default/docs", srv.url()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(followed.status(), 200);
-        assert_eq!(followed.url().as_str(), format!("{}/default/docs/", srv.url()));
+        assert_eq!(
+            followed.url().as_str(),
+            format!("{}/default/docs/", srv.url())
+        );
 
         // A file URL with a trailing slash is not a directory; a missing path is 404.
         let r = http.get(format!("{file_url}/")).send().await.unwrap();
         assert_eq!(r.status(), 404);
-        let r = http.get(format!("{}/default/docs/nope.txt", srv.url())).send().await.unwrap();
+        let r = http
+            .get(format!("{}/default/docs/nope.txt", srv.url()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
     });
 }
@@ -520,8 +785,11 @@ fn browsable_view_serves_files_and_indexes() {
 fn browsing_a_ref_stays_on_that_ref() {
     let srv = ServerProcess::start();
     let http = http_client();
-    let no_redirect =
-        reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_redirect = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     block_on(async {
         let (_, old) = put_file(&http, &srv, "default", "docs/f.txt", b"v1").await;
         put_file(&http, &srv, "default", "docs/f.txt", b"v2").await;
@@ -529,13 +797,41 @@ fn browsing_a_ref_stays_on_that_ref() {
         let r = no_redirect.get(&dir_url).send().await.unwrap();
         assert!(r.status().is_redirection());
         let location = r.headers()["location"].to_str().unwrap().to_string();
-        let target = reqwest::Url::parse(&dir_url).unwrap().join(&location).unwrap();
-        assert!(target.query().is_some_and(|q| q.contains(&old)), "redirect drops ?ref=: {location}");
-        let index_url = reqwest::Url::parse(&format!("{}/default/docs/?ref={old}", srv.url())).unwrap();
-        let html = http.get(index_url.clone()).send().await.unwrap().text().await.unwrap();
-        let link = hrefs(&html).into_iter().find(|h| h.starts_with("f.txt")).expect("a link to f.txt");
-        let body = http.get(index_url.join(&link).unwrap()).send().await.unwrap().bytes().await.unwrap();
-        assert_eq!(body.as_ref(), b"v1", "the index link of an old ref leads to the head's version");
+        let target = reqwest::Url::parse(&dir_url)
+            .unwrap()
+            .join(&location)
+            .unwrap();
+        assert!(
+            target.query().is_some_and(|q| q.contains(&old)),
+            "redirect drops ?ref=: {location}"
+        );
+        let index_url =
+            reqwest::Url::parse(&format!("{}/default/docs/?ref={old}", srv.url())).unwrap();
+        let html = http
+            .get(index_url.clone())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let link = hrefs(&html)
+            .into_iter()
+            .find(|h| h.starts_with("f.txt"))
+            .expect("a link to f.txt");
+        let body = http
+            .get(index_url.join(&link).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(
+            body.as_ref(),
+            b"v1",
+            "the index link of an old ref leads to the head's version"
+        );
     });
 }
 
@@ -548,11 +844,23 @@ fn head_of_a_directory_index_matches_get() {
     block_on(async {
         put_file(&http, &srv, "default", "docs/f.txt", b"x").await;
         let url = format!("{}/default/docs/", srv.url());
-        let get_len = http.get(&url).send().await.unwrap().bytes().await.unwrap().len() as u64;
+        let get_len = http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len() as u64;
         let head = http.head(&url).send().await.unwrap();
         assert_eq!(head.status(), 200);
         if let Some(len) = head.headers().get("content-length") {
-            assert_eq!(len.to_str().unwrap().parse::<u64>().unwrap(), get_len, "HEAD Content-Length");
+            assert_eq!(
+                len.to_str().unwrap().parse::<u64>().unwrap(),
+                get_len,
+                "HEAD Content-Length"
+            );
         }
     });
 }
@@ -567,12 +875,23 @@ fn commits_are_atomic_and_conflicts_are_409() {
     let http = http_client();
     block_on(async {
         let api = srv.api("default");
-        let a = upload(&http, &srv, "default", b"version A", None).await["hash"].as_str().unwrap().to_string();
-        let b = upload(&http, &srv, "default", b"version B", None).await["hash"].as_str().unwrap().to_string();
+        let a = upload(&http, &srv, "default", b"version A", None).await["hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let b = upload(&http, &srv, "default", b"version B", None).await["hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let mut commits = Vec::new();
 
-        let (status, created) =
-            commit(&http, &srv, "default", json!([{ "op": "put", "path": "a.txt", "hash": a }])).await;
+        let (status, created) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "a.txt", "hash": a }]),
+        )
+        .await;
         assert_eq!(status, 201, "{created}");
         assert_eq!(created["ref"], "main");
         commits.push(created["commit"].as_str().unwrap().to_string());
@@ -592,26 +911,53 @@ fn commits_are_atomic_and_conflicts_are_409() {
         .await;
         assert_error("failing expect", status, &body, 409, "conflict");
         assert_eq!(body["path"], "a.txt");
-        assert_eq!(repo_head(&http, &srv, "default").await, head, "the head moved");
+        assert_eq!(
+            repo_head(&http, &srv, "default").await,
+            head,
+            "the head moved"
+        );
         let (status, _) = get_json(&http, &format!("{api}/stat/new.txt")).await;
-        assert_eq!(status, 404, "the first change of a failed commit is visible");
+        assert_eq!(
+            status, 404,
+            "the first change of a failed commit is visible"
+        );
         let (_, stat) = get_json(&http, &format!("{api}/stat/a.txt")).await;
         assert_eq!(stat["hash"], a.as_str());
 
         // expect: null means "must not exist".
-        let (status, body) =
-            commit(&http, &srv, "default", json!([{ "op": "put", "path": "a.txt", "hash": b, "expect": null }])).await;
-        assert_error("expect null on an existing path", status, &body, 409, "conflict");
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "a.txt", "hash": b, "expect": null }]),
+        )
+        .await;
+        assert_error(
+            "expect null on an existing path",
+            status,
+            &body,
+            409,
+            "conflict",
+        );
         assert_eq!(body["path"], "a.txt");
-        let (status, body) =
-            commit(&http, &srv, "default", json!([{ "op": "put", "path": "fresh.txt", "hash": b, "expect": null }]))
-                .await;
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "fresh.txt", "hash": b, "expect": null }]),
+        )
+        .await;
         assert_eq!(status, 201, "expect null on a missing path: {body}");
         commits.push(body["commit"].as_str().unwrap().to_string());
 
         // The right expect succeeds.
-        let (status, body) =
-            commit(&http, &srv, "default", json!([{ "op": "put", "path": "a.txt", "hash": b, "expect": a }])).await;
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "a.txt", "hash": b, "expect": a }]),
+        )
+        .await;
         assert_eq!(status, 201, "{body}");
         commits.push(body["commit"].as_str().unwrap().to_string());
         let (_, stat) = get_json(&http, &format!("{api}/stat/a.txt")).await;
@@ -620,8 +966,13 @@ fn commits_are_atomic_and_conflicts_are_409() {
         assert_eq!(stat["size"], 9);
 
         // delete with a wrong expect is a conflict; delete, move and mkdir work.
-        let (status, body) =
-            commit(&http, &srv, "default", json!([{ "op": "delete", "path": "fresh.txt", "expect": a }])).await;
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "delete", "path": "fresh.txt", "expect": a }]),
+        )
+        .await;
         assert_error("delete with a wrong expect", status, &body, 409, "conflict");
         let (status, body) = commit(
             &http,
@@ -650,13 +1001,21 @@ fn commits_are_atomic_and_conflicts_are_409() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| (e["name"].as_str().unwrap().to_string(), e["type"].as_str().unwrap().to_string()))
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["type"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
-        let want: BTreeSet<(String, String)> =
-            [("deep", "directory"), ("emptydir", "directory"), ("moved", "directory")]
-                .iter()
-                .map(|(n, t)| (n.to_string(), t.to_string()))
-                .collect();
+        let want: BTreeSet<(String, String)> = [
+            ("deep", "directory"),
+            ("emptydir", "directory"),
+            ("moved", "directory"),
+        ]
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
         assert_eq!(names, want, "{root}");
         for dir in ["emptydir", "deep/er/dir"] {
             let (status, listing) = get_json(&http, &format!("{api}/tree/{dir}")).await;
@@ -666,8 +1025,17 @@ fn commits_are_atomic_and_conflicts_are_409() {
             assert_eq!(stat["type"], "directory");
         }
         // Deleting a missing path fails without a commit.
-        let (status, body) = commit(&http, &srv, "default", json!([{ "op": "delete", "path": "never.txt" }])).await;
-        assert!(status == 404 || status == 409, "delete of a missing path: {status} {body}");
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "delete", "path": "never.txt" }]),
+        )
+        .await;
+        assert!(
+            status == 404 || status == 409,
+            "delete of a missing path: {status} {body}"
+        );
 
         // The log lists commits newest first, each the parent of the one before it.
         let (status, log) = get_json(&http, &format!("{api}/log")).await;
@@ -676,7 +1044,11 @@ fn commits_are_atomic_and_conflicts_are_409() {
         let ids: Vec<&str> = log.iter().map(|c| c["commit"].as_str().unwrap()).collect();
         let newest_first: Vec<&str> = commits.iter().rev().map(String::as_str).collect();
         assert_eq!(&ids[..commits.len()], &newest_first[..], "log order");
-        assert_eq!(ids.len(), commits.len() + 1, "the repository's first commit ends the log");
+        assert_eq!(
+            ids.len(),
+            commits.len() + 1,
+            "the repository's first commit ends the log"
+        );
         for pair in log.windows(2) {
             assert_eq!(pair[0]["parent"], pair[1]["commit"]);
             assert!(pair[0]["timestamp"].as_i64() >= pair[1]["timestamp"].as_i64());
@@ -684,12 +1056,19 @@ fn commits_are_atomic_and_conflicts_are_409() {
         assert!(log.last().unwrap()["parent"].is_null());
         let (_, limited) = get_json(&http, &format!("{api}/log?limit=2")).await;
         assert_eq!(limited["commits"].as_array().unwrap().len(), 2);
-        assert_eq!(srv.metric("govcfs_commits_total"), Some(commits.len() as f64));
+        assert_eq!(
+            srv.metric("govcfs_commits_total"),
+            Some(commits.len() as f64)
+        );
     });
 }
 
 /// The sorted `(path, type, hash)` of every entry under `dir`, recursively.
-async fn walk(http: &reqwest::Client, srv: &ServerProcess, dir: &str) -> Vec<(String, String, String)> {
+async fn walk(
+    http: &reqwest::Client,
+    srv: &ServerProcess,
+    dir: &str,
+) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_string()];
     while let Some(d) = pending.pop() {
@@ -706,7 +1085,11 @@ async fn walk(http: &reqwest::Client, srv: &ServerProcess, dir: &str) -> Vec<(St
             if kind == "directory" {
                 pending.push(path.clone());
             }
-            let hash = if kind == "directory" { String::new() } else { e["hash"].as_str().unwrap().to_string() };
+            let hash = if kind == "directory" {
+                String::new()
+            } else {
+                e["hash"].as_str().unwrap().to_string()
+            };
             out.push((path, kind, hash));
         }
     }
@@ -719,8 +1102,14 @@ fn compound_and_concurrent_commits() {
     let srv = ServerProcess::start();
     let http = http_client();
     block_on(async {
-        let f = upload(&http, &srv, "default", b"f", None).await["hash"].as_str().unwrap().to_string();
-        let g = upload(&http, &srv, "default", b"g", None).await["hash"].as_str().unwrap().to_string();
+        let f = upload(&http, &srv, "default", b"f", None).await["hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let g = upload(&http, &srv, "default", b"g", None).await["hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
         // Edits inside a directory created and moved in the same commit.
         let (status, body) = commit(
             &http,
@@ -738,32 +1127,68 @@ fn compound_and_concurrent_commits() {
         assert_eq!(status, 201, "{body}");
         let d = |p: &str| (p.to_string(), "directory".to_string(), String::new());
         let file = |p: &str, h: &str| (p.to_string(), "file".to_string(), h.to_string());
-        let mut want = vec![d("z"), d("z/y"), file("z/y/f", &f), file("z/y/g2", &g), file("z/g", &g)];
+        let mut want = vec![
+            d("z"),
+            d("z/y"),
+            file("z/y/f", &f),
+            file("z/y/g2", &g),
+            file("z/g", &g),
+        ];
         want.sort();
         assert_eq!(walk(&http, &srv, "").await, want);
 
         // Structural conflicts: nothing changes.
         let before = walk(&http, &srv, "").await;
         for (what, changes, codes) in [
-            ("put under a file", json!([{ "op": "put", "path": "z/g/inner", "hash": f }]), [409, 409]),
-            ("put over a directory", json!([{ "op": "put", "path": "z/y", "hash": f }]), [409, 409]),
-            ("mkdir over a file", json!([{ "op": "mkdir", "path": "z/g" }]), [409, 409]),
-            ("move into itself", json!([{ "op": "move", "from": "z", "to": "z/y/inside" }]), [400, 409]),
+            (
+                "put under a file",
+                json!([{ "op": "put", "path": "z/g/inner", "hash": f }]),
+                [409, 409],
+            ),
+            (
+                "put over a directory",
+                json!([{ "op": "put", "path": "z/y", "hash": f }]),
+                [409, 409],
+            ),
+            (
+                "mkdir over a file",
+                json!([{ "op": "mkdir", "path": "z/g" }]),
+                [409, 409],
+            ),
+            (
+                "move into itself",
+                json!([{ "op": "move", "from": "z", "to": "z/y/inside" }]),
+                [400, 409],
+            ),
             (
                 "move a file over a non-empty directory",
                 json!([{ "op": "move", "from": "z/g", "to": "z/y" }]),
                 [409, 409],
             ),
-            ("move a missing path", json!([{ "op": "move", "from": "nope", "to": "z/nope" }]), [404, 409]),
+            (
+                "move a missing path",
+                json!([{ "op": "move", "from": "nope", "to": "z/nope" }]),
+                [404, 409],
+            ),
         ] {
             let (status, body) = commit(&http, &srv, "default", changes).await;
             assert!(codes.contains(&status), "{what}: {status} {body}");
             assert!(body["code"].is_string(), "{what}: {body}");
         }
-        assert_eq!(walk(&http, &srv, "").await, before, "a refused commit changed the tree");
+        assert_eq!(
+            walk(&http, &srv, "").await,
+            before,
+            "a refused commit changed the tree"
+        );
 
         // Deleting a directory removes its subtree.
-        let (status, body) = commit(&http, &srv, "default", json!([{ "op": "delete", "path": "z/y" }])).await;
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "delete", "path": "z/y" }]),
+        )
+        .await;
         assert_eq!(status, 201, "{body}");
         let mut want = vec![d("z"), file("z/g", &g)];
         want.sort();
@@ -771,13 +1196,18 @@ fn compound_and_concurrent_commits() {
 
         // Concurrent writers to different paths all land; one of several writers with the
         // same `expect` wins and the others get 409.
-        let writers =
-            (0..6).map(|i| {
-                let (http, srv, f) = (&http, &srv, f.clone());
-                async move {
-                    commit(http, srv, "default", json!([{ "op": "put", "path": format!("c/{i}"), "hash": f }])).await
-                }
-            });
+        let writers = (0..6).map(|i| {
+            let (http, srv, f) = (&http, &srv, f.clone());
+            async move {
+                commit(
+                    http,
+                    srv,
+                    "default",
+                    json!([{ "op": "put", "path": format!("c/{i}"), "hash": f }]),
+                )
+                .await
+            }
+        });
         for (status, body) in futures::future::join_all(writers).await {
             assert_eq!(status, 201, "{body}");
         }
@@ -786,12 +1216,30 @@ fn compound_and_concurrent_commits() {
         let racers = (0..4).map(|_| {
             let (http, srv, f, g) = (&http, &srv, f.clone(), g.clone());
             async move {
-                commit(http, srv, "default", json!([{ "op": "put", "path": "z/g", "hash": f, "expect": g }])).await
+                commit(
+                    http,
+                    srv,
+                    "default",
+                    json!([{ "op": "put", "path": "z/g", "hash": f, "expect": g }]),
+                )
+                .await
             }
         });
-        let outcomes: Vec<u16> = futures::future::join_all(racers).await.into_iter().map(|(s, _)| s).collect();
-        assert_eq!(outcomes.iter().filter(|s| **s == 201).count(), 1, "{outcomes:?}");
-        assert_eq!(outcomes.iter().filter(|s| **s == 409).count(), 3, "{outcomes:?}");
+        let outcomes: Vec<u16> = futures::future::join_all(racers)
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(
+            outcomes.iter().filter(|s| **s == 201).count(),
+            1,
+            "{outcomes:?}"
+        );
+        assert_eq!(
+            outcomes.iter().filter(|s| **s == 409).count(),
+            3,
+            "{outcomes:?}"
+        );
     });
 }
 
@@ -818,14 +1266,21 @@ fn one_gib_round_trip_through_the_cli_in_bounded_memory() {
         CLI_TIMEOUT,
     );
     put.assert_success("govcfs put");
-    let retries: Vec<&str> = put.stderr.lines().filter(|l| l.contains("retrying")).collect();
+    let retries: Vec<&str> = put
+        .stderr
+        .lines()
+        .filter(|l| l.contains("retrying"))
+        .collect();
     println!(
         "put: {:.1} MB/s ({:.1} s), CLI peak RSS {} KiB, {} retried requests{}",
         SIZE as f64 / 1e6 / put.elapsed.as_secs_f64(),
         put.elapsed.as_secs_f64(),
         put.peak_rss_kib,
         retries.len(),
-        retries.first().map(|l| format!(" (first: {l})")).unwrap_or_default()
+        retries
+            .first()
+            .map(|l| format!(" (first: {l})"))
+            .unwrap_or_default()
     );
     let server_after_put = srv.peak_rss_kib().unwrap_or(0);
     let during_put = sampler.stop();
@@ -863,20 +1318,42 @@ fn one_gib_round_trip_through_the_cli_in_bounded_memory() {
         let text = String::from_utf8_lossy(&curl.stdout).to_string();
         let mut parts = text.split_whitespace();
         let speed: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-        println!("curl: {:.1} MB/s, {} bytes", speed / 1e6, parts.next().unwrap_or("?"));
+        println!(
+            "curl: {:.1} MB/s, {} bytes",
+            speed / 1e6,
+            parts.next().unwrap_or("?")
+        );
     } else {
         println!("curl is not installed: no curl throughput");
     }
 
     let server_peak = srv.peak_rss_kib().expect("VmHWM of the server");
-    println!("server peak RSS (VmHWM): {server_after_put} KiB after put, {server_peak} KiB at the end");
-    let received = srv.metric("govcfs_blob_bytes_received_total").unwrap_or(0.0);
+    println!(
+        "server peak RSS (VmHWM): {server_after_put} KiB after put, {server_peak} KiB at the end"
+    );
+    let received = srv
+        .metric("govcfs_blob_bytes_received_total")
+        .unwrap_or(0.0);
     let sent = srv.metric("govcfs_blob_bytes_sent_total").unwrap_or(0.0);
-    assert!(received >= SIZE as f64, "govcfs_blob_bytes_received_total = {received}");
+    assert!(
+        received >= SIZE as f64,
+        "govcfs_blob_bytes_received_total = {received}"
+    );
     assert!(sent >= SIZE as f64, "govcfs_blob_bytes_sent_total = {sent}");
-    assert!(put.peak_rss_kib < RSS_LIMIT_KIB, "govcfs put peak RSS {} KiB", put.peak_rss_kib);
-    assert!(get.peak_rss_kib < RSS_LIMIT_KIB, "govcfs get peak RSS {} KiB", get.peak_rss_kib);
-    assert!(server_peak < RSS_LIMIT_KIB, "server peak RSS {server_peak} KiB");
+    assert!(
+        put.peak_rss_kib < RSS_LIMIT_KIB,
+        "govcfs put peak RSS {} KiB",
+        put.peak_rss_kib
+    );
+    assert!(
+        get.peak_rss_kib < RSS_LIMIT_KIB,
+        "govcfs get peak RSS {} KiB",
+        get.peak_rss_kib
+    );
+    assert!(
+        server_peak < RSS_LIMIT_KIB,
+        "server peak RSS {server_peak} KiB"
+    );
 }
 
 /// `POST …/uploads/:id/complete` re-reads and re-writes the whole blob before it answers
@@ -894,7 +1371,11 @@ fn cli_put_of_a_three_gib_file_succeeds() {
     let src = dir.path().join("huge.bin");
     write_random_file(&src, SIZE, 33).unwrap();
     let put = run_cli_with(
-        &["put", src.to_str().unwrap(), &format!("{}/huge.bin", srv.repo_url("default"))],
+        &[
+            "put",
+            src.to_str().unwrap(),
+            &format!("{}/huge.bin", srv.repo_url("default")),
+        ],
         &[],
         Duration::from_secs(900),
     );
@@ -915,7 +1396,12 @@ fn interrupted_uploads_resume_and_cut_chunks_are_not_kept() {
     assert_eq!(pieces.len(), 3);
     block_on(async {
         let api = srv.api("default");
-        let (status, started) = post_json(&http, &format!("{api}/uploads"), &json!({ "chunk_size": CHUNK })).await;
+        let (status, started) = post_json(
+            &http,
+            &format!("{api}/uploads"),
+            &json!({ "chunk_size": CHUNK }),
+        )
+        .await;
         assert!(status == 200 || status == 201, "{started}");
         let id = started["upload_id"].as_str().unwrap().to_string();
         assert_eq!(started["chunk_size"], CHUNK);
@@ -932,24 +1418,45 @@ fn interrupted_uploads_resume_and_cut_chunks_are_not_kept() {
         assert_eq!(status, 200);
         assert_eq!(upload_status["received"], json!([0, 2]));
         assert_eq!(upload_status["bytes"], CHUNK + 1000);
-        let (status, body) = json_of(http.post(format!("{api}/uploads/{id}/complete")).send().await.unwrap()).await;
+        let (status, body) = json_of(
+            http.post(format!("{api}/uploads/{id}/complete"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_error("complete with a hole", status, &body, 400, "bad_request");
         // Still resumable after the failed complete.
         let (_, upload_status) = get_json(&http, &format!("{api}/uploads/{id}")).await;
         assert_eq!(upload_status["received"], json!([0, 2]));
         assert!(put(1).await.unwrap().status().is_success());
-        let (status, info) = json_of(http.post(format!("{api}/uploads/{id}/complete")).send().await.unwrap()).await;
+        let (status, info) = json_of(
+            http.post(format!("{api}/uploads/{id}/complete"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert!(status == 200 || status == 201, "{info}");
         assert_eq!(info["hash"], git_blob_id(&data).as_str());
         assert_eq!(info["size"], data.len() as u64);
         assert_eq!(info["md5"], md5_hex(&data).as_str());
-        let blob = http.get(format!("{api}/blobs/{}", info["hash"].as_str().unwrap())).send().await.unwrap();
+        let blob = http
+            .get(format!("{api}/blobs/{}", info["hash"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(blob.bytes().await.unwrap().as_ref(), &data[..]);
         let (status, _) = get_json(&http, &format!("{api}/uploads/{id}")).await;
         assert_eq!(status, 404, "a completed upload is gone");
 
         // A client that disconnects in the middle of a chunk body.
-        let (_, started) = post_json(&http, &format!("{api}/uploads"), &json!({ "chunk_size": CHUNK })).await;
+        let (_, started) = post_json(
+            &http,
+            &format!("{api}/uploads"),
+            &json!({ "chunk_size": CHUNK }),
+        )
+        .await;
         let id = started["upload_id"].as_str().unwrap().to_string();
         let cut = random_bytes(CHUNK as usize, 66);
         {
@@ -971,12 +1478,20 @@ fn interrupted_uploads_resume_and_cut_chunks_are_not_kept() {
         while Instant::now() < deadline {
             let (status, upload_status) = get_json(&http, &format!("{api}/uploads/{id}")).await;
             assert_eq!(status, 200);
-            assert_eq!(upload_status["received"], json!([]), "a cut chunk was stored");
+            assert_eq!(
+                upload_status["received"],
+                json!([]),
+                "a cut chunk was stored"
+            );
             assert_eq!(upload_status["bytes"], 0);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for partial in [&cut[..1000], &cut[..]] {
-            let r = http.get(format!("{api}/blobs/{}", git_blob_id(partial))).send().await.unwrap();
+            let r = http
+                .get(format!("{api}/blobs/{}", git_blob_id(partial)))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 404, "a blob of the cut chunk exists");
         }
         // The upload is still usable.
@@ -990,12 +1505,20 @@ fn interrupted_uploads_resume_and_cut_chunks_are_not_kept() {
         assert!(r.status().is_success());
         let (_, upload_status) = get_json(&http, &format!("{api}/uploads/{id}")).await;
         assert_eq!(upload_status["received"], json!([0]));
-        let r = http.delete(format!("{api}/uploads/{id}")).send().await.unwrap();
+        let r = http
+            .delete(format!("{api}/uploads/{id}"))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "abort: {}", r.status());
         let (status, _) = get_json(&http, &format!("{api}/uploads/{id}")).await;
         assert_eq!(status, 404, "an aborted upload is gone");
     });
-    assert!(!srv.log().contains("internal error"), "server log: {}", srv.log());
+    assert!(
+        !srv.log().contains("internal error"),
+        "server log: {}",
+        srv.log()
+    );
 }
 
 #[test]
@@ -1006,11 +1529,21 @@ fn upload_chunks_can_be_copied_from_the_same_range_of_an_existing_blob() {
     let base = random_bytes(3 * CHUNK as usize + 500, 71);
     block_on(async {
         let api = srv.api("default");
-        let base_hash = upload(&http, &srv, "default", &base, Some(CHUNK)).await["hash"].as_str().unwrap().to_string();
-        let (_, started) = post_json(&http, &format!("{api}/uploads"), &json!({ "chunk_size": CHUNK })).await;
+        let base_hash = upload(&http, &srv, "default", &base, Some(CHUNK)).await["hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, started) = post_json(
+            &http,
+            &format!("{api}/uploads"),
+            &json!({ "chunk_size": CHUNK }),
+        )
+        .await;
         let id = started["upload_id"].as_str().unwrap().to_string();
         let copy = |index: u64, source: String| {
-            http.put(format!("{api}/uploads/{id}/{index}")).header("X-Copy-From-Blob", source).send()
+            http.put(format!("{api}/uploads/{id}/{index}"))
+                .header("X-Copy-From-Blob", source)
+                .send()
         };
         for index in 0..2 {
             let r = copy(index, base_hash.clone()).await.unwrap();
@@ -1021,10 +1554,19 @@ fn upload_chunks_can_be_copied_from_the_same_range_of_an_existing_blob() {
         let (status, body) = json_of(copy(2, "0".repeat(64)).await.unwrap()).await;
         assert_error("copy from an unknown blob", status, &body, 404, "not_found");
         let (status, body) = json_of(copy(2, "../x".into()).await.unwrap()).await;
-        assert!(status == 400 || status == 404, "copy from an invalid id: {status} {body}");
+        assert!(
+            status == 400 || status == 404,
+            "copy from an invalid id: {status} {body}"
+        );
         let (status, body) = json_of(copy(4, base_hash.clone()).await.unwrap()).await;
         assert_error("copy past the end", status, &body, 400, "bad_request");
-        let r = http.put(format!("{api}/uploads/{id}/2")).header("X-Copy-From-Blob", &base_hash).body("x").send().await.unwrap();
+        let r = http
+            .put(format!("{api}/uploads/{id}/2"))
+            .header("X-Copy-From-Blob", &base_hash)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "a copy with a body");
         // Chunk 1 is replaced by real bytes; chunk 2 and 3 are new: the result is an edit.
         let mut expected = base[..3 * CHUNK as usize].to_vec();
@@ -1032,21 +1574,45 @@ fn upload_chunks_can_be_copied_from_the_same_range_of_an_existing_blob() {
         expected[CHUNK as usize..2 * CHUNK as usize].copy_from_slice(&patch);
         let tail = b"appended".to_vec();
         expected.extend_from_slice(&tail);
-        let r = http.put(format!("{api}/uploads/{id}/1")).body(patch.clone()).send().await.unwrap();
+        let r = http
+            .put(format!("{api}/uploads/{id}/1"))
+            .body(patch.clone())
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success());
         assert_eq!(copy(2, base_hash.clone()).await.unwrap().status(), 200);
-        let r = http.put(format!("{api}/uploads/{id}/3")).body(tail.clone()).send().await.unwrap();
+        let r = http
+            .put(format!("{api}/uploads/{id}/3"))
+            .body(tail.clone())
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success());
         let (_, upload_status) = get_json(&http, &format!("{api}/uploads/{id}")).await;
         assert_eq!(upload_status["received"], json!([0, 1, 2, 3]));
         assert_eq!(upload_status["bytes"], expected.len() as u64);
         let received_before = srv.metric("govcfs_blob_bytes_received_total").unwrap();
-        let (status, info) = json_of(http.post(format!("{api}/uploads/{id}/complete")).send().await.unwrap()).await;
+        let (status, info) = json_of(
+            http.post(format!("{api}/uploads/{id}/complete"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert!(status == 200 || status == 201, "{info}");
         assert_eq!(info["hash"], git_blob_id(&expected).as_str());
-        assert_eq!(srv.metric("govcfs_blob_bytes_received_total").unwrap(), received_before, "complete receives nothing");
+        assert_eq!(
+            srv.metric("govcfs_blob_bytes_received_total").unwrap(),
+            received_before,
+            "complete receives nothing"
+        );
     });
-    assert!(!srv.log().contains("internal error"), "server log: {}", srv.log());
+    assert!(
+        !srv.log().contains("internal error"),
+        "server log: {}",
+        srv.log()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1072,11 +1638,18 @@ fn bad_inputs_get_precise_4xx_json_errors() {
             let (status, body) = get_json(&http, &url).await;
             assert_error(&url, status, &body, 404, "not_found");
         }
-        let (status, body) = post_json(&http, &format!("{base}/api/v1/repos/nope/uploads"), &json!({})).await;
+        let (status, body) = post_json(
+            &http,
+            &format!("{base}/api/v1/repos/nope/uploads"),
+            &json!({}),
+        )
+        .await;
         assert_error("upload to an unknown repo", status, &body, 404, "not_found");
-        for url in
-            [format!("{api}/stat/missing.txt"), format!("{api}/tree/missing"), format!("{api}/stat/a/b.txt/deeper")]
-        {
+        for url in [
+            format!("{api}/stat/missing.txt"),
+            format!("{api}/tree/missing"),
+            format!("{api}/stat/a/b.txt/deeper"),
+        ] {
             let (status, body) = get_json(&http, &url).await;
             assert_error(&url, status, &body, 404, "not_found");
         }
@@ -1090,29 +1663,81 @@ fn bad_inputs_get_precise_4xx_json_errors() {
             (format!("{base}/api/v1/repos"), "{\"id\":"),
             (format!("{base}/api/v1/repos"), "[]"),
             (format!("{api}/commits"), "{not json"),
-            (format!("{api}/commits"), "{\"changes\":[{\"op\":\"explode\",\"path\":\"x\"}]}"),
+            (
+                format!("{api}/commits"),
+                "{\"changes\":[{\"op\":\"explode\",\"path\":\"x\"}]}",
+            ),
             (format!("{api}/uploads"), "{\"chunk_size\": \"big\"}"),
         ] {
-            let response = http.post(&url).header("content-type", "application/json").body(text).send().await.unwrap();
+            let response = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(text)
+                .send()
+                .await
+                .unwrap();
             let (status, body) = json_of(response).await;
-            assert_error(&format!("POST {url} {text}"), status, &body, 400, "bad_request");
+            assert_error(
+                &format!("POST {url} {text}"),
+                status,
+                &body,
+                400,
+                "bad_request",
+            );
         }
 
         // Repository names.
         let long = "a".repeat(65);
-        for name in ["-x", ".x", "api", "metrics", "healthz", "a b", "a/b", "", long.as_str()] {
-            let (status, body) = post_json(&http, &format!("{base}/api/v1/repos"), &json!({ "id": name })).await;
-            assert_error(&format!("create {name:?}"), status, &body, 400, "bad_request");
+        for name in [
+            "-x",
+            ".x",
+            "api",
+            "metrics",
+            "healthz",
+            "a b",
+            "a/b",
+            "",
+            long.as_str(),
+        ] {
+            let (status, body) = post_json(
+                &http,
+                &format!("{base}/api/v1/repos"),
+                &json!({ "id": name }),
+            )
+            .await;
+            assert_error(
+                &format!("create {name:?}"),
+                status,
+                &body,
+                400,
+                "bad_request",
+            );
         }
         let longest = "b".repeat(64);
         for name in ["x.y_z-1", longest.as_str()] {
-            let (status, body) = post_json(&http, &format!("{base}/api/v1/repos"), &json!({ "id": name })).await;
+            let (status, body) = post_json(
+                &http,
+                &format!("{base}/api/v1/repos"),
+                &json!({ "id": name }),
+            )
+            .await;
             assert_eq!(status, 201, "create {name:?}: {body}");
             assert_eq!(body["id"], name);
         }
         for name in ["x.y_z-1", "default"] {
-            let (status, body) = post_json(&http, &format!("{base}/api/v1/repos"), &json!({ "id": name })).await;
-            assert_error(&format!("create existing {name:?}"), status, &body, 409, "already_exists");
+            let (status, body) = post_json(
+                &http,
+                &format!("{base}/api/v1/repos"),
+                &json!({ "id": name }),
+            )
+            .await;
+            assert_error(
+                &format!("create existing {name:?}"),
+                status,
+                &body,
+                409,
+                "already_exists",
+            );
         }
         let (_, list) = get_json(&http, &format!("{base}/api/v1/repos")).await;
         assert_eq!(list["count"], 3, "{list}");
@@ -1143,32 +1768,87 @@ fn bad_inputs_get_precise_4xx_json_errors() {
         }
         // The same paths in a commit.
         let (hash, _) = put_file(&http, &srv, "default", "c.txt", b"c").await;
-        for path in ["..", "a/../c.txt", "a//c.txt", "a/./c.txt", "a\u{0}c", "/abs", ""] {
-            let (status, body) =
-                commit(&http, &srv, "default", json!([{ "op": "put", "path": path, "hash": hash }])).await;
-            assert_error(&format!("commit path {path:?}"), status, &body, 400, "bad_request");
+        for path in [
+            "..",
+            "a/../c.txt",
+            "a//c.txt",
+            "a/./c.txt",
+            "a\u{0}c",
+            "/abs",
+            "",
+        ] {
+            let (status, body) = commit(
+                &http,
+                &srv,
+                "default",
+                json!([{ "op": "put", "path": path, "hash": hash }]),
+            )
+            .await;
+            assert_error(
+                &format!("commit path {path:?}"),
+                status,
+                &body,
+                400,
+                "bad_request",
+            );
         }
-        let (status, body) =
-            commit(&http, &srv, "default", json!([{ "op": "move", "from": "c.txt", "to": "x/../y" }])).await;
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "move", "from": "c.txt", "to": "x/../y" }]),
+        )
+        .await;
         assert_error("move to a dot path", status, &body, 400, "bad_request");
 
         // Unknown or malformed blob ids.
         let unknown = "0".repeat(64);
-        let (status, body) =
-            commit(&http, &srv, "default", json!([{ "op": "put", "path": "u.txt", "hash": unknown }])).await;
-        assert_error("commit of an unknown blob", status, &body, 400, "bad_request");
-        let (status, body) =
-            commit(&http, &srv, "default", json!([{ "op": "put", "path": "u.txt", "hash": "xyz" }])).await;
-        assert_error("commit of a malformed blob id", status, &body, 400, "bad_request");
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "u.txt", "hash": unknown }]),
+        )
+        .await;
+        assert_error(
+            "commit of an unknown blob",
+            status,
+            &body,
+            400,
+            "bad_request",
+        );
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "put", "path": "u.txt", "hash": "xyz" }]),
+        )
+        .await;
+        assert_error(
+            "commit of a malformed blob id",
+            status,
+            &body,
+            400,
+            "bad_request",
+        );
         let (status, body) = get_json(&http, &format!("{api}/blobs/{unknown}")).await;
         assert_error("unknown blob", status, &body, 404, "not_found");
         let (status, body) = get_json(&http, &format!("{api}/blobs/XYZ")).await;
         assert_error("malformed blob id", status, &body, 400, "bad_request");
-        let (status, body) = get_json(&http, &format!("{api}/uploads/00000000-0000-0000-0000-000000000000")).await;
+        let (status, body) = get_json(
+            &http,
+            &format!("{api}/uploads/00000000-0000-0000-0000-000000000000"),
+        )
+        .await;
         assert_error("unknown upload", status, &body, 404, "not_found");
 
         // A chunk with a wrong MD5 is refused and not stored.
-        let (_, started) = post_json(&http, &format!("{api}/uploads"), &json!({ "chunk_size": 65536 })).await;
+        let (_, started) = post_json(
+            &http,
+            &format!("{api}/uploads"),
+            &json!({ "chunk_size": 65536 }),
+        )
+        .await;
         let id = started["upload_id"].as_str().unwrap().to_string();
         let r = http
             .put(format!("{api}/uploads/{id}/0"))
@@ -1180,17 +1860,38 @@ fn bad_inputs_get_precise_4xx_json_errors() {
         let (status, body) = json_of(r).await;
         assert_error("wrong MD5", status, &body, 422, "checksum_mismatch");
         // A chunk larger than the upload's chunk size, and a bad index.
-        let r = http.put(format!("{api}/uploads/{id}/1")).body(vec![0u8; 65537]).send().await.unwrap();
+        let r = http
+            .put(format!("{api}/uploads/{id}/1"))
+            .body(vec![0u8; 65537])
+            .send()
+            .await
+            .unwrap();
         let (status, body) = json_of(r).await;
-        assert!(status == 413 || status == 400, "oversized chunk: {status} {body}");
+        assert!(
+            status == 413 || status == 400,
+            "oversized chunk: {status} {body}"
+        );
         assert!(body["code"].is_string(), "{body}");
-        let r = http.put(format!("{api}/uploads/{id}/minus-one")).body(b"x".to_vec()).send().await.unwrap();
+        let r = http
+            .put(format!("{api}/uploads/{id}/minus-one"))
+            .body(b"x".to_vec())
+            .send()
+            .await
+            .unwrap();
         let (status, body) = json_of(r).await;
         assert_error("bad chunk index", status, &body, 400, "bad_request");
         let (_, upload_status) = get_json(&http, &format!("{api}/uploads/{id}")).await;
-        assert_eq!(upload_status["received"], json!([]), "a refused chunk was kept");
+        assert_eq!(
+            upload_status["received"],
+            json!([]),
+            "a refused chunk was kept"
+        );
     });
-    assert!(!srv.log().contains("internal error"), "server log: {}", srv.log());
+    assert!(
+        !srv.log().contains("internal error"),
+        "server log: {}",
+        srv.log()
+    );
 }
 
 #[test]
@@ -1224,34 +1925,80 @@ fn max_upload_size_refuses_chunks_beyond_it_and_keeps_nothing() {
             .await
             .unwrap();
         assert!(r.status().is_success(), "{}", r.status());
-        let (status, info) = json_of(http.post(format!("{api}/uploads/{id}/complete")).send().await.unwrap()).await;
+        let (status, info) = json_of(
+            http.post(format!("{api}/uploads/{id}/complete"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert!(status == 200 || status == 201, "{info}");
         assert_eq!(info["size"], 1 << 20);
 
         // 64 KiB chunks: chunk 15 ends at the limit, chunk 16 is past it.
-        let (_, started) = post_json(&http, &format!("{api}/uploads"), &json!({ "chunk_size": 65536 })).await;
+        let (_, started) = post_json(
+            &http,
+            &format!("{api}/uploads"),
+            &json!({ "chunk_size": 65536 }),
+        )
+        .await;
         let id = started["upload_id"].as_str().unwrap().to_string();
         let piece = random_bytes(65536, 8);
-        let r = http.put(format!("{api}/uploads/{id}/15")).body(piece.clone()).send().await.unwrap();
+        let r = http
+            .put(format!("{api}/uploads/{id}/15"))
+            .body(piece.clone())
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "{}", r.status());
-        let r = http.put(format!("{api}/uploads/{id}/16")).body(piece.clone()).send().await.unwrap();
+        let r = http
+            .put(format!("{api}/uploads/{id}/16"))
+            .body(piece.clone())
+            .send()
+            .await
+            .unwrap();
         let (status, body) = json_of(r).await;
         assert_error("chunk 16 of 64 KiB", status, &body, 413, "too_large");
-        let r = http.put(format!("{api}/uploads/{id}/16")).body(b"x".to_vec()).send().await.unwrap();
+        let r = http
+            .put(format!("{api}/uploads/{id}/16"))
+            .body(b"x".to_vec())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 413, "one byte past the limit");
         let (_, upload_status) = get_json(&http, &format!("{api}/uploads/{id}")).await;
-        assert_eq!(upload_status["received"], json!([15]), "a refused chunk was kept");
+        assert_eq!(
+            upload_status["received"],
+            json!([15]),
+            "a refused chunk was kept"
+        );
         assert_eq!(upload_status["bytes"], 65536);
-        let r = http.get(format!("{api}/blobs/{}", git_blob_id(&piece))).send().await.unwrap();
+        let r = http
+            .get(format!("{api}/blobs/{}", git_blob_id(&piece)))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
     });
     // The CLI reports the refusal as one line and a non-zero exit.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big");
     write_random_file(&file, 3 << 20, 9).unwrap();
-    let out = run_cli(&["put", file.to_str().unwrap(), &format!("{}/big", srv.repo_url("default"))]);
-    assert!(!out.status.success(), "put over the limit succeeded: {}", out.stdout_text());
-    assert!(out.stderr.contains("413") || out.stderr.to_lowercase().contains("maximum"), "{}", out.stderr);
+    let out = run_cli(&[
+        "put",
+        file.to_str().unwrap(),
+        &format!("{}/big", srv.repo_url("default")),
+    ]);
+    assert!(
+        !out.status.success(),
+        "put over the limit succeeded: {}",
+        out.stdout_text()
+    );
+    assert!(
+        out.stderr.contains("413") || out.stderr.to_lowercase().contains("maximum"),
+        "{}",
+        out.stderr
+    );
     block_on(async {
         let (status, _) = get_json(&http, &format!("{}/stat/big", srv.api("default"))).await;
         assert_eq!(status, 404);
@@ -1263,10 +2010,17 @@ fn max_upload_size_refuses_chunks_beyond_it_and_keeps_nothing() {
 #[test]
 fn wrong_method_on_an_api_route_answers_json() {
     let srv = ServerProcess::start();
-    for (method, target) in [("DELETE", "/api/v1/repos"), ("POST", "/api/v1/repos/default/tree/x")] {
+    for (method, target) in [
+        ("DELETE", "/api/v1/repos"),
+        ("POST", "/api/v1/repos/default/tree/x"),
+    ] {
         let r = http_request(srv.addr, method, target, &[], b"").unwrap();
         assert_eq!(r.status, 405, "{method} {target}");
-        assert!(r.json()["code"].is_string(), "{method} {target}: {}", r.text());
+        assert!(
+            r.json()["code"].is_string(),
+            "{method} {target}: {}",
+            r.text()
+        );
     }
 }
 
@@ -1294,26 +2048,56 @@ fn auth_token_is_required_everywhere_but_healthz() {
             assert!(r.headers().contains_key("www-authenticate"));
             let (_, body) = json_of(r).await;
             assert_eq!(body["code"], "unauthorized");
-            for header in ["Bearer wrong", "Bearer secretx", "Basic c2VjcmV0", "secret", "Bearer "] {
-                let r = http.get(&url).header("Authorization", header).send().await.unwrap();
+            for header in [
+                "Bearer wrong",
+                "Bearer secretx",
+                "Basic c2VjcmV0",
+                "secret",
+                "Bearer ",
+            ] {
+                let r = http
+                    .get(&url)
+                    .header("Authorization", header)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 401, "{url} with {header:?}");
             }
         }
         for token in ["secret", "second"] {
-            let r = http.get(format!("{base}/api/v1/repos")).bearer_auth(token).send().await.unwrap();
+            let r = http
+                .get(format!("{base}/api/v1/repos"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200, "token {token}");
         }
-        let r = http.post(format!("{base}/api/v1/repos")).json(&json!({ "id": "sneaky" })).send().await.unwrap();
+        let r = http
+            .post(format!("{base}/api/v1/repos"))
+            .json(&json!({ "id": "sneaky" }))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
-        let r = http.get(format!("{base}/api/v1/repos")).bearer_auth("secret").send().await.unwrap();
+        let r = http
+            .get(format!("{base}/api/v1/repos"))
+            .bearer_auth("secret")
+            .send()
+            .await
+            .unwrap();
         let (_, list) = json_of(r).await;
-        assert_eq!(list["count"], 1, "a refused request created something: {list}");
+        assert_eq!(
+            list["count"], 1,
+            "a refused request created something: {list}"
+        );
     });
     assert!(srv.metrics().contains("govcfs_http_requests_total"));
     assert!(!srv.log().contains("secret"), "the token reached the log");
 
     let url = srv.repo_url("default");
-    run_cli_with(&["ls", &url], &[("GOVCFS_TOKEN", "secret")], CLI_TIMEOUT).assert_success("ls with GOVCFS_TOKEN");
+    run_cli_with(&["ls", &url], &[("GOVCFS_TOKEN", "secret")], CLI_TIMEOUT)
+        .assert_success("ls with GOVCFS_TOKEN");
     let denied = run_cli(&["ls", &url]);
     assert!(!denied.status.success(), "ls without a token succeeded");
     assert!(
@@ -1346,10 +2130,15 @@ where
                 }
             }
             if event.as_deref() == Some("ref") {
-                return serde_json::from_str(&data).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data}"));
+                return serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data}"));
             }
         }
-        let piece = stream.next().await.expect("the event stream ended").expect("event stream error");
+        let piece = stream
+            .next()
+            .await
+            .expect("the event stream ended")
+            .expect("event stream error");
         buffer.push_str(&String::from_utf8_lossy(&piece).replace("\r\n", "\n"));
     }
 }
@@ -1359,41 +2148,73 @@ fn events_stream_reports_ref_updates() {
     let srv = ServerProcess::start();
     let http = http_client();
     block_on(async {
-        let (status, _) = post_json(&http, &format!("{}/api/v1/repos", srv.url()), &json!({ "id": "other" })).await;
+        let (status, _) = post_json(
+            &http,
+            &format!("{}/api/v1/repos", srv.url()),
+            &json!({ "id": "other" }),
+        )
+        .await;
         assert_eq!(status, 201);
-        let response =
-            tokio::time::timeout(Duration::from_secs(10), http.get(format!("{}/events", srv.api("default"))).send())
-                .await
-                .expect("the events stream answers within 10 s")
-                .unwrap();
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            http.get(format!("{}/events", srv.api("default"))).send(),
+        )
+        .await
+        .expect("the events stream answers within 10 s")
+        .unwrap();
         assert_eq!(response.status(), 200);
-        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
         let mut stream = response.bytes_stream();
 
         // A commit in another repository is not reported here; the one in default is.
         put_file(&http, &srv, "other", "elsewhere.txt", b"x").await;
         let (_, created) = put_file(&http, &srv, "default", "dir/watched.txt", b"watched").await;
         let mut buffer = String::new();
-        let event = tokio::time::timeout(Duration::from_secs(10), next_ref_event(&mut stream, &mut buffer))
-            .await
-            .expect("an `event: ref` within 10 s");
+        let event = tokio::time::timeout(
+            Duration::from_secs(10),
+            next_ref_event(&mut stream, &mut buffer),
+        )
+        .await
+        .expect("an `event: ref` within 10 s");
         assert_eq!(event["ref"], "main", "{event}");
         assert_eq!(event["commit"], created.as_str(), "{event}");
-        let changed: Vec<&str> = event["changed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let changed: Vec<&str> = event["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         assert!(changed.contains(&"dir/watched.txt"), "{event}");
 
         // And the next one.
-        let (status, body) =
-            commit(&http, &srv, "default", json!([{ "op": "move", "from": "dir/watched.txt", "to": "moved.txt" }]))
-                .await;
+        let (status, body) = commit(
+            &http,
+            &srv,
+            "default",
+            json!([{ "op": "move", "from": "dir/watched.txt", "to": "moved.txt" }]),
+        )
+        .await;
         assert_eq!(status, 201);
-        let event = tokio::time::timeout(Duration::from_secs(10), next_ref_event(&mut stream, &mut buffer))
-            .await
-            .expect("a second `event: ref` within 10 s");
+        let event = tokio::time::timeout(
+            Duration::from_secs(10),
+            next_ref_event(&mut stream, &mut buffer),
+        )
+        .await
+        .expect("a second `event: ref` within 10 s");
         assert_eq!(event["commit"], body["commit"]);
-        let changed: BTreeSet<&str> =
-            event["changed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert!(changed.contains("moved.txt") && changed.contains("dir/watched.txt"), "{event}");
+        let changed: BTreeSet<&str> = event["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            changed.contains("moved.txt") && changed.contains("dir/watched.txt"),
+            "{event}"
+        );
     });
 }
 
@@ -1410,12 +2231,18 @@ fn sigterm_and_sigint_stop_the_server_cleanly() {
         assert_eq!(r.text().trim(), "ok");
         // An idle keep-alive connection must not hold the shutdown up.
         let mut idle = TcpStream::connect(srv.addr).unwrap();
-        idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).as_bytes()).unwrap();
+        idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).as_bytes())
+            .unwrap();
         std::thread::sleep(Duration::from_millis(200));
         srv.signal(signal);
-        let status =
-            srv.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("still running 10 s after {name}"));
-        assert!(status.success(), "{name}: exit status {status:?}; log: {}", srv.log());
+        let status = srv
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("still running 10 s after {name}"));
+        assert!(
+            status.success(),
+            "{name}: exit status {status:?}; log: {}",
+            srv.log()
+        );
         drop(idle);
     }
 }
@@ -1428,7 +2255,13 @@ fn sigterm_stops_the_server_with_an_open_events_stream() {
     let mut srv = ServerProcess::start();
     let mut socket = TcpStream::connect(srv.addr).unwrap();
     socket
-        .write_all(format!("GET /api/v1/repos/default/events HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).as_bytes())
+        .write_all(
+            format!(
+                "GET /api/v1/repos/default/events HTTP/1.1\r\nHost: {}\r\n\r\n",
+                srv.addr
+            )
+            .as_bytes(),
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     srv.signal(libc::SIGTERM);
@@ -1447,30 +2280,70 @@ fn cli_errors_are_one_line_and_non_zero() {
     let srv = ServerProcess::start();
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("never");
-    let missing =
-        run_cli(&["get", &format!("{}/missing.txt", srv.repo_url("default")), "-o", out_file.to_str().unwrap()]);
+    let missing = run_cli(&[
+        "get",
+        &format!("{}/missing.txt", srv.repo_url("default")),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
     assert!(!missing.status.success(), "get of a missing path succeeded");
-    let lines: Vec<&str> = missing.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = missing
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert_eq!(lines.len(), 1, "not one line: {:?}", missing.stderr);
     assert!(lines[0].starts_with("govcfs:"), "{}", lines[0]);
-    assert!(lines[0].contains("404") || lines[0].contains("not found"), "{}", lines[0]);
-    assert!(!out_file.exists(), "get of a missing path created the output file");
-    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "get left a partial file");
+    assert!(
+        lines[0].contains("404") || lines[0].contains("not found"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        !out_file.exists(),
+        "get of a missing path created the output file"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "get left a partial file"
+    );
 
     let missing_repo = run_cli(&["ls", &srv.repo_url("nope")]);
     assert!(!missing_repo.status.success());
-    assert_eq!(missing_repo.stderr.trim().lines().count(), 1, "{:?}", missing_repo.stderr);
+    assert_eq!(
+        missing_repo.stderr.trim().lines().count(),
+        1,
+        "{:?}",
+        missing_repo.stderr
+    );
 
     // Nothing listens on this port: the CLI retries briefly, then fails.
     let port = free_port();
-    let unreachable = run_cli_with(&["ls", &format!("http://127.0.0.1:{port}/default")], &[], Duration::from_secs(60));
-    assert!(!unreachable.status.success(), "ls against a closed port succeeded");
+    let unreachable = run_cli_with(
+        &["ls", &format!("http://127.0.0.1:{port}/default")],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        !unreachable.status.success(),
+        "ls against a closed port succeeded"
+    );
     let last = unreachable.stderr.trim().lines().last().unwrap_or("");
     assert!(last.starts_with("govcfs:"), "{:?}", unreachable.stderr);
-    assert_eq!(unreachable.stderr.trim().lines().count(), 1, "{:?}", unreachable.stderr);
+    assert_eq!(
+        unreachable.stderr.trim().lines().count(),
+        1,
+        "{:?}",
+        unreachable.stderr
+    );
 
     // A URL that is not a repository URL.
     let bad_url = run_cli(&["ls", "ftp://example/x"]);
     assert!(!bad_url.status.success());
-    assert_eq!(bad_url.stderr.trim().lines().count(), 1, "{:?}", bad_url.stderr);
+    assert_eq!(
+        bad_url.stderr.trim().lines().count(),
+        1,
+        "{:?}",
+        bad_url.stderr
+    );
 }

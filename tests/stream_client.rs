@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use common::{block_on, md5_hex, random_bytes, run_cli, run_cli_with, write_fast_random_file, ProcSampler, ServerProcess, XorShift};
+use common::{
+    block_on, md5_hex, random_bytes, run_cli, run_cli_with, write_fast_random_file, ProcSampler,
+    ServerProcess, XorShift,
+};
 use govcfs::api::stream::{StreamChunk, StreamProgress};
 use govcfs::client::{CancellationToken, Client, ClientError, ClientOptions, StreamOptions};
 use md5::{Digest, Md5};
@@ -25,7 +28,6 @@ const MIB: usize = 1 << 20;
 fn client(server: &ServerProcess) -> Client {
     Client::new(&server.url(), "default", ClientOptions::default()).expect("client")
 }
-
 
 /// Half random, half zeros in every 4 KiB: compresses to about half, like real data.
 fn half_compressible(len: usize, seed: u64) -> Vec<u8> {
@@ -40,7 +42,16 @@ fn half_compressible(len: usize, seed: u64) -> Vec<u8> {
 /// Uploads `data` through the raw streamed-upload route; returns its blob id.
 async fn upload(client: &Client, data: &[u8]) -> String {
     let reader = std::io::Cursor::new(data.to_vec());
-    let stored = client.upload_stream(reader, Some(data.len() as u64), false, None, &CancellationToken::new()).await.expect("upload_stream");
+    let stored = client
+        .upload_stream(
+            reader,
+            Some(data.len() as u64),
+            false,
+            None,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("upload_stream");
     assert_eq!(stored.size, data.len() as u64);
     assert!(!stored.compressed);
     stored.hash
@@ -53,20 +64,47 @@ fn stream_reader_random_seeks_and_reads_match_the_source() {
     let runtime = common::runtime();
     let c = client(&server);
     let hash = runtime.block_on(upload(&c, &data));
-    let mut runner = TestRunner::new(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
     let ops = proptest::collection::vec((0u64..(4 * MIB) as u64, 1usize..200_000), 1..16);
-    let case = (0u64..(MIB as u64), prop_oneof![Just(0u64), Just(1024), Just(65_536), Just(1_000_000)], 1usize..5, any::<bool>(), ops);
+    let case = (
+        0u64..(MIB as u64),
+        prop_oneof![Just(0u64), Just(1024), Just(65_536), Just(1_000_000)],
+        1usize..5,
+        any::<bool>(),
+        ops,
+    );
     runner
         .run(&case, |(start, chunk_size, ahead, zstd, ops)| {
             let end = data.len() as u64 - 1 - start / 3;
             let range = &data[start as usize..=end as usize];
-            let options = StreamOptions { chunk_size, start_offset: start, end_offset: Some(end), zstd, max_concurrent_chunks: ahead, ..StreamOptions::default() };
+            let options = StreamOptions {
+                chunk_size,
+                start_offset: start,
+                end_offset: Some(end),
+                zstd,
+                max_concurrent_chunks: ahead,
+                ..StreamOptions::default()
+            };
             runtime.block_on(async {
-                let mut reader = c.stream_reader(&hash, &options, &CancellationToken::new()).await.expect("stream_reader");
+                let mut reader = c
+                    .stream_reader(&hash, &options, &CancellationToken::new())
+                    .await
+                    .expect("stream_reader");
                 assert_eq!(reader.session().total_size, range.len() as u64);
-                assert_eq!(reader.session().checksum, md5_hex(range), "the session's checksum is the MD5 of its range");
+                assert_eq!(
+                    reader.session().checksum,
+                    md5_hex(range),
+                    "the session's checksum is the MD5 of its range"
+                );
                 for (at, len) in ops {
-                    let pos = reader.seek(std::io::SeekFrom::Start(at)).await.expect("seek");
+                    let pos = reader
+                        .seek(std::io::SeekFrom::Start(at))
+                        .await
+                        .expect("seek");
                     assert_eq!(pos, at);
                     let mut buf = vec![0u8; len];
                     let mut got = 0;
@@ -83,18 +121,36 @@ fn stream_reader_random_seeks_and_reads_match_the_source() {
                     }
                     let from = (at as usize).min(range.len());
                     let want = &range[from..(from + len).min(range.len())];
-                    prop_assert_eq!(got, want.len(), "bytes read at {} of a {}-byte range", at, range.len());
+                    prop_assert_eq!(
+                        got,
+                        want.len(),
+                        "bytes read at {} of a {}-byte range",
+                        at,
+                        range.len()
+                    );
                     prop_assert!(&buf[..got] == want, "bytes at {} differ", at);
                 }
                 // Relative and end-relative seeks.
-                let pos = reader.seek(std::io::SeekFrom::End(-10)).await.expect("seek from end");
+                let pos = reader
+                    .seek(std::io::SeekFrom::End(-10))
+                    .await
+                    .expect("seek from end");
                 prop_assert_eq!(pos, range.len() as u64 - 10);
-                let pos = reader.seek(std::io::SeekFrom::Current(-5)).await.expect("seek back");
+                let pos = reader
+                    .seek(std::io::SeekFrom::Current(-5))
+                    .await
+                    .expect("seek back");
                 prop_assert_eq!(pos, range.len() as u64 - 15);
                 let mut tail = Vec::new();
                 reader.read_to_end(&mut tail).await.expect("read_to_end");
                 prop_assert!(tail == range[range.len() - 15..]);
-                prop_assert!(reader.seek(std::io::SeekFrom::Current(-(range.len() as i64) - 1)).await.is_err(), "a seek before the start");
+                prop_assert!(
+                    reader
+                        .seek(std::io::SeekFrom::Current(-(range.len() as i64) - 1))
+                        .await
+                        .is_err(),
+                    "a seek before the start"
+                );
                 reader.close().await.expect("close the session");
                 Ok(())
             })
@@ -125,11 +181,16 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
             pieces.push(Bytes::from_static(b"\r\n"));
         }
         pieces.push(Bytes::from(format!("--{boundary}--\r\n")));
-        let body = reqwest::Body::wrap_stream(futures::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>)));
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(
+            pieces.into_iter().map(Ok::<_, std::io::Error>),
+        ));
         let started = Instant::now();
         let answer: serde_json::Value = common::http_client()
             .post(format!("{}/stream/blob/upload", server.api("default")))
-            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
             .body(body)
             .send()
             .await
@@ -138,12 +199,21 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
             .await
             .expect("multipart answer");
         println!("multipart upload of 256 MiB: {:.1?}", started.elapsed());
-        assert_eq!(answer["hash"], hash.as_str(), "the multipart upload stored other bytes: {answer}");
+        assert_eq!(
+            answer["hash"],
+            hash.as_str(),
+            "the multipart upload stored other bytes: {answer}"
+        );
 
         // Through a session, raw chunks, plain and zstd.
         for zstd in [false, true] {
             let mut out = Vec::with_capacity(data.len());
-            let options = StreamOptions { chunk_size: 4 * MIB as u64, zstd, verify_range: zstd, ..StreamOptions::default() };
+            let options = StreamOptions {
+                chunk_size: 4 * MIB as u64,
+                zstd,
+                verify_range: zstd,
+                ..StreamOptions::default()
+            };
             let calls = Arc::new(AtomicU64::new(0));
             let seen = calls.clone();
             let progress: govcfs::client::stream::ProgressFn = Arc::new(move |done, total| {
@@ -151,11 +221,24 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
                 seen.fetch_add(1, Ordering::Relaxed);
             });
             let started = Instant::now();
-            let session = c.download_stream(&hash, &mut out, &options, Some(progress), &CancellationToken::new()).await.expect("download_stream");
+            let session = c
+                .download_stream(
+                    &hash,
+                    &mut out,
+                    &options,
+                    Some(progress),
+                    &CancellationToken::new(),
+                )
+                .await
+                .expect("download_stream");
             println!("session download (zstd: {zstd}): {:.1?}", started.elapsed());
             assert_eq!(session.checksum, want_md5);
             assert!(out == *data, "the session download (zstd: {zstd}) differs");
-            assert!(calls.load(Ordering::Relaxed) > 10, "the progress callback was called {} times", calls.load(Ordering::Relaxed));
+            assert!(
+                calls.load(Ordering::Relaxed) > 10,
+                "the progress callback was called {} times",
+                calls.load(Ordering::Relaxed)
+            );
         }
 
         // JSON chunks, fetched by hand, gzip and not.
@@ -176,7 +259,10 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
             let mut compressed = 0;
             for n in 0..count {
                 let chunk: StreamChunk = http
-                    .get(format!("{}/stream/blob/{id}/chunk?chunk={n}", server.api("default")))
+                    .get(format!(
+                        "{}/stream/blob/{id}/chunk?chunk={n}",
+                        server.api("default")
+                    ))
                     .send()
                     .await
                     .expect("chunk")
@@ -185,37 +271,72 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
                     .expect("chunk JSON");
                 assert_eq!(chunk.sequence_num, n);
                 assert_eq!(chunk.is_last, n + 1 == count);
-                let body = base64::engine::general_purpose::STANDARD.decode(&chunk.data).expect("base64");
+                let body = base64::engine::general_purpose::STANDARD
+                    .decode(&chunk.data)
+                    .expect("base64");
                 let bytes = if chunk.is_compressed {
                     compressed += 1;
                     assert_eq!(chunk.encoding.as_deref(), Some("gzip"));
-                    govcfs::server::stream::chunk::decompress(&body, "gzip", chunk.size as usize).expect("gunzip")
+                    govcfs::server::stream::chunk::decompress(&body, "gzip", chunk.size as usize)
+                        .expect("gunzip")
                 } else {
                     body
                 };
                 assert_eq!(md5_hex(&bytes), chunk.checksum, "chunk {n}");
                 md5.update(&bytes);
             }
-            assert_eq!(hex::encode(md5.finalize()), want_md5, "JSON chunks (gzip: {gzip})");
-            assert_eq!(compressed > 0, gzip, "{compressed} of {count} chunks were compressed (gzip: {gzip})");
+            assert_eq!(
+                hex::encode(md5.finalize()),
+                want_md5,
+                "JSON chunks (gzip: {gzip})"
+            );
+            assert_eq!(
+                compressed > 0,
+                gzip,
+                "{compressed} of {count} chunks were compressed (gzip: {gzip})"
+            );
         }
 
         // The WebSocket: base64 and binary frames, plain and gzip, on one connection.
         let mut ws = c.websocket().await.expect("websocket");
         for (binary, gzip) in [(false, false), (true, true)] {
-            let mut request = StreamOptions { chunk_size: 2 * MIB as u64, enable_gzip: gzip, ..StreamOptions::default() }.request(&hash);
+            let mut request = StreamOptions {
+                chunk_size: 2 * MIB as u64,
+                enable_gzip: gzip,
+                ..StreamOptions::default()
+            }
+            .request(&hash);
             request.binary = binary;
             let mut out = Vec::with_capacity(data.len());
             let mut progress: Vec<StreamProgress> = Vec::new();
             let started = Instant::now();
-            let response = ws.stream_blob(&request, &mut out, |p| progress.push(p.clone()), &CancellationToken::new()).await.expect("stream_blob");
-            println!("WebSocket download (binary: {binary}, gzip: {gzip}): {:.1?}", started.elapsed());
+            let response = ws
+                .stream_blob(
+                    &request,
+                    &mut out,
+                    |p| progress.push(p.clone()),
+                    &CancellationToken::new(),
+                )
+                .await
+                .expect("stream_blob");
+            println!(
+                "WebSocket download (binary: {binary}, gzip: {gzip}): {:.1?}",
+                started.elapsed()
+            );
             assert_eq!(response.checksum, want_md5);
-            assert!(out == *data, "the WebSocket download (binary: {binary}, gzip: {gzip}) differs");
+            assert!(
+                out == *data,
+                "the WebSocket download (binary: {binary}, gzip: {gzip}) differs"
+            );
             let last = progress.last().expect("progress messages");
             assert_eq!(last.status, "completed");
             assert_eq!(last.bytes_streamed, data.len() as u64);
-            assert!(progress.len() as u64 >= response.chunk_count / 10, "{} progress messages for {} chunks", progress.len(), response.chunk_count);
+            assert!(
+                progress.len() as u64 >= response.chunk_count / 10,
+                "{} progress messages for {} chunks",
+                progress.len(),
+                response.chunk_count
+            );
         }
         ws.close().await.expect("close");
     });
@@ -228,14 +349,36 @@ fn a_zstd_streamed_upload_is_stored_decompressed() {
     let c = client(&server);
     block_on(async {
         let reader = std::io::Cursor::new(data.clone());
-        let stored = c.upload_stream(reader, Some(data.len() as u64), true, None, &CancellationToken::new()).await.expect("zstd upload");
+        let stored = c
+            .upload_stream(
+                reader,
+                Some(data.len() as u64),
+                true,
+                None,
+                &CancellationToken::new(),
+            )
+            .await
+            .expect("zstd upload");
         assert!(stored.compressed);
         assert_eq!(stored.size, data.len() as u64);
-        let back = c.read_range(&stored.hash, 0..data.len() as u64, &CancellationToken::new()).await.expect("read back");
+        let back = c
+            .read_range(
+                &stored.hash,
+                0..data.len() as u64,
+                &CancellationToken::new(),
+            )
+            .await
+            .expect("read back");
         assert!(back == data);
     });
-    let received = server.metric("govcfs_blob_bytes_received_total").unwrap_or(0.0);
-    assert_eq!(received, data.len() as f64, "received bytes count the decompressed blob");
+    let received = server
+        .metric("govcfs_blob_bytes_received_total")
+        .unwrap_or(0.0);
+    assert_eq!(
+        received,
+        data.len() as f64,
+        "received bytes count the decompressed blob"
+    );
 }
 
 #[test]
@@ -253,31 +396,68 @@ fn cancelling_a_download_stops_it_and_cancels_the_session() {
                 trigger.cancel();
             }
         });
-        let options = StreamOptions { chunk_size: 64 << 10, ..StreamOptions::default() };
+        let options = StreamOptions {
+            chunk_size: 64 << 10,
+            ..StreamOptions::default()
+        };
         let mut out = Vec::new();
-        let result = tokio::time::timeout(Duration::from_secs(60), c.download_stream(&hash, &mut out, &options, Some(progress), &cancel)).await.expect("the cancelled download returned");
-        assert!(matches!(result, Err(ClientError::Cancelled)) || matches!(&result, Err(ClientError::Io(e)) if e.to_string().contains("cancel")), "a cancelled download: {result:?}");
-        assert!(out.len() < data.len(), "the whole blob arrived although the download was cancelled");
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            c.download_stream(&hash, &mut out, &options, Some(progress), &cancel),
+        )
+        .await
+        .expect("the cancelled download returned");
+        assert!(
+            matches!(result, Err(ClientError::Cancelled))
+                || matches!(&result, Err(ClientError::Io(e)) if e.to_string().contains("cancel")),
+            "a cancelled download: {result:?}"
+        );
+        assert!(
+            out.len() < data.len(),
+            "the whole blob arrived although the download was cancelled"
+        );
 
         // Over the WebSocket: cancel after the first progress message; the server confirms.
         let mut ws = c.websocket().await.expect("websocket");
         let cancel = CancellationToken::new();
         let trigger = cancel.clone();
-        let request = StreamOptions { chunk_size: 1024, ..StreamOptions::default() }.request(&hash);
+        let request = StreamOptions {
+            chunk_size: 1024,
+            ..StreamOptions::default()
+        }
+        .request(&hash);
         let mut out = Vec::new();
-        let result = ws.stream_blob(&request, &mut out, |_| trigger.cancel(), &cancel).await;
-        assert!(matches!(result, Err(ClientError::Cancelled)), "a cancelled WebSocket stream: {result:?}");
+        let result = ws
+            .stream_blob(&request, &mut out, |_| trigger.cancel(), &cancel)
+            .await;
+        assert!(
+            matches!(result, Err(ClientError::Cancelled)),
+            "a cancelled WebSocket stream: {result:?}"
+        );
         assert!(out.len() < data.len());
         // The connection still serves a whole (small) range afterwards.
-        let small = StreamOptions { chunk_size: 4096, start_offset: 100, end_offset: Some(100_099), ..StreamOptions::default() }.request(&hash);
+        let small = StreamOptions {
+            chunk_size: 4096,
+            start_offset: 100,
+            end_offset: Some(100_099),
+            ..StreamOptions::default()
+        }
+        .request(&hash);
         let mut out = Vec::new();
-        ws.stream_blob(&small, &mut out, |_| {}, &CancellationToken::new()).await.expect("a stream after a cancel");
+        ws.stream_blob(&small, &mut out, |_| {}, &CancellationToken::new())
+            .await
+            .expect("a stream after a cancel");
         assert!(out == data[100..100_100]);
     });
     // Neither cancelled session lingers as active for long: one was cancelled by the client
     // reader's close or the server's cancel; the gauge counts only open sessions.
-    let active = server.metric("govcfs_stream_sessions_active").unwrap_or(-1.0);
-    assert!(active <= 2.0, "{active} sessions active after two cancelled streams");
+    let active = server
+        .metric("govcfs_stream_sessions_active")
+        .unwrap_or(-1.0);
+    assert!(
+        active <= 2.0,
+        "{active} sessions active after two cancelled streams"
+    );
 }
 
 #[test]
@@ -289,20 +469,38 @@ fn cli_get_stream_and_ws_write_the_same_bytes_as_a_plain_get() {
     let url = format!("{}/docs/source.bin", server.repo_url("default"));
     run_cli(&["put", source.to_str().unwrap(), &url]).assert_success("govcfs put");
     let data = std::fs::read(&source).expect("read source");
-    for args in [&["--stream"][..], &["--ws"], &["--stream", "--compress", "--chunk-size", "64K"], &["--ws", "--compress", "--chunk-size", "300K"]] {
+    for args in [
+        &["--stream"][..],
+        &["--ws"],
+        &["--stream", "--compress", "--chunk-size", "64K"],
+        &["--ws", "--compress", "--chunk-size", "300K"],
+    ] {
         let out = dir.path().join("out.bin");
         let mut cli_args = vec!["get", url.as_str(), "-o", out.to_str().unwrap()];
         cli_args.extend_from_slice(args);
         run_cli(&cli_args).assert_success(&format!("govcfs get {args:?}"));
-        assert!(std::fs::read(&out).expect("read out") == data, "govcfs get {args:?} wrote other bytes");
+        assert!(
+            std::fs::read(&out).expect("read out") == data,
+            "govcfs get {args:?} wrote other bytes"
+        );
         let mut ranged = vec!["get", url.as_str(), "--range", "1000-2999999"];
         ranged.extend_from_slice(args);
         let got = run_cli(&ranged);
         got.assert_success(&format!("govcfs get --range {args:?}"));
-        assert!(got.stdout == data[1000..3_000_000], "govcfs get --range {args:?} wrote other bytes");
+        assert!(
+            got.stdout == data[1000..3_000_000],
+            "govcfs get --range {args:?} wrote other bytes"
+        );
     }
-    let missing = run_cli(&["get", &format!("{}/docs/nope", server.repo_url("default")), "--ws"]);
-    assert!(!missing.status.success(), "get --ws of a missing file succeeded");
+    let missing = run_cli(&[
+        "get",
+        &format!("{}/docs/nope", server.repo_url("default")),
+        "--ws",
+    ]);
+    assert!(
+        !missing.status.success(),
+        "get --ws of a missing file succeeded"
+    );
 }
 
 #[test]
@@ -317,7 +515,19 @@ fn streaming_1_gib_through_a_session_keeps_the_servers_memory_flat() {
     let before = server.rss_kib().expect("server RSS");
     let sampler = ProcSampler::start(server.pid());
     let out = dir.path().join("out.bin");
-    let got = run_cli_with(&["get", &url, "--stream", "--chunk-size", "4M", "-o", out.to_str().unwrap()], &[], Duration::from_secs(900));
+    let got = run_cli_with(
+        &[
+            "get",
+            &url,
+            "--stream",
+            "--chunk-size",
+            "4M",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(900),
+    );
     let samples = sampler.stop();
     got.assert_success("govcfs get --stream of 1 GiB");
     assert_eq!(std::fs::metadata(&out).expect("output").len(), 1 << 30);
@@ -329,12 +539,18 @@ fn streaming_1_gib_through_a_session_keeps_the_servers_memory_flat() {
         before / 1024,
         samples.max_rss_kib / 1024,
     );
-    assert!(growth_mib < 64, "the server grew by {growth_mib} MiB while streaming 1 GiB through a session");
+    assert!(
+        growth_mib < 64,
+        "the server grew by {growth_mib} MiB while streaming 1 GiB through a session"
+    );
     // Keep the random generator's output honest: the downloaded file is not all zeros.
     let mut rng = XorShift::new(1);
     let at = rng.next_u64() % ((1 << 30) - 4096);
     let mut probe = vec![0u8; 4096];
     use std::os::unix::fs::FileExt;
-    std::fs::File::open(&out).expect("open").read_exact_at(&mut probe, at).expect("read");
+    std::fs::File::open(&out)
+        .expect("open")
+        .read_exact_at(&mut probe, at)
+        .expect("read");
     assert!(probe.iter().any(|b| *b != 0));
 }

@@ -43,7 +43,14 @@ fn end_of_blob() -> i64 {
 impl StreamRequest {
     /// A request for the whole blob in chunks of `chunk_size` (0: the default).
     pub fn whole(hash: &str, chunk_size: u64) -> Self {
-        StreamRequest { hash: hash.to_string(), chunk_size, start_offset: 0, end_offset: -1, enable_gzip: false, binary: false }
+        StreamRequest {
+            hash: hash.to_string(),
+            chunk_size,
+            start_offset: 0,
+            end_offset: -1,
+            enable_gzip: false,
+            binary: false,
+        }
     }
 }
 
@@ -139,13 +146,16 @@ pub enum WsClientMessage {
 impl WsClientMessage {
     /// Decodes a text frame.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
         match value.get("type").and_then(|t| t.as_str()) {
-            None | Some("stream") | Some("request") => {
-                serde_json::from_value(value).map(WsClientMessage::Stream).map_err(|e| format!("invalid stream request: {e}"))
-            }
+            None | Some("stream") | Some("request") => serde_json::from_value(value)
+                .map(WsClientMessage::Stream)
+                .map_err(|e| format!("invalid stream request: {e}")),
             Some("cancel") => match value.get("stream_id").and_then(|s| s.as_str()) {
-                Some(id) => Ok(WsClientMessage::Cancel { stream_id: id.to_string() }),
+                Some(id) => Ok(WsClientMessage::Cancel {
+                    stream_id: id.to_string(),
+                }),
                 None => Err("a cancel needs a stream_id".into()),
             },
             Some(other) => Err(format!("unknown message type {other:?}")),
@@ -160,7 +170,9 @@ impl WsClientMessage {
                 value["type"] = "stream".into();
                 value.to_string()
             }
-            WsClientMessage::Cancel { stream_id } => serde_json::json!({ "type": "cancel", "stream_id": stream_id }).to_string(),
+            WsClientMessage::Cancel { stream_id } => {
+                serde_json::json!({ "type": "cancel", "stream_id": stream_id }).to_string()
+            }
         }
     }
 }
@@ -173,19 +185,43 @@ mod tests {
     fn client_messages_round_trip_and_bad_ones_are_refused() {
         let request = StreamRequest::whole(&"a".repeat(64), 4096);
         let text = WsClientMessage::Stream(request.clone()).to_text();
-        assert_eq!(WsClientMessage::parse(&text), Ok(WsClientMessage::Stream(request)));
+        assert_eq!(
+            WsClientMessage::parse(&text),
+            Ok(WsClientMessage::Stream(request))
+        );
         let untyped = WsClientMessage::parse(r#"{"hash":"abc"}"#).unwrap();
-        assert!(matches!(untyped, WsClientMessage::Stream(StreamRequest { end_offset: -1, chunk_size: 0, .. })));
-        let cancel = WsClientMessage::Cancel { stream_id: "s1".into() };
+        assert!(matches!(
+            untyped,
+            WsClientMessage::Stream(StreamRequest {
+                end_offset: -1,
+                chunk_size: 0,
+                ..
+            })
+        ));
+        let cancel = WsClientMessage::Cancel {
+            stream_id: "s1".into(),
+        };
         assert_eq!(WsClientMessage::parse(&cancel.to_text()), Ok(cancel));
-        for bad in ["", "{", "[]", r#"{"type":"cancel"}"#, r#"{"type":"nope"}"#, r#"{"chunk_size":5}"#, r#"{"hash":"x","start_offset":"a"}"#] {
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"type":"cancel"}"#,
+            r#"{"type":"nope"}"#,
+            r#"{"chunk_size":5}"#,
+            r#"{"hash":"x","start_offset":"a"}"#,
+        ] {
             assert!(WsClientMessage::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
 
     #[test]
     fn server_messages_carry_their_type() {
-        let m = WsServerMessage::Error { error: "e".into(), code: "not_found".into(), stream_id: None };
+        let m = WsServerMessage::Error {
+            error: "e".into(),
+            code: "not_found".into(),
+            stream_id: None,
+        };
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(serde_json::from_value::<WsServerMessage>(v).unwrap(), m);

@@ -32,7 +32,11 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<()> {
         report.trees,
         report.blobs,
         report.blob_bytes,
-        if report.damage.is_empty() { "no damage".to_string() } else { format!("{} problems", report.damage.len()) }
+        if report.damage.is_empty() {
+            "no damage".to_string()
+        } else {
+            format!("{} problems", report.damage.len())
+        }
     );
     if !report.damage.is_empty() {
         anyhow::bail!("the store is damaged");

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use crate::api::EntryType;
 use crate::api::stream::StreamProgress;
+use crate::api::EntryType;
 use crate::client::{CancellationToken, Client, ClientError, DownloadOptions, StreamOptions};
 
 /// Arguments of `govcfs get`.
@@ -51,7 +51,15 @@ enum Via {
 pub fn parse_range(text: &str, len: u64) -> anyhow::Result<std::ops::Range<u64>> {
     let (start, end) = text.split_once('-').context("--range must be START-END")?;
     let start: u64 = start.trim().parse().context("invalid range start")?;
-    let end: u64 = if end.trim().is_empty() { len } else { end.trim().parse::<u64>().context("invalid range end")?.saturating_add(1).min(len) };
+    let end: u64 = if end.trim().is_empty() {
+        len
+    } else {
+        end.trim()
+            .parse::<u64>()
+            .context("invalid range end")?
+            .saturating_add(1)
+            .min(len)
+    };
     if start >= len || start >= end {
         anyhow::bail!("range {text} is outside the file ({len} bytes)");
     }
@@ -62,11 +70,17 @@ pub fn parse_range(text: &str, len: u64) -> anyhow::Result<std::ops::Range<u64>>
 pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     let (client, url) = super::client_for(&args.url)?;
     let cancel = CancellationToken::new();
-    let entry = client.stat(&url.path, args.reference.as_deref(), &cancel).await?;
+    let entry = client
+        .stat(&url.path, args.reference.as_deref(), &cancel)
+        .await?;
     if entry.kind == EntryType::Directory {
         anyhow::bail!("{} is a directory", args.url);
     }
-    let range = args.range.as_deref().map(|r| parse_range(r, entry.size)).transpose()?;
+    let range = args
+        .range
+        .as_deref()
+        .map(|r| parse_range(r, entry.size))
+        .transpose()?;
     let total = range.as_ref().map_or(entry.size, |r| r.end - r.start);
     let bar = super::progress::bar(Some(total));
     let progress_bar = bar.clone();
@@ -85,7 +99,10 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         zstd: args.compress && args.stream,
         ..StreamOptions::default()
     };
-    let options = DownloadOptions { range, progress: Some(Arc::new(move |done, _| progress_bar.set_position(done))) };
+    let options = DownloadOptions {
+        range,
+        progress: Some(Arc::new(move |done, _| progress_bar.set_position(done))),
+    };
     {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -97,9 +114,20 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     match &args.output {
         Some(path) => {
             let partial = partial_name(path);
-            let file = tokio::fs::File::create(&partial).await.with_context(|| format!("cannot create {}", partial.display()))?;
+            let file = tokio::fs::File::create(&partial)
+                .await
+                .with_context(|| format!("cannot create {}", partial.display()))?;
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-            let result = fetch(&client, &entry.hash, &mut out, via, &options, &stream_options, &cancel).await;
+            let result = fetch(
+                &client,
+                &entry.hash,
+                &mut out,
+                via,
+                &options,
+                &stream_options,
+                &cancel,
+            )
+            .await;
             if let Err(e) = result {
                 let _ = tokio::fs::remove_file(&partial).await;
                 return Err(e.into());
@@ -109,7 +137,16 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         }
         None => {
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
-            fetch(&client, &entry.hash, &mut out, via, &options, &stream_options, &cancel).await?;
+            fetch(
+                &client,
+                &entry.hash,
+                &mut out,
+                via,
+                &options,
+                &stream_options,
+                &cancel,
+            )
+            .await?;
         }
     }
     bar.finish_and_clear();
@@ -128,8 +165,14 @@ async fn fetch<W: tokio::io::AsyncWrite + Unpin>(
 ) -> Result<(), ClientError> {
     let progress = options.progress.clone();
     match via {
-        Via::Ranges => client.download(hash, out, options, cancel).await.map(|_| ()),
-        Via::Session => client.download_stream(hash, out, stream_options, progress, cancel).await.map(|_| ()),
+        Via::Ranges => client
+            .download(hash, out, options, cancel)
+            .await
+            .map(|_| ()),
+        Via::Session => client
+            .download_stream(hash, out, stream_options, progress, cancel)
+            .await
+            .map(|_| ()),
         Via::WebSocket => {
             let mut ws = client.websocket().await?;
             let on_progress = |p: &StreamProgress| {
@@ -137,14 +180,18 @@ async fn fetch<W: tokio::io::AsyncWrite + Unpin>(
                     f(p.bytes_streamed, p.total_bytes);
                 }
             };
-            ws.stream_blob(&stream_options.request(hash), out, on_progress, cancel).await?;
+            ws.stream_blob(&stream_options.request(hash), out, on_progress, cancel)
+                .await?;
             ws.close().await
         }
     }
 }
 
 fn partial_name(path: &std::path::Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".govcfs-partial");
     path.with_file_name(name)
 }

@@ -69,7 +69,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// The command line as given, or rewritten when the binary runs as the `mount.govcfs` helper.
 pub fn args() -> Vec<std::ffi::OsString> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let invoked_as = args.first().and_then(|a| std::path::Path::new(a).file_name().map(|n| n.to_os_string()));
+    let invoked_as = args.first().and_then(|a| {
+        std::path::Path::new(a)
+            .file_name()
+            .map(|n| n.to_os_string())
+    });
     if invoked_as.as_deref() == Some(std::ffi::OsStr::new("mount.govcfs")) {
         mount::helper_args(args)
     } else {
@@ -95,7 +99,9 @@ pub fn tune_allocator() {
 
 /// A multi-threaded tokio runtime for one command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Parses a repository URL and makes a client for it (`GOVCFS_TOKEN` is the bearer token,

@@ -68,7 +68,9 @@ impl MountArgs {
     fn apply_options(&mut self) -> anyhow::Result<()> {
         let size = |v: &str| crate::size::parse_size(v).map_err(anyhow::Error::msg);
         for opt in self.options.clone().iter().flat_map(|o| o.split(',')) {
-            let (key, value) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
+            let (key, value) = opt
+                .split_once('=')
+                .map_or((opt, None), |(k, v)| (k, Some(v)));
             match (key, value) {
                 ("ro", None) => self.read_only = true,
                 ("rw", None) => self.read_only = false,
@@ -81,8 +83,12 @@ impl MountArgs {
                 ("ref", Some(v)) => self.reference = Some(v.to_string()),
                 ("auth_token", Some(v)) => self.auth_token = Some(v.to_string()),
                 // fstab and mount(8) conventions that need nothing from us
-                ("defaults" | "_netdev" | "noauto" | "auto" | "nofail" | "user" | "users" | "nouser" | "exec"
-                | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime" | "relatime", _) => {}
+                (
+                    "defaults" | "_netdev" | "noauto" | "auto" | "nofail" | "user" | "users"
+                    | "nouser" | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime"
+                    | "noatime" | "relatime",
+                    _,
+                ) => {}
                 (k, _) if k.starts_with("x-") || k.is_empty() => {}
                 _ => bail!("unknown mount option {opt:?}"),
             }
@@ -106,33 +112,49 @@ impl MountArgs {
 /// calls a helper) into `govcfs mount URL DIR -o OPTS`.
 pub fn helper_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = vec![std::ffi::OsString::from("govcfs"), "mount".into()];
-    out.extend(args.into_iter().skip(1).filter(|a| !matches!(a.to_str(), Some("-n" | "-s" | "-v" | "-f"))));
+    out.extend(
+        args.into_iter()
+            .skip(1)
+            .filter(|a| !matches!(a.to_str(), Some("-n" | "-s" | "-v" | "-f"))),
+    );
     out
 }
 
 fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<PathBuf> {
-    let meta = std::fs::metadata(mountpoint).with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
+    let meta = std::fs::metadata(mountpoint)
+        .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
     if !meta.is_dir() {
         bail!("mountpoint {} is not a directory", mountpoint.display());
     }
     let canonical = std::fs::canonicalize(mountpoint)?;
     if is_mounted(&canonical) {
-        bail!("mountpoint {} is busy: something is already mounted there", mountpoint.display());
+        bail!(
+            "mountpoint {} is busy: something is already mounted there",
+            mountpoint.display()
+        );
     }
     if std::fs::read_dir(&canonical)?.next().is_some() {
-        bail!("mountpoint {} is not an empty directory", mountpoint.display());
+        bail!(
+            "mountpoint {} is not an empty directory",
+            mountpoint.display()
+        );
     }
     if !Path::new("/dev/fuse").exists() {
-        bail!("FUSE is not available: /dev/fuse is missing (load the fuse module or install fuse3)");
+        bail!(
+            "FUSE is not available: /dev/fuse is missing (load the fuse module or install fuse3)"
+        );
     }
     Ok(canonical)
 }
 
 /// Whether `path` (canonical) is a mount point, from /proc/self/mountinfo.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let wanted = path.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+    info.lines()
+        .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
 }
 
 /// Runs `govcfs mount`.
@@ -170,16 +192,25 @@ fn rescue_spools(cache_dir: &Path) {
 pub fn default_cache_dir() -> PathBuf {
     match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("govcfs"),
-        None => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".cache/govcfs"),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".cache/govcfs"),
     }
 }
 
 fn log_path(mountpoint: &Path) -> PathBuf {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
-    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join(format!("govcfs-{uid}")));
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("govcfs-{uid}")));
     let _ = std::fs::create_dir_all(&dir);
-    let name: String = mountpoint.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let name: String = mountpoint
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     dir.join(format!("mount{name}.log"))
 }
 
@@ -187,7 +218,8 @@ fn log_path(mountpoint: &Path) -> PathBuf {
 fn spawn_background(mountpoint: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let log = log_path(mountpoint);
-    let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create log {}", log.display()))?;
+    let log_file = std::fs::File::create(&log)
+        .with_context(|| format!("cannot create log {}", log.display()))?;
     let exe = std::env::current_exe()?;
     let mut command = std::process::Command::new(exe);
     command
@@ -212,19 +244,38 @@ fn spawn_background(mountpoint: &Path) -> anyhow::Result<()> {
         }
         if let Some(status) = child.try_wait()? {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let reason = text.lines().rev().find(|l| l.starts_with("govcfs:")).map(|l| l.trim_start_matches("govcfs: ").to_string());
-            bail!("{}", reason.unwrap_or_else(|| format!("the mount process exited with {status}; see {}", log.display())));
+            let reason = text
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("govcfs:"))
+                .map(|l| l.trim_start_matches("govcfs: ").to_string());
+            bail!(
+                "{}",
+                reason.unwrap_or_else(|| format!(
+                    "the mount process exited with {status}; see {}",
+                    log.display()
+                ))
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("the mount did not answer within {MOUNT_WAIT:?}; see {}", log.display())
+    bail!(
+        "the mount did not answer within {MOUNT_WAIT:?}; see {}",
+        log.display()
+    )
 }
 
 fn describe_connect_error(e: ClientError, url: &str) -> anyhow::Error {
     match e {
         ClientError::Transport(_) => anyhow::anyhow!("cannot reach the server at {url}"),
-        ClientError::Http { status: 404, message, .. } => anyhow::anyhow!("{url}: {message}"),
-        ClientError::Http { status: 401, .. } => anyhow::anyhow!("{url}: the server wants a valid --auth-token"),
+        ClientError::Http {
+            status: 404,
+            message,
+            ..
+        } => anyhow::anyhow!("{url}: {message}"),
+        ClientError::Http { status: 401, .. } => {
+            anyhow::anyhow!("{url}: the server wants a valid --auth-token")
+        }
         other => anyhow::anyhow!("{url}: {other}"),
     }
 }
@@ -243,7 +294,14 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
                 let token = cancel_server.clone();
                 let task = tokio::spawn(server.run(async move { token.cancelled().await }));
                 log::info!("embedded server on http://{addr}");
-                Ok((RepoUrl { server: format!("http://{addr}"), repo: crate::api::DEFAULT_REPO.into(), path: String::new() }, Some(task)))
+                Ok((
+                    RepoUrl {
+                        server: format!("http://{addr}"),
+                        repo: crate::api::DEFAULT_REPO.into(),
+                        path: String::new(),
+                    },
+                    Some(task),
+                ))
             }
         }
     })?;
@@ -260,15 +318,24 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
     runtime
         .block_on(client.stat("", args.reference.as_deref(), &check))
         .map_err(|e| describe_connect_error(e, &display_url))?;
-    let is_commit = args.reference.as_deref().is_some_and(|r| r.len() == 64 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+    let is_commit = args
+        .reference
+        .as_deref()
+        .is_some_and(|r| r.len() == 64 && r.bytes().all(|b| b.is_ascii_hexdigit()));
     if is_commit {
-        log::info!("{} is a commit: mounting read-only", args.reference.as_deref().unwrap_or_default());
+        log::info!(
+            "{} is a commit: mounting read-only",
+            args.reference.as_deref().unwrap_or_default()
+        );
     }
     let remote = Arc::new(ClientRemote::new(client, args.reference.clone()));
     let config = FsConfig {
         attr_ttl: Duration::from_secs_f64(args.attr_ttl.max(0.0)),
         cache_size: args.cache_size,
-        prefetch: PrefetchConfig { chunk_size: args.chunk_size, max_read_ahead: args.max_read_ahead.max(args.chunk_size) },
+        prefetch: PrefetchConfig {
+            chunk_size: args.chunk_size,
+            max_read_ahead: args.max_read_ahead.max(args.chunk_size),
+        },
         read_only: args.read_only || is_commit,
         cache_dir: args.cache_dir.clone().unwrap_or_else(default_cache_dir),
         origin: display_url.clone(),
@@ -289,12 +356,20 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
         fuser::MountOption::NoAtime,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
-        if read_only { fuser::MountOption::RO } else { fuser::MountOption::RW },
+        if read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        },
     ];
     // allow_other is carried by the session's ACL, which also passes it to the kernel.
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = mount_options;
-    fuse_config.acl = if args.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    fuse_config.acl = if args.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
     fuse_config.n_threads = Some(2);
     fuse_config.clone_fd = true;
     let session = fuser::Session::new(adapter, &mountpoint, &fuse_config)
@@ -343,7 +418,9 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
 /// so sequential reads arrive as large concurrent requests.
 fn raise_kernel_read_ahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
     let dev = meta.dev();
     // SAFETY: major/minor only decode the number.
     let (major, minor) = (libc::major(dev), libc::minor(dev));

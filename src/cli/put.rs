@@ -43,17 +43,22 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let (mut reader, size, mode): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>, u32) =
-        if args.file.as_os_str() == "-" {
-            (Box::new(tokio::io::stdin()), None, 0o644)
-        } else {
-            let file = tokio::fs::File::open(&args.file).await.with_context(|| format!("cannot open {}", args.file.display()))?;
-            let meta = file.metadata().await?;
-            if meta.is_dir() {
-                anyhow::bail!("{} is a directory", args.file.display());
-            }
-            (Box::new(file), Some(meta.len()), meta.permissions().mode())
-        };
+    let (mut reader, size, mode): (
+        Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Option<u64>,
+        u32,
+    ) = if args.file.as_os_str() == "-" {
+        (Box::new(tokio::io::stdin()), None, 0o644)
+    } else {
+        let file = tokio::fs::File::open(&args.file)
+            .await
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
+        let meta = file.metadata().await?;
+        if meta.is_dir() {
+            anyhow::bail!("{} is a directory", args.file.display());
+        }
+        (Box::new(file), Some(meta.len()), meta.permissions().mode())
+    };
     let bar = super::progress::bar(size);
     let progress_bar = bar.clone();
     let options = UploadOptions {
@@ -67,10 +72,19 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
     let request = CommitRequest {
         branch: args.reference,
         message,
-        changes: vec![Change::Put { path: url.path.clone(), hash: blob.hash.clone(), mode: Some(mode), mtime: None, expect: None }],
+        changes: vec![Change::Put {
+            path: url.path.clone(),
+            hash: blob.hash.clone(),
+            mode: Some(mode),
+            mtime: None,
+            expect: None,
+        }],
     };
     let commit = client.commit(&request, &cancel).await?;
     bar.finish_and_clear();
-    println!("{} {} bytes -> {} (commit {})", blob.hash, blob.size, url.path, commit.commit);
+    println!(
+        "{} {} bytes -> {} (commit {})",
+        blob.hash, blob.size, url.path, commit.commit
+    );
     Ok(())
 }

@@ -27,13 +27,18 @@ pub struct RecoverArgs {
 
 /// Lists (and with `--upload`, restores) the kept copies.
 pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
-    let dir = recovery_dir(&args.cache_dir.unwrap_or_else(super::mount::default_cache_dir));
+    let dir = recovery_dir(
+        &args
+            .cache_dir
+            .unwrap_or_else(super::mount::default_cache_dir),
+    );
     let mut notes = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
             let path = entry.path();
             if let Some(copy) = path.to_str().and_then(|p| p.strip_suffix(".json")) {
-                let note: RecoveryNote = serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("bad note {}", path.display()))?;
+                let note: RecoveryNote = serde_json::from_slice(&std::fs::read(&path)?)
+                    .with_context(|| format!("bad note {}", path.display()))?;
                 notes.push((PathBuf::from(copy), path.clone(), note));
             }
         }
@@ -45,13 +50,23 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
     }
     for (copy, note_path, note) in notes {
         let size = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
-        println!("{}  {}/{} ({} bytes) at {}: {}", copy.display(), note.origin, note.path, size, note.time, note.reason);
+        println!(
+            "{}  {}/{} ({} bytes) at {}: {}",
+            copy.display(),
+            note.origin,
+            note.path,
+            size,
+            note.time,
+            note.reason
+        );
         if let Some(blob) = &note.fill_from {
             let bytes: u64 = note.missing.iter().map(|[a, b]| b - a).sum();
             println!("  {bytes} bytes the writer never changed are still only in blob {blob}; --upload fetches them first");
         }
         if args.upload {
-            let target = restore(&copy, &note).await.with_context(|| format!("cannot recover {}", copy.display()))?;
+            let target = restore(&copy, &note)
+                .await
+                .with_context(|| format!("cannot recover {}", copy.display()))?;
             std::fs::remove_file(&copy)?;
             std::fs::remove_file(&note_path)?;
             println!("  -> uploaded to {}/{}", note.origin, target);
@@ -61,12 +76,24 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
 }
 
 /// Writes the `missing` ranges of blob `blob` into the copy, so it holds the whole file.
-async fn fill_missing(client: &Client, copy: &std::path::Path, blob: &str, missing: &[[u64; 2]], cancel: &CancellationToken) -> anyhow::Result<()> {
+async fn fill_missing(
+    client: &Client,
+    copy: &std::path::Path,
+    blob: &str,
+    missing: &[[u64; 2]],
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().write(true).open(copy)?;
     for [start, end] in missing {
-        let data = client.read_range(blob, *start..*end, cancel).await.with_context(|| format!("cannot fetch bytes {start}..{end} of blob {blob}"))?;
-        anyhow::ensure!(data.len() as u64 == end - start, "blob {blob} is shorter than the copy expects");
+        let data = client
+            .read_range(blob, *start..*end, cancel)
+            .await
+            .with_context(|| format!("cannot fetch bytes {start}..{end} of blob {blob}"))?;
+        anyhow::ensure!(
+            data.len() as u64 == end - start,
+            "blob {blob} is shorter than the copy expects"
+        );
         file.write_all_at(&data, *start)?;
     }
     file.sync_all()?;
@@ -78,7 +105,10 @@ async fn restore(copy: &std::path::Path, note: &RecoveryNote) -> anyhow::Result<
     let options = ClientOptions::from_env();
     let client = Client::from_url(&url, options)?;
     let cancel = CancellationToken::new();
-    let current = match client.stat(&note.path, note.branch.as_deref(), &cancel).await {
+    let current = match client
+        .stat(&note.path, note.branch.as_deref(), &cancel)
+        .await
+    {
         Ok(entry) => Some(entry.hash),
         Err(e) if e.status() == Some(404) => None,
         Err(e) => return Err(e.into()),
@@ -93,12 +123,31 @@ async fn restore(copy: &std::path::Path, note: &RecoveryNote) -> anyhow::Result<
     };
     let mut file = tokio::fs::File::open(copy).await?;
     let len = file.metadata().await?.len();
-    let blob = client.upload(&mut file, &UploadOptions { expected_len: Some(len), ..UploadOptions::default() }, &cancel).await?;
-    let expect = if target == note.path { Some(current) } else { Some(None) };
+    let blob = client
+        .upload(
+            &mut file,
+            &UploadOptions {
+                expected_len: Some(len),
+                ..UploadOptions::default()
+            },
+            &cancel,
+        )
+        .await?;
+    let expect = if target == note.path {
+        Some(current)
+    } else {
+        Some(None)
+    };
     let request = CommitRequest {
         branch: note.branch.clone(),
         message: format!("recover {}", note.path),
-        changes: vec![Change::Put { path: target.clone(), hash: blob.hash, mode: None, mtime: None, expect }],
+        changes: vec![Change::Put {
+            path: target.clone(),
+            hash: blob.hash,
+            mode: None,
+            mtime: None,
+            expect,
+        }],
     };
     client.commit(&request, &cancel).await?;
     Ok(target)

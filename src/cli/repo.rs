@@ -27,7 +27,12 @@ pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
             let options = ClientOptions::from_env();
             let client = Client::new(&parsed.server, "", options)?;
             for repo in client.list_repos(&cancel).await?.repositories {
-                println!("{}\t{}\t{}", repo.id, repo.head.as_deref().unwrap_or("-"), repo.created_at);
+                println!(
+                    "{}\t{}\t{}",
+                    repo.id,
+                    repo.head.as_deref().unwrap_or("-"),
+                    repo.created_at
+                );
             }
         }
     }

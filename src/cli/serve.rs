@@ -56,7 +56,9 @@ pub fn default_data_dir() -> PathBuf {
     match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         Some(xdg) => PathBuf::from(xdg).join("govcfs"),
         None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
             home.join(".local/share/govcfs")
         }
     }
@@ -81,12 +83,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_per_client: args.max_client_streams,
         };
         let tls = args.tls_cert.zip(args.tls_key);
-        let mut tokens: Vec<TokenGrant> = args.auth_tokens.iter().map(|t| TokenGrant::full(t)).collect();
+        let mut tokens: Vec<TokenGrant> = args
+            .auth_tokens
+            .iter()
+            .map(|t| TokenGrant::full(t))
+            .collect();
         if let Some(file) = &args.auth_token_file {
-            let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", file.display()))?;
-            tokens.extend(parse_token_file(&text).map_err(|e| anyhow::anyhow!("token file {}: {e}", file.display()))?);
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("cannot read the token file {}: {e}", file.display())
+            })?;
+            tokens.extend(
+                parse_token_file(&text)
+                    .map_err(|e| anyhow::anyhow!("token file {}: {e}", file.display()))?,
+            );
         }
-        let config = ServerConfig { max_upload_size: args.max_upload_size, tokens, streams, tls, max_client_requests: args.max_client_requests };
+        let config = ServerConfig {
+            max_upload_size: args.max_upload_size,
+            tokens,
+            streams,
+            tls,
+            max_client_requests: args.max_client_requests,
+        };
         let server = Server::bind(backend, config, &args.listen).await?;
         let mut stdout = std::io::stdout();
         writeln!(stdout, "govcfs: listening on {}", server.url())?;

@@ -14,11 +14,15 @@ pub struct UnmountArgs {
 
 /// Unmounts with `fusermount3 -u` (works for users and root), or umount(2) as a fallback.
 pub fn run(args: UnmountArgs) -> anyhow::Result<()> {
-    let path = std::fs::canonicalize(&args.mountpoint).with_context(|| format!("{} does not exist", args.mountpoint.display()))?;
+    let path = std::fs::canonicalize(&args.mountpoint)
+        .with_context(|| format!("{} does not exist", args.mountpoint.display()))?;
     if !super::mount::is_mounted(&path) {
         bail!("{} is not mounted", path.display());
     }
-    let output = std::process::Command::new("fusermount3").arg("-u").arg(&path).output();
+    let output = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&path)
+        .output();
     match output {
         Ok(out) if out.status.success() => return Ok(()),
         Ok(out) => {

@@ -30,7 +30,10 @@ pub struct DownloadOptions {
 fn verify_body(headers: &reqwest::header::HeaderMap, data: &[u8]) -> Result<()> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (expected, actual) = if let Some(expected) = header(CHECKSUM_CRC32C_HEADER) {
-        (expected, format!("{:08x}", crate::store::index::crc32c(data)))
+        (
+            expected,
+            format!("{:08x}", crate::store::index::crc32c(data)),
+        )
     } else if let Some(expected) = header(CHECKSUM_SHA256_HEADER) {
         (expected, hex::encode(sha2::Sha256::digest(data)))
     } else if let Some(expected) = header(CHECKSUM_HEADER) {
@@ -39,7 +42,10 @@ fn verify_body(headers: &reqwest::header::HeaderMap, data: &[u8]) -> Result<()> 
         return Ok(());
     };
     if !actual.eq_ignore_ascii_case(expected) {
-        return Err(ClientError::Checksum { expected: expected.to_string(), actual });
+        return Err(ClientError::Checksum {
+            expected: expected.to_string(),
+            actual,
+        });
     }
     Ok(())
 }
@@ -52,7 +58,12 @@ fn total_from_content_range(value: &str) -> Option<u64> {
 impl Client {
     /// Reads `range` of blob `hash` into memory, checking the server's MD5. A range past the
     /// end is clamped to it; a range starting at or past the end is an error (416).
-    pub async fn read_range(&self, hash: &str, range: Range<u64>, cancel: &CancellationToken) -> Result<Bytes> {
+    pub async fn read_range(
+        &self,
+        hash: &str,
+        range: Range<u64>,
+        cancel: &CancellationToken,
+    ) -> Result<Bytes> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
@@ -61,13 +72,20 @@ impl Client {
         self.options
             .retry
             .run(cancel, || async {
-                let response = self.request(Method::GET, &url).header(RANGE, &header).send().await.map_err(ClientError::Transport)?;
+                let response = self
+                    .request(Method::GET, &url)
+                    .header(RANGE, &header)
+                    .send()
+                    .await
+                    .map_err(ClientError::Transport)?;
                 let response = check(response).await?;
                 let partial = response.status() == reqwest::StatusCode::PARTIAL_CONTENT;
                 let headers = response.headers().clone();
                 // One buffer of the announced size: the body is never held twice.
                 let mut response = response;
-                let mut body = bytes::BytesMut::with_capacity(response.content_length().unwrap_or(0).min(64 << 20) as usize);
+                let mut body = bytes::BytesMut::with_capacity(
+                    response.content_length().unwrap_or(0).min(64 << 20) as usize,
+                );
                 while let Some(piece) = response.chunk().await.map_err(ClientError::Transport)? {
                     body.extend_from_slice(&piece);
                 }
@@ -87,10 +105,20 @@ impl Client {
     /// Size of blob `hash`.
     pub async fn blob_size(&self, hash: &str, cancel: &CancellationToken) -> Result<u64> {
         let url = self.url(&format!("/blobs/{hash}"));
-        let response = self.send(cancel, || self.request(Method::HEAD, &url)).await?;
+        let response = self
+            .send(cancel, || self.request(Method::HEAD, &url))
+            .await?;
         response
             .content_length()
-            .or_else(|| response.headers().get("content-length")?.to_str().ok()?.parse().ok())
+            .or_else(|| {
+                response
+                    .headers()
+                    .get("content-length")?
+                    .to_str()
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
             .ok_or_else(|| ClientError::Protocol("no Content-Length on HEAD".into()))
     }
 
@@ -144,7 +172,11 @@ impl Client {
                     }
                 }
                 let goal = end.expect("set above");
-                let md5_expected = response.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let md5_expected = response
+                    .headers()
+                    .get(CHECKSUM_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let mut md5 = md5_expected.as_ref().map(|_| Md5::new());
                 let mut body = response.bytes_stream();
                 loop {
@@ -171,7 +203,9 @@ impl Client {
                     let actual = hex::encode(m.finalize());
                     if actual != expected {
                         // Bytes already written are wrong: this cannot be resumed.
-                        return Err(ClientError::Protocol(format!("checksum mismatch: expected {expected}, got {actual}")));
+                        return Err(ClientError::Protocol(format!(
+                            "checksum mismatch: expected {expected}, got {actual}"
+                        )));
                     }
                 }
                 Ok(())
@@ -182,7 +216,9 @@ impl Client {
                 Err(e) if e.is_retryable() && failures < self.options.retry.max_retries => {
                     let delay = self.options.retry.delay(failures);
                     failures += 1;
-                    log::warn!("download of {hash} interrupted at byte {pos} ({e}); resuming in {delay:?}");
+                    log::warn!(
+                        "download of {hash} interrupted at byte {pos} ({e}); resuming in {delay:?}"
+                    );
                     tokio::select! {
                         _ = cancel.cancelled() => return Err(ClientError::Cancelled),
                         _ = tokio::time::sleep(delay) => {}
@@ -196,9 +232,14 @@ impl Client {
         }
         writer.flush().await?;
         if let Some(h) = hasher {
-            let (id, _) = h.finish().map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let (id, _) = h
+                .finish()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
             if id != hash {
-                return Err(ClientError::Checksum { expected: hash.to_string(), actual: id });
+                return Err(ClientError::Checksum {
+                    expected: hash.to_string(),
+                    actual: id,
+                });
             }
         }
         Ok(pos - start)
@@ -226,11 +267,25 @@ mod tests {
         let md5 = hex::encode(Md5::digest(data));
         let wrong = |s: &str| s.chars().rev().collect::<String>();
         // All three right; each alone right.
-        verify_body(&headers(&[(CHECKSUM_CRC32C_HEADER, crc.clone()), (CHECKSUM_SHA256_HEADER, sha.clone()), (CHECKSUM_HEADER, md5.clone())]), data).unwrap();
+        verify_body(
+            &headers(&[
+                (CHECKSUM_CRC32C_HEADER, crc.clone()),
+                (CHECKSUM_SHA256_HEADER, sha.clone()),
+                (CHECKSUM_HEADER, md5.clone()),
+            ]),
+            data,
+        )
+        .unwrap();
         verify_body(&headers(&[(CHECKSUM_SHA256_HEADER, sha.clone())]), data).unwrap();
         verify_body(&headers(&[(CHECKSUM_HEADER, md5.clone())]), data).unwrap();
         // A wrong CRC32C fails even beside a right SHA-256; a wrong one of those fails alone.
-        let err = verify_body(&headers(&[(CHECKSUM_CRC32C_HEADER, wrong(&crc)), (CHECKSUM_SHA256_HEADER, sha.clone())]), data);
+        let err = verify_body(
+            &headers(&[
+                (CHECKSUM_CRC32C_HEADER, wrong(&crc)),
+                (CHECKSUM_SHA256_HEADER, sha.clone()),
+            ]),
+            data,
+        );
         assert!(matches!(err, Err(ClientError::Checksum { .. })));
         assert!(verify_body(&headers(&[(CHECKSUM_SHA256_HEADER, wrong(&sha))]), data).is_err());
         assert!(verify_body(&headers(&[(CHECKSUM_HEADER, wrong(&md5))]), data).is_err());

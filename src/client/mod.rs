@@ -27,7 +27,12 @@ use crate::api::ErrorBody;
 pub enum ClientError {
     /// The server answered with an error status.
     #[error("server answered {status}: {message}")]
-    Http { status: u16, code: String, message: String, path: Option<String> },
+    Http {
+        status: u16,
+        code: String,
+        message: String,
+        path: Option<String>,
+    },
     /// The request did not get an answer (connect, timeout, body cut short…).
     #[error("cannot reach the server: {0}")]
     Transport(#[source] reqwest::Error),
@@ -72,7 +77,21 @@ impl ClientError {
 
 /// Characters escaped in one path segment of a request URL.
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}').add(b'\\').add(b'^').add(b'|').add(b'[').add(b']');
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|')
+    .add(b'[')
+    .add(b']');
 
 /// Percent-encodes each segment of a repository path, keeping the slashes.
 pub fn encode_path(path: &str) -> String {
@@ -141,7 +160,9 @@ impl ClientOptions {
     pub fn from_env() -> Self {
         ClientOptions {
             auth_token: std::env::var("GOVCFS_TOKEN").ok().filter(|t| !t.is_empty()),
-            ca_cert: std::env::var_os("GOVCFS_CA_CERT").filter(|p| !p.is_empty()).map(Into::into),
+            ca_cert: std::env::var_os("GOVCFS_CA_CERT")
+                .filter(|p| !p.is_empty())
+                .map(Into::into),
             ..ClientOptions::default()
         }
     }
@@ -200,7 +221,13 @@ impl Client {
             .tcp_nodelay(true)
             .build()
             .map_err(ClientError::Transport)?;
-        Ok(Client { http, http_patient, server: server.trim_end_matches('/').to_string(), repo: repo.to_string(), options })
+        Ok(Client {
+            http,
+            http_patient,
+            server: server.trim_end_matches('/').to_string(),
+            repo: repo.to_string(),
+            options,
+        })
     }
 
     /// A client for the repository named in `url`.
@@ -246,7 +273,9 @@ impl Client {
     ) -> Result<reqwest::Response> {
         self.options
             .retry
-            .run(cancel, || async { check(make().send().await.map_err(ClientError::Transport)?).await })
+            .run(cancel, || async {
+                check(make().send().await.map_err(ClientError::Transport)?).await
+            })
             .await
     }
 }
@@ -260,9 +289,22 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
     let text = response.text().await.unwrap_or_default();
     let (code, message, path) = match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => (body.code, body.error, body.path),
-        Err(_) => ("http".to_string(), if text.is_empty() { status.to_string() } else { text }, None),
+        Err(_) => (
+            "http".to_string(),
+            if text.is_empty() {
+                status.to_string()
+            } else {
+                text
+            },
+            None,
+        ),
     };
-    Err(ClientError::Http { status: status.as_u16(), code, message, path })
+    Err(ClientError::Http {
+        status: status.as_u16(),
+        code,
+        message,
+        path,
+    })
 }
 
 #[cfg(test)]

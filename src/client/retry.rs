@@ -20,20 +20,30 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_retries: 5, initial_delay: Duration::from_millis(100), max_delay: Duration::from_secs(5) }
+        RetryPolicy {
+            max_retries: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
     }
 }
 
 impl RetryPolicy {
     /// No retries at all.
     pub fn none() -> Self {
-        RetryPolicy { max_retries: 0, ..Self::default() }
+        RetryPolicy {
+            max_retries: 0,
+            ..Self::default()
+        }
     }
 
     /// The backoff before retry number `attempt` (0-based): a random time up to
     /// `initial × 2^attempt`, capped (full jitter spreads out clients that failed together).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.initial_delay.saturating_mul(1u32 << attempt.min(16)).min(self.max_delay);
+        let ceiling = self
+            .initial_delay
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_delay);
         ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 
@@ -73,13 +83,22 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn fast() -> RetryPolicy {
-        RetryPolicy { max_retries: 3, initial_delay: Duration::from_millis(1), max_delay: Duration::from_millis(4) }
+        RetryPolicy {
+            max_retries: 3,
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(4),
+        }
     }
 
     #[tokio::test]
     async fn retries_5xx_but_not_4xx() {
         let calls = AtomicU32::new(0);
-        let err = |status| ClientError::Http { status, code: "x".into(), message: "m".into(), path: None };
+        let err = |status| ClientError::Http {
+            status,
+            code: "x".into(),
+            message: "m".into(),
+            path: None,
+        };
         let r: Result<()> = fast()
             .run(&CancellationToken::new(), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
@@ -104,7 +123,12 @@ mod tests {
         let r = fast()
             .run(&CancellationToken::new(), || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                    Err(ClientError::Http { status: 500, code: "x".into(), message: "m".into(), path: None })
+                    Err(ClientError::Http {
+                        status: 500,
+                        code: "x".into(),
+                        message: "m".into(),
+                        path: None,
+                    })
                 } else {
                     Ok(7)
                 }
@@ -123,7 +147,11 @@ mod tests {
 
     #[test]
     fn delays_grow_and_are_capped() {
-        let p = RetryPolicy { max_retries: 10, initial_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        let p = RetryPolicy {
+            max_retries: 10,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
         assert!(p.delay(0) <= Duration::from_millis(100));
         assert!(p.delay(3) >= Duration::from_millis(400));
         assert!(p.delay(30) <= Duration::from_secs(1));

@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::task::JoinHandle;
 
 use super::{CancellationToken, Client, ClientError, Result};
-use crate::api::stream::{StreamProgress, StreamRequest, StreamResponse, StreamUploaded, CHUNK_SIZE_HEADER};
+use crate::api::stream::{
+    StreamProgress, StreamRequest, StreamResponse, StreamUploaded, CHUNK_SIZE_HEADER,
+};
 use crate::api::CHECKSUM_HEADER;
 use crate::server::stream::chunk::decompress;
 
@@ -41,7 +43,15 @@ pub struct StreamOptions {
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        StreamOptions { chunk_size: 1 << 20, start_offset: 0, end_offset: None, enable_gzip: false, zstd: false, max_concurrent_chunks: 4, verify_range: false }
+        StreamOptions {
+            chunk_size: 1 << 20,
+            start_offset: 0,
+            end_offset: None,
+            enable_gzip: false,
+            zstd: false,
+            max_concurrent_chunks: 4,
+            verify_range: false,
+        }
     }
 }
 
@@ -65,36 +75,69 @@ pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 /// Checks a chunk's bytes against its announced length and MD5.
 pub fn verify_chunk(data: &[u8], size: u64, md5: &str) -> Result<()> {
     if data.len() as u64 != size {
-        return Err(ClientError::Protocol(format!("chunk of {} bytes, {size} announced", data.len())));
+        return Err(ClientError::Protocol(format!(
+            "chunk of {} bytes, {size} announced",
+            data.len()
+        )));
     }
     let actual = hex::encode(Md5::digest(data));
     if !actual.eq_ignore_ascii_case(md5) {
-        return Err(ClientError::Checksum { expected: md5.to_string(), actual });
+        return Err(ClientError::Checksum {
+            expected: md5.to_string(),
+            actual,
+        });
     }
     Ok(())
 }
 
 impl Client {
     /// Opens a stream session.
-    pub async fn start_stream(&self, request: &StreamRequest, cancel: &CancellationToken) -> Result<StreamResponse> {
+    pub async fn start_stream(
+        &self,
+        request: &StreamRequest,
+        cancel: &CancellationToken,
+    ) -> Result<StreamResponse> {
         let url = self.url("/stream/blob/start");
-        let response = self.send(cancel, || self.request(Method::POST, &url).json(request)).await?;
+        let response = self
+            .send(cancel, || self.request(Method::POST, &url).json(request))
+            .await?;
         response.json().await.map_err(ClientError::Transport)
     }
 
     /// Chunk `index` of a session, raw, decompressed and verified (retried as a whole on
     /// transport errors and checksum mismatches).
-    pub async fn stream_chunk(&self, stream_id: &str, index: u64, zstd: bool, cancel: &CancellationToken) -> Result<Bytes> {
+    pub async fn stream_chunk(
+        &self,
+        stream_id: &str,
+        index: u64,
+        zstd: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Bytes> {
         let url = self.url(&format!("/stream/blob/{stream_id}/chunk?chunk={index}"));
         self.options
             .retry
             .run(cancel, || async {
-                let mut request = self.request(Method::GET, &url).header(reqwest::header::ACCEPT, "application/octet-stream");
-                request = request.header(reqwest::header::ACCEPT_ENCODING, if zstd { "zstd" } else { "identity" });
-                let response = super::check(request.send().await.map_err(ClientError::Transport)?).await?;
-                let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-                let md5 = header(CHECKSUM_HEADER).ok_or_else(|| ClientError::Protocol("chunk without X-Checksum-MD5".into()))?;
-                let size: u64 = header(CHUNK_SIZE_HEADER).and_then(|s| s.parse().ok()).ok_or_else(|| ClientError::Protocol("chunk without X-Chunk-Size".into()))?;
+                let mut request = self
+                    .request(Method::GET, &url)
+                    .header(reqwest::header::ACCEPT, "application/octet-stream");
+                request = request.header(
+                    reqwest::header::ACCEPT_ENCODING,
+                    if zstd { "zstd" } else { "identity" },
+                );
+                let response =
+                    super::check(request.send().await.map_err(ClientError::Transport)?).await?;
+                let header = |name: &str| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let md5 = header(CHECKSUM_HEADER)
+                    .ok_or_else(|| ClientError::Protocol("chunk without X-Checksum-MD5".into()))?;
+                let size: u64 = header(CHUNK_SIZE_HEADER)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| ClientError::Protocol("chunk without X-Chunk-Size".into()))?;
                 let encoding = header(reqwest::header::CONTENT_ENCODING.as_str());
                 let body = response.bytes().await.map_err(ClientError::Transport)?;
                 let data = match encoding.as_deref() {
@@ -106,7 +149,11 @@ impl Client {
                             .await
                             .map_err(|e| ClientError::Protocol(e.to_string()))?
                             .map(Bytes::from)
-                            .map_err(|e| ClientError::Protocol(format!("cannot decompress chunk {index}: {e}")))?
+                            .map_err(|e| {
+                                ClientError::Protocol(format!(
+                                    "cannot decompress chunk {index}: {e}"
+                                ))
+                            })?
                     }
                 };
                 verify_chunk(&data, size, &md5)?;
@@ -116,23 +163,43 @@ impl Client {
     }
 
     /// A session's progress.
-    pub async fn stream_progress(&self, stream_id: &str, cancel: &CancellationToken) -> Result<StreamProgress> {
+    pub async fn stream_progress(
+        &self,
+        stream_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<StreamProgress> {
         let url = self.url(&format!("/stream/blob/{stream_id}/progress"));
-        let response = self.send(cancel, || self.request(Method::GET, &url)).await?;
+        let response = self
+            .send(cancel, || self.request(Method::GET, &url))
+            .await?;
         response.json().await.map_err(ClientError::Transport)
     }
 
     /// Cancels a session on the server.
     pub async fn cancel_stream(&self, stream_id: &str) -> Result<StreamProgress> {
         let url = self.url(&format!("/stream/blob/{stream_id}"));
-        let response = self.send(&CancellationToken::new(), || self.request(Method::DELETE, &url)).await?;
+        let response = self
+            .send(&CancellationToken::new(), || {
+                self.request(Method::DELETE, &url)
+            })
+            .await?;
         response.json().await.map_err(ClientError::Transport)
     }
 
     /// Opens a session and returns a reader over its range.
-    pub async fn stream_reader(&self, hash: &str, options: &StreamOptions, cancel: &CancellationToken) -> Result<StreamReader> {
+    pub async fn stream_reader(
+        &self,
+        hash: &str,
+        options: &StreamOptions,
+        cancel: &CancellationToken,
+    ) -> Result<StreamReader> {
         let session = self.start_stream(&options.request(hash), cancel).await?;
-        Ok(StreamReader::new(self.clone(), session, options, cancel.clone()))
+        Ok(StreamReader::new(
+            self.clone(),
+            session,
+            options,
+            cancel.clone(),
+        ))
     }
 
     /// Streams a blob range into `writer` through a session, calling `progress` as it goes.
@@ -166,12 +233,18 @@ impl Client {
         }
         writer.flush().await?;
         if done != session.total_size {
-            return Err(ClientError::Protocol(format!("the stream ended after {done} of {} bytes", session.total_size)));
+            return Err(ClientError::Protocol(format!(
+                "the stream ended after {done} of {} bytes",
+                session.total_size
+            )));
         }
         if options.verify_range {
             let actual = hex::encode(md5.finalize());
             if actual != session.checksum {
-                return Err(ClientError::Checksum { expected: session.checksum, actual });
+                return Err(ClientError::Checksum {
+                    expected: session.checksum,
+                    actual,
+                });
             }
         }
         Ok(session)
@@ -190,13 +263,17 @@ impl Client {
         cancel: &CancellationToken,
     ) -> Result<StreamUploaded> {
         use futures::StreamExt;
-        let hasher = Arc::new(std::sync::Mutex::new(len.map(crate::store::objects::BlobHasher::new)));
+        let hasher = Arc::new(std::sync::Mutex::new(
+            len.map(crate::store::objects::BlobHasher::new),
+        ));
         let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = {
             let (hasher, read) = (hasher.clone(), read.clone());
             tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).map(move |piece| {
                 if let Ok(piece) = &piece {
-                    let done = read.fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed) + piece.len() as u64;
+                    let done = read
+                        .fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                        + piece.len() as u64;
                     if let Some(h) = hasher.lock().expect("hasher lock").as_mut() {
                         h.update(piece);
                     }
@@ -208,13 +285,17 @@ impl Client {
             })
         };
         let body = if zstd {
-            let encoder = async_compression::tokio::bufread::ZstdEncoder::new(tokio_util::io::StreamReader::new(counted));
+            let encoder = async_compression::tokio::bufread::ZstdEncoder::new(
+                tokio_util::io::StreamReader::new(counted),
+            );
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(encoder))
         } else {
             reqwest::Body::wrap_stream(counted)
         };
         let url = self.url("/stream/blob/upload");
-        let mut request = self.patient_request(Method::POST, &url).header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+        let mut request = self
+            .patient_request(Method::POST, &url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
         match (zstd, len) {
             (true, _) => request = request.header(reqwest::header::CONTENT_ENCODING, "zstd"),
             // A known length lets the server hash while it receives.
@@ -229,12 +310,20 @@ impl Client {
         let stored: StreamUploaded = response.json().await.map_err(ClientError::Transport)?;
         let sent = read.load(std::sync::atomic::Ordering::Relaxed);
         if stored.size != sent {
-            return Err(ClientError::Protocol(format!("the server stored {} bytes, {sent} were sent", stored.size)));
+            return Err(ClientError::Protocol(format!(
+                "the server stored {} bytes, {sent} were sent",
+                stored.size
+            )));
         }
         if let Some(hasher) = hasher.lock().expect("hasher lock").take() {
-            let (local, _) = hasher.finish().map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let (local, _) = hasher
+                .finish()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
             if stored.hash != local {
-                return Err(ClientError::Checksum { expected: local, actual: stored.hash });
+                return Err(ClientError::Checksum {
+                    expected: local,
+                    actual: stored.hash,
+                });
             }
         }
         Ok(stored)
@@ -244,7 +333,11 @@ impl Client {
 /// Turns an I/O error from a [`StreamReader`] back into the client error it carries.
 fn unwrap_io(e: std::io::Error) -> ClientError {
     if e.get_ref().is_some_and(|inner| inner.is::<ClientError>()) {
-        let inner = e.into_inner().expect("checked").downcast::<ClientError>().expect("checked");
+        let inner = e
+            .into_inner()
+            .expect("checked")
+            .downcast::<ClientError>()
+            .expect("checked");
         *inner
     } else {
         ClientError::Io(e)
@@ -272,7 +365,12 @@ pub struct StreamReader {
 
 impl StreamReader {
     /// A reader over `session`.
-    pub fn new(client: Client, session: StreamResponse, options: &StreamOptions, cancel: CancellationToken) -> Self {
+    pub fn new(
+        client: Client,
+        session: StreamResponse,
+        options: &StreamOptions,
+        cancel: CancellationToken,
+    ) -> Self {
         StreamReader {
             client,
             session,
@@ -294,7 +392,10 @@ impl StreamReader {
     /// Ends the session on the server (it would otherwise expire by itself).
     pub async fn close(mut self) -> Result<()> {
         self.stop_fetching();
-        self.client.cancel_stream(&self.session.stream_id).await.map(|_| ())
+        self.client
+            .cancel_stream(&self.session.stream_id)
+            .await
+            .map(|_| ())
     }
 
     fn stop_fetching(&mut self) {
@@ -314,8 +415,14 @@ impl StreamReader {
         }
         let mut next = self.fetching.back().map_or(index, |(i, _)| i + 1);
         while self.fetching.len() < self.ahead && next < self.session.chunk_count {
-            let (client, id, zstd, cancel) = (self.client.clone(), self.session.stream_id.clone(), self.zstd, self.cancel.clone());
-            let handle = tokio::spawn(async move { client.stream_chunk(&id, next, zstd, &cancel).await });
+            let (client, id, zstd, cancel) = (
+                self.client.clone(),
+                self.session.stream_id.clone(),
+                self.zstd,
+                self.cancel.clone(),
+            );
+            let handle =
+                tokio::spawn(async move { client.stream_chunk(&id, next, zstd, &cancel).await });
             self.fetching.push_back((next, handle));
             next += 1;
         }
@@ -329,7 +436,11 @@ impl Drop for StreamReader {
 }
 
 impl AsyncRead for StreamReader {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let cs = this.session.chunk_size;
         loop {
@@ -351,7 +462,10 @@ impl AsyncRead for StreamReader {
                 }
             }
             this.fill_pipeline(index);
-            let (_, handle) = this.fetching.front_mut().expect("the pipeline holds the chunk at the position");
+            let (_, handle) = this
+                .fetching
+                .front_mut()
+                .expect("the pipeline holds the chunk at the position");
             let fetched = match Pin::new(handle).poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(joined) => joined,
@@ -374,7 +488,12 @@ impl tokio::io::AsyncSeek for StreamReader {
             SeekFrom::End(d) => this.session.total_size.checked_add_signed(d),
             SeekFrom::Current(d) => this.pos.checked_add_signed(d),
         };
-        let target = target.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start of the range"))?;
+        let target = target.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the range",
+            )
+        })?;
         this.seek_to = Some(target);
         Ok(())
     }
@@ -399,7 +518,13 @@ mod tests {
         let data = b"hello";
         let md5 = hex::encode(Md5::digest(data));
         assert!(verify_chunk(data, 5, &md5).is_ok());
-        assert!(matches!(verify_chunk(data, 6, &md5), Err(ClientError::Protocol(_))));
-        assert!(matches!(verify_chunk(b"hellp", 5, &md5), Err(ClientError::Checksum { .. })));
+        assert!(matches!(
+            verify_chunk(data, 6, &md5),
+            Err(ClientError::Protocol(_))
+        ));
+        assert!(matches!(
+            verify_chunk(b"hellp", 5, &md5),
+            Err(ClientError::Checksum { .. })
+        ));
     }
 }

@@ -10,7 +10,9 @@ use reqwest::Method;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{CancellationToken, Client, ClientError, Result};
-use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER, COPY_FROM_BLOB_HEADER};
+use crate::api::{
+    BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER, COPY_FROM_BLOB_HEADER,
+};
 use crate::store::BlobHasher;
 
 /// Options of [`Client::upload`].
@@ -29,7 +31,12 @@ pub struct UploadOptions {
 
 impl Default for UploadOptions {
     fn default() -> Self {
-        UploadOptions { chunk_size: 4 << 20, max_concurrent: 4, progress: None, expected_len: None }
+        UploadOptions {
+            chunk_size: 4 << 20,
+            max_concurrent: 4,
+            progress: None,
+            expected_len: None,
+        }
     }
 }
 
@@ -51,12 +58,19 @@ impl WholeCheck {
         let (expected, actual) = match self {
             WholeCheck::Id(h) => match h.finish() {
                 Ok((id, _)) => (id, info.hash.clone()),
-                Err(e) => return Err(ClientError::Protocol(format!("the input changed while it was read: {e}"))),
+                Err(e) => {
+                    return Err(ClientError::Protocol(format!(
+                        "the input changed while it was read: {e}"
+                    )))
+                }
             },
             WholeCheck::Md5(m) => (hex::encode(m.finalize()), info.md5.clone()),
         };
         if expected != actual || info.size != total {
-            return Err(ClientError::Checksum { expected: format!("{expected} ({total} bytes)"), actual: format!("{actual} ({} bytes)", info.size) });
+            return Err(ClientError::Checksum {
+                expected: format!("{expected} ({total} bytes)"),
+                actual: format!("{actual} ({} bytes)", info.size),
+            });
         }
         Ok(())
     }
@@ -64,45 +78,86 @@ impl WholeCheck {
 
 impl Client {
     /// Starts an upload session.
-    pub async fn start_upload(&self, chunk_size: Option<u64>, cancel: &CancellationToken) -> Result<UploadStarted> {
+    pub async fn start_upload(
+        &self,
+        chunk_size: Option<u64>,
+        cancel: &CancellationToken,
+    ) -> Result<UploadStarted> {
         let url = self.url("/uploads");
         let body = StartUpload { chunk_size };
-        let response = self.send(cancel, || self.request(Method::POST, &url).json(&body)).await?;
+        let response = self
+            .send(cancel, || self.request(Method::POST, &url).json(&body))
+            .await?;
         response.json().await.map_err(ClientError::Transport)
     }
 
     /// Sends chunk `index` of an upload with its MD5 (computed when not given; retried on its own).
-    pub async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes, md5: Option<String>, cancel: &CancellationToken) -> Result<()> {
+    pub async fn put_chunk(
+        &self,
+        upload_id: &str,
+        index: u64,
+        data: Bytes,
+        md5: Option<String>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         let url = self.url(&format!("/uploads/{upload_id}/{index}"));
         let md5 = md5.unwrap_or_else(|| hex::encode(Md5::digest(&data)));
-        self.send(cancel, || self.request(Method::PUT, &url).header(CHECKSUM_HEADER, &md5).body(data.clone())).await?;
+        self.send(cancel, || {
+            self.request(Method::PUT, &url)
+                .header(CHECKSUM_HEADER, &md5)
+                .body(data.clone())
+        })
+        .await?;
         Ok(())
     }
 
     /// Makes chunk `index` of an upload a server-side copy of the same range of blob `source`;
     /// returns the chunk's length.
-    pub async fn copy_chunk(&self, upload_id: &str, index: u64, source: &str, cancel: &CancellationToken) -> Result<u64> {
+    pub async fn copy_chunk(
+        &self,
+        upload_id: &str,
+        index: u64,
+        source: &str,
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
         #[derive(serde::Deserialize)]
         struct Copied {
             len: u64,
         }
         let url = self.url(&format!("/uploads/{upload_id}/{index}"));
-        let response = self.send(cancel, || self.request(Method::PUT, &url).header(COPY_FROM_BLOB_HEADER, source)).await?;
+        let response = self
+            .send(cancel, || {
+                self.request(Method::PUT, &url)
+                    .header(COPY_FROM_BLOB_HEADER, source)
+            })
+            .await?;
         let copied: Copied = response.json().await.map_err(ClientError::Transport)?;
         Ok(copied.len)
     }
 
     /// Which chunks of an upload the server holds.
-    pub async fn upload_status(&self, upload_id: &str, cancel: &CancellationToken) -> Result<UploadStatus> {
+    pub async fn upload_status(
+        &self,
+        upload_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<UploadStatus> {
         let url = self.url(&format!("/uploads/{upload_id}"));
-        let response = self.send(cancel, || self.request(Method::GET, &url)).await?;
+        let response = self
+            .send(cancel, || self.request(Method::GET, &url))
+            .await?;
         response.json().await.map_err(ClientError::Transport)
     }
 
     /// Assembles an upload into a blob.
-    pub async fn complete_upload(&self, upload_id: &str, cancel: &CancellationToken) -> Result<BlobInfo> {
+    pub async fn complete_upload(
+        &self,
+        upload_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<BlobInfo> {
         let url = self.url(&format!("/uploads/{upload_id}/complete"));
-        let response = self.send(cancel, || self.patient_request(Method::POST, &url)).await?;
+        let response = self
+            .send(cancel, || self.patient_request(Method::POST, &url))
+            .await?;
         response.json().await.map_err(ClientError::Transport)
     }
 
@@ -116,20 +171,34 @@ impl Client {
         }
         let url = self.url("/stream/blob/upload");
         let response = self
-            .send(cancel, || self.request(Method::POST, &url).header("content-type", "application/octet-stream").body(data.clone()))
+            .send(cancel, || {
+                self.request(Method::POST, &url)
+                    .header("content-type", "application/octet-stream")
+                    .body(data.clone())
+            })
             .await?;
         let stored: Stored = response.json().await.map_err(ClientError::Transport)?;
         let local = crate::store::objects::blob_id(&data);
         if stored.hash != local || stored.size != data.len() as u64 {
-            return Err(ClientError::Checksum { expected: local, actual: stored.hash });
+            return Err(ClientError::Checksum {
+                expected: local,
+                actual: stored.hash,
+            });
         }
-        Ok(BlobInfo { hash: stored.hash, size: stored.size, md5: hex::encode(Md5::digest(&data)) })
+        Ok(BlobInfo {
+            hash: stored.hash,
+            size: stored.size,
+            md5: hex::encode(Md5::digest(&data)),
+        })
     }
 
     /// Abandons an upload.
     pub async fn abort_upload(&self, upload_id: &str) -> Result<()> {
         let url = self.url(&format!("/uploads/{upload_id}"));
-        self.send(&CancellationToken::new(), || self.request(Method::DELETE, &url)).await?;
+        self.send(&CancellationToken::new(), || {
+            self.request(Method::DELETE, &url)
+        })
+        .await?;
         Ok(())
     }
 
@@ -198,7 +267,11 @@ impl Client {
             total += chunk.len() as u64;
             let len = chunk.len() as u64;
             let id = started.upload_id.clone();
-            in_flight.push(async move { self.put_chunk(&id, index, chunk, Some(md5), cancel).await.map(|_| len) });
+            in_flight.push(async move {
+                self.put_chunk(&id, index, chunk, Some(md5), cancel)
+                    .await
+                    .map(|_| len)
+            });
             index += 1;
             while in_flight.len() >= options.max_concurrent.max(1) {
                 acknowledged += in_flight.next().await.expect("non-empty")?;

@@ -11,10 +11,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::stream::verify_chunk;
 use super::{CancellationToken, Client, ClientError, Result};
-use crate::api::stream::{StreamChunk, StreamProgress, StreamRequest, StreamResponse, WsClientMessage, WsServerMessage};
+use crate::api::stream::{
+    StreamChunk, StreamProgress, StreamRequest, StreamResponse, WsClientMessage, WsServerMessage,
+};
 use crate::server::stream::chunk::decompress;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn ws_error(e: impl std::fmt::Display) -> ClientError {
     ClientError::WebSocket(e.to_string())
@@ -32,11 +35,17 @@ impl Client {
         let url = self.url("/stream/websocket");
         let ws_url = match url.strip_prefix("http://") {
             Some(rest) => format!("ws://{rest}"),
-            None => return Err(ClientError::WebSocket(format!("{url}: only http:// servers can be streamed over WebSocket"))),
+            None => {
+                return Err(ClientError::WebSocket(format!(
+                    "{url}: only http:// servers can be streamed over WebSocket"
+                )))
+            }
         };
         let mut request = ws_url.into_client_request().map_err(ws_error)?;
         if let Some(token) = &self.options.auth_token {
-            let value = format!("Bearer {token}").parse().map_err(|_| ClientError::WebSocket("the auth token is not a valid header value".into()))?;
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                ClientError::WebSocket("the auth token is not a valid header value".into())
+            })?;
             request.headers_mut().insert("authorization", value);
         }
         let connect = tokio_tungstenite::connect_async(request);
@@ -69,11 +78,20 @@ impl WsStream {
     async fn next_json(&mut self) -> Result<WsServerMessage> {
         loop {
             match self.next_message().await? {
-                None | Some(Message::Close(_)) => return Err(ClientError::WebSocket("the server closed the connection".into())),
-                Some(Message::Text(text)) => {
-                    return serde_json::from_str(&text).map_err(|e| ClientError::Protocol(format!("bad WebSocket message: {e}")));
+                None | Some(Message::Close(_)) => {
+                    return Err(ClientError::WebSocket(
+                        "the server closed the connection".into(),
+                    ))
                 }
-                Some(Message::Binary(_)) => return Err(ClientError::Protocol("a binary frame without a chunk header".into())),
+                Some(Message::Text(text)) => {
+                    return serde_json::from_str(&text)
+                        .map_err(|e| ClientError::Protocol(format!("bad WebSocket message: {e}")));
+                }
+                Some(Message::Binary(_)) => {
+                    return Err(ClientError::Protocol(
+                        "a binary frame without a chunk header".into(),
+                    ))
+                }
                 Some(_) => continue,
             }
         }
@@ -88,11 +106,23 @@ impl WsStream {
         mut on_progress: impl FnMut(&StreamProgress),
         cancel: &CancellationToken,
     ) -> Result<StreamResponse> {
-        self.socket.send(Message::text(WsClientMessage::Stream(request.clone()).to_text())).await.map_err(ws_error)?;
+        self.socket
+            .send(Message::text(
+                WsClientMessage::Stream(request.clone()).to_text(),
+            ))
+            .await
+            .map_err(ws_error)?;
         let response = loop {
             match self.next_json().await? {
                 WsServerMessage::Response(r) => break r,
-                WsServerMessage::Error { error, code, .. } => return Err(ClientError::Http { status: status_of(&code), code, message: error, path: None }),
+                WsServerMessage::Error { error, code, .. } => {
+                    return Err(ClientError::Http {
+                        status: status_of(&code),
+                        code,
+                        message: error,
+                        path: None,
+                    })
+                }
                 // The tail of an earlier stream on this connection that was cancelled.
                 WsServerMessage::Chunk(_) | WsServerMessage::Progress(_) => continue,
             }
@@ -110,9 +140,16 @@ impl WsStream {
             match message {
                 WsServerMessage::Chunk(chunk) if chunk.stream_id == response.stream_id => {
                     if chunk.sequence_num != next {
-                        return Err(ClientError::Protocol(format!("chunk {} arrived when {next} was due", chunk.sequence_num)));
+                        return Err(ClientError::Protocol(format!(
+                            "chunk {} arrived when {next} was due",
+                            chunk.sequence_num
+                        )));
                     }
-                    let body = if request.binary { self.binary_frame().await? } else { decode_base64(&chunk)? };
+                    let body = if request.binary {
+                        self.binary_frame().await?
+                    } else {
+                        decode_base64(&chunk)?
+                    };
                     let data = decode_chunk(&chunk, body).await?;
                     writer.write_all(&data).await?;
                     next += 1;
@@ -124,12 +161,26 @@ impl WsStream {
                         break;
                     }
                     if p.status == "cancelled" || p.status == "expired" {
-                        return Err(ClientError::Protocol(format!("the stream was {} on the server", p.status)));
+                        return Err(ClientError::Protocol(format!(
+                            "the stream was {} on the server",
+                            p.status
+                        )));
                     }
                 }
                 WsServerMessage::Progress(_) => {}
-                WsServerMessage::Error { error, code, .. } => return Err(ClientError::Http { status: status_of(&code), code, message: error, path: None }),
-                WsServerMessage::Response(_) => return Err(ClientError::Protocol("a second response in one stream".into())),
+                WsServerMessage::Error { error, code, .. } => {
+                    return Err(ClientError::Http {
+                        status: status_of(&code),
+                        code,
+                        message: error,
+                        path: None,
+                    })
+                }
+                WsServerMessage::Response(_) => {
+                    return Err(ClientError::Protocol(
+                        "a second response in one stream".into(),
+                    ))
+                }
             }
         }
         writer.flush().await?;
@@ -141,7 +192,11 @@ impl WsStream {
             match self.next_message().await? {
                 Some(Message::Binary(data)) => return Ok(data),
                 Some(Message::Ping(_) | Message::Pong(_)) => continue,
-                other => return Err(ClientError::Protocol(format!("expected a binary chunk frame, got {other:?}"))),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected a binary chunk frame, got {other:?}"
+                    )))
+                }
             }
         }
     }
@@ -156,7 +211,9 @@ fn decode_base64(chunk: &StreamChunk) -> Result<Bytes> {
     base64::engine::general_purpose::STANDARD
         .decode(&chunk.data)
         .map(Bytes::from)
-        .map_err(|e| ClientError::Protocol(format!("chunk {}: bad base64: {e}", chunk.sequence_num)))
+        .map_err(|e| {
+            ClientError::Protocol(format!("chunk {}: bad base64: {e}", chunk.sequence_num))
+        })
 }
 
 /// Decompresses (when compressed) and verifies a chunk's bytes.
@@ -170,7 +227,12 @@ async fn decode_chunk(chunk: &StreamChunk, body: Bytes) -> Result<Bytes> {
                 .map(Bytes::from)
                 .map_err(|e| ClientError::Protocol(format!("chunk {}: {e}", chunk.sequence_num)))?
         }
-        (None, true) => return Err(ClientError::Protocol(format!("chunk {} is compressed but names no encoding", chunk.sequence_num))),
+        (None, true) => {
+            return Err(ClientError::Protocol(format!(
+                "chunk {} is compressed but names no encoding",
+                chunk.sequence_num
+            )))
+        }
         _ => body,
     };
     verify_chunk(&data, chunk.size, &chunk.checksum)?;

@@ -90,7 +90,11 @@ impl<R: Remote> Fs<R> {
         let in_flight = (config.prefetch.chunk_size * 64).min(config.cache_size / 4);
         let cache = Arc::new(ChunkCache::new(config.cache_size - in_flight));
         Fs {
-            reader: Reader { remote: remote.clone(), cache, config: config.prefetch },
+            reader: Reader {
+                remote: remote.clone(),
+                cache,
+                config: config.prefetch,
+            },
             remote,
             inodes: Mutex::new(InodeTable::new(config.attr_ttl)),
             handles: Mutex::new(HashMap::new()),
@@ -120,14 +124,22 @@ impl<R: Remote> Fs<R> {
     async fn refresh_dir(&self, ino: u64) -> Result<Vec<(String, Attr)>> {
         let path = {
             let inodes = self.inodes.lock().expect("inodes lock");
-            let (attr, _) = inodes.attr(ino).ok_or(FsError::NotFound(format!("inode {ino}")))?;
+            let (attr, _) = inodes
+                .attr(ino)
+                .ok_or(FsError::NotFound(format!("inode {ino}")))?;
             if attr.kind != EntryType::Directory {
                 return Err(FsError::NotDir);
             }
             inodes.path(ino).unwrap_or_default().to_string()
         };
         let listing = self.remote.list_dir(&path).await?;
-        let pending: Vec<Arc<WriteHandle>> = self.pending.lock().expect("pending lock").values().cloned().collect();
+        let pending: Vec<Arc<WriteHandle>> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .values()
+            .cloned()
+            .collect();
         let mut inodes = self.inodes.lock().expect("inodes lock");
         let mut children = inodes.apply_listing(ino, &listing);
         // Files this mount is writing stay visible until the server has them.
@@ -148,7 +160,9 @@ impl<R: Remote> Fs<R> {
     pub(super) fn dir_path(&self, ino: u64) -> Result<String> {
         let inodes = self.inodes.lock().expect("inodes lock");
         match inodes.attr(ino) {
-            Some((attr, _)) if attr.kind == EntryType::Directory => Ok(inodes.path(ino).unwrap_or_default().to_string()),
+            Some((attr, _)) if attr.kind == EntryType::Directory => {
+                Ok(inodes.path(ino).unwrap_or_default().to_string())
+            }
             Some(_) => Err(FsError::NotDir),
             None => Err(FsError::NotFound(format!("inode {ino}"))),
         }
@@ -165,7 +179,11 @@ impl<R: Remote> Fs<R> {
 
     /// Finds `name` in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
-        let cached = self.inodes.lock().expect("inodes lock").cached_child(parent, name);
+        let cached = self
+            .inodes
+            .lock()
+            .expect("inodes lock")
+            .cached_child(parent, name);
         match cached {
             Cached::Found(attr) => return Ok(attr),
             Cached::Absent => return Err(FsError::NotFound(name.to_string())),
@@ -181,7 +199,13 @@ impl<R: Remote> Fs<R> {
 
     /// Attributes of `ino`, refreshed through its parent's listing when older than the TTL.
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
-        if let Some(handle) = self.pending.lock().expect("pending lock").get(&ino).cloned() {
+        if let Some(handle) = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .get(&ino)
+            .cloned()
+        {
             if let Some((mut attr, _)) = self.inodes.lock().expect("inodes lock").attr(ino) {
                 attr.size = handle.size();
                 return Ok(attr);
@@ -189,13 +213,17 @@ impl<R: Remote> Fs<R> {
         }
         let (attr, fresh, parent) = {
             let inodes = self.inodes.lock().expect("inodes lock");
-            let (attr, fresh) = inodes.attr(ino).ok_or(FsError::NotFound(format!("inode {ino}")))?;
+            let (attr, fresh) = inodes
+                .attr(ino)
+                .ok_or(FsError::NotFound(format!("inode {ino}")))?;
             (attr, fresh, inodes.parent_path(ino))
         };
         if fresh {
             return Ok(attr);
         }
-        let Some(parent_path) = parent else { return Ok(attr) };
+        let Some(parent_path) = parent else {
+            return Ok(attr);
+        };
         let parent_ino = self.ino_of_path(&parent_path).await?;
         self.refresh_dir(parent_ino).await?;
         let inodes = self.inodes.lock().expect("inodes lock");
@@ -247,15 +275,32 @@ impl<R: Remote> Fs<R> {
             EntryType::Directory => return Err(FsError::IsDir),
             EntryType::File | EntryType::Symlink => {}
         }
-        let keep_cache = self.inodes.lock().expect("inodes lock").note_open(ino, &attr.hash);
+        let keep_cache = self
+            .inodes
+            .lock()
+            .expect("inodes lock")
+            .note_open(ino, &attr.hash);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(ReadHandle::new(ino, &attr.hash, attr.size, self.config.prefetch));
-        self.handles.lock().expect("handles lock").insert(fh, Handle::Read(handle));
+        let handle = Arc::new(ReadHandle::new(
+            ino,
+            &attr.hash,
+            attr.size,
+            self.config.prefetch,
+        ));
+        self.handles
+            .lock()
+            .expect("handles lock")
+            .insert(fh, Handle::Read(handle));
         Ok((fh, keep_cache))
     }
 
     fn handle(&self, fh: u64) -> Result<Handle> {
-        self.handles.lock().expect("handles lock").get(&fh).cloned().ok_or(FsError::BadHandle)
+        self.handles
+            .lock()
+            .expect("handles lock")
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 
     fn write_config(&self) -> Result<WriteConfig> {
@@ -276,8 +321,14 @@ impl<R: Remote> Fs<R> {
     fn register_writer(&self, handle: WriteHandle) -> u64 {
         let handle = Arc::new(handle);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().expect("pending lock").insert(handle.ino, handle.clone());
-        self.handles.lock().expect("handles lock").insert(fh, Handle::Write(handle));
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(handle.ino, handle.clone());
+        self.handles
+            .lock()
+            .expect("handles lock")
+            .insert(fh, Handle::Write(handle));
         fh
     }
 
@@ -286,11 +337,18 @@ impl<R: Remote> Fs<R> {
     pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Attr, u64)> {
         self.check_writable()?;
         let dir = self.dir_path(parent)?;
-        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
         crate::store::paths::split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
         let base = match self.lookup(parent, name).await {
             Ok(a) if a.kind == EntryType::Directory => return Err(FsError::IsDir),
-            Ok(a) => Some(Pinned { blob: Arc::from(a.hash.as_str()), size: a.size }),
+            Ok(a) => Some(Pinned {
+                blob: Arc::from(a.hash.as_str()),
+                size: a.size,
+            }),
             Err(FsError::NotFound(_)) => None,
             Err(e) => return Err(e),
         };
@@ -299,7 +357,15 @@ impl<R: Remote> Fs<R> {
             .inodes
             .lock()
             .expect("inodes lock")
-            .record_local(parent, name, EntryType::File, 0, git_mode, crate::store::now_unix(), "")
+            .record_local(
+                parent,
+                name,
+                EntryType::File,
+                0,
+                git_mode,
+                crate::store::now_unix(),
+                "",
+            )
             .ok_or_else(|| FsError::NotFound(format!("inode {parent}")))?;
         let handle = WriteHandle::new(attr.ino, &path, base, true, git_mode, self.write_config()?)?;
         Ok((attr, self.register_writer(handle)))
@@ -312,21 +378,50 @@ impl<R: Remote> Fs<R> {
         if attr.kind == EntryType::Directory {
             return Err(FsError::IsDir);
         }
-        let path = self.inodes.lock().expect("inodes lock").path(ino).unwrap_or_default().to_string();
-        let existing = self.pending.lock().expect("pending lock").get(&ino).cloned();
+        let path = self
+            .inodes
+            .lock()
+            .expect("inodes lock")
+            .path(ino)
+            .unwrap_or_default()
+            .to_string();
+        let existing = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .get(&ino)
+            .cloned();
         if existing.is_some_and(|w| w.is_uncommitted()) {
             // Another handle here holds uncommitted bytes of this file; ours would start from
             // the version before them and one of the two closes would fail.
-            return Err(FsError::Busy(format!("{path:?} has uncommitted writes on this mount")));
+            return Err(FsError::Busy(format!(
+                "{path:?} has uncommitted writes on this mount"
+            )));
         }
-        let base = Pinned { blob: Arc::from(attr.hash.as_str()), size: attr.size };
-        let handle = WriteHandle::new(ino, &path, Some(base), truncate, attr.mode, self.write_config()?)?;
+        let base = Pinned {
+            blob: Arc::from(attr.hash.as_str()),
+            size: attr.size,
+        };
+        let handle = WriteHandle::new(
+            ino,
+            &path,
+            Some(base),
+            truncate,
+            attr.mode,
+            self.write_config()?,
+        )?;
         Ok(self.register_writer(handle))
     }
 
     /// Writes to a handle opened for writing; returns the bytes written. `lock_owner`
     /// identifies the writing process's file table (FUSE sends it with writes).
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8], lock_owner: Option<u64>) -> Result<u32> {
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        lock_owner: Option<u64>,
+    ) -> Result<u32> {
         match self.handle(fh)? {
             Handle::Write(w) => {
                 if let Some(owner) = lock_owner {
@@ -344,7 +439,9 @@ impl<R: Remote> Fs<R> {
     /// `lock_owner` is the closing process's; a FLUSH from a process that did not write (a
     /// child closing an inherited descriptor) commits nothing. `None` (fsync) always commits.
     pub async fn flush(&self, fh: u64, lock_owner: Option<u64>) -> Result<()> {
-        let Handle::Write(w) = self.handle(fh)? else { return Ok(()) };
+        let Handle::Write(w) = self.handle(fh)? else {
+            return Ok(());
+        };
         if lock_owner.is_some_and(|owner| !w.flush_commits(owner)) {
             return Ok(());
         }
@@ -358,7 +455,15 @@ impl<R: Remote> Fs<R> {
             let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
             if let Some(parent_ino) = inodes.ino_of(parent) {
                 let mtime = done.mtime.unwrap_or_else(crate::store::now_unix);
-                inodes.record_local(parent_ino, name, EntryType::File, done.blob.size, done.mode, mtime, &done.blob.hash);
+                inodes.record_local(
+                    parent_ino,
+                    name,
+                    EntryType::File,
+                    done.blob.size,
+                    done.mode,
+                    mtime,
+                    &done.blob.hash,
+                );
             }
         }
         Ok(())
@@ -374,7 +479,11 @@ impl<R: Remote> Fs<R> {
 
     /// The write handle of an inode being written on this mount, if any.
     pub(super) fn pending_writer(&self, ino: u64) -> Option<Arc<WriteHandle>> {
-        self.pending.lock().expect("pending lock").get(&ino).cloned()
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .get(&ino)
+            .cloned()
     }
 
     /// Reads from an open handle. A read at or past the end of the pinned version moves to a
@@ -392,12 +501,29 @@ impl<R: Remote> Fs<R> {
         // The read reaches past the end of the pinned version (the kernel re-reads a partial
         // last page from its start): bytes before the end come from that version, the rest
         // from a newer, longer one if the path has it (so `tail -f` follows growth).
-        let head = if offset < pinned.size { self.reader.read(&handle, offset, pinned.size - offset).await? } else { Bytes::new() };
+        let head = if offset < pinned.size {
+            self.reader
+                .read(&handle, offset, pinned.size - offset)
+                .await?
+        } else {
+            Bytes::new()
+        };
         let grown = match self.getattr(handle.ino).await {
-            Ok(current) if current.hash != *pinned.blob && current.size > pinned.size && !current.hash.is_empty() => current,
+            Ok(current)
+                if current.hash != *pinned.blob
+                    && current.size > pinned.size
+                    && !current.hash.is_empty() =>
+            {
+                current
+            }
             _ => return Ok(head),
         };
-        log::debug!("handle {fh} follows {} -> {} ({} bytes)", pinned.blob, grown.hash, grown.size);
+        log::debug!(
+            "handle {fh} follows {} -> {} ({} bytes)",
+            pinned.blob,
+            grown.hash,
+            grown.size
+        );
         handle.repin(&grown.hash, grown.size);
         let from = offset.max(pinned.size);
         let tail = self.reader.read(&handle, from, end - from).await?;
@@ -431,7 +557,6 @@ impl<R: Remote> Fs<R> {
         }
     }
 
-
     /// The target of symlink `ino`.
     pub async fn readlink(&self, ino: u64) -> Result<Bytes> {
         let attr = self.getattr(ino).await?;
@@ -464,14 +589,19 @@ mod tests {
     use proptest::prelude::*;
 
     fn data(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     fn small_config() -> FsConfig {
         FsConfig {
             attr_ttl: Duration::from_secs(60),
             cache_size: 1 << 20,
-            prefetch: PrefetchConfig { chunk_size: 64 << 10, max_read_ahead: 256 << 10 },
+            prefetch: PrefetchConfig {
+                chunk_size: 64 << 10,
+                max_read_ahead: 256 << 10,
+            },
             ..FsConfig::default()
         }
     }
@@ -483,10 +613,19 @@ mod tests {
         remote.put("dir/file.bin", content.clone());
         remote.put("top.txt", b"hello".to_vec());
         let fs = Fs::new(remote.clone(), small_config());
-        let names: Vec<String> = fs.readdir(ROOT_INO).await.unwrap().into_iter().map(|e| e.0).collect();
+        let names: Vec<String> = fs
+            .readdir(ROOT_INO)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(names, vec!["dir", "top.txt"]);
         let dir = fs.lookup(ROOT_INO, "dir").await.unwrap();
-        assert!(matches!(fs.lookup(ROOT_INO, "nope").await, Err(FsError::NotFound(_))));
+        assert!(matches!(
+            fs.lookup(ROOT_INO, "nope").await,
+            Err(FsError::NotFound(_))
+        ));
         let file = fs.lookup(dir.ino, "file.bin").await.unwrap();
         assert_eq!(file.size, 300_000);
         let (fh, _) = fs.open(file.ino).await.unwrap();
@@ -554,11 +693,30 @@ mod tests {
         remote.put("f", data(1000, 1));
         let fs = Fs::new(remote, small_config());
         let ino = fs.lookup(ROOT_INO, "f").await.unwrap().ino;
-        assert_eq!(fs.seek_data_or_hole(ino, 10, libc::SEEK_DATA).await.unwrap(), 10);
-        assert_eq!(fs.seek_data_or_hole(ino, 10, libc::SEEK_HOLE).await.unwrap(), 1000);
-        let past = fs.seek_data_or_hole(ino, 1000, libc::SEEK_DATA).await.unwrap_err();
+        assert_eq!(
+            fs.seek_data_or_hole(ino, 10, libc::SEEK_DATA)
+                .await
+                .unwrap(),
+            10
+        );
+        assert_eq!(
+            fs.seek_data_or_hole(ino, 10, libc::SEEK_HOLE)
+                .await
+                .unwrap(),
+            1000
+        );
+        let past = fs
+            .seek_data_or_hole(ino, 1000, libc::SEEK_DATA)
+            .await
+            .unwrap_err();
         assert_eq!(past.errno(), libc::ENXIO);
-        assert_eq!(fs.seek_data_or_hole(ino, 1, libc::SEEK_END).await.unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(
+            fs.seek_data_or_hole(ino, 1, libc::SEEK_END)
+                .await
+                .unwrap_err()
+                .errno(),
+            libc::EINVAL
+        );
     }
 
     #[tokio::test]
@@ -576,12 +734,18 @@ mod tests {
         assert_eq!(remote.bytes_read.load(Ordering::Relaxed), 128 << 10);
         // The kernel's next, page-sized read inside chunk 2 is a cache hit.
         let next = fs.read(fh, 100_000 + (64 << 10), 4096).await.unwrap();
-        assert_eq!(&next[..], &content[100_000 + (64 << 10)..100_000 + (64 << 10) + 4096]);
+        assert_eq!(
+            &next[..],
+            &content[100_000 + (64 << 10)..100_000 + (64 << 10) + 4096]
+        );
         assert_eq!(remote.range_reads.load(Ordering::Relaxed), 2);
         // A small read after another jump still fetches only its bytes.
         let small = fs.read(fh, 900_000, 4096).await.unwrap();
         assert_eq!(&small[..], &content[900_000..904_096]);
-        assert_eq!(remote.bytes_read.load(Ordering::Relaxed), (128 << 10) + 4096);
+        assert_eq!(
+            remote.bytes_read.load(Ordering::Relaxed),
+            (128 << 10) + 4096
+        );
     }
 
     proptest! {
@@ -615,11 +779,17 @@ mod write_tests {
     use proptest::prelude::*;
 
     fn config(dir: &std::path::Path) -> FsConfig {
-        FsConfig { attr_ttl: Duration::from_secs(60), cache_dir: dir.to_path_buf(), ..FsConfig::default() }
+        FsConfig {
+            attr_ttl: Duration::from_secs(60),
+            cache_dir: dir.to_path_buf(),
+            ..FsConfig::default()
+        }
     }
 
     fn data(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed))
+            .collect()
     }
 
     #[tokio::test]
@@ -630,10 +800,18 @@ mod write_tests {
         let content = data(3 * MOCK_UPLOAD_CHUNK as usize + 123, 5);
         let (attr, fh) = fs.create(ROOT_INO, "new.bin", 0o644).await.unwrap();
         for (i, piece) in content.chunks(10_000).enumerate() {
-            fs.write(fh, (i * 10_000) as u64, piece, None).await.unwrap();
+            fs.write(fh, (i * 10_000) as u64, piece, None)
+                .await
+                .unwrap();
         }
-        assert!(remote.get("new.bin").is_none(), "nothing is visible before close");
-        assert_eq!(fs.getattr(attr.ino).await.unwrap().size, content.len() as u64);
+        assert!(
+            remote.get("new.bin").is_none(),
+            "nothing is visible before close"
+        );
+        assert_eq!(
+            fs.getattr(attr.ino).await.unwrap().size,
+            content.len() as u64
+        );
         fs.flush(fh, None).await.unwrap();
         fs.release(fh).await;
         assert_eq!(remote.get("new.bin").unwrap(), content);
@@ -657,8 +835,14 @@ mod write_tests {
         assert!(matches!(fs.flush(fh, None).await, Err(FsError::Remote(_))));
         fs.release(fh).await;
         assert_eq!(remote.get("f").unwrap(), b"old".to_vec());
-        let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path())).unwrap().flatten().collect();
-        let copy = kept.iter().find(|e| !e.path().to_string_lossy().ends_with(".json")).unwrap();
+        let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path()))
+            .unwrap()
+            .flatten()
+            .collect();
+        let copy = kept
+            .iter()
+            .find(|e| !e.path().to_string_lossy().ends_with(".json"))
+            .unwrap();
         assert_eq!(std::fs::read(copy.path()).unwrap(), b"new bytes");
     }
 
@@ -677,8 +861,14 @@ mod write_tests {
         remote.fail_writes.store(true, Ordering::Relaxed);
         assert!(fs.flush(fh, None).await.is_err());
         fs.release(fh).await;
-        let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path())).unwrap().flatten().collect();
-        let copy = kept.iter().find(|e| !e.path().to_string_lossy().ends_with(".json")).unwrap();
+        let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path()))
+            .unwrap()
+            .flatten()
+            .collect();
+        let copy = kept
+            .iter()
+            .find(|e| !e.path().to_string_lossy().ends_with(".json"))
+            .unwrap();
         assert_eq!(std::fs::read(copy.path()).unwrap(), model);
     }
 
@@ -692,7 +882,10 @@ mod write_tests {
         let fh = fs.open_write(f.ino, true).await.unwrap();
         fs.write(fh, 0, b"mine", None).await.unwrap();
         remote.put("f", b"theirs".to_vec());
-        assert!(matches!(fs.flush(fh, None).await, Err(FsError::Conflict(_))));
+        assert!(matches!(
+            fs.flush(fh, None).await,
+            Err(FsError::Conflict(_))
+        ));
         fs.release(fh).await;
         assert_eq!(remote.get("f").unwrap(), b"theirs".to_vec());
     }
@@ -708,7 +901,9 @@ mod write_tests {
         let f = fs.lookup(ROOT_INO, "log").await.unwrap();
         let fh = fs.open_write(f.ino, false).await.unwrap();
         let tail = data(cs, 7);
-        fs.write(fh, content.len() as u64, &tail, None).await.unwrap();
+        fs.write(fh, content.len() as u64, &tail, None)
+            .await
+            .unwrap();
         fs.flush(fh, None).await.unwrap();
         fs.release(fh).await;
         content.extend_from_slice(&tail);

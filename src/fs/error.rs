@@ -65,7 +65,9 @@ impl FsError {
     /// Routine errors (a missing name) are logged at debug, real failures at warn.
     pub fn log(&self, operation: &str) {
         match self {
-            FsError::NotFound(_) | FsError::Exists(_) | FsError::NotEmpty | FsError::PastEnd(_) => log::debug!("{operation}: {self}"),
+            FsError::NotFound(_) | FsError::Exists(_) | FsError::NotEmpty | FsError::PastEnd(_) => {
+                log::debug!("{operation}: {self}")
+            }
             _ => log::warn!("{operation}: {self}"),
         }
     }

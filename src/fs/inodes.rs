@@ -59,15 +59,40 @@ pub struct InodeTable {
 }
 
 fn child_path(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 impl InodeTable {
     /// A table holding only the root, trusting listings for `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        let mut table = InodeTable { nodes: HashMap::new(), by_path: HashMap::new(), next_ino: ROOT_INO + 1, ttl };
-        let root = Attr { ino: ROOT_INO, kind: EntryType::Directory, size: 0, mode: 0o040755, mtime: 0, hash: String::new() };
-        table.nodes.insert(ROOT_INO, Node { path: String::new(), attr: root, confirmed: Instant::now(), listing: None, last_opened: None });
+        let mut table = InodeTable {
+            nodes: HashMap::new(),
+            by_path: HashMap::new(),
+            next_ino: ROOT_INO + 1,
+            ttl,
+        };
+        let root = Attr {
+            ino: ROOT_INO,
+            kind: EntryType::Directory,
+            size: 0,
+            mode: 0o040755,
+            mtime: 0,
+            hash: String::new(),
+        };
+        table.nodes.insert(
+            ROOT_INO,
+            Node {
+                path: String::new(),
+                attr: root,
+                confirmed: Instant::now(),
+                listing: None,
+                last_opened: None,
+            },
+        );
         table.by_path.insert(String::new(), ROOT_INO);
         table
     }
@@ -80,26 +105,40 @@ impl InodeTable {
     /// The attributes of an inode, and whether they are within the TTL.
     pub fn attr(&self, ino: u64) -> Option<(Attr, bool)> {
         let node = self.nodes.get(&ino)?;
-        Some((node.attr.clone(), ino == ROOT_INO || node.confirmed.elapsed() < self.ttl))
+        Some((
+            node.attr.clone(),
+            ino == ROOT_INO || node.confirmed.elapsed() < self.ttl,
+        ))
     }
 
     /// Whether the inode's path still names it (it was not removed or replaced).
     pub fn is_current(&self, ino: u64) -> bool {
-        self.nodes.get(&ino).is_some_and(|n| self.by_path.get(&n.path) == Some(&ino))
+        self.nodes
+            .get(&ino)
+            .is_some_and(|n| self.by_path.get(&n.path) == Some(&ino))
     }
 
     /// The parent directory's path of an inode.
     pub fn parent_path(&self, ino: u64) -> Option<String> {
         let path = self.path(ino)?;
-        Some(path.rfind('/').map_or(String::new(), |i| path[..i].to_string()))
+        Some(
+            path.rfind('/')
+                .map_or(String::new(), |i| path[..i].to_string()),
+        )
     }
 
     /// Looks `name` up in the cached listing of directory `dir`.
     pub fn cached_child(&self, dir: u64, name: &str) -> Cached {
-        let Some(node) = self.nodes.get(&dir) else { return Cached::Stale };
+        let Some(node) = self.nodes.get(&dir) else {
+            return Cached::Stale;
+        };
         match &node.listing {
             Some((_, at)) if at.elapsed() < self.ttl => {
-                match self.by_path.get(&child_path(&node.path, name)).and_then(|ino| self.nodes.get(ino)) {
+                match self
+                    .by_path
+                    .get(&child_path(&node.path, name))
+                    .and_then(|ino| self.nodes.get(ino))
+                {
                     Some(child) if child.confirmed >= *at => Cached::Found(child.attr.clone()),
                     _ => Cached::Absent,
                 }
@@ -131,9 +170,12 @@ impl InodeTable {
     /// Records a fresh listing of directory `dir` and returns its children.
     pub fn apply_listing(&mut self, dir: u64, listing: &TreeListing) -> Vec<(String, Attr)> {
         let now = Instant::now();
-        let Some(dir_path) = self.path(dir).map(str::to_string) else { return Vec::new() };
+        let Some(dir_path) = self.path(dir).map(str::to_string) else {
+            return Vec::new();
+        };
         let mut names = Vec::with_capacity(listing.entries.len());
-        let present: std::collections::HashSet<&str> = listing.entries.iter().map(|e| e.name.as_str()).collect();
+        let present: std::collections::HashSet<&str> =
+            listing.entries.iter().map(|e| e.name.as_str()).collect();
         // Names that disappeared no longer resolve (open handles keep their pinned blob).
         if let Some((old, _)) = self.nodes.get(&dir).and_then(|n| n.listing.clone()) {
             for name in old.iter().filter(|n| !present.contains(n.as_str())) {
@@ -152,13 +194,24 @@ impl InodeTable {
     }
 
     fn upsert(&mut self, path: &str, entry: &Entry, now: Instant) {
-        let existing = self.by_path.get(path).copied().filter(|ino| self.nodes.get(ino).is_some_and(|n| n.attr.kind == entry.kind));
+        let existing = self.by_path.get(path).copied().filter(|ino| {
+            self.nodes
+                .get(ino)
+                .is_some_and(|n| n.attr.kind == entry.kind)
+        });
         let ino = existing.unwrap_or_else(|| {
             let ino = self.next_ino;
             self.next_ino += 1;
             ino
         });
-        let attr = Attr { ino, kind: entry.kind, size: entry.size, mode: entry.mode, mtime: entry.mtime, hash: entry.hash.clone() };
+        let attr = Attr {
+            ino,
+            kind: entry.kind,
+            size: entry.size,
+            mode: entry.mode,
+            mtime: entry.mtime,
+            hash: entry.hash.clone(),
+        };
         match self.nodes.get_mut(&ino) {
             Some(node) => {
                 if node.attr.hash != attr.hash && entry.kind == EntryType::Directory {
@@ -168,7 +221,16 @@ impl InodeTable {
                 node.confirmed = now;
             }
             None => {
-                self.nodes.insert(ino, Node { path: path.to_string(), attr, confirmed: now, listing: None, last_opened: None });
+                self.nodes.insert(
+                    ino,
+                    Node {
+                        path: path.to_string(),
+                        attr,
+                        confirmed: now,
+                        listing: None,
+                        last_opened: None,
+                    },
+                );
             }
         }
         self.by_path.insert(path.to_string(), ino);
@@ -176,10 +238,27 @@ impl InodeTable {
 
     /// Records an entry this mount created or changed, ahead of the next listing, and returns
     /// its attributes. The directory's cached listing gains the name.
-    pub fn record_local(&mut self, dir: u64, name: &str, kind: EntryType, size: u64, mode: u32, mtime: i64, hash: &str) -> Option<Attr> {
+    pub fn record_local(
+        &mut self,
+        dir: u64,
+        name: &str,
+        kind: EntryType,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+        hash: &str,
+    ) -> Option<Attr> {
         let dir_path = self.path(dir)?.to_string();
         let path = child_path(&dir_path, name);
-        let entry = Entry { name: name.to_string(), path: path.clone(), kind, size, mode, mtime, hash: hash.to_string() };
+        let entry = Entry {
+            name: name.to_string(),
+            path: path.clone(),
+            kind,
+            size,
+            mode,
+            mtime,
+            hash: hash.to_string(),
+        };
         self.upsert(&path, &entry, Instant::now());
         if let Some((names, _)) = self.nodes.get_mut(&dir).and_then(|n| n.listing.as_mut()) {
             if !names.iter().any(|n| n == name) {
@@ -210,7 +289,9 @@ impl InodeTable {
 
     /// Forgets a name this mount removed, ahead of the next listing.
     pub fn remove_local(&mut self, dir: u64, name: &str) {
-        let Some(dir_path) = self.path(dir).map(str::to_string) else { return };
+        let Some(dir_path) = self.path(dir).map(str::to_string) else {
+            return;
+        };
         self.by_path.remove(&child_path(&dir_path, name));
         if let Some((names, _)) = self.nodes.get_mut(&dir).and_then(|n| n.listing.as_mut()) {
             names.retain(|n| n != name);
@@ -221,10 +302,15 @@ impl InodeTable {
     /// the kernel goes on using the inodes it has. Whatever `to` named before is forgotten.
     pub fn rename(&mut self, from: &str, to: &str) {
         let below = format!("{from}/");
-        let moved: Vec<(String, u64)> =
-            self.by_path.iter().filter(|(p, _)| *p == from || p.starts_with(&below)).map(|(p, i)| (p.clone(), *i)).collect();
+        let moved: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| *p == from || p.starts_with(&below))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
         let target_below = format!("{to}/");
-        self.by_path.retain(|p, _| p != to && !p.starts_with(&target_below));
+        self.by_path
+            .retain(|p, _| p != to && !p.starts_with(&target_below));
         for (old, ino) in moved {
             self.by_path.remove(&old);
             let new = format!("{to}{}", &old[from.len()..]);
@@ -235,7 +321,13 @@ impl InodeTable {
         }
         for (path, name_from) in [(from, true), (to, false)] {
             let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-            if let Some((names, _)) = self.by_path.get(parent).copied().and_then(|i| self.nodes.get_mut(&i)).and_then(|n| n.listing.as_mut()) {
+            if let Some((names, _)) = self
+                .by_path
+                .get(parent)
+                .copied()
+                .and_then(|i| self.nodes.get_mut(&i))
+                .and_then(|n| n.listing.as_mut())
+            {
                 names.retain(|n| n != name);
                 if !name_from {
                     names.push(name.to_string());
@@ -246,9 +338,14 @@ impl InodeTable {
 
     /// Drops a directory's cached listing (and the listings below it), so it is listed again.
     pub fn expire_dir(&mut self, dir: u64) {
-        let Some(prefix) = self.path(dir).map(str::to_string) else { return };
+        let Some(prefix) = self.path(dir).map(str::to_string) else {
+            return;
+        };
         for node in self.nodes.values_mut() {
-            if node.path == prefix || prefix.is_empty() || node.path.starts_with(&format!("{prefix}/")) {
+            if node.path == prefix
+                || prefix.is_empty()
+                || node.path.starts_with(&format!("{prefix}/"))
+            {
                 node.listing = None;
             }
         }
@@ -262,7 +359,9 @@ impl InodeTable {
     /// Records an `open` of blob `hash` on `ino`; returns whether the kernel may keep the
     /// pages it cached (true only if the previous open saw the same blob).
     pub fn note_open(&mut self, ino: u64, hash: &str) -> bool {
-        let Some(node) = self.nodes.get_mut(&ino) else { return false };
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
         let keep = node.last_opened.as_deref() == Some(hash);
         node.last_opened = Some(hash.to_string());
         keep
@@ -270,7 +369,9 @@ impl InodeTable {
 
     /// Marks every listing and attribute as stale (after a change event).
     pub fn expire_all(&mut self) {
-        let long_ago = Instant::now().checked_sub(self.ttl + Duration::from_secs(1)).unwrap_or_else(Instant::now);
+        let long_ago = Instant::now()
+            .checked_sub(self.ttl + Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
         for node in self.nodes.values_mut() {
             node.confirmed = long_ago;
             if let Some((_, at)) = node.listing.as_mut() {
@@ -295,28 +396,55 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, kind: EntryType, hash: &str, size: u64) -> Entry {
-        Entry { name: name.into(), path: name.into(), kind, size, mode: 0o100644, mtime: 0, hash: hash.into() }
+        Entry {
+            name: name.into(),
+            path: name.into(),
+            kind,
+            size,
+            mode: 0o100644,
+            mtime: 0,
+            hash: hash.into(),
+        }
     }
 
     fn listing(entries: Vec<Entry>) -> TreeListing {
-        TreeListing { path: String::new(), commit: String::new(), entries }
+        TreeListing {
+            path: String::new(),
+            commit: String::new(),
+            entries,
+        }
     }
 
     #[test]
     fn listing_fills_lookups_and_negative_cache() {
         let mut t = InodeTable::new(Duration::from_secs(60));
         assert_eq!(t.cached_child(ROOT_INO, "a"), Cached::Stale);
-        t.apply_listing(ROOT_INO, &listing(vec![entry("a", EntryType::File, "h1", 3)]));
-        let Cached::Found(a) = t.cached_child(ROOT_INO, "a") else { panic!() };
+        t.apply_listing(
+            ROOT_INO,
+            &listing(vec![entry("a", EntryType::File, "h1", 3)]),
+        );
+        let Cached::Found(a) = t.cached_child(ROOT_INO, "a") else {
+            panic!()
+        };
         assert_eq!(a.size, 3);
         assert_eq!(t.cached_child(ROOT_INO, "b"), Cached::Absent);
         // same path, new content: same inode, new attributes
-        t.apply_listing(ROOT_INO, &listing(vec![entry("a", EntryType::File, "h2", 5)]));
-        let Cached::Found(a2) = t.cached_child(ROOT_INO, "a") else { panic!() };
+        t.apply_listing(
+            ROOT_INO,
+            &listing(vec![entry("a", EntryType::File, "h2", 5)]),
+        );
+        let Cached::Found(a2) = t.cached_child(ROOT_INO, "a") else {
+            panic!()
+        };
         assert_eq!((a2.ino, a2.size), (a.ino, 5));
         // a file replaced by a directory gets a new inode
-        t.apply_listing(ROOT_INO, &listing(vec![entry("a", EntryType::Directory, "t", 0)]));
-        let Cached::Found(a3) = t.cached_child(ROOT_INO, "a") else { panic!() };
+        t.apply_listing(
+            ROOT_INO,
+            &listing(vec![entry("a", EntryType::Directory, "t", 0)]),
+        );
+        let Cached::Found(a3) = t.cached_child(ROOT_INO, "a") else {
+            panic!()
+        };
         assert_ne!(a3.ino, a.ino);
         // removed names vanish
         t.apply_listing(ROOT_INO, &listing(vec![]));
@@ -326,7 +454,10 @@ mod tests {
     #[test]
     fn ttl_expiry_makes_listings_stale() {
         let mut t = InodeTable::new(Duration::from_secs(60));
-        t.apply_listing(ROOT_INO, &listing(vec![entry("a", EntryType::File, "h1", 3)]));
+        t.apply_listing(
+            ROOT_INO,
+            &listing(vec![entry("a", EntryType::File, "h1", 3)]),
+        );
         t.expire_all();
         assert_eq!(t.cached_child(ROOT_INO, "a"), Cached::Stale);
         assert!(t.cached_listing(ROOT_INO).is_none());
@@ -335,8 +466,13 @@ mod tests {
     #[test]
     fn keep_cache_only_for_the_same_blob() {
         let mut t = InodeTable::new(Duration::from_secs(60));
-        t.apply_listing(ROOT_INO, &listing(vec![entry("a", EntryType::File, "h1", 3)]));
-        let Cached::Found(a) = t.cached_child(ROOT_INO, "a") else { panic!() };
+        t.apply_listing(
+            ROOT_INO,
+            &listing(vec![entry("a", EntryType::File, "h1", 3)]),
+        );
+        let Cached::Found(a) = t.cached_child(ROOT_INO, "a") else {
+            panic!()
+        };
         assert!(!t.note_open(a.ino, "h1"));
         assert!(t.note_open(a.ino, "h1"));
         assert!(!t.note_open(a.ino, "h2"));
@@ -350,8 +486,12 @@ mod rename_tests {
     #[test]
     fn rename_keeps_inodes_and_moves_children() {
         let mut t = InodeTable::new(Duration::from_secs(60));
-        let dir = t.record_local(ROOT_INO, "x", EntryType::Directory, 0, 0o40000, 0, "t").unwrap();
-        let file = t.record_local(dir.ino, "f", EntryType::File, 1, 0o100644, 0, "h").unwrap();
+        let dir = t
+            .record_local(ROOT_INO, "x", EntryType::Directory, 0, 0o40000, 0, "t")
+            .unwrap();
+        let file = t
+            .record_local(dir.ino, "f", EntryType::File, 1, 0o100644, 0, "h")
+            .unwrap();
         t.rename("x", "z");
         assert_eq!(t.path(dir.ino), Some("z"));
         assert_eq!(t.path(file.ino), Some("z/f"));

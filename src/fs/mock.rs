@@ -39,8 +39,14 @@ impl MemRemote {
     /// Adds or replaces a file (parents are implied).
     pub fn put(&self, path: &str, data: impl Into<Bytes>) {
         let data = data.into();
-        self.blobs.lock().expect("lock").insert(blob_id(&data), data.clone());
-        self.files.lock().expect("lock").insert(path.to_string(), data);
+        self.blobs
+            .lock()
+            .expect("lock")
+            .insert(blob_id(&data), data.clone());
+        self.files
+            .lock()
+            .expect("lock")
+            .insert(path.to_string(), data);
     }
 
     /// The content of a file, if it exists.
@@ -60,35 +66,64 @@ impl Remote for MemRemote {
     async fn list_dir(&self, path: &str) -> Result<TreeListing> {
         self.listings.fetch_add(1, Ordering::Relaxed);
         let files = self.files.lock().expect("lock");
-        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
         for (p, data) in files.iter() {
-            let Some(rest) = p.strip_prefix(&prefix) else { continue };
+            let Some(rest) = p.strip_prefix(&prefix) else {
+                continue;
+            };
             let (name, is_dir) = match rest.split_once('/') {
                 Some((dir, _)) => (dir, true),
                 None => (rest, false),
             };
             let child = format!("{prefix}{name}");
             let entry = if is_dir {
-                Entry { name: name.into(), path: child, kind: EntryType::Directory, size: 0, mode: MODE_DIR, mtime: 0, hash: "d".repeat(64) }
+                Entry {
+                    name: name.into(),
+                    path: child,
+                    kind: EntryType::Directory,
+                    size: 0,
+                    mode: MODE_DIR,
+                    mtime: 0,
+                    hash: "d".repeat(64),
+                }
             } else {
-                Entry { name: name.into(), path: child, kind: EntryType::File, size: data.len() as u64, mode: MODE_FILE, mtime: 0, hash: blob_id(data) }
+                Entry {
+                    name: name.into(),
+                    path: child,
+                    kind: EntryType::File,
+                    size: data.len() as u64,
+                    mode: MODE_FILE,
+                    mtime: 0,
+                    hash: blob_id(data),
+                }
             };
             entries.insert(name.to_string(), entry);
         }
         if entries.is_empty() && !path.is_empty() {
             return Err(FsError::NotFound(path.to_string()));
         }
-        Ok(TreeListing { path: path.to_string(), commit: "c".repeat(64), entries: entries.into_values().collect() })
+        Ok(TreeListing {
+            path: path.to_string(),
+            commit: "c".repeat(64),
+            entries: entries.into_values().collect(),
+        })
     }
 
     async fn read_range(&self, hash: &str, range: Range<u64>) -> Result<Bytes> {
         self.range_reads.fetch_add(1, Ordering::Relaxed);
         let blobs = self.blobs.lock().expect("lock");
-        let data = blobs.get(hash).ok_or_else(|| FsError::NotFound(format!("blob {hash}")))?;
+        let data = blobs
+            .get(hash)
+            .ok_or_else(|| FsError::NotFound(format!("blob {hash}")))?;
         let end = (range.end as usize).min(data.len());
         let start = (range.start as usize).min(end);
-        self.bytes_read.fetch_add((end - start) as u64, Ordering::Relaxed);
+        self.bytes_read
+            .fetch_add((end - start) as u64, Ordering::Relaxed);
         Ok(data.slice(start..end))
     }
 
@@ -99,14 +134,24 @@ impl Remote for MemRemote {
     async fn start_upload(&self) -> Result<UploadStarted> {
         self.check_writable()?;
         let id = format!("u{}", self.next_upload.fetch_add(1, Ordering::Relaxed));
-        self.uploads.lock().expect("lock").insert(id.clone(), BTreeMap::new());
-        Ok(UploadStarted { upload_id: id, chunk_size: MOCK_UPLOAD_CHUNK })
+        self.uploads
+            .lock()
+            .expect("lock")
+            .insert(id.clone(), BTreeMap::new());
+        Ok(UploadStarted {
+            upload_id: id,
+            chunk_size: MOCK_UPLOAD_CHUNK,
+        })
     }
 
     async fn upload_small(&self, data: Bytes) -> Result<BlobInfo> {
         self.check_writable()?;
         let hash = blob_id(&data);
-        let info = BlobInfo { hash: hash.clone(), size: data.len() as u64, md5: md5_hex(&data) };
+        let info = BlobInfo {
+            hash: hash.clone(),
+            size: data.len() as u64,
+            md5: md5_hex(&data),
+        };
         self.blobs.lock().expect("lock").insert(hash, data);
         Ok(info)
     }
@@ -114,7 +159,9 @@ impl Remote for MemRemote {
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {
         self.check_writable()?;
         let mut uploads = self.uploads.lock().expect("lock");
-        let chunks = uploads.get_mut(upload_id).ok_or_else(|| FsError::NotFound(upload_id.into()))?;
+        let chunks = uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| FsError::NotFound(upload_id.into()))?;
         chunks.insert(index, data);
         Ok(())
     }
@@ -125,31 +172,52 @@ impl Remote for MemRemote {
         let start = index * MOCK_UPLOAD_CHUNK;
         let data = {
             let blobs = self.blobs.lock().expect("lock");
-            let blob = blobs.get(source).ok_or_else(|| FsError::NotFound(format!("blob {source}")))?;
+            let blob = blobs
+                .get(source)
+                .ok_or_else(|| FsError::NotFound(format!("blob {source}")))?;
             if start >= blob.len() as u64 {
-                return Err(FsError::Invalid(format!("chunk {index} is past the end of {source}")));
+                return Err(FsError::Invalid(format!(
+                    "chunk {index} is past the end of {source}"
+                )));
             }
             blob.slice(start as usize..(start + MOCK_UPLOAD_CHUNK).min(blob.len() as u64) as usize)
         };
         let len = data.len() as u64;
         let mut uploads = self.uploads.lock().expect("lock");
-        uploads.get_mut(upload_id).ok_or_else(|| FsError::NotFound(upload_id.into()))?.insert(index, data);
+        uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| FsError::NotFound(upload_id.into()))?
+            .insert(index, data);
         Ok(len)
     }
 
     async fn complete_upload(&self, upload_id: &str) -> Result<BlobInfo> {
         self.check_writable()?;
-        let chunks = self.uploads.lock().expect("lock").remove(upload_id).ok_or_else(|| FsError::NotFound(upload_id.into()))?;
+        let chunks = self
+            .uploads
+            .lock()
+            .expect("lock")
+            .remove(upload_id)
+            .ok_or_else(|| FsError::NotFound(upload_id.into()))?;
         let mut data = Vec::new();
         for (position, (index, chunk)) in chunks.iter().enumerate() {
-            if *index != position as u64 || (position + 1 < chunks.len() && chunk.len() as u64 != MOCK_UPLOAD_CHUNK) {
+            if *index != position as u64
+                || (position + 1 < chunks.len() && chunk.len() as u64 != MOCK_UPLOAD_CHUNK)
+            {
                 return Err(FsError::Remote(format!("bad chunk layout at {index}")));
             }
             data.extend_from_slice(chunk);
         }
         let hash = blob_id(&data);
-        let info = BlobInfo { hash: hash.clone(), size: data.len() as u64, md5: md5_hex(&data) };
-        self.blobs.lock().expect("lock").insert(hash, Bytes::from(data));
+        let info = BlobInfo {
+            hash: hash.clone(),
+            size: data.len() as u64,
+            md5: md5_hex(&data),
+        };
+        self.blobs
+            .lock()
+            .expect("lock")
+            .insert(hash, Bytes::from(data));
         Ok(info)
     }
 
@@ -165,13 +233,17 @@ impl Remote for MemRemote {
         let mut next = files.clone();
         for change in changes {
             match change {
-                Change::Put { path, hash, expect, .. } => {
+                Change::Put {
+                    path, hash, expect, ..
+                } => {
                     if let Some(expected) = expect {
                         if next.get(&path).map(|d| blob_id(d)) != expected {
                             return Err(FsError::Conflict(path));
                         }
                     }
-                    let data = blobs.get(&hash).ok_or_else(|| FsError::Remote(format!("unknown blob {hash}")))?;
+                    let data = blobs
+                        .get(&hash)
+                        .ok_or_else(|| FsError::Remote(format!("unknown blob {hash}")))?;
                     next.insert(path, data.clone());
                 }
                 Change::Delete { path, expect } => {
@@ -189,8 +261,11 @@ impl Remote for MemRemote {
                 }
                 Change::Move { from, to } => {
                     let prefix = format!("{from}/");
-                    let moved: Vec<(String, Bytes)> =
-                        next.iter().filter(|(p, _)| **p == from || p.starts_with(&prefix)).map(|(p, d)| (p.clone(), d.clone())).collect();
+                    let moved: Vec<(String, Bytes)> = next
+                        .iter()
+                        .filter(|(p, _)| **p == from || p.starts_with(&prefix))
+                        .map(|(p, d)| (p.clone(), d.clone()))
+                        .collect();
                     if moved.is_empty() {
                         return Err(FsError::NotFound(from));
                     }
@@ -204,6 +279,9 @@ impl Remote for MemRemote {
             }
         }
         *files = next;
-        Ok(CommitCreated { commit: "c".repeat(64), branch: "main".into() })
+        Ok(CommitCreated {
+            commit: "c".repeat(64),
+            branch: "main".into(),
+        })
     }
 }

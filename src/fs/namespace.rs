@@ -7,11 +7,15 @@ use super::error::{FsError, Result};
 use super::inodes::Attr;
 use super::remote::Remote;
 use crate::api::{Change, EntryType};
-use crate::store::objects::{normalize_file_mode, MODE_DIR, MODE_SYMLINK};
 use crate::store::now_unix;
+use crate::store::objects::{normalize_file_mode, MODE_DIR, MODE_SYMLINK};
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// Git mode of a file with the executable bit taken from a chmod mode.
@@ -39,9 +43,23 @@ impl<R: Remote> Fs<R> {
             Err(FsError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        self.commit_changes(vec![Change::Mkdir { path: path.clone() }], format!("mkdir {path}")).await?;
+        self.commit_changes(
+            vec![Change::Mkdir { path: path.clone() }],
+            format!("mkdir {path}"),
+        )
+        .await?;
         let mut inodes = self.inodes.lock().expect("inodes lock");
-        inodes.record_local(parent, name, EntryType::Directory, 0, MODE_DIR, now_unix(), "").ok_or(FsError::NotFound(path))
+        inodes
+            .record_local(
+                parent,
+                name,
+                EntryType::Directory,
+                0,
+                MODE_DIR,
+                now_unix(),
+                "",
+            )
+            .ok_or(FsError::NotFound(path))
     }
 
     /// `rmdir`: only an empty directory; refused if it gained entries on the server.
@@ -52,7 +70,10 @@ impl<R: Remote> Fs<R> {
         if attr.kind != EntryType::Directory {
             return Err(FsError::NotDir);
         }
-        self.inodes.lock().expect("inodes lock").expire_dir(attr.ino);
+        self.inodes
+            .lock()
+            .expect("inodes lock")
+            .expire_dir(attr.ino);
         if !self.readdir(attr.ino).await?.is_empty() {
             return Err(FsError::NotEmpty);
         }
@@ -60,12 +81,21 @@ impl<R: Remote> Fs<R> {
         // from it), so the commit checks emptiness on the server without a false conflict.
         self.inodes.lock().expect("inodes lock").expire_dir(parent);
         let attr = self.lookup(parent, name).await?;
-        let change = Change::Delete { path: path.clone(), expect: Some(Some(attr.hash.clone())) };
-        match self.commit_changes(vec![change], format!("rmdir {path}")).await {
+        let change = Change::Delete {
+            path: path.clone(),
+            expect: Some(Some(attr.hash.clone())),
+        };
+        match self
+            .commit_changes(vec![change], format!("rmdir {path}"))
+            .await
+        {
             Err(FsError::Conflict(_)) => Err(FsError::NotEmpty),
             other => other,
         }?;
-        self.inodes.lock().expect("inodes lock").remove_local(parent, name);
+        self.inodes
+            .lock()
+            .expect("inodes lock")
+            .remove_local(parent, name);
         Ok(())
     }
 
@@ -79,16 +109,32 @@ impl<R: Remote> Fs<R> {
         }
         if attr.hash.is_empty() {
             // Only pending here (never committed): there is nothing on the server to delete.
-            return Err(FsError::NotSupported(format!("{path:?} is still being written")));
+            return Err(FsError::NotSupported(format!(
+                "{path:?} is still being written"
+            )));
         }
-        let change = Change::Delete { path: path.clone(), expect: Some(Some(attr.hash.clone())) };
-        self.commit_changes(vec![change], format!("delete {path}")).await?;
-        self.inodes.lock().expect("inodes lock").remove_local(parent, name);
+        let change = Change::Delete {
+            path: path.clone(),
+            expect: Some(Some(attr.hash.clone())),
+        };
+        self.commit_changes(vec![change], format!("delete {path}"))
+            .await?;
+        self.inodes
+            .lock()
+            .expect("inodes lock")
+            .remove_local(parent, name);
         Ok(())
     }
 
     /// `rename`, atomic in one commit. `no_replace` is RENAME_NOREPLACE.
-    pub async fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, no_replace: bool) -> Result<()> {
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<()> {
         self.check_writable()?;
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
@@ -105,7 +151,9 @@ impl<R: Remote> Fs<R> {
             return Err(FsError::Exists(to));
         }
         if source.hash.is_empty() {
-            return Err(FsError::NotSupported(format!("{from:?} is still being written; close it first")));
+            return Err(FsError::NotSupported(format!(
+                "{from:?} is still being written; close it first"
+            )));
         }
         let changes = match (source.kind, target.as_ref().map(|t| t.kind)) {
             (EntryType::Directory, Some(EntryType::Directory)) => {
@@ -113,15 +161,25 @@ impl<R: Remote> Fs<R> {
                 if !self.readdir(t.ino).await?.is_empty() {
                     return Err(FsError::NotEmpty);
                 }
-                vec![Change::Move { from: from.clone(), to: to.clone() }]
+                vec![Change::Move {
+                    from: from.clone(),
+                    to: to.clone(),
+                }]
             }
             (EntryType::Directory, Some(_)) => return Err(FsError::NotDir),
-            (EntryType::Directory, None) => vec![Change::Move { from: from.clone(), to: to.clone() }],
+            (EntryType::Directory, None) => vec![Change::Move {
+                from: from.clone(),
+                to: to.clone(),
+            }],
             (_, Some(EntryType::Directory)) => return Err(FsError::IsDir),
             (kind, _) => {
                 // A file: put the same blob at the target (which must still be what we saw)
                 // and delete the source (likewise), together.
-                let mode = if kind == EntryType::Symlink { MODE_SYMLINK } else { source.mode };
+                let mode = if kind == EntryType::Symlink {
+                    MODE_SYMLINK
+                } else {
+                    source.mode
+                };
                 vec![
                     Change::Put {
                         path: to.clone(),
@@ -130,17 +188,30 @@ impl<R: Remote> Fs<R> {
                         mtime: Some(source.mtime),
                         expect: Some(target.as_ref().map(|t| t.hash.clone())),
                     },
-                    Change::Delete { path: from.clone(), expect: Some(Some(source.hash.clone())) },
+                    Change::Delete {
+                        path: from.clone(),
+                        expect: Some(Some(source.hash.clone())),
+                    },
                 ]
             }
         };
-        self.commit_changes(changes, format!("rename {from} -> {to}")).await?;
+        self.commit_changes(changes, format!("rename {from} -> {to}"))
+            .await?;
         self.inodes.lock().expect("inodes lock").rename(&from, &to);
         // Files open for writing under the old name commit under the new one.
-        let writers: Vec<_> = self.pending.lock().expect("pending lock").values().cloned().collect();
+        let writers: Vec<_> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .values()
+            .cloned()
+            .collect();
         for w in writers {
             let path = w.path();
-            if let Some(rest) = path.strip_prefix(&from).filter(|r| r.is_empty() || r.starts_with('/')) {
+            if let Some(rest) = path
+                .strip_prefix(&from)
+                .filter(|r| r.is_empty() || r.starts_with('/'))
+            {
                 w.set_path(&format!("{to}{rest}")).await;
             }
         }
@@ -148,13 +219,23 @@ impl<R: Remote> Fs<R> {
     }
 
     /// `setattr`: size (truncate), the executable bit and the modification time.
-    pub async fn setattr(&self, ino: u64, mode: Option<u32>, size: Option<u64>, mtime: Option<i64>, fh: Option<u64>) -> Result<Attr> {
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<i64>,
+        fh: Option<u64>,
+    ) -> Result<Attr> {
         if mode.is_none() && size.is_none() && mtime.is_none() {
             return self.getattr(ino).await;
         }
         self.check_writable()?;
         if let Some(size) = size {
-            match fh.and_then(|fh| self.write_handle(fh)).or_else(|| self.pending_writer(ino)) {
+            match fh
+                .and_then(|fh| self.write_handle(fh))
+                .or_else(|| self.pending_writer(ino))
+            {
                 Some(w) => w.truncate(size).await?,
                 None => {
                     // truncate(2) by path: a short-lived write handle, committed at once.
@@ -177,8 +258,16 @@ impl<R: Remote> Fs<R> {
             if let Some(w) = self.pending_writer(ino) {
                 // Committed with the file when it is closed (tar and touch set times this way).
                 w.set_meta(mode.map(with_exec_bit), mtime).await;
-            } else if attr.kind == EntryType::File && (new_mode != attr.mode || mtime.is_some_and(|m| m != attr.mtime)) {
-                let path = self.inodes.lock().expect("inodes lock").path(ino).unwrap_or_default().to_string();
+            } else if attr.kind == EntryType::File
+                && (new_mode != attr.mode || mtime.is_some_and(|m| m != attr.mtime))
+            {
+                let path = self
+                    .inodes
+                    .lock()
+                    .expect("inodes lock")
+                    .path(ino)
+                    .unwrap_or_default()
+                    .to_string();
                 let change = Change::Put {
                     path: path.clone(),
                     hash: attr.hash.clone(),
@@ -186,11 +275,23 @@ impl<R: Remote> Fs<R> {
                     mtime: Some(mtime.unwrap_or(attr.mtime)),
                     expect: Some(Some(attr.hash.clone())),
                 };
-                self.commit_changes(vec![change], format!("setattr {path}")).await?;
+                self.commit_changes(vec![change], format!("setattr {path}"))
+                    .await?;
                 let mut inodes = self.inodes.lock().expect("inodes lock");
-                if let (Some(parent), Some(name)) = (inodes.parent_path(ino), path.rsplit('/').next().map(str::to_string)) {
+                if let (Some(parent), Some(name)) = (
+                    inodes.parent_path(ino),
+                    path.rsplit('/').next().map(str::to_string),
+                ) {
                     if let Some(parent_ino) = inodes.ino_of(&parent) {
-                        inodes.record_local(parent_ino, &name, attr.kind, attr.size, new_mode, mtime.unwrap_or(attr.mtime), &attr.hash);
+                        inodes.record_local(
+                            parent_ino,
+                            &name,
+                            attr.kind,
+                            attr.size,
+                            new_mode,
+                            mtime.unwrap_or(attr.mtime),
+                            &attr.hash,
+                        );
                     }
                 }
             }
@@ -204,15 +305,40 @@ impl<R: Remote> Fs<R> {
         let path = self.child_path(parent, name)?;
         let started = self.remote.start_upload().await?;
         if !target.is_empty() {
-            self.remote.put_chunk(&started.upload_id, 0, bytes::Bytes::from(target.as_bytes().to_vec())).await?;
+            self.remote
+                .put_chunk(
+                    &started.upload_id,
+                    0,
+                    bytes::Bytes::from(target.as_bytes().to_vec()),
+                )
+                .await?;
         }
         let blob = self.remote.complete_upload(&started.upload_id).await?;
-        let change = Change::Put { path: path.clone(), hash: blob.hash.clone(), mode: Some(MODE_SYMLINK), mtime: None, expect: Some(None) };
-        match self.commit_changes(vec![change], format!("symlink {path}")).await {
+        let change = Change::Put {
+            path: path.clone(),
+            hash: blob.hash.clone(),
+            mode: Some(MODE_SYMLINK),
+            mtime: None,
+            expect: Some(None),
+        };
+        match self
+            .commit_changes(vec![change], format!("symlink {path}"))
+            .await
+        {
             Err(FsError::Conflict(_)) => return Err(FsError::Exists(path)),
             other => other?,
         }
         let mut inodes = self.inodes.lock().expect("inodes lock");
-        inodes.record_local(parent, name, EntryType::Symlink, blob.size, MODE_SYMLINK, now_unix(), &blob.hash).ok_or(FsError::NotFound(path))
+        inodes
+            .record_local(
+                parent,
+                name,
+                EntryType::Symlink,
+                blob.size,
+                MODE_SYMLINK,
+                now_unix(),
+                &blob.hash,
+            )
+            .ok_or(FsError::NotFound(path))
     }
 }

@@ -31,7 +31,10 @@ pub struct PrefetchConfig {
 
 impl Default for PrefetchConfig {
     fn default() -> Self {
-        PrefetchConfig { chunk_size: 1 << 20, max_read_ahead: 64 << 20 }
+        PrefetchConfig {
+            chunk_size: 1 << 20,
+            max_read_ahead: 64 << 20,
+        }
     }
 }
 
@@ -61,7 +64,12 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// A prefetcher that has seen no read yet.
     pub fn new(config: PrefetchConfig) -> Self {
-        Prefetcher { config, next_expected: None, window: 0, stretch_start: 0 }
+        Prefetcher {
+            config,
+            next_expected: None,
+            window: 0,
+            stretch_start: 0,
+        }
     }
 
     /// The current window.
@@ -79,14 +87,19 @@ impl Prefetcher {
     pub fn on_read(&mut self, offset: u64, len: u64, file_size: u64) -> ReadPlan {
         let end = offset.saturating_add(len).min(file_size);
         let sequential = match self.next_expected {
-            Some(expected) => offset.saturating_add(self.tolerance()) >= expected && offset <= expected.saturating_add(self.tolerance()),
+            Some(expected) => {
+                offset.saturating_add(self.tolerance()) >= expected
+                    && offset <= expected.saturating_add(self.tolerance())
+            }
             None => false,
         };
         let seek = self.next_expected.is_some() && !sequential;
         if sequential {
             // Read-ahead waits until the stretch has read a few chunks: a player reading a
             // couple of MiB after each seek would waste the window.
-            if end.saturating_sub(self.stretch_start) >= STRETCH_BEFORE_READ_AHEAD * self.config.chunk_size {
+            if end.saturating_sub(self.stretch_start)
+                >= STRETCH_BEFORE_READ_AHEAD * self.config.chunk_size
+            {
                 self.window = if self.window == 0 {
                     self.config.chunk_size
                 } else {
@@ -101,7 +114,11 @@ impl Prefetcher {
             self.next_expected = Some(end);
         }
         let ahead_end = end.saturating_add(self.window).min(file_size);
-        ReadPlan { sequential, seek, read_ahead: end..ahead_end.max(end) }
+        ReadPlan {
+            sequential,
+            seek,
+            read_ahead: end..ahead_end.max(end),
+        }
     }
 }
 
@@ -121,7 +138,10 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn cfg() -> PrefetchConfig {
-        PrefetchConfig { chunk_size: MIB, max_read_ahead: 8 * MIB }
+        PrefetchConfig {
+            chunk_size: MIB,
+            max_read_ahead: 8 * MIB,
+        }
     }
 
     #[test]
@@ -141,7 +161,10 @@ mod tests {
                 plan.read_ahead.end - plan.read_ahead.start
             })
             .collect();
-        assert_eq!(windows, vec![0, 0, 0, MIB, 2 * MIB, 4 * MIB, 8 * MIB, 8 * MIB]);
+        assert_eq!(
+            windows,
+            vec![0, 0, 0, MIB, 2 * MIB, 4 * MIB, 8 * MIB, 8 * MIB]
+        );
     }
 
     #[test]
@@ -150,7 +173,12 @@ mod tests {
         for jump in 1..10u64 {
             let at = jump * 97 * MIB + 12_345;
             // What the kernel sends for a 2 MiB read: 1 MiB, a page, 1 MiB, and 1 MiB ahead.
-            for (off, len) in [(at, MIB), (at + MIB, 4096), (at + MIB + 4096, MIB), (at + 2 * MIB + 4096, MIB)] {
+            for (off, len) in [
+                (at, MIB),
+                (at + MIB, 4096),
+                (at + MIB + 4096, MIB),
+                (at + 2 * MIB + 4096, MIB),
+            ] {
                 assert!(p.on_read(off, len, 1 << 40).read_ahead.is_empty());
             }
         }
@@ -187,8 +215,14 @@ mod tests {
         for i in 0..3 {
             p.on_read(i * MIB, MIB, 6 * MIB);
         }
-        assert_eq!(p.on_read(3 * MIB, MIB, 6 * MIB).read_ahead, 4 * MIB..5 * MIB);
-        assert_eq!(p.on_read(4 * MIB, MIB, 6 * MIB).read_ahead, 5 * MIB..6 * MIB);
+        assert_eq!(
+            p.on_read(3 * MIB, MIB, 6 * MIB).read_ahead,
+            4 * MIB..5 * MIB
+        );
+        assert_eq!(
+            p.on_read(4 * MIB, MIB, 6 * MIB).read_ahead,
+            5 * MIB..6 * MIB
+        );
         assert!(p.on_read(5 * MIB, MIB, 6 * MIB).read_ahead.is_empty());
     }
 

@@ -40,7 +40,10 @@ impl ReadHandle {
     pub fn new(ino: u64, blob: &str, size: u64, config: PrefetchConfig) -> Self {
         ReadHandle {
             ino,
-            pinned: Mutex::new(Pinned { blob: Arc::from(blob), size }),
+            pinned: Mutex::new(Pinned {
+                blob: Arc::from(blob),
+                size,
+            }),
             prefetcher: Mutex::new(Prefetcher::new(config)),
             prefetches: Mutex::new(BTreeMap::new()),
         }
@@ -54,7 +57,10 @@ impl ReadHandle {
     /// Moves the handle to a newer, longer version (for `tail -f`).
     pub fn repin(&self, blob: &str, size: u64) {
         self.cancel_prefetches(|_| true);
-        *self.pinned.lock().expect("pinned lock") = Pinned { blob: Arc::from(blob), size };
+        *self.pinned.lock().expect("pinned lock") = Pinned {
+            blob: Arc::from(blob),
+            size,
+        };
     }
 
     fn cancel_prefetches(&self, unwanted: impl Fn(u64) -> bool) {
@@ -86,7 +92,11 @@ pub struct Reader<R: Remote> {
 
 impl<R: Remote> Clone for Reader<R> {
     fn clone(&self) -> Self {
-        Reader { remote: self.remote.clone(), cache: self.cache.clone(), config: self.config }
+        Reader {
+            remote: self.remote.clone(),
+            cache: self.cache.clone(),
+            config: self.config,
+        }
     }
 }
 
@@ -97,10 +107,15 @@ impl<R: Remote> Reader<R> {
     }
 
     async fn chunk(&self, pinned: &Pinned, index: u64, for_reader: bool) -> Result<Bytes> {
-        let key = ChunkKey { blob: pinned.blob.clone(), index };
+        let key = ChunkKey {
+            blob: pinned.blob.clone(),
+            index,
+        };
         let range = self.chunk_range(index, pinned.size);
         self.cache
-            .get_or_fetch(&key, for_reader, || self.remote.read_range(&pinned.blob, range))
+            .get_or_fetch(&key, for_reader, || {
+                self.remote.read_range(&pinned.blob, range)
+            })
             .await
     }
 
@@ -111,7 +126,12 @@ impl<R: Remote> Reader<R> {
             return Ok(Bytes::new());
         }
         let wanted = offset..(offset + len).min(pinned.size);
-        let plan = handle.prefetcher.lock().expect("prefetcher lock").on_read(offset, len, pinned.size);
+        let plan =
+            handle
+                .prefetcher
+                .lock()
+                .expect("prefetcher lock")
+                .on_read(offset, len, pinned.size);
         let needed = chunks_covering(&wanted, self.config.chunk_size);
         let ahead = chunks_covering(&plan.read_ahead, self.config.chunk_size);
         if plan.seek {
@@ -119,7 +139,12 @@ impl<R: Remote> Reader<R> {
         }
         self.schedule_read_ahead(handle, &pinned, ahead);
 
-        let all_cached = needed.clone().all(|i| self.cache.is_present_or_pending(&ChunkKey { blob: pinned.blob.clone(), index: i }));
+        let all_cached = needed.clone().all(|i| {
+            self.cache.is_present_or_pending(&ChunkKey {
+                blob: pinned.blob.clone(),
+                index: i,
+            })
+        });
         // A large read after a jump is the start of a stretch (a player seeking, the kernel's
         // first read-ahead), so it fetches the whole chunks around it, in parallel, and the
         // reads that continue it are served from the cache instead of one round trip each.
@@ -132,14 +157,26 @@ impl<R: Remote> Reader<R> {
                 for i in needed {
                     let chunk = self.chunk_range(i, pinned.size);
                     if chunk.start >= wanted.start && chunk.end <= wanted.end {
-                        let slice = data.slice((chunk.start - wanted.start) as usize..(chunk.end - wanted.start) as usize);
-                        self.cache.insert(ChunkKey { blob: pinned.blob.clone(), index: i }, slice, true);
+                        let slice = data.slice(
+                            (chunk.start - wanted.start) as usize
+                                ..(chunk.end - wanted.start) as usize,
+                        );
+                        self.cache.insert(
+                            ChunkKey {
+                                blob: pinned.blob.clone(),
+                                index: i,
+                            },
+                            slice,
+                            true,
+                        );
                     }
                 }
             }
             return Ok(data);
         }
-        let parts = futures::future::try_join_all(needed.clone().map(|i| self.chunk(&pinned, i, true))).await?;
+        let parts =
+            futures::future::try_join_all(needed.clone().map(|i| self.chunk(&pinned, i, true)))
+                .await?;
         if parts.len() == 1 {
             let chunk_start = needed.start * self.config.chunk_size;
             let from = (wanted.start - chunk_start) as usize;
@@ -166,7 +203,10 @@ impl<R: Remote> Reader<R> {
             if tasks.len() >= MAX_PREFETCH_IN_FLIGHT {
                 break;
             }
-            let key = ChunkKey { blob: pinned.blob.clone(), index };
+            let key = ChunkKey {
+                blob: pinned.blob.clone(),
+                index,
+            };
             if tasks.contains_key(&index) || self.cache.is_present_or_pending(&key) {
                 continue;
             }
@@ -184,7 +224,11 @@ impl<R: Remote> Reader<R> {
 
 fn slice_checked(data: &Bytes, range: Range<usize>) -> Result<Bytes> {
     if range.end > data.len() {
-        return Err(FsError::Remote(format!("short chunk: {} bytes, needed {}", data.len(), range.end)));
+        return Err(FsError::Remote(format!(
+            "short chunk: {} bytes, needed {}",
+            data.len(),
+            range.end
+        )));
     }
     Ok(data.slice(range))
 }

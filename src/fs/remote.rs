@@ -15,7 +15,11 @@ pub trait Remote: Send + Sync + 'static {
     /// Lists the directory at `path` ("" is the root) of the mounted ref.
     fn list_dir(&self, path: &str) -> impl Future<Output = Result<TreeListing>> + Send;
     /// Reads `range` of a blob (checksummed by the implementation).
-    fn read_range(&self, hash: &str, range: Range<u64>) -> impl Future<Output = Result<Bytes>> + Send;
+    fn read_range(
+        &self,
+        hash: &str,
+        range: Range<u64>,
+    ) -> impl Future<Output = Result<Bytes>> + Send;
     /// The chunk size [`start_upload`](Self::start_upload) will answer with.
     fn upload_chunk_size(&self) -> u64;
     /// Starts a resumable upload; returns its id and chunk size.
@@ -23,16 +27,30 @@ pub trait Remote: Send + Sync + 'static {
     /// Stores a small blob in one request.
     fn upload_small(&self, data: Bytes) -> impl Future<Output = Result<BlobInfo>> + Send;
     /// Stores chunk `index` of an upload (checksummed, retried by the implementation).
-    fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> impl Future<Output = Result<()>> + Send;
+    fn put_chunk(
+        &self,
+        upload_id: &str,
+        index: u64,
+        data: Bytes,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Makes chunk `index` of an upload a server-side copy of the same range of blob
     /// `source`; returns the chunk's length.
-    fn copy_chunk(&self, upload_id: &str, index: u64, source: &str) -> impl Future<Output = Result<u64>> + Send;
+    fn copy_chunk(
+        &self,
+        upload_id: &str,
+        index: u64,
+        source: &str,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Assembles an upload into a blob.
     fn complete_upload(&self, upload_id: &str) -> impl Future<Output = Result<BlobInfo>> + Send;
     /// Drops an upload.
     fn abort_upload(&self, upload_id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Applies changes to the mounted branch in one commit.
-    fn commit(&self, changes: Vec<Change>, message: String) -> impl Future<Output = Result<CommitCreated>> + Send;
+    fn commit(
+        &self,
+        changes: Vec<Change>,
+        message: String,
+    ) -> impl Future<Output = Result<CommitCreated>> + Send;
 }
 
 /// How long to wait before reconnecting a broken event stream.
@@ -48,7 +66,11 @@ pub struct ClientRemote {
 impl ClientRemote {
     /// Reads `reference` (a branch or commit; the default branch when `None`) through `client`.
     pub fn new(client: Client, reference: Option<String>) -> Self {
-        ClientRemote { client, reference, cancel: CancellationToken::new() }
+        ClientRemote {
+            client,
+            reference,
+            cancel: CancellationToken::new(),
+        }
     }
 
     /// Cancels every request in flight (at unmount).
@@ -75,7 +97,11 @@ impl ClientRemote {
                             e = events.next() => e,
                         };
                         match next {
-                            Some(Ok(event)) if event.branch == branch || event.branch.is_empty() => on_change(),
+                            Some(Ok(event))
+                                if event.branch == branch || event.branch.is_empty() =>
+                            {
+                                on_change()
+                            }
                             Some(Ok(_)) => {}
                             Some(Err(e)) => {
                                 log::debug!("event stream: {e}");
@@ -97,15 +123,25 @@ impl ClientRemote {
 
 impl Remote for ClientRemote {
     async fn list_dir(&self, path: &str) -> Result<TreeListing> {
-        Ok(self.client.list_dir(path, self.reference.as_deref(), &self.cancel).await?)
+        Ok(self
+            .client
+            .list_dir(path, self.reference.as_deref(), &self.cancel)
+            .await?)
     }
 
     async fn read_range(&self, hash: &str, range: Range<u64>) -> Result<Bytes> {
         // Retries of one read stop at a deadline: a program reading from an unreachable server
         // gets EIO, not a hang.
-        match tokio::time::timeout(READ_DEADLINE, self.client.read_range(hash, range.clone(), &self.cancel)).await {
+        match tokio::time::timeout(
+            READ_DEADLINE,
+            self.client.read_range(hash, range.clone(), &self.cancel),
+        )
+        .await
+        {
             Ok(result) => Ok(result?),
-            Err(_) => Err(FsError::Remote(format!("reading {hash} bytes {range:?} took longer than {READ_DEADLINE:?}"))),
+            Err(_) => Err(FsError::Remote(format!(
+                "reading {hash} bytes {range:?} took longer than {READ_DEADLINE:?}"
+            ))),
         }
     }
 
@@ -114,7 +150,10 @@ impl Remote for ClientRemote {
     }
 
     async fn start_upload(&self) -> Result<UploadStarted> {
-        Ok(self.client.start_upload(Some(UPLOAD_CHUNK), &self.cancel).await?)
+        Ok(self
+            .client
+            .start_upload(Some(UPLOAD_CHUNK), &self.cancel)
+            .await?)
     }
 
     async fn upload_small(&self, data: Bytes) -> Result<BlobInfo> {
@@ -122,11 +161,17 @@ impl Remote for ClientRemote {
     }
 
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {
-        Ok(self.client.put_chunk(upload_id, index, data, None, &self.cancel).await?)
+        Ok(self
+            .client
+            .put_chunk(upload_id, index, data, None, &self.cancel)
+            .await?)
     }
 
     async fn copy_chunk(&self, upload_id: &str, index: u64, source: &str) -> Result<u64> {
-        Ok(self.client.copy_chunk(upload_id, index, source, &self.cancel).await?)
+        Ok(self
+            .client
+            .copy_chunk(upload_id, index, source, &self.cancel)
+            .await?)
     }
 
     async fn complete_upload(&self, upload_id: &str) -> Result<BlobInfo> {
@@ -138,7 +183,11 @@ impl Remote for ClientRemote {
     }
 
     async fn commit(&self, changes: Vec<Change>, message: String) -> Result<CommitCreated> {
-        let request = CommitRequest { branch: self.reference.clone(), message, changes };
+        let request = CommitRequest {
+            branch: self.reference.clone(),
+            message,
+            changes,
+        };
         Ok(self.client.commit(&request, &self.cancel).await?)
     }
 }

@@ -57,7 +57,12 @@ pub struct SpoolNote {
 
 /// Byte ranges of a file of `size` bytes that are in neither the spool's `present` chunks nor
 /// beyond the first `base_valid` bytes of the base.
-pub fn missing_ranges(present: &BTreeSet<u64>, base_valid: u64, size: u64, chunk_size: u64) -> Vec<Range<u64>> {
+pub fn missing_ranges(
+    present: &BTreeSet<u64>,
+    base_valid: u64,
+    size: u64,
+    chunk_size: u64,
+) -> Vec<Range<u64>> {
     let end = base_valid.min(size);
     (0..end.div_ceil(chunk_size))
         .filter(|i| !present.contains(i))
@@ -75,11 +80,16 @@ pub struct SpoolDir {
 impl SpoolDir {
     /// Creates and locks a fresh spool directory under `<cache_dir>/spool/`.
     pub fn claim(cache_dir: &Path) -> std::io::Result<SpoolDir> {
-        let dir = cache_dir.join("spool").join(uuid::Uuid::new_v4().to_string());
+        let dir = cache_dir
+            .join("spool")
+            .join(uuid::Uuid::new_v4().to_string());
         std::fs::create_dir_all(&dir)?;
         let lock = File::create(dir.join(".lock"))?;
         if !try_lock(&lock)? {
-            return Err(std::io::Error::other(format!("{} is locked by another mount", dir.display())));
+            return Err(std::io::Error::other(format!(
+                "{} is locked by another mount",
+                dir.display()
+            )));
         }
         Ok(SpoolDir { dir, _lock: lock })
     }
@@ -117,13 +127,21 @@ impl SpoolJournal {
         let note_path = spool.with_extension("json");
         let log_path = spool.with_extension("log");
         let log = File::create(&log_path)?;
-        let journal = SpoolJournal { note_path, log_path, log, note };
+        let journal = SpoolJournal {
+            note_path,
+            log_path,
+            log,
+            note,
+        };
         journal.write_note()?;
         Ok(journal)
     }
 
     fn write_note(&self) -> std::io::Result<()> {
-        std::fs::write(&self.note_path, serde_json::to_vec(&self.note).map_err(std::io::Error::other)?)
+        std::fs::write(
+            &self.note_path,
+            serde_json::to_vec(&self.note).map_err(std::io::Error::other)?,
+        )
     }
 
     /// Chunk `index` of the spool now holds the file's bytes.
@@ -158,16 +176,29 @@ impl SpoolJournal {
 }
 
 /// Keeps `source` as a recovery copy with `note`; moves it when `move_source`, else copies.
-pub fn keep_for_recovery(recovery_dir: &Path, source: &Path, move_source: bool, note: &RecoveryNote) -> std::io::Result<PathBuf> {
+pub fn keep_for_recovery(
+    recovery_dir: &Path,
+    source: &Path,
+    move_source: bool,
+    note: &RecoveryNote,
+) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(recovery_dir)?;
-    let name = format!("{}-{}-{}", note.time.replace(':', ""), &uuid::Uuid::new_v4().to_string()[..8], note.path.replace('/', "%2F"));
+    let name = format!(
+        "{}-{}-{}",
+        note.time.replace(':', ""),
+        &uuid::Uuid::new_v4().to_string()[..8],
+        note.path.replace('/', "%2F")
+    );
     let dest = recovery_dir.join(&name);
     if move_source {
         std::fs::rename(source, &dest)?;
     } else {
         std::fs::copy(source, &dest)?;
     }
-    std::fs::write(recovery_dir.join(format!("{name}.json")), serde_json::to_vec_pretty(note).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        recovery_dir.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(note).map_err(std::io::Error::other)?,
+    )?;
     Ok(dest)
 }
 
@@ -180,10 +211,18 @@ pub fn now_rfc3339() -> String {
 /// `recovery_dir`. Returns the recovery copies made.
 pub fn rescue_orphans(cache_dir: &Path, recovery_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut rescued = Vec::new();
-    let Ok(entries) = std::fs::read_dir(cache_dir.join("spool")) else { return Ok(rescued) };
+    let Ok(entries) = std::fs::read_dir(cache_dir.join("spool")) else {
+        return Ok(rescued);
+    };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let Ok(lock) = File::options().read(true).write(true).open(dir.join(".lock")) else { continue };
+        let Ok(lock) = File::options()
+            .read(true)
+            .write(true)
+            .open(dir.join(".lock"))
+        else {
+            continue;
+        };
         if !try_lock(&lock)? {
             continue; // a live mount
         }
@@ -207,11 +246,17 @@ pub fn rescue_orphans(cache_dir: &Path, recovery_dir: &Path) -> std::io::Result<
 
 fn rescue_one(note_path: &Path, recovery_dir: &Path) -> std::io::Result<Option<PathBuf>> {
     let spool = note_path.with_extension("");
-    let note: SpoolNote = serde_json::from_slice(&std::fs::read(note_path)?).map_err(std::io::Error::other)?;
-    let Ok(meta) = std::fs::metadata(&spool) else { return Ok(None) };
+    let note: SpoolNote =
+        serde_json::from_slice(&std::fs::read(note_path)?).map_err(std::io::Error::other)?;
+    let Ok(meta) = std::fs::metadata(&spool) else {
+        return Ok(None);
+    };
     let mut present = BTreeSet::new();
     let mut base_valid = note.base_valid;
-    for line in std::fs::read_to_string(spool.with_extension("log")).unwrap_or_default().lines() {
+    for line in std::fs::read_to_string(spool.with_extension("log"))
+        .unwrap_or_default()
+        .lines()
+    {
         match line.split_once(' ') {
             Some(("p", i)) => present.extend(i.parse::<u64>().ok()),
             Some(("v", v)) => base_valid = base_valid.min(v.parse().unwrap_or(base_valid)),
@@ -275,7 +320,8 @@ mod tests {
         assert_eq!(rescued.len(), 1);
         assert_eq!(std::fs::read(&rescued[0]).unwrap(), vec![7u8; 30]);
         let note_path = format!("{}.json", rescued[0].display());
-        let note: RecoveryNote = serde_json::from_slice(&std::fs::read(note_path).unwrap()).unwrap();
+        let note: RecoveryNote =
+            serde_json::from_slice(&std::fs::read(note_path).unwrap()).unwrap();
         assert_eq!(note.path, "a/b.txt");
         assert_eq!(note.missing, vec![[10, 20]]);
         assert_eq!(note.fill_from, Some("f".repeat(64)));

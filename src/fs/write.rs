@@ -24,7 +24,9 @@ use tokio::task::JoinSet;
 use super::error::{FsError, Result};
 use super::read::Pinned;
 use super::remote::Remote;
-use super::spool::{keep_for_recovery, missing_ranges, now_rfc3339, RecoveryNote, SpoolJournal, SpoolNote};
+use super::spool::{
+    keep_for_recovery, missing_ranges, now_rfc3339, RecoveryNote, SpoolJournal, SpoolNote,
+};
 use crate::api::{BlobInfo, Change};
 
 /// Chunk PUTs one write handle keeps in flight.
@@ -122,12 +124,29 @@ fn chunks_of(size: u64, cs: u64) -> u64 {
 impl WriteHandle {
     /// A handle on `path`. `base` is the version at open (`None` for a new file);
     /// `truncate` starts it empty.
-    pub fn new(ino: u64, path: &str, base: Option<Pinned>, truncate: bool, mode: u32, config: WriteConfig) -> Result<Self> {
+    pub fn new(
+        ino: u64,
+        path: &str,
+        base: Option<Pinned>,
+        truncate: bool,
+        mode: u32,
+        config: WriteConfig,
+    ) -> Result<Self> {
         std::fs::create_dir_all(&config.spool_dir)?;
-        let spool_path = config.spool_dir.join(format!("spool-{}", uuid::Uuid::new_v4()));
-        let spool = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&spool_path)?;
+        let spool_path = config
+            .spool_dir
+            .join(format!("spool-{}", uuid::Uuid::new_v4()));
+        let spool = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&spool_path)?;
         let expect = base.as_ref().map(|b| b.blob.to_string());
-        let size = if truncate { 0 } else { base.as_ref().map_or(0, |b| b.size) };
+        let size = if truncate {
+            0
+        } else {
+            base.as_ref().map_or(0, |b| b.size)
+        };
         spool.set_len(size)?;
         let journal = SpoolJournal::create(
             &spool_path,
@@ -206,7 +225,10 @@ impl WriteHandle {
 
     /// Records that the process with `lock_owner` wrote through this handle.
     pub fn note_writer(&self, lock_owner: u64) {
-        self.writers.lock().expect("writers lock").insert(lock_owner);
+        self.writers
+            .lock()
+            .expect("writers lock")
+            .insert(lock_owner);
     }
 
     /// Whether a FLUSH from `lock_owner` should commit: one of the writers closes, or nobody
@@ -232,11 +254,15 @@ impl WriteHandle {
             while s.tail.len() as u64 >= cs {
                 let index = (s.size - s.tail.len() as u64) / cs;
                 let chunk = s.tail.split_to(cs as usize).freeze();
-                self.send_chunk(&mut s, remote, index, ChunkBody::Data(chunk)).await?;
+                self.send_chunk(&mut s, remote, index, ChunkBody::Data(chunk))
+                    .await?;
             }
         } else {
             if s.streaming {
-                log::debug!("{}: write at {offset} is not an append; spooling", self.path());
+                log::debug!(
+                    "{}: write at {offset} is not an append; spooling",
+                    self.path()
+                );
                 s.streaming = false;
                 s.tail.clear();
             }
@@ -314,10 +340,17 @@ impl WriteHandle {
         if s.present.contains(&index) || s.streaming || start >= end {
             return Ok(());
         }
-        let Some(base) = s.base.clone() else { return Ok(()) };
+        let Some(base) = s.base.clone() else {
+            return Ok(());
+        };
         let data = remote.read_range(&base.blob, start..end).await?;
         if data.len() as u64 != end - start {
-            return Err(FsError::Remote(format!("short read of {}: {} of {} bytes", base.blob, data.len(), end - start)));
+            return Err(FsError::Remote(format!(
+                "short read of {}: {} of {} bytes",
+                base.blob,
+                data.len(),
+                end - start
+            )));
         }
         s.spool.write_all_at(&data, start)?;
         s.present.insert(index);
@@ -325,28 +358,56 @@ impl WriteHandle {
         Ok(())
     }
 
-    async fn send_chunk<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, index: u64, body: ChunkBody) -> Result<()> {
+    async fn send_chunk<R: Remote>(
+        &self,
+        s: &mut WriteState,
+        remote: &Arc<R>,
+        index: u64,
+        body: ChunkBody,
+    ) -> Result<()> {
         if s.upload.is_none() {
             let started = remote.start_upload().await?;
             if started.chunk_size != self.config.chunk_size {
-                return Err(FsError::Remote(format!("the server chose chunk size {} instead of {}", started.chunk_size, self.config.chunk_size)));
+                return Err(FsError::Remote(format!(
+                    "the server chose chunk size {} instead of {}",
+                    started.chunk_size, self.config.chunk_size
+                )));
             }
-            s.upload = Some(Upload { id: started.upload_id, uploaded: BTreeMap::new(), puts: JoinSet::new() });
+            s.upload = Some(Upload {
+                id: started.upload_id,
+                uploaded: BTreeMap::new(),
+                puts: JoinSet::new(),
+            });
         }
         let up = s.upload.as_mut().expect("started above");
         // Backpressure: wait for a PUT to finish before starting another.
         while up.puts.len() >= MAX_PUTS_IN_FLIGHT {
-            let (i, len) = up.puts.join_next().await.expect("non-empty").map_err(|e| FsError::Remote(e.to_string()))??;
+            let (i, len) = up
+                .puts
+                .join_next()
+                .await
+                .expect("non-empty")
+                .map_err(|e| FsError::Remote(e.to_string()))??;
             up.uploaded.insert(i, len);
         }
         let (remote, id) = (remote.clone(), up.id.clone());
         match body {
             ChunkBody::Data(data) => {
                 let len = data.len() as u64;
-                up.puts.spawn(async move { remote.put_chunk(&id, index, data).await.map(|_| (index, len)) });
+                up.puts.spawn(async move {
+                    remote
+                        .put_chunk(&id, index, data)
+                        .await
+                        .map(|_| (index, len))
+                });
             }
             ChunkBody::CopyOf(source) => {
-                up.puts.spawn(async move { remote.copy_chunk(&id, index, &source).await.map(|len| (index, len)) });
+                up.puts.spawn(async move {
+                    remote
+                        .copy_chunk(&id, index, &source)
+                        .await
+                        .map(|len| (index, len))
+                });
             }
         }
         Ok(())
@@ -356,7 +417,9 @@ impl WriteHandle {
     fn unchanged_from_base(s: &WriteState, index: u64, cs: u64) -> bool {
         let Some(base) = &s.base else { return false };
         let end = ((index + 1) * cs).min(s.size);
-        !s.modified.contains(&index) && end <= s.base_valid && ((index + 1) * cs).min(base.size) == end
+        !s.modified.contains(&index)
+            && end <= s.base_valid
+            && ((index + 1) * cs).min(base.size) == end
     }
 
     async fn drain_puts(s: &mut WriteState) -> Result<()> {
@@ -381,7 +444,11 @@ impl WriteHandle {
             };
         }
         let path = self.path();
-        let outcome = if s.dirty { self.upload_and_commit(&mut s, remote, &path).await } else { self.commit_meta(&mut s, remote, &path).await };
+        let outcome = if s.dirty {
+            self.upload_and_commit(&mut s, remote, &path).await
+        } else {
+            self.commit_meta(&mut s, remote, &path).await
+        };
         match outcome {
             Ok(done) => {
                 s.failed = None;
@@ -390,10 +457,17 @@ impl WriteHandle {
                 Ok(Some(done))
             }
             Err(e) => {
-                let saved = self.save_recovery(&mut s, remote, &path, &e.to_string()).await;
+                let saved = self
+                    .save_recovery(&mut s, remote, &path, &e.to_string())
+                    .await;
                 match &saved {
-                    Ok(p) => log::error!("could not commit {path:?} ({e}); its bytes are kept in {}", p.display()),
-                    Err(io) => log::error!("could not commit {path:?} ({e}), and could not keep a copy: {io}"),
+                    Ok(p) => log::error!(
+                        "could not commit {path:?} ({e}); its bytes are kept in {}",
+                        p.display()
+                    ),
+                    Err(io) => log::error!(
+                        "could not commit {path:?} ({e}), and could not keep a copy: {io}"
+                    ),
                 }
                 // The bytes are safe in recovery/: do not upload them again at release, but
                 // report the failure to every later close of this handle.
@@ -409,14 +483,23 @@ impl WriteHandle {
         }
     }
 
-    async fn upload_and_commit<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, path: &str) -> Result<Committed> {
+    async fn upload_and_commit<R: Remote>(
+        &self,
+        s: &mut WriteState,
+        remote: &Arc<R>,
+        path: &str,
+    ) -> Result<Committed> {
         let cs = self.config.chunk_size;
         Self::drain_puts(s).await?;
         let count = chunks_of(s.size, cs);
         let expected_len = |i: u64, size: u64| ((i + 1) * cs).min(size) - i * cs;
         // An upload holding chunks that no longer fit the file cannot be completed: start over.
         let size = s.size;
-        if s.upload.as_ref().is_some_and(|up| up.uploaded.iter().any(|(i, len)| *i >= count || *len != expected_len(*i, size))) {
+        if s.upload.as_ref().is_some_and(|up| {
+            up.uploaded
+                .iter()
+                .any(|(i, len)| *i >= count || *len != expected_len(*i, size))
+        }) {
             let up = s.upload.take().expect("checked");
             let _ = remote.abort_upload(&up.id).await;
         }
@@ -431,23 +514,35 @@ impl WriteHandle {
         if s.streaming && !s.tail.is_empty() {
             let index = (s.size - s.tail.len() as u64) / cs;
             let chunk = std::mem::take(&mut s.tail).freeze();
-            self.send_chunk(s, remote, index, ChunkBody::Data(chunk)).await?;
+            self.send_chunk(s, remote, index, ChunkBody::Data(chunk))
+                .await?;
             Self::drain_puts(s).await?;
         }
         let pending: Vec<u64> = (0..count)
-            .filter(|i| s.upload.as_ref().is_none_or(|up| up.uploaded.get(i) != Some(&expected_len(*i, size))))
+            .filter(|i| {
+                s.upload
+                    .as_ref()
+                    .is_none_or(|up| up.uploaded.get(i) != Some(&expected_len(*i, size)))
+            })
             .collect();
         for index in pending {
             if Self::unchanged_from_base(s, index, cs) {
-                let source = s.base.as_ref().expect("unchanged_from_base checks it").blob.clone();
-                self.send_chunk(s, remote, index, ChunkBody::CopyOf(source)).await?;
+                let source = s
+                    .base
+                    .as_ref()
+                    .expect("unchanged_from_base checks it")
+                    .blob
+                    .clone();
+                self.send_chunk(s, remote, index, ChunkBody::CopyOf(source))
+                    .await?;
                 continue;
             }
             self.fill(s, remote, index).await?;
             let len = expected_len(index, size) as usize;
             let mut buf = vec![0; len];
             s.spool.read_exact_at(&mut buf, index * cs)?;
-            self.send_chunk(s, remote, index, ChunkBody::Data(Bytes::from(buf))).await?;
+            self.send_chunk(s, remote, index, ChunkBody::Data(Bytes::from(buf)))
+                .await?;
         }
         Self::drain_puts(s).await?;
         let blob = match s.upload.take() {
@@ -461,36 +556,92 @@ impl WriteHandle {
         self.commit_blob(s, remote, path, blob, count).await
     }
 
-    async fn commit_blob<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, path: &str, blob: BlobInfo, count: u64) -> Result<Committed> {
+    async fn commit_blob<R: Remote>(
+        &self,
+        s: &mut WriteState,
+        remote: &Arc<R>,
+        path: &str,
+        blob: BlobInfo,
+        count: u64,
+    ) -> Result<Committed> {
         if blob.size != s.size {
-            return Err(FsError::Remote(format!("the server assembled {} bytes, {} were written", blob.size, s.size)));
+            return Err(FsError::Remote(format!(
+                "the server assembled {} bytes, {} were written",
+                blob.size, s.size
+            )));
         }
-        let change = Change::Put { path: path.to_string(), hash: blob.hash.clone(), mode: Some(s.mode), mtime: s.mtime, expect: Some(s.expect.clone()) };
+        let change = Change::Put {
+            path: path.to_string(),
+            hash: blob.hash.clone(),
+            mode: Some(s.mode),
+            mtime: s.mtime,
+            expect: Some(s.expect.clone()),
+        };
         remote.commit(vec![change], format!("write {path}")).await?;
-        log::debug!("committed {path:?}: {} bytes, blob {}", blob.size, blob.hash);
+        log::debug!(
+            "committed {path:?}: {} bytes, blob {}",
+            blob.size,
+            blob.hash
+        );
         s.expect = Some(blob.hash.clone());
-        s.base = Some(Pinned { blob: Arc::from(blob.hash.as_str()), size: blob.size });
+        s.base = Some(Pinned {
+            blob: Arc::from(blob.hash.as_str()),
+            size: blob.size,
+        });
         s.base_valid = blob.size;
         s.present = (0..count).collect();
         s.modified.clear();
         s.journal.committed(&blob.hash)?;
         s.streaming = false;
         s.dirty = false;
-        Ok(Committed { blob, mode: s.mode, mtime: s.mtime })
+        Ok(Committed {
+            blob,
+            mode: s.mode,
+            mtime: s.mtime,
+        })
     }
 
     /// Commits a new mode or modification time for unchanged bytes: no upload.
-    async fn commit_meta<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, path: &str) -> Result<Committed> {
-        let Some(base) = s.base.clone() else { return self.upload_and_commit(s, remote, path).await };
-        let blob = BlobInfo { hash: base.blob.to_string(), size: base.size, md5: String::new() };
-        let change = Change::Put { path: path.to_string(), hash: blob.hash.clone(), mode: Some(s.mode), mtime: s.mtime, expect: Some(s.expect.clone()) };
-        remote.commit(vec![change], format!("setattr {path}")).await?;
-        Ok(Committed { blob, mode: s.mode, mtime: s.mtime })
+    async fn commit_meta<R: Remote>(
+        &self,
+        s: &mut WriteState,
+        remote: &Arc<R>,
+        path: &str,
+    ) -> Result<Committed> {
+        let Some(base) = s.base.clone() else {
+            return self.upload_and_commit(s, remote, path).await;
+        };
+        let blob = BlobInfo {
+            hash: base.blob.to_string(),
+            size: base.size,
+            md5: String::new(),
+        };
+        let change = Change::Put {
+            path: path.to_string(),
+            hash: blob.hash.clone(),
+            mode: Some(s.mode),
+            mtime: s.mtime,
+            expect: Some(s.expect.clone()),
+        };
+        remote
+            .commit(vec![change], format!("setattr {path}"))
+            .await?;
+        Ok(Committed {
+            blob,
+            mode: s.mode,
+            mtime: s.mtime,
+        })
     }
 
     /// Copies the spool to the recovery directory. Chunks still only in the base are fetched
     /// first if the server answers; the note names those it could not fetch.
-    async fn save_recovery<R: Remote>(&self, s: &mut WriteState, remote: &Arc<R>, path: &str, reason: &str) -> std::io::Result<PathBuf> {
+    async fn save_recovery<R: Remote>(
+        &self,
+        s: &mut WriteState,
+        remote: &Arc<R>,
+        path: &str,
+        reason: &str,
+    ) -> std::io::Result<PathBuf> {
         let cs = self.config.chunk_size;
         for range in missing_ranges(&s.present, s.base_valid, s.size, cs) {
             if self.fill(s, remote, range.start / cs).await.is_err() {
@@ -505,7 +656,11 @@ impl WriteHandle {
             expect: s.expect.clone(),
             reason: reason.to_string(),
             time: now_rfc3339(),
-            fill_from: if missing.is_empty() { None } else { s.base.as_ref().map(|b| b.blob.to_string()) },
+            fill_from: if missing.is_empty() {
+                None
+            } else {
+                s.base.as_ref().map(|b| b.blob.to_string())
+            },
             missing: missing.iter().map(|r| [r.start, r.end]).collect(),
         };
         keep_for_recovery(&self.config.recovery_dir, &self.spool_path, false, &note)

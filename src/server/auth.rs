@@ -30,14 +30,22 @@ pub struct TokenGrant {
 impl std::fmt::Debug for TokenGrant {
     // The token itself never reaches a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenGrant").field("token", &"***").field("repo", &self.repo).field("writable", &self.writable).finish()
+        f.debug_struct("TokenGrant")
+            .field("token", &"***")
+            .field("repo", &self.repo)
+            .field("writable", &self.writable)
+            .finish()
     }
 }
 
 impl TokenGrant {
     /// A token that may do everything.
     pub fn full(token: &str) -> Self {
-        TokenGrant { token: token.to_string(), repo: None, writable: true }
+        TokenGrant {
+            token: token.to_string(),
+            repo: None,
+            writable: true,
+        }
     }
 }
 
@@ -56,10 +64,19 @@ pub fn parse_token_file(text: &str) -> Result<Vec<TokenGrant>, String> {
         let writable = match mode {
             "rw" => true,
             "ro" => false,
-            other => return Err(format!("line {}: mode {other:?} is neither ro nor rw", n + 1)),
+            other => {
+                return Err(format!(
+                    "line {}: mode {other:?} is neither ro nor rw",
+                    n + 1
+                ))
+            }
         };
         let repo = (repo != "*").then(|| repo.to_string());
-        grants.push(TokenGrant { token: token.to_string(), repo, writable });
+        grants.push(TokenGrant {
+            token: token.to_string(),
+            repo,
+            writable,
+        });
     }
     Ok(grants)
 }
@@ -74,18 +91,29 @@ fn scope_of<'a>(method: &Method, path: &'a str) -> (Option<&'a str>, bool) {
         }
         let (repo, tail) = rest.split_once('/').unwrap_or((rest, ""));
         // Opening, reading and cancelling stream sessions change nothing stored.
-        let session_op = tail == "stream/blob/start" || (tail.starts_with("stream/blob/") && *method == Method::DELETE && tail != "stream/blob/upload");
+        let session_op = tail == "stream/blob/start"
+            || (tail.starts_with("stream/blob/")
+                && *method == Method::DELETE
+                && tail != "stream/blob/upload");
         return (Some(repo), !reads && !session_op);
     }
     if path == "/metrics" || path == "/healthz" {
         return (None, false);
     }
-    let repo = path.trim_start_matches('/').split('/').next().filter(|r| !r.is_empty());
+    let repo = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|r| !r.is_empty());
     (repo, !reads)
 }
 
 /// Refuses requests without a valid token (401) or beyond its grant (403).
-pub async fn require_token(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let grants = &state.config.tokens;
     if grants.is_empty() || request.uri().path() == "/healthz" {
         return next.run(request).await;
@@ -98,16 +126,34 @@ pub async fn require_token(State(state): State<Arc<AppState>>, request: Request,
         .map(str::trim);
     // Check every grant so the time taken does not tell which one nearly matched.
     let grant = offered.and_then(|offered| {
-        grants.iter().fold(None, |found, g| if constant_time_eq(g.token.as_bytes(), offered.as_bytes()) { Some(g) } else { found })
+        grants.iter().fold(None, |found, g| {
+            if constant_time_eq(g.token.as_bytes(), offered.as_bytes()) {
+                Some(g)
+            } else {
+                found
+            }
+        })
     });
     let Some(grant) = grant else {
-        let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid bearer token").into_response();
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid header"));
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("valid header"),
+        );
         return response;
     };
     let (repo, writes) = scope_of(request.method(), request.uri().path());
     // Compare the name the router will see (percent-decoded).
-    let repo = repo.map(|r| percent_encoding::percent_decode_str(r).decode_utf8_lossy().into_owned());
+    let repo = repo.map(|r| {
+        percent_encoding::percent_decode_str(r)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
     let repo_allowed = match (&grant.repo, repo) {
         (None, _) => true,
         (Some(allowed), Some(repo)) => *allowed == repo,
@@ -115,10 +161,20 @@ pub async fn require_token(State(state): State<Arc<AppState>>, request: Request,
         (Some(_), None) => !writes,
     };
     if !repo_allowed {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may not access that repository").into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not access that repository",
+        )
+        .into_response();
     }
     if writes && !grant.writable {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token is read-only").into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token is read-only",
+        )
+        .into_response();
     }
     next.run(request).await
 }
@@ -144,11 +200,25 @@ mod tests {
 
     #[test]
     fn token_files_parse_and_bad_lines_are_refused() {
-        let grants = parse_token_file("# comment\n\nalpha * rw\nbeta photos ro  # reader\n").unwrap();
-        assert_eq!(grants, vec![TokenGrant::full("alpha"), TokenGrant { token: "beta".into(), repo: Some("photos".into()), writable: false }]);
+        let grants =
+            parse_token_file("# comment\n\nalpha * rw\nbeta photos ro  # reader\n").unwrap();
+        assert_eq!(
+            grants,
+            vec![
+                TokenGrant::full("alpha"),
+                TokenGrant {
+                    token: "beta".into(),
+                    repo: Some("photos".into()),
+                    writable: false
+                }
+            ]
+        );
         assert!(parse_token_file("alpha *").is_err());
         assert!(parse_token_file("alpha * admin").is_err());
-        assert!(!format!("{:?}", grants[0]).contains("alpha"), "a token in a debug print");
+        assert!(
+            !format!("{:?}", grants[0]).contains("alpha"),
+            "a token in a debug print"
+        );
     }
 
     #[test]
@@ -157,13 +227,34 @@ mod tests {
         let post = Method::POST;
         assert_eq!(scope_of(&get, "/api/v1/repos"), (None, false));
         assert_eq!(scope_of(&post, "/api/v1/repos"), (None, true));
-        assert_eq!(scope_of(&get, "/api/v1/repos/photos/tree/a"), (Some("photos"), false));
-        assert_eq!(scope_of(&post, "/api/v1/repos/photos/commits"), (Some("photos"), true));
-        assert_eq!(scope_of(&Method::PUT, "/api/v1/repos/photos/uploads/u/0"), (Some("photos"), true));
-        assert_eq!(scope_of(&post, "/api/v1/repos/photos/stream/blob/start"), (Some("photos"), false));
-        assert_eq!(scope_of(&Method::DELETE, "/api/v1/repos/photos/stream/blob/s1"), (Some("photos"), false));
-        assert_eq!(scope_of(&post, "/api/v1/repos/photos/stream/blob/upload"), (Some("photos"), true));
-        assert_eq!(scope_of(&Method::DELETE, "/api/v1/repos/photos/uploads/u"), (Some("photos"), true));
+        assert_eq!(
+            scope_of(&get, "/api/v1/repos/photos/tree/a"),
+            (Some("photos"), false)
+        );
+        assert_eq!(
+            scope_of(&post, "/api/v1/repos/photos/commits"),
+            (Some("photos"), true)
+        );
+        assert_eq!(
+            scope_of(&Method::PUT, "/api/v1/repos/photos/uploads/u/0"),
+            (Some("photos"), true)
+        );
+        assert_eq!(
+            scope_of(&post, "/api/v1/repos/photos/stream/blob/start"),
+            (Some("photos"), false)
+        );
+        assert_eq!(
+            scope_of(&Method::DELETE, "/api/v1/repos/photos/stream/blob/s1"),
+            (Some("photos"), false)
+        );
+        assert_eq!(
+            scope_of(&post, "/api/v1/repos/photos/stream/blob/upload"),
+            (Some("photos"), true)
+        );
+        assert_eq!(
+            scope_of(&Method::DELETE, "/api/v1/repos/photos/uploads/u"),
+            (Some("photos"), true)
+        );
         assert_eq!(scope_of(&get, "/photos/a/b.txt"), (Some("photos"), false));
         assert_eq!(scope_of(&get, "/metrics"), (None, false));
     }

@@ -55,12 +55,18 @@ pub async fn serve_blob(
     }
     let (status, range) = match plan(headers, len, &etag) {
         Plan::NotModified => {
-            return Ok(builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).expect("valid response"))
+            return Ok(builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .expect("valid response"))
         }
         Plan::Unsatisfiable => return Err(ApiError::range_not_satisfiable(len)),
         Plan::Full => (StatusCode::OK, 0..len),
         Plan::Partial(r) => {
-            builder = builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{len}", r.start, r.end - 1));
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{len}", r.start, r.end - 1),
+            );
             (StatusCode::PARTIAL_CONTENT, r)
         }
     };
@@ -106,14 +112,17 @@ pub async fn serve_blob(
         Body::from(data)
     } else {
         let metrics = state.metrics.clone();
-        let stream = state.store.stream_blob(repo, hash, range).map(move |piece| {
-            piece
-                .inspect(|b| metrics.add_sent(b.len() as u64))
-                .map_err(|e| {
-                    log::warn!("blob stream failed: {e}");
-                    std::io::Error::other(e.to_string())
-                })
-        });
+        let stream = state
+            .store
+            .stream_blob(repo, hash, range)
+            .map(move |piece| {
+                piece
+                    .inspect(|b| metrics.add_sent(b.len() as u64))
+                    .map_err(|e| {
+                        log::warn!("blob stream failed: {e}");
+                        std::io::Error::other(e.to_string())
+                    })
+            });
         Body::from_stream(stream)
     };
     Ok(builder.body(body).expect("valid response"))

@@ -16,7 +16,21 @@ use super::AppState;
 use crate::api::EntryType;
 
 /// Characters escaped in a link's path segment.
-const SEGMENT: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}').add(b'/').add(b'\\').add(b'^').add(b'|');
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|');
 
 /// `GET /:repo` redirects to the root index.
 pub async fn repo_redirect(Path(repo): Path<String>) -> Redirect {
@@ -42,7 +56,10 @@ pub async fn browse(
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (_, entry) = state.store.stat(&repo, query.reference.as_deref(), &path).await?;
+    let (_, entry) = state
+        .store
+        .stat(&repo, query.reference.as_deref(), &path)
+        .await?;
     // Links and redirects keep the ref being browsed.
     let ref_suffix = match &query.reference {
         Some(r) => format!("?ref={}", utf8_percent_encode(r, SEGMENT)),
@@ -54,21 +71,32 @@ pub async fn browse(
             Ok(Redirect::permanent(&format!("{name}/{ref_suffix}")).into_response())
         }
         EntryType::Directory => {
-            let (_, entries) = state.store.list_dir(&repo, query.reference.as_deref(), &path).await?;
+            let (_, entries) = state
+                .store
+                .list_dir(&repo, query.reference.as_deref(), &path)
+                .await?;
             let title = html_escape(&format!("/{repo}/{}", entry.path));
             let mut page = format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n<pre>\n");
             if !entry.path.is_empty() {
                 let _ = writeln!(page, "<a href=\"../{ref_suffix}\">../</a>");
             }
             for e in entries {
-                let slash = if e.kind == EntryType::Directory { "/" } else { "" };
+                let slash = if e.kind == EntryType::Directory {
+                    "/"
+                } else {
+                    ""
+                };
                 let href = utf8_percent_encode(&e.name, SEGMENT);
                 let _ = writeln!(
                     page,
                     "<a href=\"{href}{slash}{ref_suffix}\">{}{slash}</a> {} {}",
                     html_escape(&e.name),
                     http_date(e.mtime),
-                    if e.kind == EntryType::Directory { "-".to_string() } else { e.size.to_string() }
+                    if e.kind == EntryType::Directory {
+                        "-".to_string()
+                    } else {
+                        e.size.to_string()
+                    }
                 );
             }
             page.push_str("</pre></body></html>\n");
@@ -77,9 +105,21 @@ pub async fn browse(
         }
         EntryType::File | EntryType::Symlink => {
             if path.ends_with('/') {
-                return Err(crate::store::StoreError::NotFound(format!("directory {:?}", entry.path)).into());
+                return Err(crate::store::StoreError::NotFound(format!(
+                    "directory {:?}",
+                    entry.path
+                ))
+                .into());
             }
-            serve_blob(&state, &repo, &entry.hash, &method, &headers, Some(entry.mtime)).await
+            serve_blob(
+                &state,
+                &repo,
+                &entry.hash,
+                &method,
+                &headers,
+                Some(entry.mtime),
+            )
+            .await
         }
     }
 }

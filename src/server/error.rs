@@ -24,7 +24,14 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a status, a machine-readable code and a message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), path: None, range_len: None, retry_after: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            path: None,
+            range_len: None,
+            retry_after: None,
+        }
     }
 
     /// 400 with code `bad_request`.
@@ -34,14 +41,21 @@ impl ApiError {
 
     /// 429 with `Retry-After: 1`.
     pub fn too_many(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message) }
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
     }
 
     /// 416 with the `Content-Range: bytes */LEN` header.
     pub fn range_not_satisfiable(len: u64) -> Self {
         ApiError {
             range_len: Some(len),
-            ..Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("range not satisfiable for {len} bytes"))
+            ..Self::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("range not satisfiable for {len} bytes"),
+            )
         }
     }
 }
@@ -52,19 +66,29 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
             StoreError::InvalidInput(_) => ApiError::bad_request(message),
-            StoreError::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "already_exists", message),
+            StoreError::AlreadyExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", message)
+            }
             StoreError::Conflict { path, .. } => ApiError {
                 path: Some(path),
                 ..ApiError::new(StatusCode::CONFLICT, "conflict", message)
             },
             StoreError::RangeNotSatisfiable { size } => ApiError::range_not_satisfiable(size),
-            StoreError::ChecksumMismatch { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "checksum_mismatch", message)
+            StoreError::ChecksumMismatch { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "checksum_mismatch",
+                message,
+            ),
+            StoreError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
             }
-            StoreError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
             StoreError::Corrupt { .. } | StoreError::Backend(_) | StoreError::Io(_) => {
                 log::error!("internal error: {message}");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error",
+                )
             }
         }
     }
@@ -72,10 +96,16 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.message, code: self.code.to_string(), path: self.path };
+        let body = ErrorBody {
+            error: self.message,
+            code: self.code.to_string(),
+            path: self.path,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(len) = self.range_len {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
@@ -89,7 +119,10 @@ impl IntoResponse for ApiError {
 /// Turns the plain-text errors of axum's extractors (a bad path escape, a bad query, a body
 /// over its limit, a GET of the WebSocket without an upgrade) into the JSON error every
 /// route answers with.
-pub async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response
@@ -101,7 +134,9 @@ pub async fn json_errors(request: axum::extract::Request, next: axum::middleware
         return response;
     }
     let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
     let message = String::from_utf8_lossy(&text).trim().to_string();
     let code = match status {
         StatusCode::BAD_REQUEST => "bad_request",
@@ -113,8 +148,21 @@ pub async fn json_errors(request: axum::extract::Request, next: axum::middleware
         s if s.is_server_error() => "internal",
         _ => "error",
     };
-    let mut answer = ApiError::new(status, code, if message.is_empty() { status.to_string() } else { message }).into_response();
-    for (name, value) in parts.headers.iter().filter(|(n, _)| *n != header::CONTENT_TYPE && *n != header::CONTENT_LENGTH) {
+    let mut answer = ApiError::new(
+        status,
+        code,
+        if message.is_empty() {
+            status.to_string()
+        } else {
+            message
+        },
+    )
+    .into_response();
+    for (name, value) in parts
+        .headers
+        .iter()
+        .filter(|(n, _)| *n != header::CONTENT_TYPE && *n != header::CONTENT_LENGTH)
+    {
         answer.headers_mut().insert(name, value.clone());
     }
     answer

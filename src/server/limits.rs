@@ -30,7 +30,10 @@ impl ClientCounts {
             return None;
         }
         *n += 1;
-        Some(Slot { counts: self, client })
+        Some(Slot {
+            counts: self,
+            client,
+        })
     }
 }
 
@@ -47,13 +50,28 @@ impl Drop for Slot<'_> {
 }
 
 /// Refuses a request beyond the client's share (429 with `Retry-After`).
-pub async fn limit_clients(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let Some(client) = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
+pub async fn limit_clients(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(client) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+    else {
         return next.run(request).await;
     };
     let Some(_slot) = state.clients.take(client, state.config.max_client_requests) else {
-        log::debug!("client {client} has {} requests in progress: refused one more", state.config.max_client_requests);
-        return ApiError::too_many("too_many_requests", "too many requests in progress from this client; retry later").into_response();
+        log::debug!(
+            "client {client} has {} requests in progress: refused one more",
+            state.config.max_client_requests
+        );
+        return ApiError::too_many(
+            "too_many_requests",
+            "too many requests in progress from this client; retry later",
+        )
+        .into_response();
     };
     next.run(request).await
 }

@@ -29,7 +29,12 @@ pub struct Metrics {
 impl Metrics {
     /// Counts one answered request.
     pub fn record_request(&self, route: &str, status: u16) {
-        *self.requests.lock().expect("metrics lock").entry((route.to_string(), status)).or_default() += 1;
+        *self
+            .requests
+            .lock()
+            .expect("metrics lock")
+            .entry((route.to_string(), status))
+            .or_default() += 1;
     }
 
     /// Adds blob bytes sent.
@@ -43,11 +48,20 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE {HTTP_REQUESTS} counter");
         for ((route, status), n) in self.requests.lock().expect("metrics lock").iter() {
             let route = route.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(out, "{HTTP_REQUESTS}{{route=\"{route}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "{HTTP_REQUESTS}{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
         let counters = [
-            (BLOB_BYTES_SENT, self.blob_bytes_sent.load(Ordering::Relaxed)),
-            (BLOB_BYTES_RECEIVED, self.blob_bytes_received.load(Ordering::Relaxed)),
+            (
+                BLOB_BYTES_SENT,
+                self.blob_bytes_sent.load(Ordering::Relaxed),
+            ),
+            (
+                BLOB_BYTES_RECEIVED,
+                self.blob_bytes_received.load(Ordering::Relaxed),
+            ),
             (COMMITS, self.commits.load(Ordering::Relaxed)),
         ];
         for (name, value) in counters {
@@ -89,7 +103,10 @@ mod tests {
         m.add_sent(42);
         let text = m.render();
         assert_eq!(sample(&text, BLOB_BYTES_SENT), Some(42.0));
-        assert_eq!(sum_labelled(&text, HTTP_REQUESTS, "route=\"/api/v1/repos\""), 2.0);
+        assert_eq!(
+            sum_labelled(&text, HTTP_REQUESTS, "route=\"/api/v1/repos\""),
+            2.0
+        );
         assert_eq!(sample(&text, STREAM_SESSIONS_ACTIVE), Some(0.0));
     }
 }

@@ -46,7 +46,13 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_upload_size: 1 << 40, tokens: Vec::new(), streams: Default::default(), tls: None, max_client_requests: 256 }
+        ServerConfig {
+            max_upload_size: 1 << 40,
+            tokens: Vec::new(),
+            streams: Default::default(),
+            tls: None,
+            max_client_requests: 256,
+        }
     }
 }
 
@@ -73,7 +79,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/repos/{repo}/blobs/{hash}", get(blobs::get_blob))
         .layer(CompressionLayer::new().zstd(true).gzip(true));
     let api = Router::new()
-        .route("/api/v1/repos", post(repos::create_repo).get(repos::list_repos))
+        .route(
+            "/api/v1/repos",
+            post(repos::create_repo).get(repos::list_repos),
+        )
         .route("/api/v1/repos/{repo}/tree", get(repos::tree_root))
         .route("/api/v1/repos/{repo}/tree/", get(repos::tree_root))
         .route("/api/v1/repos/{repo}/tree/{*path}", get(repos::tree))
@@ -83,8 +92,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/repos/{repo}/commits", post(repos::commit))
         .route("/api/v1/repos/{repo}/events", get(repos::events))
         .route("/api/v1/repos/{repo}/uploads", post(uploads::start))
-        .route("/api/v1/repos/{repo}/uploads/{id}", get(uploads::status).delete(uploads::abort))
-        .route("/api/v1/repos/{repo}/uploads/{id}/complete", post(uploads::complete))
+        .route(
+            "/api/v1/repos/{repo}/uploads/{id}",
+            get(uploads::status).delete(uploads::abort),
+        )
+        .route(
+            "/api/v1/repos/{repo}/uploads/{id}/complete",
+            post(uploads::complete),
+        )
         .route(
             "/api/v1/repos/{repo}/uploads/{id}/{index}",
             put(uploads::put_chunk).layer(DefaultBodyLimit::disable()),
@@ -93,15 +108,43 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/repos/{repo}/stream/blob/upload",
             post(stream::upload::upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/api/v1/repos/{repo}/stream/blob/start", post(stream::start))
-        .route("/api/v1/repos/{repo}/stream/blob/{id}/chunk", get(stream::chunk))
-        .route("/api/v1/repos/{repo}/stream/blob/{id}/progress", get(stream::progress))
-        .route("/api/v1/repos/{repo}/stream/blob/{id}", axum::routing::delete(stream::cancel))
-        .route("/api/v1/repos/{repo}/stream/websocket", get(stream::ws::websocket))
+        .route(
+            "/api/v1/repos/{repo}/stream/blob/start",
+            post(stream::start),
+        )
+        .route(
+            "/api/v1/repos/{repo}/stream/blob/{id}/chunk",
+            get(stream::chunk),
+        )
+        .route(
+            "/api/v1/repos/{repo}/stream/blob/{id}/progress",
+            get(stream::progress),
+        )
+        .route(
+            "/api/v1/repos/{repo}/stream/blob/{id}",
+            axum::routing::delete(stream::cancel),
+        )
+        .route(
+            "/api/v1/repos/{repo}/stream/websocket",
+            get(stream::ws::websocket),
+        )
         .merge(blob_routes)
-        .route("/api/v1/{*rest}", axum::routing::any(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such API route") }))
+        .route(
+            "/api/v1/{*rest}",
+            axum::routing::any(|| async {
+                error::ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such API route",
+                )
+            }),
+        )
         .method_not_allowed_fallback(|| async {
-            error::ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         });
     Router::new()
         .merge(api)
@@ -110,21 +153,48 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{repo}", get(browse::repo_redirect))
         .route("/{repo}/", get(browse::browse_root))
         .route("/{repo}/{*path}", get(browse::browse))
-        .fallback(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
-        .layer(middleware::from_fn_with_state(state.clone(), limits::limit_clients))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(listen::BODY_READ_TIMEOUT))
+        .fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_clients,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            listen::BODY_READ_TIMEOUT,
+        ))
         .layer(middleware::from_fn(error::json_errors))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
 }
 
 /// Counts every answered request by route template and status, and logs it.
-async fn count_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -133,8 +203,14 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
     let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.record_request(&route, response.status().as_u16());
-    log::debug!("{method} {route} -> {} in {:?}", response.status(), started.elapsed());
+    state
+        .metrics
+        .record_request(&route, response.status().as_u16());
+    log::debug!(
+        "{method} {route} -> {} in {:?}",
+        response.status(),
+        started.elapsed()
+    );
     response
 }
 
@@ -149,7 +225,11 @@ pub struct Server {
 
 impl Server {
     /// Opens the store and binds `addr` (port 0 picks an ephemeral port).
-    pub async fn bind(backend: Backend, config: ServerConfig, addr: &str) -> anyhow::Result<Server> {
+    pub async fn bind(
+        backend: Backend,
+        config: ServerConfig,
+        addr: &str,
+    ) -> anyhow::Result<Server> {
         let tls = match &config.tls {
             Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
             None => None,
@@ -168,7 +248,8 @@ impl Server {
         };
         let store = Store::open(backend).await?;
         let metrics = Arc::new(Metrics::default());
-        let mut streams = stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
+        let mut streams =
+            stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
         if store.backend().is_shared() {
             streams = streams.shared(stream::shared_session_key(store.backend()).await?);
         }
@@ -185,12 +266,19 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        Ok(Server { listener, app: router(state.clone()), tls, state })
+        Ok(Server {
+            listener,
+            app: router(state.clone()),
+            tls,
+            state,
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound socket has an address")
+        self.listener
+            .local_addr()
+            .expect("bound socket has an address")
     }
 
     /// `http://ADDR`, or `https://ADDR` with TLS.
@@ -200,12 +288,17 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let token = self.state.shutdown.clone();
         tokio::spawn(stream::sweep_sessions(self.state.clone(), token.clone()));
         if self.state.store.backend().is_shared() {
             let state = self.state.clone();
-            tokio::spawn(async move { state.store.watch_shared_refs(state.shutdown.clone()).await });
+            tokio::spawn(
+                async move { state.store.watch_shared_refs(state.shutdown.clone()).await },
+            );
         }
         let trigger = token.clone();
         tokio::spawn(async move {

@@ -20,8 +20,14 @@ pub enum Plan {
 
 /// Decides how to answer a GET of a body of `len` bytes with the quoted `etag`.
 pub fn plan(headers: &HeaderMap, len: u64, etag: &str) -> Plan {
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if inm.split(',').any(|t| t.trim() == "*" || strip_weak(t.trim()) == etag) {
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if inm
+            .split(',')
+            .any(|t| t.trim() == "*" || strip_weak(t.trim()) == etag)
+        {
             return Plan::NotModified;
         }
     }
@@ -52,7 +58,9 @@ pub fn plan(headers: &HeaderMap, len: u64, etag: &str) -> Plan {
             // Multiple ranges would need multipart/byteranges; ignoring Range is allowed.
             Ok(_) => Plan::Full,
             // A suffix longer than the body selects all of it (RFC 7233 §2.1).
-            Err(Unsatisfiable::FileSuffixOutOfBounds) if !range.contains(',') => Plan::Partial(0..len),
+            Err(Unsatisfiable::FileSuffixOutOfBounds) if !range.contains(',') => {
+                Plan::Partial(0..len)
+            }
             // A set of several ranges is ignored (as above) unless none of them can be served.
             Err(_) if range.contains(',') && any_part_satisfiable(range, len) => Plan::Full,
             Err(_) => Plan::Unsatisfiable,
@@ -62,15 +70,20 @@ pub fn plan(headers: &HeaderMap, len: u64, etag: &str) -> Plan {
 
 /// Whether any one range of a multi-range `bytes=…` header selects something of `len` bytes.
 fn any_part_satisfiable(header: &str, len: u64) -> bool {
-    let Some(set) = header.trim().strip_prefix("bytes=") else { return false };
+    let Some(set) = header.trim().strip_prefix("bytes=") else {
+        return false;
+    };
     set.split(',').any(|part| {
-        http_range_header::parse_range_header(&format!("bytes={}", part.trim())).is_ok_and(|p| p.validate(len).is_ok())
+        http_range_header::parse_range_header(&format!("bytes={}", part.trim()))
+            .is_ok_and(|p| p.validate(len).is_ok())
     })
 }
 
 /// Whether a single `bytes=FIRST-LAST` spec has LAST < FIRST.
 fn is_reversed(header: &str) -> bool {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return false };
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return false;
+    };
     if spec.contains(',') {
         return false;
     }
@@ -105,25 +118,72 @@ mod tests {
     fn edge_cases() {
         let tag = "\"abc\"";
         assert_eq!(plan(&headers(&[]), 10, tag), Plan::Full);
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=0-0")]), 10, tag), Plan::Partial(0..1));
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=5-")]), 10, tag), Plan::Partial(5..10));
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=-3")]), 10, tag), Plan::Partial(7..10));
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=8-100")]), 10, tag), Plan::Partial(8..10));
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=10-")]), 10, tag), Plan::Unsatisfiable);
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=0-1,4-5")]), 10, tag), Plan::Full);
-        assert_eq!(plan(&headers(&[(header::RANGE, "pages=1")]), 10, tag), Plan::Full);
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=5-3")]), 10, tag), Plan::Full);
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=-100")]), 10, tag), Plan::Partial(0..10));
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=0-")]), 0, tag), Plan::Unsatisfiable);
-        assert_eq!(plan(&headers(&[(header::RANGE, "bytes=-5")]), 0, tag), Plan::Unsatisfiable);
-        assert_eq!(plan(&headers(&[(header::IF_NONE_MATCH, tag)]), 10, tag), Plan::NotModified);
-        assert_eq!(plan(&headers(&[(header::IF_NONE_MATCH, "\"zzz\"")]), 10, tag), Plan::Full);
         assert_eq!(
-            plan(&headers(&[(header::RANGE, "bytes=1-2"), (header::IF_RANGE, tag)]), 10, tag),
+            plan(&headers(&[(header::RANGE, "bytes=0-0")]), 10, tag),
+            Plan::Partial(0..1)
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=5-")]), 10, tag),
+            Plan::Partial(5..10)
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=-3")]), 10, tag),
+            Plan::Partial(7..10)
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=8-100")]), 10, tag),
+            Plan::Partial(8..10)
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=10-")]), 10, tag),
+            Plan::Unsatisfiable
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=0-1,4-5")]), 10, tag),
+            Plan::Full
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "pages=1")]), 10, tag),
+            Plan::Full
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=5-3")]), 10, tag),
+            Plan::Full
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=-100")]), 10, tag),
+            Plan::Partial(0..10)
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=0-")]), 0, tag),
+            Plan::Unsatisfiable
+        );
+        assert_eq!(
+            plan(&headers(&[(header::RANGE, "bytes=-5")]), 0, tag),
+            Plan::Unsatisfiable
+        );
+        assert_eq!(
+            plan(&headers(&[(header::IF_NONE_MATCH, tag)]), 10, tag),
+            Plan::NotModified
+        );
+        assert_eq!(
+            plan(&headers(&[(header::IF_NONE_MATCH, "\"zzz\"")]), 10, tag),
+            Plan::Full
+        );
+        assert_eq!(
+            plan(
+                &headers(&[(header::RANGE, "bytes=1-2"), (header::IF_RANGE, tag)]),
+                10,
+                tag
+            ),
             Plan::Partial(1..3)
         );
         assert_eq!(
-            plan(&headers(&[(header::RANGE, "bytes=1-2"), (header::IF_RANGE, "\"old\"")]), 10, tag),
+            plan(
+                &headers(&[(header::RANGE, "bytes=1-2"), (header::IF_RANGE, "\"old\"")]),
+                10,
+                tag
+            ),
             Plan::Full
         );
     }

@@ -13,7 +13,10 @@ use serde::Deserialize;
 
 use super::error::ApiResult;
 use super::AppState;
-use crate::api::{CommitCreated, CommitRequest, CreateRepo, Entry, LogListing, RefEvent, RepoInfo, RepoList, TreeListing};
+use crate::api::{
+    CommitCreated, CommitRequest, CreateRepo, Entry, LogListing, RefEvent, RepoInfo, RepoList,
+    TreeListing,
+};
 
 /// `?ref=` of read routes.
 #[derive(Deserialize, Default)]
@@ -28,13 +31,19 @@ pub async fn create_repo(
     body: Result<Json<CreateRepo>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<RepoInfo>)> {
     let Json(request) = body.map_err(super::error::json_rejection)?;
-    Ok((StatusCode::CREATED, Json(state.store.create_repo(&request.id).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.store.create_repo(&request.id).await?),
+    ))
 }
 
 /// `GET /api/v1/repos`
 pub async fn list_repos(State(state): State<Arc<AppState>>) -> ApiResult<Json<RepoList>> {
     let repositories = state.store.list_repos().await?;
-    Ok(Json(RepoList { count: repositories.len(), repositories }))
+    Ok(Json(RepoList {
+        count: repositories.len(),
+        repositories,
+    }))
 }
 
 /// `GET /api/v1/repos/:repo/tree` (the root)
@@ -52,9 +61,16 @@ pub async fn tree(
     Path((repo, path)): Path<(String, String)>,
     Query(query): Query<RefQuery>,
 ) -> ApiResult<Json<TreeListing>> {
-    let (resolved, entries) = state.store.list_dir(&repo, query.reference.as_deref(), &path).await?;
+    let (resolved, entries) = state
+        .store
+        .list_dir(&repo, query.reference.as_deref(), &path)
+        .await?;
     let path = crate::store::paths::normalize_path(&path)?;
-    Ok(Json(TreeListing { path, commit: resolved.commit, entries }))
+    Ok(Json(TreeListing {
+        path,
+        commit: resolved.commit,
+        entries,
+    }))
 }
 
 /// `GET /api/v1/repos/:repo/stat/*path`
@@ -63,7 +79,13 @@ pub async fn stat(
     Path((repo, path)): Path<(String, String)>,
     Query(query): Query<RefQuery>,
 ) -> ApiResult<Json<Entry>> {
-    Ok(Json(state.store.stat(&repo, query.reference.as_deref(), &path).await?.1))
+    Ok(Json(
+        state
+            .store
+            .stat(&repo, query.reference.as_deref(), &path)
+            .await?
+            .1,
+    ))
 }
 
 /// `GET /api/v1/repos/:repo/stat` (the root)
@@ -90,7 +112,12 @@ pub async fn log(
     Query(query): Query<LogQuery>,
 ) -> ApiResult<Json<LogListing>> {
     let limit = query.limit.unwrap_or(100).min(10_000);
-    Ok(Json(LogListing { commits: state.store.log(&repo, query.reference.as_deref(), limit).await? }))
+    Ok(Json(LogListing {
+        commits: state
+            .store
+            .log(&repo, query.reference.as_deref(), limit)
+            .await?,
+    }))
 }
 
 /// `POST /api/v1/repos/:repo/commits`
@@ -111,14 +138,22 @@ pub async fn events(
     Path(repo): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     state.store.ensure_repo(&repo).await?;
-    let updates = tokio_stream_from(state.store.subscribe()).take_until(state.shutdown.clone().cancelled_owned());
+    let updates = tokio_stream_from(state.store.subscribe())
+        .take_until(state.shutdown.clone().cancelled_owned());
     let stream = updates.filter_map(move |update| {
         let repo = repo.clone();
         async move {
             match update {
                 Some(u) if u.repo == repo => {
-                    let data = RefEvent { branch: u.branch, commit: u.commit, changed: u.changed };
-                    Some(Ok(Event::default().event("ref").json_data(data).expect("serializes")))
+                    let data = RefEvent {
+                        branch: u.branch,
+                        commit: u.commit,
+                        changed: u.changed,
+                    };
+                    Some(Ok(Event::default()
+                        .event("ref")
+                        .json_data(data)
+                        .expect("serializes")))
                 }
                 Some(_) => None,
                 // Lagged behind: tell the client to refresh everything.

@@ -12,7 +12,9 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use axum::response::IntoResponse;
 
-use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER, COPY_FROM_BLOB_HEADER};
+use crate::api::{
+    BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER, COPY_FROM_BLOB_HEADER,
+};
 
 /// `POST /api/v1/repos/:repo/uploads` (the body is optional)
 pub async fn start(
@@ -23,9 +25,13 @@ pub async fn start(
     let request: StartUpload = if body.iter().all(u8::is_ascii_whitespace) {
         StartUpload::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?
     };
-    Ok((StatusCode::CREATED, Json(state.store.start_upload(&repo, request.chunk_size).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.store.start_upload(&repo, request.chunk_size).await?),
+    ))
 }
 
 /// `PUT /api/v1/repos/:repo/uploads/:id/:index`: the chunk's bytes, or (with
@@ -36,24 +42,43 @@ pub async fn put_chunk(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<axum::response::Response> {
-    let index: u64 = index.parse().map_err(|_| ApiError::bad_request(format!("invalid chunk index {index:?}")))?;
+    let index: u64 = index
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid chunk index {index:?}")))?;
     if let Some(source) = headers.get(COPY_FROM_BLOB_HEADER) {
-        let source = source.to_str().map_err(|_| ApiError::bad_request("invalid X-Copy-From-Blob header"))?;
+        let source = source
+            .to_str()
+            .map_err(|_| ApiError::bad_request("invalid X-Copy-From-Blob header"))?;
         if !to_bytes(body, 0).await.is_ok_and(|b| b.is_empty()) {
-            return Err(ApiError::bad_request("a chunk copied from a blob takes an empty body"));
+            return Err(ApiError::bad_request(
+                "a chunk copied from a blob takes an empty body",
+            ));
         }
-        let len = state.store.copy_upload_chunk(&repo, &id, index, source, state.config.max_upload_size).await?;
+        let len = state
+            .store
+            .copy_upload_chunk(&repo, &id, index, source, state.config.max_upload_size)
+            .await?;
         return Ok((StatusCode::OK, Json(serde_json::json!({ "len": len }))).into_response());
     }
     let chunk_size = state.store.upload_chunk_size(&repo, &id).await?;
     let data = to_bytes(body, chunk_size as usize).await.map_err(|e| {
         // The only way to_bytes fails on a well-formed body is the length limit.
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("chunk larger than {chunk_size} bytes or body error: {e}"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("chunk larger than {chunk_size} bytes or body error: {e}"),
+        )
     })?;
     let md5 = headers.get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok());
     let len = data.len() as u64;
-    state.store.put_upload_chunk(&repo, &id, index, data, md5, state.config.max_upload_size).await?;
-    state.metrics.blob_bytes_received.fetch_add(len, Ordering::Relaxed);
+    state
+        .store
+        .put_upload_chunk(&repo, &id, index, data, md5, state.config.max_upload_size)
+        .await?;
+    state
+        .metrics
+        .blob_bytes_received
+        .fetch_add(len, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -100,7 +125,11 @@ pub async fn complete(
     let task = tokio::spawn(async move {
         let outcome = cell
             .get_or_init(|| async {
-                task_state.store.complete_upload(&repo, &id, task_state.config.max_upload_size).await.map_err(ApiError::from)
+                task_state
+                    .store
+                    .complete_upload(&repo, &id, task_state.config.max_upload_size)
+                    .await
+                    .map_err(ApiError::from)
             })
             .await
             .clone();
@@ -118,10 +147,16 @@ pub async fn complete(
         let state = state.clone();
         tokio::spawn(async move {
             tokio::time::sleep(COMPLETION_MEMORY).await;
-            state.completions.lock().expect("completions lock").remove(&key);
+            state
+                .completions
+                .lock()
+                .expect("completions lock")
+                .remove(&key);
         });
     }
-    let info = task.await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let info = task.await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    })??;
     Ok((StatusCode::CREATED, Json(info)))
 }
 

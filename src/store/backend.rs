@@ -132,10 +132,20 @@ impl Backend {
 
     /// Writes a small object unless one exists at `path`; returns whether it wrote.
     pub async fn put_if_absent(&self, path: &Path, data: Bytes) -> Result<bool> {
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.objects.put_opts(path, PutPayload::from(data), options).await {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .objects
+            .put_opts(path, PutPayload::from(data), options)
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -152,7 +162,10 @@ impl Backend {
     }
 
     /// Reads a small object whole (an owned-path form, for streams of reads).
-    pub fn get_owned(&self, path: Path) -> impl std::future::Future<Output = Result<Bytes>> + Send + 'static {
+    pub fn get_owned(
+        &self,
+        path: Path,
+    ) -> impl std::future::Future<Output = Result<Bytes>> + Send + 'static {
         let backend = self.clone();
         async move { backend.get(&path).await }
     }
@@ -263,16 +276,28 @@ impl Backend {
         let Some(root) = &self.local_root else {
             return match self.objects.get(path).await {
                 Ok(got) => {
-                    let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+                    let version = UpdateVersion {
+                        e_tag: got.meta.e_tag.clone(),
+                        version: got.meta.version.clone(),
+                    };
                     let bytes = got.bytes().await?;
-                    Ok(Some((String::from_utf8_lossy(&bytes).trim().to_string(), version)))
+                    Ok(Some((
+                        String::from_utf8_lossy(&bytes).trim().to_string(),
+                        version,
+                    )))
                 }
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e.into()),
             };
         };
         match tokio::fs::read_to_string(root.join(path.as_ref())).await {
-            Ok(text) => Ok(Some((text.trim().to_string(), UpdateVersion { e_tag: None, version: None }))),
+            Ok(text) => Ok(Some((
+                text.trim().to_string(),
+                UpdateVersion {
+                    e_tag: None,
+                    version: None,
+                },
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -295,7 +320,12 @@ impl Backend {
 
     /// Compare-and-swap by conditional put: the put names the ETag read, so a ref moved
     /// by another instance in between fails it (412) instead of being overwritten.
-    async fn cas_ref_conditional(&self, path: &Path, expected: Option<&str>, new: &str) -> Result<bool> {
+    async fn cas_ref_conditional(
+        &self,
+        path: &Path,
+        expected: Option<&str>,
+        new: &str,
+    ) -> Result<bool> {
         let current = self.read_ref_versioned(path).await?;
         let mode = match (current, expected) {
             (None, None) => PutMode::Create,
@@ -308,18 +338,30 @@ impl Backend {
                 // Unquoted: radosgw (Ceph 16) refuses a quoted `If-Match` ETag, even the
                 // current one, with 412; S3 and moto accept both forms.
                 let e_tag = version.e_tag.map(|t| t.trim_matches('"').to_string());
-                PutMode::Update(UpdateVersion { e_tag, version: version.version })
+                PutMode::Update(UpdateVersion {
+                    e_tag,
+                    version: version.version,
+                })
             }
             _ => return Ok(false),
         };
-        let options = PutOptions { mode, ..Default::default() };
-        match self.objects.put_opts(path, PutPayload::from(new.to_string()), options).await {
+        let options = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self
+            .objects
+            .put_opts(path, PutPayload::from(new.to_string()), options)
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
-
 }
 
 /// Compare-and-swap of a small file under an exclusive `flock`, which the kernel releases
@@ -328,7 +370,11 @@ fn cas_file(lock: &FsPath, file: &FsPath, expected: Option<&str>, new: &str) -> 
     use std::io::Write;
     use std::os::fd::AsRawFd;
 
-    let lock_file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock)?;
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock)?;
     // SAFETY: flock on a descriptor we own; it is released when `lock_file` is dropped.
     if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error().into());
@@ -362,7 +408,11 @@ fn read_local_range(file: &FsPath, name: &str, range: std::ops::Range<u64>) -> R
     let mut opened = match std::fs::File::open(file) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(object_store::Error::NotFound { path: name.to_string(), source: Box::new(e) }.into())
+            return Err(object_store::Error::NotFound {
+                path: name.to_string(),
+                source: Box::new(e),
+            }
+            .into())
         }
         Err(e) => return Err(e.into()),
     };
@@ -372,7 +422,10 @@ fn read_local_range(file: &FsPath, name: &str, range: std::ops::Range<u64>) -> R
     // read_to_end reads into the spare capacity without initialising it.
     opened.take(len).read_to_end(&mut buf)?;
     if buf.len() as u64 != len {
-        let reason = format!("{name}: range {range:?} reaches past the end ({} bytes read)", buf.len());
+        let reason = format!(
+            "{name}: range {range:?} reaches past the end ({} bytes read)",
+            buf.len()
+        );
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, reason).into());
     }
     Ok(Bytes::from(buf))
@@ -398,7 +451,9 @@ mod tests {
     async fn stream_range_reads_exactly_the_range() {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::local(dir.path()).unwrap();
-        let data: Vec<u8> = (0..(3 * READ_PIECE as usize + 17)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(3 * READ_PIECE as usize + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
         let p = Path::from("obj");
         backend.put(&p, Bytes::from(data.clone())).await.unwrap();
         let start = READ_PIECE - 5;
@@ -417,11 +472,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::local(dir.path()).unwrap();
         let p = Path::from("repos/x/objects/ab/obj");
-        backend.put(&p, Bytes::from_static(b"0123456789")).await.unwrap();
+        backend
+            .put(&p, Bytes::from_static(b"0123456789"))
+            .await
+            .unwrap();
         assert_eq!(&backend.get_range(&p, 2..7).await.unwrap()[..], b"23456");
-        let missing = backend.get_range(&Path::from("repos/x/objects/ab/none"), 0..4).await.unwrap_err();
-        assert!(matches!(missing, StoreError::Backend(object_store::Error::NotFound { .. })), "{missing:?}");
+        let missing = backend
+            .get_range(&Path::from("repos/x/objects/ab/none"), 0..4)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                missing,
+                StoreError::Backend(object_store::Error::NotFound { .. })
+            ),
+            "{missing:?}"
+        );
         let short = backend.get_range(&p, 8..12).await.unwrap_err();
-        assert!(matches!(&short, StoreError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof), "{short:?}");
+        assert!(
+            matches!(&short, StoreError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{short:?}"
+        );
     }
 }

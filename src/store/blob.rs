@@ -48,18 +48,27 @@ impl Store {
             return Ok(*size);
         }
         let size = self.look_up_blob_size(repo, id).await?;
-        self.blob_sizes.lock().expect("blob size lock").put(key, size);
+        self.blob_sizes
+            .lock()
+            .expect("blob size lock")
+            .put(key, size);
         Ok(size)
     }
 
     async fn look_up_blob_size(&self, repo: &str, id: &str) -> Result<u64> {
         let not_found = || StoreError::NotFound(format!("blob {id}"));
-        let size = self.backend.size(&object_path(repo, id)).await?.ok_or_else(not_found)?;
+        let size = self
+            .backend
+            .size(&object_path(repo, id))
+            .await?
+            .ok_or_else(not_found)?;
         if size > 16 << 20 || self.has_block_index(repo, id).await {
             return Ok(size);
         }
         let bytes = self.backend.get(&object_path(repo, id)).await?;
-        if crate::store::Commit::decode(id, &bytes).is_ok() || crate::store::Tree::decode(id, &bytes).is_ok() {
+        if crate::store::Commit::decode(id, &bytes).is_ok()
+            || crate::store::Tree::decode(id, &bytes).is_ok()
+        {
             return Err(not_found());
         }
         Ok(size)
@@ -72,7 +81,12 @@ impl Store {
     }
 
     /// Streams a range of a blob in bounded pieces.
-    pub fn stream_blob(&self, repo: &str, id: &str, range: Range<u64>) -> BoxStream<'static, Result<Bytes>> {
+    pub fn stream_blob(
+        &self,
+        repo: &str,
+        id: &str,
+        range: Range<u64>,
+    ) -> BoxStream<'static, Result<Bytes>> {
         self.backend.stream_range(object_path(repo, id), range)
     }
 
@@ -106,7 +120,9 @@ impl Store {
         }
         let hex = hex::encode(md5::Digest::finalize(md5.expect("kept")));
         if whole {
-            self.backend.put_scratch(&md5_path(repo, id), Bytes::from(hex.clone())).await?;
+            self.backend
+                .put_scratch(&md5_path(repo, id), Bytes::from(hex.clone()))
+                .await?;
         }
         Ok(hex)
     }
@@ -123,7 +139,10 @@ impl Store {
 
     /// Checksums of block `block` of a blob, from its index (`None` if it has none).
     pub async fn block_sums(&self, repo: &str, id: &str, block: u64) -> Option<BlockSums> {
-        for (path, len) in [(index_path(repo, id), ENTRY_LEN), (legacy_index_path(repo, id), LEGACY_ENTRY_LEN)] {
+        for (path, len) in [
+            (index_path(repo, id), ENTRY_LEN),
+            (legacy_index_path(repo, id), LEGACY_ENTRY_LEN),
+        ] {
             let start = block * len;
             if let Ok(entry) = self.backend.get_range(&path, start..start + len).await {
                 return BlockSums::decode(&entry);
@@ -156,7 +175,9 @@ impl Store {
 
     /// Stores a small in-memory blob.
     pub async fn put_blob_bytes(&self, repo: &str, data: Bytes) -> Result<BlobInfo> {
-        let mut writer = self.begin_blob(repo, Some(data.len() as u64), u64::MAX).await?;
+        let mut writer = self
+            .begin_blob(repo, Some(data.len() as u64), u64::MAX)
+            .await?;
         writer.write(data).await?;
         writer.finish().await
     }
@@ -186,9 +207,10 @@ impl BlobWriter {
         self.parts.put(data.clone());
         // Hash while the part is written, on two threads: the id and the block index.
         let (hasher, indexer) = (self.hasher.take(), self.indexer.take());
-        let (hasher, indexer) = tokio::task::spawn_blocking(move || hash_in_parallel(hasher, indexer, &data))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let (hasher, indexer) =
+            tokio::task::spawn_blocking(move || hash_in_parallel(hasher, indexer, &data))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         self.hasher = hasher;
         self.indexer = indexer;
         Ok(())
@@ -201,7 +223,16 @@ impl BlobWriter {
 
     /// Completes the blob and publishes it under its id.
     pub async fn finish(self) -> Result<BlobInfo> {
-        let BlobWriter { backend, repo, tmp, parts, hasher, indexer, written, .. } = self;
+        let BlobWriter {
+            backend,
+            repo,
+            tmp,
+            parts,
+            hasher,
+            indexer,
+            written,
+            ..
+        } = self;
         parts.finish().await?;
         let hashed = match (hasher, indexer) {
             (Some(h), Some(i)) => h.finish().map(|ids| (ids, i.finish())),
@@ -216,15 +247,28 @@ impl BlobWriter {
         };
         // The index first, so a published blob has it. It is not fsynced: a reader that finds
         // it missing or short after a crash computes the checksums itself.
-        backend.put_scratch(&index_path(&repo, &hash), bytes::Bytes::from(index)).await?;
-        backend.put_scratch(&md5_path(&repo, &hash), bytes::Bytes::from(md5.clone())).await?;
+        backend
+            .put_scratch(&index_path(&repo, &hash), bytes::Bytes::from(index))
+            .await?;
+        backend
+            .put_scratch(&md5_path(&repo, &hash), bytes::Bytes::from(md5.clone()))
+            .await?;
         backend.publish(&tmp, &object_path(&repo, &hash)).await?;
-        Ok(BlobInfo { hash, size: written, md5 })
+        Ok(BlobInfo {
+            hash,
+            size: written,
+            md5,
+        })
     }
 
     /// Drops everything written so far.
     pub async fn abort(self) -> Result<()> {
-        let BlobWriter { backend, tmp, parts, .. } = self;
+        let BlobWriter {
+            backend,
+            tmp,
+            parts,
+            ..
+        } = self;
         let _ = parts.abort().await;
         backend.delete(&tmp).await
     }
@@ -251,7 +295,11 @@ fn hash_in_parallel(
 }
 
 /// Second pass over a blob written without a known length: its id, MD5 and block index.
-async fn hash_stored(backend: &Backend, tmp: &Path, len: u64) -> Result<((String, String), Vec<u8>)> {
+async fn hash_stored(
+    backend: &Backend,
+    tmp: &Path,
+    len: u64,
+) -> Result<((String, String), Vec<u8>)> {
     let mut hasher = Some(BlobHasher::new(len));
     let mut indexer = Some(BlockIndexer::default());
     let mut pieces = backend.stream_range(tmp.clone(), 0..len);
@@ -274,20 +322,40 @@ mod tests {
     #[tokio::test]
     async fn a_blob_size_is_looked_up_once_and_a_missing_blob_is_asked_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(Backend::local(dir.path()).unwrap()).await.unwrap();
-        let blob = store.put_blob_bytes("default", Bytes::from_static(b"hello world")).await.unwrap();
+        let store = Store::open(Backend::local(dir.path()).unwrap())
+            .await
+            .unwrap();
+        let blob = store
+            .put_blob_bytes("default", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
         assert_eq!(store.blob_size("default", &blob.hash).await.unwrap(), 11);
         // Blobs are immutable and never deleted: the second answer comes from memory, which
         // shows here because the file is gone.
-        let objects = dir.path().join(format!("repos/default/objects/{}", &blob.hash[..2]));
+        let objects = dir
+            .path()
+            .join(format!("repos/default/objects/{}", &blob.hash[..2]));
         std::fs::remove_dir_all(&objects).unwrap();
         assert_eq!(store.blob_size("default", &blob.hash).await.unwrap(), 11);
 
         // A miss is not remembered: the blob may be written a moment later.
-        let late = store.put_blob_bytes("default", Bytes::from_static(b"late")).await.unwrap();
-        std::fs::remove_dir_all(dir.path().join(format!("repos/default/objects/{}", &late.hash[..2]))).unwrap();
-        assert!(matches!(store.blob_size("default", &late.hash).await, Err(StoreError::NotFound(_))));
-        store.put_blob_bytes("default", Bytes::from_static(b"late")).await.unwrap();
+        let late = store
+            .put_blob_bytes("default", Bytes::from_static(b"late"))
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(
+            dir.path()
+                .join(format!("repos/default/objects/{}", &late.hash[..2])),
+        )
+        .unwrap();
+        assert!(matches!(
+            store.blob_size("default", &late.hash).await,
+            Err(StoreError::NotFound(_))
+        ));
+        store
+            .put_blob_bytes("default", Bytes::from_static(b"late"))
+            .await
+            .unwrap();
         assert_eq!(store.blob_size("default", &late.hash).await.unwrap(), 4);
     }
 }

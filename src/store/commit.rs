@@ -29,17 +29,29 @@ impl Store {
         // Blob sizes do not change between attempts: look them up once.
         let mut sizes = HashMap::new();
         for change in &request.changes {
-            if let Change::Put { mtime: Some(t), path, .. } = change {
+            if let Change::Put {
+                mtime: Some(t),
+                path,
+                ..
+            } = change
+            {
                 if !(0..=MAX_MTIME).contains(t) {
-                    return Err(StoreError::InvalidInput(format!("mtime {t} of {path:?} is outside 1970..=9999")));
+                    return Err(StoreError::InvalidInput(format!(
+                        "mtime {t} of {path:?} is outside 1970..=9999"
+                    )));
                 }
             }
             if let Change::Put { hash, .. } = change {
                 if !sizes.contains_key(hash) {
-                    sizes.insert(hash.clone(), self.blob_size(repo, hash).await.map_err(|e| match e {
-                        StoreError::NotFound(what) => StoreError::InvalidInput(format!("unknown {what}")),
-                        other => other,
-                    })?);
+                    sizes.insert(
+                        hash.clone(),
+                        self.blob_size(repo, hash).await.map_err(|e| match e {
+                            StoreError::NotFound(what) => {
+                                StoreError::InvalidInput(format!("unknown {what}"))
+                            }
+                            other => other,
+                        })?,
+                    );
                 }
             }
         }
@@ -60,9 +72,18 @@ impl Store {
                 editor.apply(change, &sizes).await?;
             }
             let tree = editor.write().await?;
-            let commit = Commit { tree, parent: head.clone(), message: request.message.clone(), timestamp: now };
+            let commit = Commit {
+                tree,
+                parent: head.clone(),
+                message: request.message.clone(),
+                timestamp: now,
+            };
             let id = self.write_commit(repo, &commit).await?;
-            if self.backend.cas_ref(&ref_path(repo, branch), head.as_deref(), &id).await? {
+            if self
+                .backend
+                .cas_ref(&ref_path(repo, branch), head.as_deref(), &id)
+                .await?
+            {
                 self.note_ref(repo, branch, &id);
                 let _ = self.events.send(RefUpdate {
                     repo: repo.to_string(),
@@ -70,11 +91,17 @@ impl Store {
                     commit: id.clone(),
                     changed: changed.clone(),
                 });
-                return Ok(CommitCreated { commit: id, branch: branch.to_string() });
+                return Ok(CommitCreated {
+                    commit: id,
+                    branch: branch.to_string(),
+                });
             }
             log::debug!("commit on {repo}/{branch} lost a race (attempt {attempt}), re-applying");
         }
-        Err(StoreError::Conflict { path: String::new(), reason: "the branch is too busy; try again".into() })
+        Err(StoreError::Conflict {
+            path: String::new(),
+            reason: "the branch is too busy; try again".into(),
+        })
     }
 }
 
@@ -92,7 +119,9 @@ fn changed_paths(changes: &[Change]) -> Result<Vec<String>> {
         }
     }
     if out.contains("") {
-        return Err(StoreError::InvalidInput("a change cannot target the root directory".into()));
+        return Err(StoreError::InvalidInput(
+            "a change cannot target the root directory".into(),
+        ));
     }
     Ok(out.into_iter().collect())
 }
@@ -117,12 +146,23 @@ fn parent_and_name(path: &str) -> (&str, &str) {
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 impl<'a> TreeEditor<'a> {
     fn new(store: &'a Store, repo: &'a str, root: String, now: i64) -> Self {
-        TreeEditor { store, repo, now, dirs: HashMap::new(), dirty: BTreeSet::new(), root }
+        TreeEditor {
+            store,
+            repo,
+            now,
+            dirs: HashMap::new(),
+            dirty: BTreeSet::new(),
+            root,
+        }
     }
 
     /// Loads the directory at `path`. With `create`, missing directories are made on the way;
@@ -140,9 +180,14 @@ impl<'a> TreeEditor<'a> {
                 let parent = self.dirs.get(&current).expect("parent loaded");
                 let mut created = false;
                 let tree = match parent.entries.get(segment) {
-                    Some(e) if e.kind == EntryType::Directory => (*self.store.load_tree(self.repo, &e.hash).await?).clone(),
+                    Some(e) if e.kind == EntryType::Directory => {
+                        (*self.store.load_tree(self.repo, &e.hash).await?).clone()
+                    }
                     Some(_) => {
-                        return Err(StoreError::Conflict { path: child, reason: "not a directory".into() })
+                        return Err(StoreError::Conflict {
+                            path: child,
+                            reason: "not a directory".into(),
+                        })
                     }
                     None if create => {
                         self.insert_entry(&current, segment, dir_entry(self.now));
@@ -162,7 +207,11 @@ impl<'a> TreeEditor<'a> {
     }
 
     fn insert_entry(&mut self, dir: &str, name: &str, entry: TreeEntry) {
-        self.dirs.get_mut(dir).expect("loaded").entries.insert(name.to_string(), entry);
+        self.dirs
+            .get_mut(dir)
+            .expect("loaded")
+            .entries
+            .insert(name.to_string(), entry);
         self.mark_dirty(dir);
     }
 
@@ -179,7 +228,10 @@ impl<'a> TreeEditor<'a> {
 
     async fn current(&mut self, path: &str) -> Result<Option<TreeEntry>> {
         let (dir, name) = parent_and_name(path);
-        Ok(self.dir(dir, false).await?.and_then(|t| t.entries.get(name).cloned()))
+        Ok(self
+            .dir(dir, false)
+            .await?
+            .and_then(|t| t.entries.get(name).cloned()))
     }
 
     async fn check_expect(&mut self, path: &str, expect: &Option<Option<String>>) -> Result<()> {
@@ -200,16 +252,31 @@ impl<'a> TreeEditor<'a> {
 
     async fn apply(&mut self, change: &Change, sizes: &HashMap<String, u64>) -> Result<()> {
         match change {
-            Change::Put { path, hash, mode, mtime, expect } => {
+            Change::Put {
+                path,
+                hash,
+                mode,
+                mtime,
+                expect,
+            } => {
                 let path = normalize_path(path)?;
                 self.check_expect(&path, expect).await?;
                 if let Some(existing) = self.current(&path).await? {
                     if existing.kind == EntryType::Directory {
-                        return Err(StoreError::Conflict { path, reason: "is a directory".into() });
+                        return Err(StoreError::Conflict {
+                            path,
+                            reason: "is a directory".into(),
+                        });
                     }
                 }
                 let (kind, mode) = normalize_file_mode(*mode);
-                let entry = TreeEntry { kind, mode, size: sizes[hash], mtime: mtime.unwrap_or(self.now), hash: hash.clone() };
+                let entry = TreeEntry {
+                    kind,
+                    mode,
+                    size: sizes[hash],
+                    mtime: mtime.unwrap_or(self.now),
+                    hash: hash.clone(),
+                };
                 let (dir, name) = parent_and_name(&path);
                 self.dir(dir, true).await?;
                 self.insert_entry(dir, name, entry);
@@ -234,7 +301,9 @@ impl<'a> TreeEditor<'a> {
                     return Ok(());
                 }
                 if to.starts_with(&format!("{from}/")) {
-                    return Err(StoreError::InvalidInput(format!("cannot move {from:?} into itself")));
+                    return Err(StoreError::InvalidInput(format!(
+                        "cannot move {from:?} into itself"
+                    )));
                 }
                 let (from_dir, from_name) = parent_and_name(&from);
                 let entry = match self.dir(from_dir, false).await? {
@@ -245,19 +314,28 @@ impl<'a> TreeEditor<'a> {
                 self.mark_dirty(from_dir);
                 if let Some(target) = self.current(&to).await? {
                     let replaceable = match (target.kind, entry.kind) {
-                        (EntryType::Directory, EntryType::Directory) => {
-                            self.store.load_tree(self.repo, &target.hash).await?.entries.is_empty()
-                        }
+                        (EntryType::Directory, EntryType::Directory) => self
+                            .store
+                            .load_tree(self.repo, &target.hash)
+                            .await?
+                            .entries
+                            .is_empty(),
                         (EntryType::Directory, _) | (_, EntryType::Directory) => false,
                         _ => true,
                     };
                     if !replaceable {
-                        return Err(StoreError::Conflict { path: to, reason: "the target exists".into() });
+                        return Err(StoreError::Conflict {
+                            path: to,
+                            reason: "the target exists".into(),
+                        });
                     }
                 }
                 // A moved directory may have been edited in this commit: write it first.
                 let entry = if entry.kind == EntryType::Directory {
-                    let hash = self.flush_subtree(&from).await?.unwrap_or_else(|| entry.hash.clone());
+                    let hash = self
+                        .flush_subtree(&from)
+                        .await?
+                        .unwrap_or_else(|| entry.hash.clone());
                     TreeEntry { hash, ..entry }
                 } else {
                     entry
@@ -270,7 +348,12 @@ impl<'a> TreeEditor<'a> {
                 let path = normalize_path(path)?;
                 match self.current(&path).await? {
                     Some(e) if e.kind == EntryType::Directory => {}
-                    Some(_) => return Err(StoreError::Conflict { path, reason: "a file exists there".into() }),
+                    Some(_) => {
+                        return Err(StoreError::Conflict {
+                            path,
+                            reason: "a file exists there".into(),
+                        })
+                    }
                     None => {
                         self.dir(&path, true).await?;
                     }
@@ -318,17 +401,29 @@ impl<'a> TreeEditor<'a> {
             return Ok(self.root.clone());
         }
         let mut order: Vec<String> = self.dirty.iter().cloned().collect();
-        order.sort_by_key(|d| std::cmp::Reverse(if d.is_empty() { 0 } else { d.matches('/').count() + 1 }));
+        order.sort_by_key(|d| {
+            std::cmp::Reverse(if d.is_empty() {
+                0
+            } else {
+                d.matches('/').count() + 1
+            })
+        });
         let mut root = None;
         for d in order {
-            let Some(tree) = self.dirs.get(&d) else { continue };
+            let Some(tree) = self.dirs.get(&d) else {
+                continue;
+            };
             let id = self.store.write_tree(self.repo, tree).await?;
             if d.is_empty() {
                 root = Some(id);
             } else {
                 let (parent, name) = parent_and_name(&d);
                 let now = self.now;
-                if let Some(e) = self.dirs.get_mut(parent).and_then(|p| p.entries.get_mut(name)) {
+                if let Some(e) = self
+                    .dirs
+                    .get_mut(parent)
+                    .and_then(|p| p.entries.get_mut(name))
+                {
                     e.hash = id;
                     e.mtime = now;
                 }
@@ -339,5 +434,11 @@ impl<'a> TreeEditor<'a> {
 }
 
 fn dir_entry(now: i64) -> TreeEntry {
-    TreeEntry { kind: EntryType::Directory, mode: MODE_DIR, size: 0, mtime: now, hash: String::new() }
+    TreeEntry {
+        kind: EntryType::Directory,
+        mode: MODE_DIR,
+        size: 0,
+        mtime: now,
+        hash: String::new(),
+    }
 }

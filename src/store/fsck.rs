@@ -27,7 +27,11 @@ impl Store {
     pub async fn fsck(&self) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         let repos = self.list_repos().await?;
-        for name in self.backend.list_dirs(&object_store::path::Path::from("repos")).await? {
+        for name in self
+            .backend
+            .list_dirs(&object_store::path::Path::from("repos"))
+            .await?
+        {
             if !repos.iter().any(|r| r.id == name) {
                 report.damage.push(format!(
                     "{name}: no config.json (a creation cut by a crash; `govcfs repo create` of the same name finishes it)"
@@ -37,15 +41,26 @@ impl Store {
         for repo in repos {
             report.repos += 1;
             let mut seen = HashSet::new();
-            let branches = self.backend.list(&object_store::path::Path::from(format!("repos/{}/refs/heads", repo.id))).await?;
+            let branches = self
+                .backend
+                .list(&object_store::path::Path::from(format!(
+                    "repos/{}/refs/heads",
+                    repo.id
+                )))
+                .await?;
             for branch in branches {
                 let name = branch.location.filename().unwrap_or_default().to_string();
                 if name.starts_with('.') {
                     continue;
                 }
                 match self.branch_head(&repo.id, &name).await {
-                    Ok(Some(head)) => self.check_history(&repo.id, &name, &head, &mut seen, &mut report).await,
-                    Ok(None) => report.damage.push(format!("{}: ref {name} is empty", repo.id)),
+                    Ok(Some(head)) => {
+                        self.check_history(&repo.id, &name, &head, &mut seen, &mut report)
+                            .await
+                    }
+                    Ok(None) => report
+                        .damage
+                        .push(format!("{}: ref {name} is empty", repo.id)),
                     Err(e) => report.damage.push(format!("{}: ref {name}: {e}", repo.id)),
                 }
             }
@@ -53,7 +68,14 @@ impl Store {
         Ok(report)
     }
 
-    async fn check_history(&self, repo: &str, branch: &str, head: &str, seen: &mut HashSet<String>, report: &mut FsckReport) {
+    async fn check_history(
+        &self,
+        repo: &str,
+        branch: &str,
+        head: &str,
+        seen: &mut HashSet<String>,
+        report: &mut FsckReport,
+    ) {
         let mut next = Some(head.to_string());
         while let Some(id) = next.take() {
             if !seen.insert(id.clone()) {
@@ -65,12 +87,20 @@ impl Store {
                     self.check_tree(repo, &commit.tree, seen, report).await;
                     next = commit.parent;
                 }
-                Err(e) => report.damage.push(format!("{repo}: {branch}: commit {id}: {e}")),
+                Err(e) => report
+                    .damage
+                    .push(format!("{repo}: {branch}: commit {id}: {e}")),
             }
         }
     }
 
-    async fn check_tree(&self, repo: &str, root: &str, seen: &mut HashSet<String>, report: &mut FsckReport) {
+    async fn check_tree(
+        &self,
+        repo: &str,
+        root: &str,
+        seen: &mut HashSet<String>,
+        report: &mut FsckReport,
+    ) {
         let mut pending = vec![root.to_string()];
         while let Some(id) = pending.pop() {
             if !seen.insert(id.clone()) {
@@ -89,8 +119,13 @@ impl Store {
                     EntryType::Directory => pending.push(entry.hash.clone()),
                     EntryType::File | EntryType::Symlink => {
                         if seen.insert(entry.hash.clone()) {
-                            if let Err(problem) = self.check_blob(repo, &entry.hash, entry.size).await {
-                                report.damage.push(format!("{repo}: blob {} ({name}): {problem}", entry.hash));
+                            if let Err(problem) =
+                                self.check_blob(repo, &entry.hash, entry.size).await
+                            {
+                                report.damage.push(format!(
+                                    "{repo}: blob {} ({name}): {problem}",
+                                    entry.hash
+                                ));
                             } else {
                                 report.blobs += 1;
                                 report.blob_bytes += entry.size;
@@ -129,14 +164,39 @@ mod tests {
     #[tokio::test]
     async fn finds_a_damaged_blob() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(Backend::local(dir.path()).unwrap()).await.unwrap();
-        let blob = store.put_blob_bytes("default", bytes::Bytes::from_static(b"hello world")).await.unwrap();
-        let change = Change::Put { path: "a/b.txt".into(), hash: blob.hash.clone(), mode: None, mtime: None, expect: None };
-        store.commit("default", &CommitRequest { branch: None, message: "m".into(), changes: vec![change] }).await.unwrap();
+        let store = Store::open(Backend::local(dir.path()).unwrap())
+            .await
+            .unwrap();
+        let blob = store
+            .put_blob_bytes("default", bytes::Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        let change = Change::Put {
+            path: "a/b.txt".into(),
+            hash: blob.hash.clone(),
+            mode: None,
+            mtime: None,
+            expect: None,
+        };
+        store
+            .commit(
+                "default",
+                &CommitRequest {
+                    branch: None,
+                    message: "m".into(),
+                    changes: vec![change],
+                },
+            )
+            .await
+            .unwrap();
         let report = store.fsck().await.unwrap();
         assert!(report.damage.is_empty(), "{:?}", report.damage);
         assert_eq!((report.blobs, report.commits), (1, 2));
-        let file = dir.path().join(format!("repos/default/objects/{}/{}", &blob.hash[..2], blob.hash));
+        let file = dir.path().join(format!(
+            "repos/default/objects/{}/{}",
+            &blob.hash[..2],
+            blob.hash
+        ));
         std::fs::write(&file, b"hello w0rld").unwrap();
         let report = store.fsck().await.unwrap();
         assert_eq!(report.damage.len(), 1, "{:?}", report.damage);

@@ -33,12 +33,19 @@ impl BlockSums {
     /// Decodes one entry: 52 bytes, or 48 from a legacy index.
     pub fn decode(entry: &[u8]) -> Option<BlockSums> {
         // A short or zero-filled entry (what a crash leaves of an unsynced file) is no entry.
-        let known_len = entry.len() == ENTRY_LEN as usize || entry.len() == LEGACY_ENTRY_LEN as usize;
+        let known_len =
+            entry.len() == ENTRY_LEN as usize || entry.len() == LEGACY_ENTRY_LEN as usize;
         if !known_len || entry.iter().all(|b| *b == 0) {
             return None;
         }
-        let crc32c = entry.get(48..52).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
-        Some(BlockSums { md5: hex::encode(&entry[..16]), sha256: hex::encode(&entry[16..48]), crc32c })
+        let crc32c = entry
+            .get(48..52)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+        Some(BlockSums {
+            md5: hex::encode(&entry[..16]),
+            sha256: hex::encode(&entry[16..48]),
+            crc32c,
+        })
     }
 }
 
@@ -87,7 +94,8 @@ impl BlockIndexer {
     fn close_block(&mut self) {
         self.entries.extend_from_slice(&self.md5.finalize_reset());
         self.entries.extend_from_slice(&self.sha.finalize_reset());
-        self.entries.extend_from_slice(&(self.crc.finalize_reset() as u32).to_be_bytes());
+        self.entries
+            .extend_from_slice(&(self.crc.finalize_reset() as u32).to_be_bytes());
         self.filled = 0;
     }
 
@@ -115,7 +123,9 @@ mod tests {
 
     #[test]
     fn entries_match_the_blocks_whatever_the_pieces() {
-        let data: Vec<u8> = (0..(2 * INDEX_BLOCK as usize + 1000)).map(|i| (i * 13) as u8).collect();
+        let data: Vec<u8> = (0..(2 * INDEX_BLOCK as usize + 1000))
+            .map(|i| (i * 13) as u8)
+            .collect();
         let mut indexer = BlockIndexer::default();
         for piece in data.chunks(300_001) {
             indexer.update(piece);

@@ -68,7 +68,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 const TREE_CACHE_ENTRIES: usize = 100_000;
 
 /// Blob sizes, and commits' root trees, kept (about 150 bytes each).
-const BLOB_SIZE_CACHE_ENTRIES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16_384).expect("non-zero");
+const BLOB_SIZE_CACHE_ENTRIES: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::new(16_384).expect("non-zero");
 
 /// Decoded trees by (repository, id); they are immutable, so this cache never goes stale.
 pub(crate) struct TreeCache {
@@ -78,7 +79,10 @@ pub(crate) struct TreeCache {
 
 impl TreeCache {
     fn new() -> Self {
-        TreeCache { lru: lru::LruCache::unbounded(), entries: 0 }
+        TreeCache {
+            lru: lru::LruCache::unbounded(),
+            entries: 0,
+        }
     }
 
     pub(crate) fn get(&mut self, key: &(String, String)) -> Option<std::sync::Arc<Tree>> {
@@ -91,7 +95,9 @@ impl TreeCache {
             self.entries -= old.entries.len() + 1;
         }
         while self.entries > TREE_CACHE_ENTRIES {
-            let Some((_, evicted)) = self.lru.pop_lru() else { break };
+            let Some((_, evicted)) = self.lru.pop_lru() else {
+                break;
+            };
             self.entries -= evicted.entries.len() + 1;
         }
     }
@@ -139,7 +145,10 @@ impl Store {
     /// The commit queue of a branch.
     fn branch_queue(&self, repo: &str, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut queues = self.branch_queues.lock().expect("branch queues lock");
-        queues.entry(format!("{repo}/{branch}")).or_default().clone()
+        queues
+            .entry(format!("{repo}/{branch}"))
+            .or_default()
+            .clone()
     }
 
     /// The backend the store lives on.

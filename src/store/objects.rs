@@ -35,7 +35,12 @@ impl BlobHasher {
     pub fn new(len: u64) -> Self {
         let mut sha = Sha256::new();
         sha.update(format!("blob {len}\0").as_bytes());
-        BlobHasher { sha, md5: Md5::new(), expected_len: len, seen: 0 }
+        BlobHasher {
+            sha,
+            md5: Md5::new(),
+            expected_len: len,
+            seen: 0,
+        }
     }
 
     /// Feeds the next bytes of content.
@@ -53,7 +58,10 @@ impl BlobHasher {
                 self.seen, self.expected_len
             )));
         }
-        Ok((hex::encode(self.sha.finalize()), hex::encode(self.md5.finalize())))
+        Ok((
+            hex::encode(self.sha.finalize()),
+            hex::encode(self.md5.finalize()),
+        ))
     }
 }
 
@@ -104,7 +112,12 @@ impl Tree {
         check_id("tree", id, bytes)?;
         let tree: Tree = serde_json::from_slice(bytes).map_err(|e| corrupt(id, e))?;
         for name in tree.entries.keys() {
-            if name.is_empty() || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+            if name.is_empty()
+                || name.contains('/')
+                || name.contains('\0')
+                || name == "."
+                || name == ".."
+            {
                 return Err(corrupt(id, format!("bad entry name {name:?}")));
             }
         }
@@ -144,7 +157,10 @@ fn check_id(kind: &str, id: &str, bytes: &[u8]) -> Result<()> {
 }
 
 fn corrupt(id: &str, reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt { id: id.to_string(), reason: reason.to_string() }
+    StoreError::Corrupt {
+        id: id.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Normalises a requested mode to the git modes the store keeps.
@@ -198,7 +214,13 @@ mod tests {
         let mut tree = Tree::default();
         tree.entries.insert(
             "a".into(),
-            TreeEntry { kind: EntryType::File, mode: MODE_FILE, size: 1, mtime: 2, hash: blob_id(b"x") },
+            TreeEntry {
+                kind: EntryType::File,
+                mode: MODE_FILE,
+                size: 1,
+                mtime: 2,
+                hash: blob_id(b"x"),
+            },
         );
         let (id, bytes) = tree.encode();
         assert_eq!(Tree::decode(&id, &bytes).unwrap(), tree);

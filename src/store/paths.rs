@@ -35,7 +35,11 @@ pub fn split_path(path: &str) -> Result<Vec<&str>> {
     if trimmed.is_empty() {
         return Ok(Vec::new());
     }
-    let bad = |why: &str| Err(StoreError::InvalidInput(format!("invalid path {path:?}: {why}")));
+    let bad = |why: &str| {
+        Err(StoreError::InvalidInput(format!(
+            "invalid path {path:?}: {why}"
+        )))
+    };
     if trimmed.len() > MAX_PATH_BYTES {
         return bad("too long");
     }
@@ -67,7 +71,9 @@ pub fn validate_object_id(id: &str) -> Result<()> {
     if id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         Ok(())
     } else {
-        Err(StoreError::InvalidInput(format!("invalid object id {id:?}")))
+        Err(StoreError::InvalidInput(format!(
+            "invalid object id {id:?}"
+        )))
     }
 }
 
@@ -83,7 +89,9 @@ pub fn validate_branch(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::InvalidInput(format!("invalid ref name {name:?}")))
+        Err(StoreError::InvalidInput(format!(
+            "invalid ref name {name:?}"
+        )))
     }
 }
 
@@ -96,7 +104,17 @@ mod tests {
     fn repo_names() {
         assert!(validate_repo_name("default").is_ok());
         assert!(validate_repo_name("a.b-c_d9").is_ok());
-        for bad in ["", "-x", ".x", "api", "metrics", "healthz", "a/b", "a b", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "api",
+            "metrics",
+            "healthz",
+            "a/b",
+            "a b",
+            &"x".repeat(65),
+        ] {
             assert!(validate_repo_name(bad).is_err(), "{bad:?}");
         }
     }

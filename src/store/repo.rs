@@ -49,16 +49,32 @@ impl Store {
         if self.backend.get_opt(&config_path).await?.is_some() {
             return Err(StoreError::AlreadyExists(format!("repository {repo}")));
         }
-        let created_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let created_at =
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let tree = self.write_tree(repo, &Tree::default()).await?;
         let commit = self
-            .write_commit(repo, &Commit { tree, parent: None, message: "create repository".into(), timestamp: now_unix() })
+            .write_commit(
+                repo,
+                &Commit {
+                    tree,
+                    parent: None,
+                    message: "create repository".into(),
+                    timestamp: now_unix(),
+                },
+            )
             .await?;
         // The ref first: a config without a head would be a broken repository.
-        if !self.backend.cas_ref(&ref_path(repo, DEFAULT_BRANCH), None, &commit).await? {
+        if !self
+            .backend
+            .cas_ref(&ref_path(repo, DEFAULT_BRANCH), None, &commit)
+            .await?
+        {
             // A head without a config: a creation cut by a crash (or racing with this one).
             // If the head is sound, finish it: the repository exists from now on.
-            let head = self.backend.read_ref(&ref_path(repo, DEFAULT_BRANCH)).await?;
+            let head = self
+                .backend
+                .read_ref(&ref_path(repo, DEFAULT_BRANCH))
+                .await?;
             let sound = match &head {
                 Some(id) => self.load_commit(repo, id).await.is_ok(),
                 None => false,
@@ -67,13 +83,27 @@ impl Store {
                 return Err(StoreError::AlreadyExists(format!("repository {repo}")));
             }
             log::warn!("repository {repo} had a head but no config (an interrupted creation): finishing it");
-            let config = serde_json::to_vec(&RepoConfig { created_at: created_at.clone() }).expect("serializes");
+            let config = serde_json::to_vec(&RepoConfig {
+                created_at: created_at.clone(),
+            })
+            .expect("serializes");
             self.backend.put(&config_path, Bytes::from(config)).await?;
-            return Ok(RepoInfo { id: repo.to_string(), head, created_at });
+            return Ok(RepoInfo {
+                id: repo.to_string(),
+                head,
+                created_at,
+            });
         }
-        let config = serde_json::to_vec(&RepoConfig { created_at: created_at.clone() }).expect("serializes");
+        let config = serde_json::to_vec(&RepoConfig {
+            created_at: created_at.clone(),
+        })
+        .expect("serializes");
         self.backend.put(&config_path, Bytes::from(config)).await?;
-        Ok(RepoInfo { id: repo.to_string(), head: Some(commit), created_at })
+        Ok(RepoInfo {
+            id: repo.to_string(),
+            head: Some(commit),
+            created_at,
+        })
     }
 
     /// Lists all repositories.
@@ -98,22 +128,40 @@ impl Store {
             .get_opt(&config_path)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("repository {repo}")))?;
-        let config: RepoConfig = serde_json::from_slice(&config)
-            .map_err(|e| StoreError::Corrupt { id: config_path.to_string(), reason: e.to_string() })?;
-        let head = self.backend.read_ref(&ref_path(repo, DEFAULT_BRANCH)).await?;
-        Ok(RepoInfo { id: repo.to_string(), head, created_at: config.created_at })
+        let config: RepoConfig =
+            serde_json::from_slice(&config).map_err(|e| StoreError::Corrupt {
+                id: config_path.to_string(),
+                reason: e.to_string(),
+            })?;
+        let head = self
+            .backend
+            .read_ref(&ref_path(repo, DEFAULT_BRANCH))
+            .await?;
+        Ok(RepoInfo {
+            id: repo.to_string(),
+            head,
+            created_at: config.created_at,
+        })
     }
 
     /// Checks that a repository exists.
     pub async fn ensure_repo(&self, repo: &str) -> Result<()> {
         validate_repo_name(repo)?;
-        if self.known_repos.lock().expect("repo set lock").contains(repo) {
+        if self
+            .known_repos
+            .lock()
+            .expect("repo set lock")
+            .contains(repo)
+        {
             return Ok(());
         }
         let config_path = Path::from(format!("{}/config.json", repo_prefix(repo)));
         match self.backend.size(&config_path).await? {
             Some(_) => {
-                self.known_repos.lock().expect("repo set lock").insert(repo.to_string());
+                self.known_repos
+                    .lock()
+                    .expect("repo set lock")
+                    .insert(repo.to_string());
                 Ok(())
             }
             None => Err(StoreError::NotFound(format!("repository {repo}"))),
@@ -129,7 +177,9 @@ impl Store {
     /// Resolves `?ref=` (a branch name, or a full commit id; the default branch when absent).
     pub async fn resolve(&self, repo: &str, reference: Option<&str>) -> Result<ResolvedRef> {
         self.ensure_repo(repo).await?;
-        let reference = reference.filter(|r| !r.is_empty()).unwrap_or(DEFAULT_BRANCH);
+        let reference = reference
+            .filter(|r| !r.is_empty())
+            .unwrap_or(DEFAULT_BRANCH);
         let commit = if validate_object_id(reference).is_ok() {
             reference.to_string()
         } else {
@@ -138,17 +188,30 @@ impl Store {
                 .ok_or_else(|| StoreError::NotFound(format!("ref {reference}")))?
         };
         let key = (repo.to_string(), commit.clone());
-        if let Some(tree) = self.commit_trees.lock().expect("commit cache lock").get(&key) {
-            return Ok(ResolvedRef { commit, tree: tree.clone() });
+        if let Some(tree) = self
+            .commit_trees
+            .lock()
+            .expect("commit cache lock")
+            .get(&key)
+        {
+            return Ok(ResolvedRef {
+                commit,
+                tree: tree.clone(),
+            });
         }
         let tree = match self.load_commit(repo, &commit).await {
             Ok(c) => {
-                self.commit_trees.lock().expect("commit cache lock").put(key, c.tree.clone());
+                self.commit_trees
+                    .lock()
+                    .expect("commit cache lock")
+                    .put(key, c.tree.clone());
                 c.tree
             }
             // An id that names a blob or a tree: the caller's mistake, not damage.
             Err(StoreError::Corrupt { .. }) if commit == reference => {
-                return Err(StoreError::InvalidInput(format!("{reference} is not a commit")));
+                return Err(StoreError::InvalidInput(format!(
+                    "{reference} is not a commit"
+                )));
             }
             Err(e) => return Err(e),
         };
@@ -177,9 +240,15 @@ impl Store {
             .backend
             .get_opt(&object_path(repo, id))
             .await?
-            .ok_or_else(|| StoreError::Corrupt { id: id.to_string(), reason: "missing tree".into() })?;
+            .ok_or_else(|| StoreError::Corrupt {
+                id: id.to_string(),
+                reason: "missing tree".into(),
+            })?;
         let tree = Arc::new(Tree::decode(id, &bytes)?);
-        self.trees.lock().expect("tree cache lock").put(key, tree.clone());
+        self.trees
+            .lock()
+            .expect("tree cache lock")
+            .put(key, tree.clone());
         Ok(tree)
     }
 
@@ -196,7 +265,9 @@ impl Store {
     /// Writes a commit object and returns its id.
     pub(super) async fn write_commit(&self, repo: &str, commit: &Commit) -> Result<String> {
         let (id, bytes) = commit.encode();
-        self.backend.put(&object_path(repo, &id), Bytes::from(bytes)).await?;
+        self.backend
+            .put(&object_path(repo, &id), Bytes::from(bytes))
+            .await?;
         Ok(id)
     }
 
@@ -204,7 +275,13 @@ impl Store {
     /// itself is returned as a directory entry.
     pub async fn lookup(&self, repo: &str, root: &str, path: &str) -> Result<Option<TreeEntry>> {
         let segments = split_path(path)?;
-        let mut current = TreeEntry { kind: EntryType::Directory, mode: MODE_DIR, size: 0, mtime: 0, hash: root.to_string() };
+        let mut current = TreeEntry {
+            kind: EntryType::Directory,
+            mode: MODE_DIR,
+            size: 0,
+            mtime: 0,
+            hash: root.to_string(),
+        };
         for segment in segments {
             if current.kind != EntryType::Directory {
                 return Ok(None);
@@ -219,7 +296,12 @@ impl Store {
     }
 
     /// Describes the entry at `path` of a ref.
-    pub async fn stat(&self, repo: &str, reference: Option<&str>, path: &str) -> Result<(ResolvedRef, Entry)> {
+    pub async fn stat(
+        &self,
+        repo: &str,
+        reference: Option<&str>,
+        path: &str,
+    ) -> Result<(ResolvedRef, Entry)> {
         let resolved = self.resolve(repo, reference).await?;
         let normalized = super::paths::normalize_path(path)?;
         let entry = self
@@ -231,17 +313,29 @@ impl Store {
     }
 
     /// Lists the directory at `path` of a ref.
-    pub async fn list_dir(&self, repo: &str, reference: Option<&str>, path: &str) -> Result<(ResolvedRef, Vec<Entry>)> {
+    pub async fn list_dir(
+        &self,
+        repo: &str,
+        reference: Option<&str>,
+        path: &str,
+    ) -> Result<(ResolvedRef, Vec<Entry>)> {
         let (resolved, entry) = self.stat(repo, reference, path).await?;
         if entry.kind != EntryType::Directory {
-            return Err(StoreError::InvalidInput(format!("{:?} is not a directory", entry.path)));
+            return Err(StoreError::InvalidInput(format!(
+                "{:?} is not a directory",
+                entry.path
+            )));
         }
         let tree = self.load_tree(repo, &entry.hash).await?;
         let entries = tree
             .entries
             .iter()
             .map(|(name, e)| {
-                let child = if entry.path.is_empty() { name.clone() } else { format!("{}/{name}", entry.path) };
+                let child = if entry.path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{}/{name}", entry.path)
+                };
                 to_entry(name.clone(), child, e)
             })
             .collect();
@@ -249,7 +343,12 @@ impl Store {
     }
 
     /// Commits reachable from a ref, newest first.
-    pub async fn log(&self, repo: &str, reference: Option<&str>, limit: usize) -> Result<Vec<LogEntry>> {
+    pub async fn log(
+        &self,
+        repo: &str,
+        reference: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>> {
         let resolved = self.resolve(repo, reference).await?;
         let mut out = Vec::new();
         let mut next = Some(resolved.commit);
@@ -259,12 +358,26 @@ impl Store {
             }
             let commit = self.load_commit(repo, &id).await?;
             next = commit.parent.clone();
-            out.push(LogEntry { commit: id, parent: commit.parent, tree: commit.tree, message: commit.message, timestamp: commit.timestamp });
+            out.push(LogEntry {
+                commit: id,
+                parent: commit.parent,
+                tree: commit.tree,
+                message: commit.message,
+                timestamp: commit.timestamp,
+            });
         }
         Ok(out)
     }
 }
 
 fn to_entry(name: String, path: String, e: &TreeEntry) -> Entry {
-    Entry { name, path, kind: e.kind, size: e.size, mode: e.mode, mtime: e.mtime, hash: e.hash.clone() }
+    Entry {
+        name,
+        path,
+        kind: e.kind,
+        size: e.size,
+        mode: e.mode,
+        mtime: e.mtime,
+        hash: e.hash.clone(),
+    }
 }

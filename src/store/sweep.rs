@@ -26,7 +26,11 @@ pub struct Swept {
 /// Takes the liveness lock of `root` and, if this is the only server there, sweeps. The
 /// returned file holds the shared lock: keep it open for as long as the server runs.
 pub fn claim_and_sweep(root: &Path) -> std::io::Result<(File, Option<Swept>)> {
-    let lock = File::options().create(true).truncate(false).write(true).open(root.join("live.lock"))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("live.lock"))?;
     // SAFETY: flock on a descriptor we own.
     let alone = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     let swept = if alone { Some(sweep(root)) } else { None };
@@ -40,17 +44,28 @@ pub fn claim_and_sweep(root: &Path) -> std::io::Result<(File, Option<Swept>)> {
 fn sweep(root: &Path) -> Swept {
     let mut swept = Swept::default();
     remove_files(&root.join("tmp"), &mut swept, &|_| true);
-    let Ok(repos) = std::fs::read_dir(root.join("repos")) else { return swept };
+    let Ok(repos) = std::fs::read_dir(root.join("repos")) else {
+        return swept;
+    };
     for repo in repos.flatten() {
         let repo = repo.path();
-        remove_files(&repo.join("objects"), &mut swept, &|name| name.contains('#'));
-        remove_files(&repo.join("refs"), &mut swept, &|name| name.starts_with('.') && name.ends_with(".tmp"));
-        let Ok(uploads) = std::fs::read_dir(repo.join("uploads")) else { continue };
+        remove_files(&repo.join("objects"), &mut swept, &|name| {
+            name.contains('#')
+        });
+        remove_files(&repo.join("refs"), &mut swept, &|name| {
+            name.starts_with('.') && name.ends_with(".tmp")
+        });
+        let Ok(uploads) = std::fs::read_dir(repo.join("uploads")) else {
+            continue;
+        };
         for upload in uploads.flatten() {
             let dir = upload.path();
             let meta = std::fs::metadata(dir.join("meta.json"));
             let abandoned = match meta.and_then(|m| m.modified()) {
-                Ok(modified) => newest_mtime(&dir).unwrap_or(modified).elapsed().is_ok_and(|age| age > ABANDONED_UPLOAD),
+                Ok(modified) => newest_mtime(&dir)
+                    .unwrap_or(modified)
+                    .elapsed()
+                    .is_ok_and(|age| age > ABANDONED_UPLOAD),
                 // No meta: a completed or aborted upload's empty directory, or a start cut
                 // before its meta was written.
                 Err(_) => true,
@@ -65,10 +80,14 @@ fn sweep(root: &Path) -> Swept {
 
 /// Removes the files under `dir` (recursively) whose names match.
 fn remove_files(dir: &Path, swept: &mut Swept, matches: &dyn Fn(&str) -> bool) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         if kind.is_dir() {
             remove_files(&path, swept, matches);
         } else if entry.file_name().to_str().is_some_and(matches) {
@@ -82,7 +101,11 @@ fn remove_files(dir: &Path, swept: &mut Swept, matches: &dyn Fn(&str) -> bool) {
 }
 
 fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    std::fs::read_dir(dir).ok()?.flatten().filter_map(|e| e.metadata().ok()?.modified().ok()).max()
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
 }
 
 #[cfg(test)]
@@ -93,7 +116,13 @@ mod tests {
     fn the_first_server_sweeps_debris_and_a_second_one_does_not() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        for dir in ["tmp", "repos/a/objects/ab", "repos/a/refs/heads", "repos/a/uploads/u1", "repos/a/uploads/u2"] {
+        for dir in [
+            "tmp",
+            "repos/a/objects/ab",
+            "repos/a/refs/heads",
+            "repos/a/uploads/u1",
+            "repos/a/uploads/u2",
+        ] {
             std::fs::create_dir_all(r.join(dir)).unwrap();
         }
         std::fs::write(r.join("tmp/half-blob"), b"12345").unwrap();
@@ -103,12 +132,28 @@ mod tests {
         std::fs::write(r.join("repos/a/refs/heads/main"), b"kept").unwrap();
         std::fs::write(r.join("repos/a/uploads/u2/meta.json"), b"{}").unwrap();
         let (held, swept) = claim_and_sweep(r).unwrap();
-        assert_eq!(swept, Some(Swept { files: 3, bytes: 7, uploads: 1 }));
-        assert!(r.join("repos/a/objects/ab/abcd").exists() && r.join("repos/a/refs/heads/main").exists());
-        assert!(r.join("repos/a/uploads/u2").exists(), "a recent upload is kept");
+        assert_eq!(
+            swept,
+            Some(Swept {
+                files: 3,
+                bytes: 7,
+                uploads: 1
+            })
+        );
+        assert!(
+            r.join("repos/a/objects/ab/abcd").exists()
+                && r.join("repos/a/refs/heads/main").exists()
+        );
+        assert!(
+            r.join("repos/a/uploads/u2").exists(),
+            "a recent upload is kept"
+        );
         std::fs::write(r.join("tmp/in-flight"), b"x").unwrap();
         let (_second, swept) = claim_and_sweep(r).unwrap();
-        assert_eq!(swept, None, "a second server must not sweep while the first runs");
+        assert_eq!(
+            swept, None,
+            "a second server must not sweep while the first runs"
+        );
         assert!(r.join("tmp/in-flight").exists());
         drop(held);
     }

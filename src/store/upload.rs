@@ -49,7 +49,10 @@ struct ChunkCopy {
 /// Where the bytes of one received chunk are.
 enum ChunkSource {
     Stored(Path),
-    Copied { blob: String, range: std::ops::Range<u64> },
+    Copied {
+        blob: String,
+        range: std::ops::Range<u64>,
+    },
 }
 
 /// One received chunk.
@@ -69,14 +72,26 @@ impl Store {
     /// Starts an upload with a chunk size clamped to the accepted bounds.
     pub async fn start_upload(&self, repo: &str, chunk_size: Option<u64>) -> Result<UploadStarted> {
         self.ensure_repo(repo).await?;
-        let chunk_size = chunk_size.unwrap_or(DEFAULT_UPLOAD_CHUNK).clamp(MIN_UPLOAD_CHUNK, MAX_UPLOAD_CHUNK);
+        let chunk_size = chunk_size
+            .unwrap_or(DEFAULT_UPLOAD_CHUNK)
+            .clamp(MIN_UPLOAD_CHUNK, MAX_UPLOAD_CHUNK);
         let id = uuid::Uuid::new_v4().to_string();
-        let meta = serde_json::to_vec(&UploadMeta { chunk_size, created: now_unix() }).expect("serializes");
+        let meta = serde_json::to_vec(&UploadMeta {
+            chunk_size,
+            created: now_unix(),
+        })
+        .expect("serializes");
         // Scratch like the chunks: an upload lost in a crash is started again by its client.
         self.backend
-            .put_scratch(&Path::from(format!("{}/meta.json", upload_prefix(repo, &id))), Bytes::from(meta))
+            .put_scratch(
+                &Path::from(format!("{}/meta.json", upload_prefix(repo, &id))),
+                Bytes::from(meta),
+            )
             .await?;
-        Ok(UploadStarted { upload_id: id, chunk_size })
+        Ok(UploadStarted {
+            upload_id: id,
+            chunk_size,
+        })
     }
 
     async fn upload_meta(&self, repo: &str, id: &str) -> Result<UploadMeta> {
@@ -84,10 +99,16 @@ impl Store {
         validate_upload_id(id)?;
         let bytes = self
             .backend
-            .get_opt(&Path::from(format!("{}/meta.json", upload_prefix(repo, id))))
+            .get_opt(&Path::from(format!(
+                "{}/meta.json",
+                upload_prefix(repo, id)
+            )))
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { id: id.into(), reason: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            id: id.into(),
+            reason: e.to_string(),
+        })
     }
 
     /// The chunk size of an upload (for the server's body limit).
@@ -127,31 +148,54 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
             if !actual.eq_ignore_ascii_case(expected.trim()) {
-                return Err(StoreError::ChecksumMismatch { expected: expected.to_string(), actual });
+                return Err(StoreError::ChecksumMismatch {
+                    expected: expected.to_string(),
+                    actual,
+                });
             }
         }
         // Not fsynced: only the assembled blob must be durable. After an OS crash a chunk may
         // be missing or cut short; `complete` then refuses the layout (every chunk but the last
         // must be full) and the client resends it. A process crash loses nothing.
         self.backend.delete(&copy_path(repo, id, index)).await?;
-        self.backend.put_scratch(&chunk_path(repo, id, index), data).await
+        self.backend
+            .put_scratch(&chunk_path(repo, id, index), data)
+            .await
     }
 
     /// Makes chunk `index` of an upload a copy of the same byte range of blob `source` (the
     /// whole chunk, or the blob's tail when it ends inside it). Returns the chunk's length.
-    pub async fn copy_upload_chunk(&self, repo: &str, id: &str, index: u64, source: &str, limit: u64) -> Result<u64> {
+    pub async fn copy_upload_chunk(
+        &self,
+        repo: &str,
+        id: &str,
+        index: u64,
+        source: &str,
+        limit: u64,
+    ) -> Result<u64> {
         let meta = self.upload_meta(repo, id).await?;
         let size = self.blob_size(repo, source).await?;
-        let start = index.checked_mul(meta.chunk_size).filter(|s| *s < size).ok_or_else(|| {
-            StoreError::InvalidInput(format!("chunk {index} starts past the end of blob {source} ({size} bytes)"))
-        })?;
+        let start = index
+            .checked_mul(meta.chunk_size)
+            .filter(|s| *s < size)
+            .ok_or_else(|| {
+                StoreError::InvalidInput(format!(
+                    "chunk {index} starts past the end of blob {source} ({size} bytes)"
+                ))
+            })?;
         let len = meta.chunk_size.min(size - start);
         if start + len > limit {
             return Err(StoreError::TooLarge { limit });
         }
-        let copy = serde_json::to_vec(&ChunkCopy { blob: source.to_string(), len }).expect("serializes");
+        let copy = serde_json::to_vec(&ChunkCopy {
+            blob: source.to_string(),
+            len,
+        })
+        .expect("serializes");
         self.backend.delete(&chunk_path(repo, id, index)).await?;
-        self.backend.put_scratch(&copy_path(repo, id, index), Bytes::from(copy)).await?;
+        self.backend
+            .put_scratch(&copy_path(repo, id, index), Bytes::from(copy))
+            .await?;
         Ok(len)
     }
 
@@ -159,23 +203,48 @@ impl Store {
     pub async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
         self.upload_meta(repo, id).await?;
         let chunks = self.upload_chunks(repo, id).await?;
-        Ok(UploadStatus { bytes: chunks.iter().map(|c| c.len).sum(), received: chunks.into_iter().map(|c| c.index).collect() })
+        Ok(UploadStatus {
+            bytes: chunks.iter().map(|c| c.len).sum(),
+            received: chunks.into_iter().map(|c| c.index).collect(),
+        })
     }
 
     async fn upload_chunks(&self, repo: &str, id: &str) -> Result<Vec<ReceivedChunk>> {
-        let listing = self.backend.list(&Path::from(upload_prefix(repo, id))).await?;
+        let listing = self
+            .backend
+            .list(&Path::from(upload_prefix(repo, id)))
+            .await?;
         let mut chunks = Vec::with_capacity(listing.len());
         for m in listing {
-            let Some(name) = m.location.filename() else { continue };
+            let Some(name) = m.location.filename() else {
+                continue;
+            };
             if let Some(index) = name.strip_suffix(".chunk").and_then(|i| i.parse().ok()) {
-                chunks.push(ReceivedChunk { index, len: m.size, source: ChunkSource::Stored(m.location.clone()) });
-            } else if let Some(index) = name.strip_suffix(".copy").and_then(|i| i.parse::<u64>().ok()) {
+                chunks.push(ReceivedChunk {
+                    index,
+                    len: m.size,
+                    source: ChunkSource::Stored(m.location.clone()),
+                });
+            } else if let Some(index) = name
+                .strip_suffix(".copy")
+                .and_then(|i| i.parse::<u64>().ok())
+            {
                 let bytes = self.backend.get(&m.location).await?;
-                let copy: ChunkCopy = serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt { id: m.location.to_string(), reason: e.to_string() })?;
+                let copy: ChunkCopy =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        id: m.location.to_string(),
+                        reason: e.to_string(),
+                    })?;
                 let meta = self.upload_meta(repo, id).await?;
                 let start = index * meta.chunk_size;
-                chunks.push(ReceivedChunk { index, len: copy.len, source: ChunkSource::Copied { blob: copy.blob, range: start..start + copy.len } });
+                chunks.push(ReceivedChunk {
+                    index,
+                    len: copy.len,
+                    source: ChunkSource::Copied {
+                        blob: copy.blob,
+                        range: start..start + copy.len,
+                    },
+                });
             }
         }
         chunks.sort_unstable_by_key(|c| c.index);
@@ -186,9 +255,17 @@ impl Store {
     pub async fn complete_upload(&self, repo: &str, id: &str, limit: u64) -> Result<BlobInfo> {
         let meta = self.upload_meta(repo, id).await?;
         let chunks = self.upload_chunks(repo, id).await?;
-        for (position, ReceivedChunk { index, len: size, .. }) in chunks.iter().enumerate() {
+        for (
+            position,
+            ReceivedChunk {
+                index, len: size, ..
+            },
+        ) in chunks.iter().enumerate()
+        {
             if *index != position as u64 {
-                return Err(StoreError::InvalidInput(format!("chunk {position} is missing")));
+                return Err(StoreError::InvalidInput(format!(
+                    "chunk {position} is missing"
+                )));
             }
             if position + 1 < chunks.len() && *size != meta.chunk_size {
                 return Err(StoreError::InvalidInput(format!(
@@ -237,8 +314,17 @@ impl Store {
     /// sweep removes the chunks left behind.
     pub async fn abort_upload(&self, repo: &str, id: &str) -> Result<()> {
         self.upload_meta(repo, id).await?;
-        self.backend.delete(&Path::from(format!("{}/meta.json", upload_prefix(repo, id)))).await?;
-        for meta in self.backend.list(&Path::from(upload_prefix(repo, id))).await? {
+        self.backend
+            .delete(&Path::from(format!(
+                "{}/meta.json",
+                upload_prefix(repo, id)
+            )))
+            .await?;
+        for meta in self
+            .backend
+            .list(&Path::from(upload_prefix(repo, id)))
+            .await?
+        {
             self.backend.delete(&meta.location).await?;
         }
         Ok(())

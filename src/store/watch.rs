@@ -30,19 +30,33 @@ impl Store {
         for repo in self.backend.list_dirs(&Path::from("repos")).await? {
             let heads = Path::from(format!("repos/{repo}/refs/heads"));
             for meta in self.backend.list(&heads).await? {
-                let etag = meta.e_tag.clone().unwrap_or_else(|| format!("{:?}", meta.last_modified));
+                let etag = meta
+                    .e_tag
+                    .clone()
+                    .unwrap_or_else(|| format!("{:?}", meta.last_modified));
                 if etags.get(&meta.location) == Some(&etag) {
                     continue;
                 }
                 etags.insert(meta.location.clone(), etag);
-                let Some(branch) = meta.location.filename().map(str::to_string) else { continue };
-                let Some(commit) = self.backend.read_ref(&meta.location).await? else { continue };
+                let Some(branch) = meta.location.filename().map(str::to_string) else {
+                    continue;
+                };
+                let Some(commit) = self.backend.read_ref(&meta.location).await? else {
+                    continue;
+                };
                 let known = {
                     let mut seen = self.seen_refs.lock().expect("seen refs lock");
-                    seen.insert(format!("{repo}/{branch}"), commit.clone()).as_deref() == Some(commit.as_str())
+                    seen.insert(format!("{repo}/{branch}"), commit.clone())
+                        .as_deref()
+                        == Some(commit.as_str())
                 };
                 if !first && !known {
-                    let _ = self.events.send(RefUpdate { repo: repo.clone(), branch, commit, changed: Vec::new() });
+                    let _ = self.events.send(RefUpdate {
+                        repo: repo.clone(),
+                        branch,
+                        commit,
+                        changed: Vec::new(),
+                    });
                     announced += 1;
                 }
             }

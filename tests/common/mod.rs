@@ -27,7 +27,14 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Environment variables removed from every child so that loopback traffic never goes
 /// through a proxy configured on the machine.
-const PROXY_VARS: [&str; 6] = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+const PROXY_VARS: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
 
 /// Where a server keeps its data: a private temporary directory, or one the test owns.
 enum DataDir {
@@ -71,7 +78,8 @@ impl ServerProcess {
     /// (for example `["--auth-token", "secret"]` or `["--max-upload-size", "1M"]`).
     pub fn start_with(extra_args: &[&str]) -> ServerProcess {
         let data = tempfile::tempdir().expect("create a data directory");
-        Self::spawn(DataDir::Owned(data), extra_args, &[]).unwrap_or_else(|e| panic!("cannot start the server: {e}"))
+        Self::spawn(DataDir::Owned(data), extra_args, &[])
+            .unwrap_or_else(|e| panic!("cannot start the server: {e}"))
     }
 
     /// Starts a server on the given data directory (kept after the server stops, so a test
@@ -86,10 +94,15 @@ impl ServerProcess {
         let data = tempfile::tempdir().expect("create a scratch directory");
         let mut args = vec!["--store", store_url];
         args.extend_from_slice(extra_args);
-        Self::spawn(DataDir::Owned(data), &args, &s3.env()).unwrap_or_else(|e| panic!("cannot start the server on {store_url}: {e}"))
+        Self::spawn(DataDir::Owned(data), &args, &s3.env())
+            .unwrap_or_else(|e| panic!("cannot start the server on {store_url}: {e}"))
     }
 
-    fn spawn(data: DataDir, extra_args: &[&str], envs: &[(&str, String)]) -> Result<ServerProcess, String> {
+    fn spawn(
+        data: DataDir,
+        extra_args: &[&str],
+        envs: &[(&str, String)],
+    ) -> Result<ServerProcess, String> {
         let log_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let log_path = log_dir.path().join("server.log");
         let log_file = File::create(&log_path).map_err(|e| e.to_string())?;
@@ -108,7 +121,9 @@ impl ServerProcess {
             command.env_remove(var);
         }
         command.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
-        let mut child = command.spawn().map_err(|e| format!("spawn {GOVCFS}: {e}"))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("spawn {GOVCFS}: {e}"))?;
         let token = extra_args
             .iter()
             .position(|a| *a == "--auth-token")
@@ -127,23 +142,50 @@ impl ServerProcess {
             let mut sink = Vec::new();
             let _ = reader.read_to_end(&mut sink);
         });
-        let mut server =
-            ServerProcess { child, addr: "127.0.0.1:0".parse().unwrap(), data, log_dir, token, scheme: "http", exited: None };
+        let mut server = ServerProcess {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            data,
+            log_dir,
+            token,
+            scheme: "http",
+            exited: None,
+        };
         let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(Ok(line)) => line,
-            Ok(Err(e)) => return Err(format!("reading the server's stdout: {e}; log: {}", server.log())),
-            Err(_) => return Err(format!("no listening line within {STARTUP_TIMEOUT:?}; log: {}", server.log())),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "reading the server's stdout: {e}; log: {}",
+                    server.log()
+                ))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "no listening line within {STARTUP_TIMEOUT:?}; log: {}",
+                    server.log()
+                ))
+            }
         };
         let listening = line.trim_end().strip_prefix("govcfs: listening on ");
         let (scheme, addr) = match listening {
             Some(rest) if rest.starts_with("https://") => ("https", &rest[8..]),
             Some(rest) if rest.starts_with("http://") => ("http", &rest[7..]),
-            _ => return Err(format!("unexpected first stdout line {line:?}; log: {}", server.log())),
+            _ => {
+                return Err(format!(
+                    "unexpected first stdout line {line:?}; log: {}",
+                    server.log()
+                ))
+            }
         };
         server.scheme = scheme;
-        server.addr = addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
+        server.addr = addr
+            .parse()
+            .map_err(|e| format!("bad address {addr:?}: {e}"))?;
         if !server.addr.ip().is_loopback() {
-            return Err(format!("server listens on a non-loopback address {}", server.addr));
+            return Err(format!(
+                "server listens on a non-loopback address {}",
+                server.addr
+            ));
         }
         Ok(server)
     }
@@ -195,8 +237,12 @@ impl ServerProcess {
         if let Some(t) = &self.token {
             headers.push(("Authorization".to_string(), format!("Bearer {t}")));
         }
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let response = http_request(self.addr, "GET", "/metrics", &headers, b"").expect("GET /metrics");
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let response =
+            http_request(self.addr, "GET", "/metrics", &headers, b"").expect("GET /metrics");
         assert_eq!(response.status, 200, "GET /metrics: {}", response.text());
         response.text()
     }
@@ -261,7 +307,12 @@ impl Drop for ServerProcess {
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// What a [`ProcSampler`] saw.
@@ -298,7 +349,9 @@ impl ProcSampler {
                 if flag.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let Some(rss) = proc_status_kib(pid, "VmRSS:") else { break };
+                let Some(rss) = proc_status_kib(pid, "VmRSS:") else {
+                    break;
+                };
                 seen.samples += 1;
                 if rss > seen.max_rss_kib {
                     seen.max_rss_kib = rss;
@@ -311,7 +364,10 @@ impl ProcSampler {
             }
             seen
         });
-        ProcSampler { stop, handle: Some(handle) }
+        ProcSampler {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// Stops sampling and returns what was seen.
@@ -321,7 +377,10 @@ impl ProcSampler {
 
     fn finish(&mut self) -> ProcSamples {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -396,7 +455,12 @@ pub fn run_cli(args: &[&str]) -> CliOutput {
 /// and its network path do not depend on the caller's shell.
 pub fn run_cli_with(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> CliOutput {
     let mut command = Command::new(GOVCFS);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("RUST_LOG");
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG");
     for var in PROXY_VARS {
         command.env_remove(var);
     }
@@ -404,7 +468,9 @@ pub fn run_cli_with(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> 
         command.env(k, v);
     }
     let started = Instant::now();
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {GOVCFS}: {e}"));
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {GOVCFS}: {e}"));
     let pid = child.id() as libc::pid_t;
     let out_pipe = child.stdout.take().expect("piped stdout");
     let err_pipe = child.stderr.take().expect("piped stderr");
@@ -453,7 +519,10 @@ pub fn run_cli_with(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> 
         elapsed,
     };
     if timed_out {
-        panic!("govcfs {args:?} did not finish within {timeout:?}; stderr: {}", output.stderr);
+        panic!(
+            "govcfs {args:?} did not finish within {timeout:?}; stderr: {}",
+            output.stderr
+        );
     }
     output
 }
@@ -465,7 +534,11 @@ pub struct XorShift(u64);
 impl XorShift {
     /// A generator for `seed` (0 is replaced by a fixed non-zero seed).
     pub fn new(seed: u64) -> Self {
-        XorShift(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        XorShift(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     /// The next 64 random bits.
@@ -530,7 +603,11 @@ pub fn first_difference(a: &Path, b: &Path) -> std::io::Result<Option<u64>> {
         let nb = read_full(&mut fb, &mut bb)?;
         let n = na.min(nb);
         if ba[..n] != bb[..n] {
-            let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y).expect("slices differ");
+            let i = ba[..n]
+                .iter()
+                .zip(&bb[..n])
+                .position(|(x, y)| x != y)
+                .expect("slices differ");
             return Ok(Some(offset + i as u64));
         }
         if na != nb {
@@ -547,7 +624,11 @@ pub fn first_difference(a: &Path, b: &Path) -> std::io::Result<Option<u64>> {
 pub fn assert_files_equal(a: &Path, b: &Path) {
     match first_difference(a, b) {
         Ok(None) => {}
-        Ok(Some(offset)) => panic!("{} and {} differ at byte {offset}", a.display(), b.display()),
+        Ok(Some(offset)) => panic!(
+            "{} and {} differ at byte {offset}",
+            a.display(),
+            b.display()
+        ),
         Err(e) => panic!("cannot compare {} and {}: {e}", a.display(), b.display()),
     }
 }
@@ -568,7 +649,10 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// A single-threaded tokio runtime with I/O and timers, for `runtime().block_on(…)`.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// Runs a future to completion on a fresh single-threaded runtime.
@@ -621,7 +705,10 @@ impl RawResponse {
     /// The first value of a header (name case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as (lossy) UTF-8.
@@ -631,7 +718,8 @@ impl RawResponse {
 
     /// The body parsed as JSON (panics with the body if it is not JSON).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -645,7 +733,8 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<RawResponse> {
-    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -667,31 +756,46 @@ pub fn http_request(
 /// Parses a complete HTTP/1.1 response (`Content-Length`, chunked or read-to-close body).
 pub fn parse_response(raw: &[u8], head_only: bool) -> std::io::Result<RawResponse> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("headers are not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
-    let status: u16 =
-        status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let rest = &raw[end + 4..];
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     let body = if head_only || status == 204 || status == 304 {
         Vec::new()
     } else if chunked {
         dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
     } else {
-        let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+        let len = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok());
         match len {
             Some(n) if n <= rest.len() => rest[..n].to_vec(),
             Some(_) => return Err(bad("body shorter than Content-Length")),
             None => rest.to_vec(),
         }
     };
-    Ok(RawResponse { status, headers, body })
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
@@ -725,7 +829,9 @@ pub fn have_program(program: &str) -> bool {
 /// and a misplaced piece of data is always detected.
 pub fn write_fast_random_file(path: &Path, len: u64, seed: u64) {
     const BLOCK: usize = 1 << 20;
-    let blocks: Vec<Vec<u8>> = (0..16).map(|i| random_bytes(BLOCK, seed.wrapping_mul(1000).wrapping_add(i + 1))).collect();
+    let blocks: Vec<Vec<u8>> = (0..16)
+        .map(|i| random_bytes(BLOCK, seed.wrapping_mul(1000).wrapping_add(i + 1)))
+        .collect();
     let mut rng = XorShift::new(seed ^ 0x5EED);
     let mut file = File::create(path).expect("create the file");
     let mut buf = vec![0u8; BLOCK];

@@ -25,7 +25,8 @@ pub struct S3Server {
 impl S3Server {
     /// The S3 server of the environment, or a new moto server.
     pub fn start() -> S3Server {
-        let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
         if let Ok(endpoint) = std::env::var("GOVCFS_TEST_S3_ENDPOINT") {
             return S3Server {
                 endpoint,
@@ -61,7 +62,10 @@ impl S3Server {
             if put_unsigned(port, &format!("/{}", server.bucket)) {
                 break;
             }
-            assert!(Instant::now() < deadline, "moto_server did not answer within {MOTO_STARTUP:?}");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not answer within {MOTO_STARTUP:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         server
@@ -86,7 +90,10 @@ impl S3Server {
     /// The same settings by `object_store`'s names (the variables' names in lower case), for
     /// `Backend::s3_with` in-process.
     pub fn settings(&self) -> Vec<(String, String)> {
-        self.env().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
+        self.env()
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect()
     }
 }
 

@@ -108,7 +108,10 @@ struct Pacer {
 
 impl Pacer {
     fn new() -> Self {
-        Pacer { rate: AtomicU64::new(0), next_free: Mutex::new(Instant::now()) }
+        Pacer {
+            rate: AtomicU64::new(0),
+            next_free: Mutex::new(Instant::now()),
+        }
     }
 
     /// The moment `n` bytes may start going out (the clock moves on by their send time).
@@ -168,7 +171,9 @@ impl Shared {
     /// the current rule generation.
     fn admit(&self, dir: usize, n: usize, seen: &mut (u64, u64)) -> (usize, bool) {
         let mut rules = self.rules.lock().expect("rules lock");
-        let Some(rule) = rules.by_dir[dir] else { return (n, false) };
+        let Some(rule) = rules.by_dir[dir] else {
+            return (n, false);
+        };
         if seen.0 != rule.generation {
             *seen = (rule.generation, 0);
         }
@@ -230,7 +235,9 @@ impl FaultProxy {
             resets_injected: AtomicU64::new(0),
             resets_propagated: AtomicU64::new(0),
         });
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind the proxy");
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let stop = CancellationToken::new();
         {
@@ -252,7 +259,12 @@ impl FaultProxy {
                 }
             });
         }
-        FaultProxy { addr, shared, stop, runtime: Some(runtime) }
+        FaultProxy {
+            addr,
+            shared,
+            stop,
+            runtime: Some(runtime),
+        }
     }
 
     /// The address clients connect to.
@@ -272,14 +284,18 @@ impl FaultProxy {
 
     /// Delays every piece of data by `latency` (in each direction).
     pub fn set_latency(&self, latency: Duration) {
-        self.shared.latency_us.store(latency.as_micros() as u64, Ordering::Relaxed);
+        self.shared
+            .latency_us
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Limits each direction to `bytes_per_sec` over all connections; `None` removes the limit.
     pub fn set_bandwidth(&self, bytes_per_sec: Option<u64>) {
         for pacer in &self.shared.pacers {
             *pacer.next_free.lock().expect("pacer lock") = Instant::now();
-            pacer.rate.store(bytes_per_sec.unwrap_or(0), Ordering::Relaxed);
+            pacer
+                .rate
+                .store(bytes_per_sec.unwrap_or(0), Ordering::Relaxed);
         }
     }
 
@@ -291,7 +307,11 @@ impl FaultProxy {
         rules.generation += 1;
         let generation = rules.generation;
         for &d in dir.indices() {
-            rules.by_dir[d] = Some(Rule { every, scope, generation });
+            rules.by_dir[d] = Some(Rule {
+                every,
+                scope,
+                generation,
+            });
             rules.total[d] = 0;
         }
     }
@@ -306,7 +326,14 @@ impl FaultProxy {
 
     /// Resets every live connection now; returns how many.
     pub fn reset_all(&self) -> usize {
-        let conns: Vec<Arc<ConnCtl>> = self.shared.conns.lock().expect("conns lock").values().cloned().collect();
+        let conns: Vec<Arc<ConnCtl>> = self
+            .shared
+            .conns
+            .lock()
+            .expect("conns lock")
+            .values()
+            .cloned()
+            .collect();
         for c in &conns {
             self.shared.resets_injected.fetch_add(1, Ordering::Relaxed);
             c.reset();
@@ -355,7 +382,10 @@ impl Drop for FaultProxy {
 
 /// Makes the next close of `stream` send a RST (SO_LINGER on, 0 s).
 fn linger_zero(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt on a socket we own, with a pointer to a live linger of the right size.
     unsafe {
         libc::setsockopt(
@@ -377,8 +407,15 @@ enum Piece {
 /// Forwards one client connection until both directions end or it is reset.
 async fn serve(client: TcpStream, shared: Arc<Shared>) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let ctl = Arc::new(ConnCtl { kill: CancellationToken::new(), reset: AtomicBool::new(false) });
-    shared.conns.lock().expect("conns lock").insert(id, ctl.clone());
+    let ctl = Arc::new(ConnCtl {
+        kill: CancellationToken::new(),
+        reset: AtomicBool::new(false),
+    });
+    shared
+        .conns
+        .lock()
+        .expect("conns lock")
+        .insert(id, ctl.clone());
     serve_registered(client, &shared, &ctl).await;
     shared.conns.lock().expect("conns lock").remove(&id);
 }
@@ -422,7 +459,12 @@ async fn serve_registered(mut client: TcpStream, shared: &Arc<Shared>, ctl: &Arc
 }
 
 /// Reads one side into the queue of the other; pauses during a black-hole.
-async fn read_side(mut from: tokio::net::tcp::ReadHalf<'_>, to: mpsc::Sender<Piece>, shared: &Shared, ctl: &ConnCtl) {
+async fn read_side(
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    to: mpsc::Sender<Piece>,
+    shared: &Shared,
+    ctl: &ConnCtl,
+) {
     loop {
         tokio::select! {
             _ = ctl.kill.cancelled() => return,
@@ -457,7 +499,13 @@ async fn read_side(mut from: tokio::net::tcp::ReadHalf<'_>, to: mpsc::Sender<Pie
 }
 
 /// Delivers the queue to one side, applying latency, bandwidth and reset rules.
-async fn write_side(mut from: mpsc::Receiver<Piece>, mut to: tokio::net::tcp::WriteHalf<'_>, dir: usize, shared: &Shared, ctl: &ConnCtl) {
+async fn write_side(
+    mut from: mpsc::Receiver<Piece>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    dir: usize,
+    shared: &Shared,
+    ctl: &ConnCtl,
+) {
     let mut seen = (0u64, 0u64);
     loop {
         let piece = tokio::select! {
@@ -488,7 +536,11 @@ async fn write_side(mut from: mpsc::Receiver<Piece>, mut to: tokio::net::tcp::Wr
             }
             // Small slices when paced, so the limit is smooth.
             let limited = shared.pacers[dir].rate.load(Ordering::Relaxed) != 0;
-            let want = if limited { data.len().min(16 << 10) } else { data.len() };
+            let want = if limited {
+                data.len().min(16 << 10)
+            } else {
+                data.len()
+            };
             let (n, reset) = shared.admit(dir, want, &mut seen);
             if let Some(start) = shared.pacers[dir].reserve(n) {
                 tokio::select! {

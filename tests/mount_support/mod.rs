@@ -27,7 +27,14 @@ pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Proxy variables removed from every child so loopback traffic never goes through a proxy.
-const PROXY_VARS: [&str; 6] = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+const PROXY_VARS: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
 
 /// A `govcfs` command with a clean environment (no proxy, no `RUST_LOG`).
 pub fn govcfs_command() -> Command {
@@ -45,7 +52,12 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -60,7 +72,9 @@ fn unescape_mountinfo(field: &str) -> String {
 /// The mountinfo lines (fields: mount point, file system type, source) whose mount point
 /// is `path`.
 pub fn mount_entries(path: &Path) -> Vec<(String, String, String)> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let wanted = path.to_string_lossy().into_owned();
     info.lines()
         .filter_map(|line| {
@@ -132,7 +146,12 @@ pub use crate::common::wait_until;
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Waits at most `timeout` for `child` to exit; `None` if it is still running.
@@ -163,7 +182,9 @@ pub fn kill_child(child: &mut Child) {
 /// is killed by its PID and the function panics. stdout/stderr are whatever the caller set.
 pub fn run_bounded(command: &mut Command, timeout: Duration) -> ExitStatus {
     command.stdin(Stdio::null());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     match wait_child(&mut child, timeout) {
         Some(status) => status,
         None => {
@@ -175,8 +196,13 @@ pub fn run_bounded(command: &mut Command, timeout: Duration) -> ExitStatus {
 
 /// Runs `command` with piped stdout and stderr (read on threads) within `timeout`.
 pub fn output_bounded(command: &mut Command, timeout: Duration) -> (ExitStatus, Vec<u8>, String) {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     let out = child.stdout.take().expect("piped stdout");
     let err = child.stderr.take().expect("piped stderr");
     let out_thread = crate::common::drain_on_thread(out);
@@ -191,10 +217,17 @@ pub fn output_bounded(command: &mut Command, timeout: Duration) -> (ExitStatus, 
     // A grandchild (a daemonized mount) could keep a pipe open; never wait on it forever.
     let stdout = join_bounded(out_thread, Duration::from_secs(10)).unwrap_or_default();
     let stderr = join_bounded(err_thread, Duration::from_secs(10)).unwrap_or_default();
-    (status, stdout, String::from_utf8_lossy(&stderr).into_owned())
+    (
+        status,
+        stdout,
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
 }
 
-fn join_bounded<T: Send + 'static>(handle: std::thread::JoinHandle<T>, timeout: Duration) -> Option<T> {
+fn join_bounded<T: Send + 'static>(
+    handle: std::thread::JoinHandle<T>,
+    timeout: Duration,
+) -> Option<T> {
     if wait_until(timeout, || handle.is_finished()) {
         handle.join().ok()
     } else {
@@ -230,7 +263,11 @@ pub struct MountGuard {
 impl MountGuard {
     /// Mounts `url` with `extra_args` (e.g. `["--attr-ttl", "0.5"]`) in the foreground.
     pub fn start(url: &str, extra_args: &[&str]) -> MountGuard {
-        Self::start_with(MountOptions { url: Some(url), args: extra_args, envs: &[] })
+        Self::start_with(MountOptions {
+            url: Some(url),
+            args: extra_args,
+            envs: &[],
+        })
     }
 
     /// Mounts with full options (embedded server when `url` is `None`, extra environment).
@@ -257,8 +294,16 @@ impl MountGuard {
         for (k, v) in options.envs {
             command.env(k, v);
         }
-        let child = command.spawn().unwrap_or_else(|e| panic!("spawn {GOVCFS} mount: {e}"));
-        let mut guard = MountGuard { child, mountpoint, log_path, dir: Some(dir), done: false };
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {GOVCFS} mount: {e}"));
+        let mut guard = MountGuard {
+            child,
+            mountpoint,
+            log_path,
+            dir: Some(dir),
+            done: false,
+        };
         guard.wait_ready();
         guard
     }
@@ -267,21 +312,38 @@ impl MountGuard {
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the mount process exited early with {status}; log:\n{}", self.log());
+                panic!(
+                    "the mount process exited early with {status}; log:\n{}",
+                    self.log()
+                );
             }
             if is_mounted(&self.mountpoint) {
                 break;
             }
             if Instant::now() >= deadline {
-                panic!("{} did not show up in /proc/self/mountinfo within {MOUNT_TIMEOUT:?}; log:\n{}", self.mountpoint.display(), self.log());
+                panic!(
+                    "{} did not show up in /proc/self/mountinfo within {MOUNT_TIMEOUT:?}; log:\n{}",
+                    self.mountpoint.display(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
         match read_dir_bounded(&self.mountpoint, left) {
             Some(Ok(_)) => {}
-            Some(Err(e)) => panic!("read_dir on the fresh mount {} failed: {e}; log:\n{}", self.mountpoint.display(), self.log()),
-            None => panic!("read_dir on the fresh mount {} hung; log:\n{}", self.mountpoint.display(), self.log()),
+            Some(Err(e)) => panic!(
+                "read_dir on the fresh mount {} failed: {e}; log:\n{}",
+                self.mountpoint.display(),
+                self.log()
+            ),
+            None => panic!(
+                "read_dir on the fresh mount {} hung; log:\n{}",
+                self.mountpoint.display(),
+                self.log()
+            ),
         }
     }
 
@@ -370,7 +432,10 @@ impl DaemonMount {
         std::fs::create_dir(&mountpoint).expect("create the mountpoint");
         std::fs::create_dir(dir.path().join("run")).expect("create the runtime directory");
         let mountpoint = std::fs::canonicalize(&mountpoint).expect("canonical mountpoint");
-        DaemonMount { mountpoint, dir: Some(dir) }
+        DaemonMount {
+            mountpoint,
+            dir: Some(dir),
+        }
     }
 
     /// Runs `program ARGS…` (ARGS may mention the mountpoint via [`Self::path`]) with
@@ -378,13 +443,25 @@ impl DaemonMount {
     /// tries a `read_dir` of the mountpoint at once.
     pub fn run(&self, program: &Path, args: &[&std::ffi::OsStr]) -> DaemonStart {
         let mut command = Command::new(program);
-        command.args(args).env("XDG_RUNTIME_DIR", self.runtime_dir()).env_remove("RUST_LOG");
+        command
+            .args(args)
+            .env("XDG_RUNTIME_DIR", self.runtime_dir())
+            .env_remove("RUST_LOG");
         for var in PROXY_VARS {
             command.env_remove(var);
         }
         let (status, stdout, stderr) = output_bounded(&mut command, Duration::from_secs(90));
-        let first_read_dir = if status.success() { read_dir_bounded(&self.mountpoint, MOUNT_TIMEOUT) } else { None };
-        DaemonStart { status, stdout, stderr, first_read_dir }
+        let first_read_dir = if status.success() {
+            read_dir_bounded(&self.mountpoint, MOUNT_TIMEOUT)
+        } else {
+            None
+        };
+        DaemonStart {
+            status,
+            stdout,
+            stderr,
+            first_read_dir,
+        }
     }
 
     /// The mountpoint (absolute, canonical).
@@ -394,7 +471,11 @@ impl DaemonMount {
 
     /// Where the daemon writes its log.
     pub fn runtime_dir(&self) -> PathBuf {
-        self.dir.as_ref().expect("directory kept").path().join("run")
+        self.dir
+            .as_ref()
+            .expect("directory kept")
+            .path()
+            .join("run")
     }
 
     /// The daemon's log files, concatenated (for failure messages).
@@ -429,7 +510,11 @@ impl Drop for DaemonMount {
 
 /// Runs a foreground mount command that is expected to FAIL. If it mounts anyway, the mount
 /// is undone and the process killed before the test fails. Returns the exit status and stderr.
-pub fn mount_expecting_failure(args: &[&std::ffi::OsStr], mountpoint: &Path, timeout: Duration) -> (ExitStatus, String) {
+pub fn mount_expecting_failure(
+    args: &[&std::ffi::OsStr],
+    mountpoint: &Path,
+    timeout: Duration,
+) -> (ExitStatus, String) {
     let log_dir = tempfile::tempdir().expect("create a temporary directory");
     let log_path = log_dir.path().join("stderr");
     let mut command = govcfs_command();
@@ -437,13 +522,20 @@ pub fn mount_expecting_failure(args: &[&std::ffi::OsStr], mountpoint: &Path, tim
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(File::create(&log_path).expect("create the stderr file")));
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        .stderr(Stdio::from(
+            File::create(&log_path).expect("create the stderr file"),
+        ));
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     let canonical = std::fs::canonicalize(mountpoint).ok();
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return (status, std::fs::read_to_string(&log_path).unwrap_or_default());
+            return (
+                status,
+                std::fs::read_to_string(&log_path).unwrap_or_default(),
+            );
         }
         let mounted = canonical.as_deref().is_some_and(is_mounted);
         if mounted || Instant::now() >= deadline {
@@ -456,7 +548,11 @@ pub fn mount_expecting_failure(args: &[&std::ffi::OsStr], mountpoint: &Path, tim
             }
             panic!(
                 "{command:?} {}; stderr: {}",
-                if mounted { "mounted although it should have failed" } else { "neither failed nor mounted in time" },
+                if mounted {
+                    "mounted although it should have failed"
+                } else {
+                    "neither failed nor mounted in time"
+                },
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
@@ -478,7 +574,11 @@ impl RestartableServer {
     /// Starts `govcfs serve --data DATA --listen LISTEN` and waits (≤ 20 s) for its listening
     /// line. `log_path` receives its stderr (appended).
     pub fn start(data: &Path, listen: &str, log_path: &Path) -> RestartableServer {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("open the server log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open the server log");
         let mut command = govcfs_command();
         command
             .args(["serve", "--data"])
@@ -487,7 +587,9 @@ impl RestartableServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn {GOVCFS} serve: {e}"));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {GOVCFS} serve: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -501,7 +603,10 @@ impl RestartableServer {
             Ok(Ok(line)) => line,
             other => {
                 kill_child(&mut child);
-                panic!("server on {listen} did not print its listening line ({other:?}); log: {}", std::fs::read_to_string(log_path).unwrap_or_default());
+                panic!(
+                    "server on {listen} did not print its listening line ({other:?}); log: {}",
+                    std::fs::read_to_string(log_path).unwrap_or_default()
+                );
             }
         };
         let addr = line
@@ -509,7 +614,12 @@ impl RestartableServer {
             .strip_prefix("govcfs: listening on http://")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected listening line {line:?}"));
-        RestartableServer { child, addr, data: data.to_path_buf(), log_path: log_path.to_path_buf() }
+        RestartableServer {
+            child,
+            addr,
+            data: data.to_path_buf(),
+            log_path: log_path.to_path_buf(),
+        }
     }
 
     /// `http://ADDR/REPO`.
@@ -543,7 +653,9 @@ impl RestartableServer {
                     *self = server;
                     return;
                 }
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 Err(e) => std::panic::resume_unwind(e),
             }
         }

@@ -32,7 +32,13 @@ impl Encoding {
     /// zstd when the request accepts it, else gzip when the session asked for it.
     pub fn choose(accept_encoding: Option<&str>, session_gzip: bool) -> Option<Encoding> {
         let accepts = |name: &str| {
-            accept_encoding.is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(name))))
+            accept_encoding.is_some_and(|v| {
+                v.split(',').any(|e| {
+                    e.split(';')
+                        .next()
+                        .is_some_and(|t| t.trim().eq_ignore_ascii_case(name))
+                })
+            })
         };
         if accepts("zstd") {
             Some(Encoding::Zstd)
@@ -67,7 +73,11 @@ impl EncodedChunk {
             stream_id: stream_id.to_string(),
             sequence_num: self.index,
             offset: self.offset,
-            data: if inline_data { base64::engine::general_purpose::STANDARD.encode(&self.body) } else { String::new() },
+            data: if inline_data {
+                base64::engine::general_purpose::STANDARD.encode(&self.body)
+            } else {
+                String::new()
+            },
             size: self.size,
             checksum: self.md5.clone(),
             is_last: self.is_last,
@@ -79,24 +89,50 @@ impl EncodedChunk {
 
 /// Reads chunk `index` of `session` (the caller checked it exists), hashes and compresses it,
 /// and records it as served.
-pub async fn read_chunk(state: &AppState, session: &Session, index: u64, encoding: Option<Encoding>) -> ApiResult<EncodedChunk> {
-    let range = session.chunk_range(index).expect("the caller checked the index");
-    let data = state.store.read_blob_range(&session.repo, &session.hash, range.clone()).await?;
+pub async fn read_chunk(
+    state: &AppState,
+    session: &Session,
+    index: u64,
+    encoding: Option<Encoding>,
+) -> ApiResult<EncodedChunk> {
+    let range = session
+        .chunk_range(index)
+        .expect("the caller checked the index");
+    let data = state
+        .store
+        .read_blob_range(&session.repo, &session.hash, range.clone())
+        .await?;
     if data.len() as u64 != range.end - range.start {
-        return Err(crate::store::StoreError::Corrupt { id: session.hash.clone(), reason: "blob shorter than its size".into() }.into());
+        return Err(crate::store::StoreError::Corrupt {
+            id: session.hash.clone(),
+            reason: "blob shorter than its size".into(),
+        }
+        .into());
     }
     // A chunk that is exactly one block of the blob's index has its MD5 at hand.
     let known_md5 = match single_block(&range, session.blob_size) {
-        Some(block) => state.store.block_sums(&session.repo, &session.hash, block).await.map(|sums| sums.md5),
+        Some(block) => state
+            .store
+            .block_sums(&session.repo, &session.hash, block)
+            .await
+            .map(|sums| sums.md5),
         None => None,
     };
     let (md5, compressed) = tokio::task::spawn_blocking(move || {
         let md5 = known_md5.unwrap_or_else(|| md5_hex(&data));
-        let compressed = encoding.and_then(|e| compress(&data, e).ok()).filter(|c| c.len() < data.len());
+        let compressed = encoding
+            .and_then(|e| compress(&data, e).ok())
+            .filter(|c| c.len() < data.len());
         (md5, compressed.map(Bytes::from).ok_or(data))
     })
     .await
-    .map_err(|e| crate::server::error::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    .map_err(|e| {
+        crate::server::error::ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )
+    })?;
     state.metrics.add_sent(range.end - range.start);
     session.record_served(index);
     let (body, encoding) = match compressed {
@@ -118,7 +154,10 @@ fn compress(data: &[u8], encoding: Encoding) -> std::io::Result<Vec<u8>> {
     match encoding {
         Encoding::Zstd => zstd::bulk::compress(data, 3),
         Encoding::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2), flate2::Compression::fast());
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(data.len() / 2),
+                flate2::Compression::fast(),
+            );
             encoder.write_all(data)?;
             encoder.finish()
         }
@@ -130,12 +169,22 @@ pub fn decompress(data: &[u8], encoding: &str, max_len: usize) -> std::io::Resul
     use std::io::Read;
     let mut out = Vec::with_capacity(max_len.min(16 << 20));
     match encoding {
-        "zstd" => zstd::stream::read::Decoder::new(data)?.take(max_len as u64 + 1).read_to_end(&mut out)?,
-        "gzip" => flate2::read::GzDecoder::new(data).take(max_len as u64 + 1).read_to_end(&mut out)?,
-        other => return Err(std::io::Error::other(format!("unknown chunk encoding {other:?}"))),
+        "zstd" => zstd::stream::read::Decoder::new(data)?
+            .take(max_len as u64 + 1)
+            .read_to_end(&mut out)?,
+        "gzip" => flate2::read::GzDecoder::new(data)
+            .take(max_len as u64 + 1)
+            .read_to_end(&mut out)?,
+        other => {
+            return Err(std::io::Error::other(format!(
+                "unknown chunk encoding {other:?}"
+            )))
+        }
     };
     if out.len() > max_len {
-        return Err(std::io::Error::other("a chunk decompressed to more than its announced size"));
+        return Err(std::io::Error::other(
+            "a chunk decompressed to more than its announced size",
+        ));
     }
     Ok(out)
 }
@@ -151,9 +200,15 @@ mod tests {
             let c = compress(&text, e).unwrap();
             assert!(c.len() < text.len() / 5);
             assert_eq!(decompress(&c, e.name(), text.len()).unwrap(), text);
-            assert!(decompress(&c, e.name(), text.len() - 1).is_err(), "a bomb past the size is refused");
+            assert!(
+                decompress(&c, e.name(), text.len() - 1).is_err(),
+                "a bomb past the size is refused"
+            );
         }
-        assert_eq!(Encoding::choose(Some("gzip, zstd;q=0.5"), false), Some(Encoding::Zstd));
+        assert_eq!(
+            Encoding::choose(Some("gzip, zstd;q=0.5"), false),
+            Some(Encoding::Zstd)
+        );
         assert_eq!(Encoding::choose(Some("gzip"), true), Some(Encoding::Gzip));
         assert_eq!(Encoding::choose(Some("gzip"), false), None);
         assert_eq!(Encoding::choose(None, false), None);

@@ -20,25 +20,52 @@ use axum::Json;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::api::stream::{StreamProgress, StreamRequest, StreamResponse, CHUNK_LAST_HEADER, CHUNK_SEQUENCE_HEADER, CHUNK_SIZE_HEADER};
+use crate::api::stream::{
+    StreamProgress, StreamRequest, StreamResponse, CHUNK_LAST_HEADER, CHUNK_SEQUENCE_HEADER,
+    CHUNK_SIZE_HEADER,
+};
 use crate::api::CHECKSUM_HEADER;
 use chunk::{read_chunk, Encoding};
 use session::{resolve_range, Lookup, Session};
 
 /// Opens a session for `request` on `repo`: checks the blob and the range, computes the
 /// range's MD5, and takes a slot in the table (429 when full).
-pub async fn open_session(state: &AppState, client: Option<std::net::IpAddr>, repo: &str, request: &StreamRequest) -> ApiResult<(Arc<Session>, StreamResponse)> {
+pub async fn open_session(
+    state: &AppState,
+    client: Option<std::net::IpAddr>,
+    repo: &str,
+    request: &StreamRequest,
+) -> ApiResult<(Arc<Session>, StreamResponse)> {
     state.store.ensure_repo(repo).await?;
     let size = state.store.blob_size(repo, &request.hash).await?;
-    let range = resolve_range(request.start_offset, request.end_offset, size).map_err(|message| ApiError {
-        message,
-        ..ApiError::range_not_satisfiable(size)
-    })?;
-    let checksum = state.store.range_md5(repo, &request.hash, range.clone()).await?;
+    let range =
+        resolve_range(request.start_offset, request.end_offset, size).map_err(|message| {
+            ApiError {
+                message,
+                ..ApiError::range_not_satisfiable(size)
+            }
+        })?;
+    let checksum = state
+        .store
+        .range_md5(repo, &request.hash, range.clone())
+        .await?;
     let session = state
         .streams
-        .open(client, repo, &request.hash, size, range.clone(), request.chunk_size, request.enable_gzip)
-        .ok_or_else(|| ApiError::too_many("too_many_sessions", "too many stream sessions are open (for this client or in all); retry later"))?;
+        .open(
+            client,
+            repo,
+            &request.hash,
+            size,
+            range.clone(),
+            request.chunk_size,
+            request.enable_gzip,
+        )
+        .ok_or_else(|| {
+            ApiError::too_many(
+                "too_many_sessions",
+                "too many stream sessions are open (for this client or in all); retry later",
+            )
+        })?;
     let response = StreamResponse {
         stream_id: session.id.clone(),
         hash: request.hash.clone(),
@@ -60,7 +87,10 @@ const SESSION_KEY_PATH: &str = "streams/session-key";
 /// start writes a random one (a create-only put), the others read it.
 pub async fn shared_session_key(backend: &crate::store::Backend) -> crate::store::Result<Vec<u8>> {
     let path = object_store::path::Path::from(SESSION_KEY_PATH);
-    let fresh: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].iter().flat_map(|u| u.into_bytes()).collect();
+    let fresh: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+        .iter()
+        .flat_map(|u| u.into_bytes())
+        .collect();
     backend.put_if_absent(&path, Bytes::from(fresh)).await?;
     Ok(backend.get(&path).await?.to_vec())
 }
@@ -76,14 +106,22 @@ async fn cancelled_elsewhere(state: &AppState, repo: &str, session: &Session) ->
     if !state.streams.is_shared() || !session.cancel_check_due() {
         return false;
     }
-    match state.store.backend().size(&cancel_marker(&session.id)).await {
+    match state
+        .store
+        .backend()
+        .size(&cancel_marker(&session.id))
+        .await
+    {
         Ok(Some(_)) => {
             let _ = state.streams.cancel(repo, &session.id);
             true
         }
         Ok(None) => false,
         Err(e) => {
-            log::warn!("cannot look for the cancellation of stream {}: {e}", session.id);
+            log::warn!(
+                "cannot look for the cancellation of stream {}: {e}",
+                session.id
+            );
             false
         }
     }
@@ -92,8 +130,20 @@ async fn cancelled_elsewhere(state: &AppState, repo: &str, session: &Session) ->
 /// The error for a session that cannot serve.
 pub fn lookup_error(id: &str, lookup: Lookup) -> ApiError {
     match lookup {
-        Lookup::Unknown => ApiError::new(StatusCode::NOT_FOUND, "stream_not_found", format!("no stream session {id:?}")),
-        Lookup::Ended(p) => ApiError::new(StatusCode::GONE, if p.status == "cancelled" { "stream_cancelled" } else { "stream_expired" }, format!("stream session {id} is {}", p.status)),
+        Lookup::Unknown => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "stream_not_found",
+            format!("no stream session {id:?}"),
+        ),
+        Lookup::Ended(p) => ApiError::new(
+            StatusCode::GONE,
+            if p.status == "cancelled" {
+                "stream_cancelled"
+            } else {
+                "stream_expired"
+            },
+            format!("stream session {id} is {}", p.status),
+        ),
     }
 }
 
@@ -104,16 +154,24 @@ pub async fn start(
     client: Option<axum::extract::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let request: StreamRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid stream request: {e}")))?;
+    let request: StreamRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid stream request: {e}")))?;
     let client = client.map(|c| c.0 .0.ip());
-    let (_, response) = open_session(&state, client, &repo, &request).await.map_err(|e| {
-        if e.status == StatusCode::TOO_MANY_REQUESTS {
-            log::warn!("stream session refused: the table is full ({} open)", state.streams.len());
-        }
-        e
-    })?;
+    let (_, response) = open_session(&state, client, &repo, &request)
+        .await
+        .map_err(|e| {
+            if e.status == StatusCode::TOO_MANY_REQUESTS {
+                log::warn!(
+                    "stream session refused: the table is full ({} open)",
+                    state.streams.len()
+                );
+            }
+            e
+        })?;
     let mut answer = (StatusCode::CREATED, Json(response)).into_response();
-    answer.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    answer
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(answer)
 }
 
@@ -130,42 +188,77 @@ pub async fn chunk(
     Query(query): Query<ChunkQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let raw_index = query.chunk.ok_or_else(|| ApiError::bad_request("missing ?chunk=N"))?;
-    let index: u64 = raw_index.trim().parse().map_err(|_| ApiError::bad_request(format!("invalid chunk number {raw_index:?}")))?;
-    let session = state.streams.get(&repo, &id).map_err(|l| lookup_error(&id, l))?;
+    let raw_index = query
+        .chunk
+        .ok_or_else(|| ApiError::bad_request("missing ?chunk=N"))?;
+    let index: u64 = raw_index
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid chunk number {raw_index:?}")))?;
+    let session = state
+        .streams
+        .get(&repo, &id)
+        .map_err(|l| lookup_error(&id, l))?;
     if cancelled_elsewhere(&state, &repo, &session).await {
         return Err(lookup_error(&id, Lookup::Ended(session.progress())));
     }
     if index >= session.chunk_count() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "chunk_out_of_range", format!("chunk {index} does not exist: the session has {} chunks", session.chunk_count())));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "chunk_out_of_range",
+            format!(
+                "chunk {index} does not exist: the session has {} chunks",
+                session.chunk_count()
+            ),
+        ));
     }
-    let accept_encoding = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok());
+    let accept_encoding = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
     let encoding = Encoding::choose(accept_encoding, session.gzip);
     let encoded = read_chunk(&state, &session, index, encoding).await?;
     let wants_raw = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with("application/octet-stream")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with("application/octet-stream"))
+        });
     if !wants_raw {
         return Ok(Json(encoded.to_json(&session.id, true)).into_response());
     }
     let mut response = encoded.body.clone().into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    h.insert(CHECKSUM_HEADER, HeaderValue::from_str(&encoded.md5).expect("hex"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        CHECKSUM_HEADER,
+        HeaderValue::from_str(&encoded.md5).expect("hex"),
+    );
     h.insert(CHUNK_SEQUENCE_HEADER, HeaderValue::from(index));
     h.insert(CHUNK_SIZE_HEADER, HeaderValue::from(encoded.size));
-    h.insert(CHUNK_LAST_HEADER, HeaderValue::from_static(if encoded.is_last { "true" } else { "false" }));
+    h.insert(
+        CHUNK_LAST_HEADER,
+        HeaderValue::from_static(if encoded.is_last { "true" } else { "false" }),
+    );
     if let Some(e) = encoded.encoding {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(e.name()));
     }
-    h.insert(header::VARY, HeaderValue::from_static("accept, accept-encoding"));
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("accept, accept-encoding"),
+    );
     Ok(response)
 }
 
 /// `GET /api/v1/repos/:repo/stream/blob/:stream_id/progress` (an ended session answers its
 /// last progress, with status `cancelled` or `expired`).
-pub async fn progress(State(state): State<Arc<AppState>>, Path((repo, id)): Path<(String, String)>) -> ApiResult<Json<StreamProgress>> {
+pub async fn progress(
+    State(state): State<Arc<AppState>>,
+    Path((repo, id)): Path<(String, String)>,
+) -> ApiResult<Json<StreamProgress>> {
     if let Ok(session) = state.streams.peek(&repo, &id) {
         // A cancel through another instance ends the session here too before it is reported.
         cancelled_elsewhere(&state, &repo, &session).await;
@@ -178,18 +271,31 @@ pub async fn progress(State(state): State<Arc<AppState>>, Path((repo, id)): Path
 }
 
 /// `DELETE /api/v1/repos/:repo/stream/blob/:stream_id`
-pub async fn cancel(State(state): State<Arc<AppState>>, Path((repo, id)): Path<(String, String)>) -> ApiResult<Json<StreamProgress>> {
-    let progress = state.streams.cancel(&repo, &id).map_err(|l| lookup_error(&id, l))?;
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path((repo, id)): Path<(String, String)>,
+) -> ApiResult<Json<StreamProgress>> {
+    let progress = state
+        .streams
+        .cancel(&repo, &id)
+        .map_err(|l| lookup_error(&id, l))?;
     if state.streams.is_shared() {
         // Other instances serving this session see the marker within a second.
-        state.store.backend().put(&cancel_marker(&id), Bytes::new()).await?;
+        state
+            .store
+            .backend()
+            .put(&cancel_marker(&id), Bytes::new())
+            .await?;
     }
     Ok(Json(progress))
 }
 
 /// Expires idle sessions every few seconds until `stop`.
 pub async fn sweep_sessions(state: Arc<AppState>, stop: tokio_util::sync::CancellationToken) {
-    let period = (state.streams.limits().timeout / 4).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(5));
+    let period = (state.streams.limits().timeout / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use rangemap::RangeInclusiveSet;
 
 use super::token::SessionToken;
-use crate::api::stream::{StreamProgress, DEFAULT_STREAM_CHUNK, MAX_STREAM_CHUNK, MIN_STREAM_CHUNK};
+use crate::api::stream::{
+    StreamProgress, DEFAULT_STREAM_CHUNK, MAX_STREAM_CHUNK, MIN_STREAM_CHUNK,
+};
 
 /// Limits of the session table.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +27,11 @@ pub struct StreamLimits {
 
 impl Default for StreamLimits {
     fn default() -> Self {
-        StreamLimits { timeout: Duration::from_secs(300), max_sessions: 1024, max_per_client: 64 }
+        StreamLimits {
+            timeout: Duration::from_secs(300),
+            max_sessions: 1024,
+            max_per_client: 64,
+        }
     }
 }
 
@@ -75,7 +81,16 @@ pub struct Session {
 
 impl Session {
     #[allow(clippy::too_many_arguments)]
-    fn new(id: String, repo: &str, hash: &str, blob_size: u64, range: Range<u64>, chunk_size: u64, gzip: bool, owner: Option<std::net::IpAddr>) -> Self {
+    fn new(
+        id: String,
+        repo: &str,
+        hash: &str,
+        blob_size: u64,
+        range: Range<u64>,
+        chunk_size: u64,
+        gzip: bool,
+        owner: Option<std::net::IpAddr>,
+    ) -> Self {
         let now = Instant::now();
         Session {
             id,
@@ -141,7 +156,12 @@ impl Session {
     }
 
     fn chunks_served(&self) -> u64 {
-        self.served.lock().expect("session lock").iter().map(|r| r.end() - r.start() + 1).sum()
+        self.served
+            .lock()
+            .expect("session lock")
+            .iter()
+            .map(|r| r.end() - r.start() + 1)
+            .sum()
     }
 
     fn status(&self) -> Status {
@@ -164,7 +184,11 @@ impl Session {
         let total = self.range.end - self.range.start;
         let elapsed = self.created.elapsed().as_secs_f64().max(1e-6);
         let rate = bytes as f64 / elapsed;
-        let eta = if status == Status::Streaming && rate > 0.0 { (total - bytes) as f64 / rate } else { 0.0 };
+        let eta = if status == Status::Streaming && rate > 0.0 {
+            (total - bytes) as f64 / rate
+        } else {
+            0.0
+        };
         StreamProgress {
             stream_id: self.id.clone(),
             bytes_streamed: bytes,
@@ -214,7 +238,9 @@ impl Sessions {
         Sessions {
             limits,
             live: Mutex::new(HashMap::new()),
-            ended: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(ENDED_MEMORY).expect("non-zero"))),
+            ended: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(ENDED_MEMORY).expect("non-zero"),
+            )),
             gauge,
             key: None,
         }
@@ -239,12 +265,23 @@ impl Sessions {
     /// Opens a session over `range` of a blob for client `owner`; `None` when the table, or
     /// the client's share of it, is full.
     #[allow(clippy::too_many_arguments)]
-    pub fn open(&self, owner: Option<std::net::IpAddr>, repo: &str, hash: &str, blob_size: u64, range: Range<u64>, chunk_size: u64, gzip: bool) -> Option<Arc<Session>> {
+    pub fn open(
+        &self,
+        owner: Option<std::net::IpAddr>,
+        repo: &str,
+        hash: &str,
+        blob_size: u64,
+        range: Range<u64>,
+        chunk_size: u64,
+        gzip: bool,
+    ) -> Option<Arc<Session>> {
         let mut live = self.live.lock().expect("sessions lock");
         if live.len() >= self.limits.max_sessions {
             return None;
         }
-        if owner.is_some() && live.values().filter(|s| s.owner == owner).count() >= self.limits.max_per_client {
+        if owner.is_some()
+            && live.values().filter(|s| s.owner == owner).count() >= self.limits.max_per_client
+        {
             return None;
         }
         let nonce = uuid::Uuid::new_v4().to_string();
@@ -264,7 +301,9 @@ impl Sessions {
             .sign(key),
             None => nonce,
         };
-        let session = Arc::new(Session::new(id, repo, hash, blob_size, range, chunk_size, gzip, owner));
+        let session = Arc::new(Session::new(
+            id, repo, hash, blob_size, range, chunk_size, gzip, owner,
+        ));
         live.insert(session.id.clone(), session.clone());
         self.gauge.store(live.len() as i64, Ordering::Relaxed);
         Some(session)
@@ -280,11 +319,19 @@ impl Sessions {
     /// The live session `id` of `repo`, without marking it as used (watching the progress of
     /// a session does not keep it alive).
     pub fn peek(&self, repo: &str, id: &str) -> Result<Arc<Session>, Lookup> {
-        if let Some(session) = self.live.lock().expect("sessions lock").get(id).filter(|s| s.repo == repo) {
+        if let Some(session) = self
+            .live
+            .lock()
+            .expect("sessions lock")
+            .get(id)
+            .filter(|s| s.repo == repo)
+        {
             return Ok(session.clone());
         }
         match self.ended.lock().expect("sessions lock").get(id) {
-            Some((owner, progress)) if owner == repo => return Err(Lookup::Ended(progress.clone())),
+            Some((owner, progress)) if owner == repo => {
+                return Err(Lookup::Ended(progress.clone()))
+            }
             _ => {}
         }
         self.adopt(repo, id).ok_or(Lookup::Unknown)
@@ -325,7 +372,9 @@ impl Sessions {
     /// Ends a session that has no further use (a WebSocket stream that finished or whose
     /// connection closed): its memory is freed now rather than at expiry.
     pub fn close(&self, id: &str) {
-        let Some(session) = self.live.lock().expect("sessions lock").get(id).cloned() else { return };
+        let Some(session) = self.live.lock().expect("sessions lock").get(id).cloned() else {
+            return;
+        };
         let status = match session.status() {
             Status::Completed => Status::Completed,
             _ => Status::Cancelled,
@@ -338,7 +387,10 @@ impl Sessions {
         live.remove(&session.id);
         self.gauge.store(live.len() as i64, Ordering::Relaxed);
         drop(live);
-        self.ended.lock().expect("sessions lock").put(session.id.clone(), (session.repo.clone(), last));
+        self.ended
+            .lock()
+            .expect("sessions lock")
+            .put(session.id.clone(), (session.repo.clone(), last));
     }
 
     /// Expires sessions unused for longer than the timeout; returns how many.
@@ -388,15 +440,25 @@ pub fn resolve_range(start: i64, end: i64, size: u64) -> Result<Range<u64>, Stri
         return Err(format!("start_offset {start} is negative"));
     }
     if end < -1 {
-        return Err(format!("end_offset {end} is invalid (-1 means the end of the blob)"));
+        return Err(format!(
+            "end_offset {end} is invalid (-1 means the end of the blob)"
+        ));
     }
     let start = start as u64;
-    let end_exclusive = if end == -1 { size } else { (end as u64).saturating_add(1) };
+    let end_exclusive = if end == -1 {
+        size
+    } else {
+        (end as u64).saturating_add(1)
+    };
     if start > size || (start == size && size > 0 && end != -1) {
-        return Err(format!("start_offset {start} is past the end of the blob ({size} bytes)"));
+        return Err(format!(
+            "start_offset {start} is past the end of the blob ({size} bytes)"
+        ));
     }
     if end_exclusive > size {
-        return Err(format!("end_offset {end} is past the end of the blob ({size} bytes)"));
+        return Err(format!(
+            "end_offset {end} is past the end of the blob ({size} bytes)"
+        ));
     }
     if end_exclusive < start {
         return Err(format!("start_offset {start} is after end_offset {end}"));
@@ -410,7 +472,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn table(max: usize, timeout: Duration) -> Sessions {
-        Sessions::new(StreamLimits { timeout, max_sessions: max, max_per_client: max }, Default::default())
+        Sessions::new(
+            StreamLimits {
+                timeout,
+                max_sessions: max,
+                max_per_client: max,
+            },
+            Default::default(),
+        )
     }
 
     #[test]
@@ -418,13 +487,35 @@ mod tests {
         let a = table(10, Duration::from_secs(60)).shared(b"k".to_vec());
         let b = table(10, Duration::from_secs(60)).shared(b"k".to_vec());
         let other = table(10, Duration::from_secs(60)).shared(b"not k".to_vec());
-        let opened = a.open(None, "r", "h", 1 << 20, 100..5000, 1024, true).unwrap();
+        let opened = a
+            .open(None, "r", "h", 1 << 20, 100..5000, 1024, true)
+            .unwrap();
         let adopted = b.get("r", &opened.id).expect("adopted from the signed id");
-        assert_eq!((adopted.range.clone(), adopted.chunk_size, adopted.gzip, adopted.hash.as_str()), (100..5000, 1024, true, "h"));
+        assert_eq!(
+            (
+                adopted.range.clone(),
+                adopted.chunk_size,
+                adopted.gzip,
+                adopted.hash.as_str()
+            ),
+            (100..5000, 1024, true, "h")
+        );
         assert_eq!(b.len(), 1);
-        assert!(matches!(b.get("other-repo", &opened.id), Err(Lookup::Unknown)));
-        assert!(matches!(other.get("r", &opened.id), Err(Lookup::Unknown)), "another key");
-        assert!(matches!(table(10, Duration::from_secs(60)).get("r", &opened.id), Err(Lookup::Unknown)), "not shared");
+        assert!(matches!(
+            b.get("other-repo", &opened.id),
+            Err(Lookup::Unknown)
+        ));
+        assert!(
+            matches!(other.get("r", &opened.id), Err(Lookup::Unknown)),
+            "another key"
+        );
+        assert!(
+            matches!(
+                table(10, Duration::from_secs(60)).get("r", &opened.id),
+                Err(Lookup::Unknown)
+            ),
+            "not shared"
+        );
         // Cancelled here, it stays cancelled here (the marker tells the other instances).
         b.cancel("r", &opened.id).unwrap();
         assert!(matches!(b.get("r", &opened.id), Err(Lookup::Ended(p)) if p.status == "cancelled"));
@@ -448,39 +539,74 @@ mod tests {
         assert_eq!(resolve_range(0, -1, 0), Ok(0..0));
         assert_eq!(resolve_range(100, -1, 100), Ok(100..100));
         for (s, e) in [(-1, -1), (0, -2), (20, 10), (0, 100), (101, -1), (100, 100)] {
-            assert!(resolve_range(s, e, 100).is_err(), "{s}..={e} of 100 was accepted");
+            assert!(
+                resolve_range(s, e, 100).is_err(),
+                "{s}..={e} of 100 was accepted"
+            );
         }
     }
 
     #[test]
     fn progress_counts_distinct_chunks_and_completes() {
         let sessions = table(4, Duration::from_secs(60));
-        let s = sessions.open(None, "r", "h", 1 << 20, 10..2058, 1024, false).unwrap();
+        let s = sessions
+            .open(None, "r", "h", 1 << 20, 10..2058, 1024, false)
+            .unwrap();
         assert_eq!(s.chunk_count(), 2);
         assert_eq!(s.chunk_range(1), Some(1034..2058));
         assert_eq!(s.chunk_range(2), None);
         s.record_served(1);
         s.record_served(1);
         let p = s.progress();
-        assert_eq!((p.bytes_streamed, p.chunks_streamed, p.status.as_str()), (1024, 1, "streaming"));
+        assert_eq!(
+            (p.bytes_streamed, p.chunks_streamed, p.status.as_str()),
+            (1024, 1, "streaming")
+        );
         s.record_served(0);
         let p = s.progress();
-        assert_eq!((p.bytes_streamed, p.total_bytes, p.status.as_str()), (2048, 2048, "completed"));
+        assert_eq!(
+            (p.bytes_streamed, p.total_bytes, p.status.as_str()),
+            (2048, 2048, "completed")
+        );
     }
 
     #[test]
     fn cancel_expiry_and_the_limit() {
         let gauge: Arc<std::sync::atomic::AtomicI64> = Default::default();
-        let sessions = Sessions::new(StreamLimits { timeout: Duration::from_millis(50), max_sessions: 2, max_per_client: 2 }, gauge.clone());
-        let a = sessions.open(None, "r", "h", 1 << 20, 0..10, 0, false).unwrap();
-        let b = sessions.open(None, "r", "h", 1 << 20, 0..10, 0, false).unwrap();
-        assert!(sessions.open(None, "r", "h", 1 << 20, 0..10, 0, false).is_none(), "a third session past the limit");
+        let sessions = Sessions::new(
+            StreamLimits {
+                timeout: Duration::from_millis(50),
+                max_sessions: 2,
+                max_per_client: 2,
+            },
+            gauge.clone(),
+        );
+        let a = sessions
+            .open(None, "r", "h", 1 << 20, 0..10, 0, false)
+            .unwrap();
+        let b = sessions
+            .open(None, "r", "h", 1 << 20, 0..10, 0, false)
+            .unwrap();
+        assert!(
+            sessions
+                .open(None, "r", "h", 1 << 20, 0..10, 0, false)
+                .is_none(),
+            "a third session past the limit"
+        );
         assert_eq!(gauge.load(Ordering::Relaxed), 2);
-        assert!(matches!(sessions.get("other", &a.id), Err(Lookup::Unknown)), "another repo's session");
+        assert!(
+            matches!(sessions.get("other", &a.id), Err(Lookup::Unknown)),
+            "another repo's session"
+        );
         let p = sessions.cancel("r", &a.id).unwrap();
         assert_eq!(p.status, "cancelled");
-        assert!(matches!(sessions.get("r", &a.id), Err(Lookup::Ended(p)) if p.status == "cancelled"));
-        assert!(matches!(sessions.get("other", &a.id), Err(Lookup::Unknown)), "another repo sees an ended session");
+        assert!(
+            matches!(sessions.get("r", &a.id), Err(Lookup::Ended(p)) if p.status == "cancelled")
+        );
+        assert!(
+            matches!(sessions.get("other", &a.id), Err(Lookup::Unknown)),
+            "another repo sees an ended session"
+        );
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(sessions.expire_idle(), 1);
         assert!(matches!(sessions.get("r", &b.id), Err(Lookup::Ended(p)) if p.status == "expired"));
@@ -491,25 +617,49 @@ mod tests {
 
     #[test]
     fn one_client_cannot_take_the_whole_table() {
-        let sessions = Sessions::new(StreamLimits { timeout: Duration::from_secs(60), max_sessions: 10, max_per_client: 2 }, Default::default());
-        let (a, b) = (Some("10.0.0.1".parse().unwrap()), Some("10.0.0.2".parse().unwrap()));
+        let sessions = Sessions::new(
+            StreamLimits {
+                timeout: Duration::from_secs(60),
+                max_sessions: 10,
+                max_per_client: 2,
+            },
+            Default::default(),
+        );
+        let (a, b) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
         assert!(sessions.open(a, "r", "h", 10, 0..10, 0, false).is_some());
         assert!(sessions.open(a, "r", "h", 10, 0..10, 0, false).is_some());
-        assert!(sessions.open(a, "r", "h", 10, 0..10, 0, false).is_none(), "a third session of one client");
-        assert!(sessions.open(b, "r", "h", 10, 0..10, 0, false).is_some(), "another client is not held back");
+        assert!(
+            sessions.open(a, "r", "h", 10, 0..10, 0, false).is_none(),
+            "a third session of one client"
+        );
+        assert!(
+            sessions.open(b, "r", "h", 10, 0..10, 0, false).is_some(),
+            "another client is not held back"
+        );
     }
 
     #[test]
     fn closing_frees_a_session_and_remembers_how_it_ended() {
         let sessions = table(4, Duration::from_secs(60));
-        let done = sessions.open(None, "r", "h", 1 << 20, 0..10, 1024, false).unwrap();
+        let done = sessions
+            .open(None, "r", "h", 1 << 20, 0..10, 1024, false)
+            .unwrap();
         done.record_served(0);
-        let cut = sessions.open(None, "r", "h", 1 << 20, 0..5000, 1024, false).unwrap();
+        let cut = sessions
+            .open(None, "r", "h", 1 << 20, 0..5000, 1024, false)
+            .unwrap();
         sessions.close(&done.id);
         sessions.close(&cut.id);
         assert!(sessions.is_empty());
-        assert!(matches!(sessions.get("r", &done.id), Err(Lookup::Ended(p)) if p.status == "completed"));
-        assert!(matches!(sessions.get("r", &cut.id), Err(Lookup::Ended(p)) if p.status == "cancelled"));
+        assert!(
+            matches!(sessions.get("r", &done.id), Err(Lookup::Ended(p)) if p.status == "completed")
+        );
+        assert!(
+            matches!(sessions.get("r", &cut.id), Err(Lookup::Ended(p)) if p.status == "cancelled")
+        );
     }
 
     proptest! {

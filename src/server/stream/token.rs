@@ -36,10 +36,20 @@ impl SessionToken {
     pub fn sign(&self, key: &[u8]) -> String {
         let payload = format!(
             "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
-            self.issued, self.repo, self.hash, self.blob_size, self.start, self.end, self.chunk_size, self.gzip as u8
+            self.issued,
+            self.repo,
+            self.hash,
+            self.blob_size,
+            self.start,
+            self.end,
+            self.chunk_size,
+            self.gzip as u8
         );
         let unsigned = format!("{}.{}", self.nonce, URL_SAFE_NO_PAD.encode(payload));
-        format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode(signature(key, &unsigned)))
+        format!(
+            "{unsigned}.{}",
+            URL_SAFE_NO_PAD.encode(signature(key, &unsigned))
+        )
     }
 
     /// Checks and decodes a signed id; `None` if it was not signed with `key`.
@@ -55,7 +65,9 @@ impl SessionToken {
         let (nonce, payload) = unsigned.split_once('.')?;
         let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
         let fields: Vec<&str> = payload.split('\n').collect();
-        let [issued, repo, hash, blob_size, start, end, chunk_size, gzip] = fields[..] else { return None };
+        let [issued, repo, hash, blob_size, start, end, chunk_size, gzip] = fields[..] else {
+            return None;
+        };
         Some(SessionToken {
             nonce: nonce.to_string(),
             repo: repo.to_string(),
@@ -103,7 +115,11 @@ mod tests {
     #[test]
     fn a_signed_id_round_trips_and_only_under_its_key() {
         let id = token().sign(b"key one");
-        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "{id}"
+        );
         assert_eq!(SessionToken::verify(&id, b"key one"), Some(token()));
         assert_eq!(SessionToken::verify(&id, b"key two"), None);
         assert_eq!(nonce_of(&id), "n1");
@@ -114,11 +130,18 @@ mod tests {
         let id = token().sign(b"k");
         let mut wider = token();
         wider.end = 1000;
-        let forged = format!("{}.{}", wider.sign(b"other").rsplit_once('.').unwrap().0, id.rsplit_once('.').unwrap().1);
+        let forged = format!(
+            "{}.{}",
+            wider.sign(b"other").rsplit_once('.').unwrap().0,
+            id.rsplit_once('.').unwrap().1
+        );
         assert_eq!(SessionToken::verify(&forged, b"k"), None);
         // A shortened signature is refused too.
         let (unsigned, sig) = id.rsplit_once('.').unwrap();
-        assert_eq!(SessionToken::verify(&format!("{unsigned}.{}", &sig[..4]), b"k"), None);
+        assert_eq!(
+            SessionToken::verify(&format!("{unsigned}.{}", &sig[..4]), b"k"),
+            None
+        );
     }
 
     proptest! {

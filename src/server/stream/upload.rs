@@ -39,7 +39,10 @@ struct SharedBody(Arc<std::sync::Mutex<axum::body::BodyDataStream>>);
 impl Stream for SharedBody {
     type Item = Result<Bytes, axum::Error>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         self.0.lock().expect("body lock").poll_next_unpin(cx)
     }
 }
@@ -83,7 +86,10 @@ impl Feeder<'_> {
             return Ok(());
         }
         let data = self.piece.split().freeze();
-        self.state.metrics.blob_bytes_received.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.state
+            .metrics
+            .blob_bytes_received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.writer.write(data).await?;
         self.chunks += 1;
         Ok(())
@@ -96,10 +102,18 @@ fn decoded_body(body: SharedBody, encoding: Option<&str>) -> ApiResult<ByteStrea
     let reader = StreamReader::new(raw);
     Ok(match encoding {
         None => Box::pin(ReaderStream::new(reader)),
-        Some("zstd") => Box::pin(ReaderStream::new(async_compression::tokio::bufread::ZstdDecoder::new(reader))),
-        Some("gzip") => Box::pin(ReaderStream::new(async_compression::tokio::bufread::GzipDecoder::new(reader))),
+        Some("zstd") => Box::pin(ReaderStream::new(
+            async_compression::tokio::bufread::ZstdDecoder::new(reader),
+        )),
+        Some("gzip") => Box::pin(ReaderStream::new(
+            async_compression::tokio::bufread::GzipDecoder::new(reader),
+        )),
         Some(other) => {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", format!("Content-Encoding {other:?} is not supported (use zstd or gzip)")))
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding {other:?} is not supported (use zstd or gzip)"),
+            ))
         }
     })
 }
@@ -119,28 +133,54 @@ pub async fn upload(
     outcome
 }
 
-async fn store_body(state: &AppState, repo: &str, headers: &HeaderMap, body: SharedBody) -> ApiResult<(StatusCode, Json<StreamUploaded>)> {
+async fn store_body(
+    state: &AppState,
+    repo: &str,
+    headers: &HeaderMap,
+    body: SharedBody,
+) -> ApiResult<(StatusCode, Json<StreamUploaded>)> {
     state.store.ensure_repo(repo).await?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let encoding = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase()) {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let encoding = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+    {
         None => None,
         Some(e) if e == "identity" || e.is_empty() => None,
         Some(e) => Some(e),
     };
     let multipart = content_type.starts_with("multipart/");
-    let boundary = if multipart {
-        Some(multer::parse_boundary(&content_type).map_err(|e| ApiError::bad_request(format!("invalid multipart Content-Type: {e}")))?)
-    } else {
-        None
-    };
+    let boundary =
+        if multipart {
+            Some(multer::parse_boundary(&content_type).map_err(|e| {
+                ApiError::bad_request(format!("invalid multipart Content-Type: {e}"))
+            })?)
+        } else {
+            None
+        };
     let stream = decoded_body(body, encoding.as_deref())?;
     // The length is known up front only for a plain raw body.
     let len = match (&boundary, &encoding) {
-        (None, None) => headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
+        (None, None) => headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
         _ => None,
     };
-    let writer = state.store.begin_blob(repo, len, state.config.max_upload_size).await?;
-    let mut feeder = Feeder { state, writer, piece: BytesMut::with_capacity(len.map_or(PIECE, |l| (l as usize).min(PIECE))), chunks: 0 };
+    let writer = state
+        .store
+        .begin_blob(repo, len, state.config.max_upload_size)
+        .await?;
+    let mut feeder = Feeder {
+        state,
+        writer,
+        piece: BytesMut::with_capacity(len.map_or(PIECE, |l| (l as usize).min(PIECE))),
+        chunks: 0,
+    };
     let outcome = match boundary {
         Some(boundary) => feed_multipart(&mut feeder, stream, boundary).await,
         None => feed_raw(&mut feeder, stream).await,
@@ -156,7 +196,15 @@ async fn store_body(state: &AppState, repo: &str, headers: &HeaderMap, body: Sha
         return Err(e);
     }
     let info = writer.finish().await?;
-    Ok((StatusCode::CREATED, Json(StreamUploaded { hash: info.hash, size: info.size, chunks, compressed: encoding.is_some() })))
+    Ok((
+        StatusCode::CREATED,
+        Json(StreamUploaded {
+            hash: info.hash,
+            size: info.size,
+            chunks,
+            compressed: encoding.is_some(),
+        }),
+    ))
 }
 
 fn body_error(e: std::io::Error) -> ApiError {
@@ -170,7 +218,11 @@ async fn feed_raw(feeder: &mut Feeder<'_>, mut stream: ByteStream) -> ApiResult<
     Ok(())
 }
 
-async fn feed_multipart(feeder: &mut Feeder<'_>, stream: ByteStream, boundary: String) -> ApiResult<()> {
+async fn feed_multipart(
+    feeder: &mut Feeder<'_>,
+    stream: ByteStream,
+    boundary: String,
+) -> ApiResult<()> {
     let mut multipart = multer::Multipart::new(stream, boundary);
     let bad = |e: multer::Error| ApiError::bad_request(format!("invalid multipart body: {e}"));
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {

@@ -64,10 +64,19 @@ fn text(message: &WsServerMessage) -> Message {
 }
 
 fn error_frame(e: &ApiError, stream_id: Option<&str>) -> Message {
-    text(&WsServerMessage::Error { error: e.message.clone(), code: e.code.to_string(), stream_id: stream_id.map(str::to_string) })
+    text(&WsServerMessage::Error {
+        error: e.message.clone(),
+        code: e.code.to_string(),
+        stream_id: stream_id.map(str::to_string),
+    })
 }
 
-async fn serve(state: Arc<AppState>, repo: String, client: Option<std::net::IpAddr>, socket: WebSocket) {
+async fn serve(
+    state: Arc<AppState>,
+    repo: String,
+    client: Option<std::net::IpAddr>,
+    socket: WebSocket,
+) {
     let (mut sink, mut incoming) = socket.split();
     // Data frames travel in groups (a chunk's JSON header and its binary frame) that the
     // writer never splits with a control answer.
