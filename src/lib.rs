@@ -9,10 +9,11 @@
 //! - [`cli`]: one file per subcommand.
 
 pub mod api;
+pub mod base;
 pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod fs;
 pub mod server;
-pub mod size;
+
 pub mod store;

@@ -294,7 +294,7 @@ async fn check_range(
     if let Some(crc) = crc {
         prop_assert_eq!(
             crc,
-            format!("{:08x}", govcfs::store::index::crc32c(&body)),
+            govcfs::base::checksum::crc32c_hex(&body),
             "X-Checksum-CRC32C of bytes={}-{}",
             start,
             end
@@ -451,7 +451,7 @@ fn aligned_blocks_carry_the_checksums_of_the_block_index() {
         );
         assert_eq!(
             crc,
-            Some(format!("{:08x}", govcfs::store::index::crc32c(block))),
+            Some(govcfs::base::checksum::crc32c_hex(block)),
             "block at {start}"
         );
     }

@@ -750,7 +750,7 @@ async fn ws_expect_error<S: AsyncRead + AsyncWrite + Unpin>(
             stream_id,
         }) => {
             assert!(!error.is_empty(), "{what}: empty error message");
-            (code, stream_id)
+            (code.as_str().to_string(), stream_id)
         }
         other => panic!("{what}: expected an error frame, got {other:?}"),
     }

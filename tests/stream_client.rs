@@ -277,7 +277,7 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
                 let bytes = if chunk.is_compressed {
                     compressed += 1;
                     assert_eq!(chunk.encoding.as_deref(), Some("gzip"));
-                    govcfs::server::stream::chunk::decompress(&body, "gzip", chunk.size as usize)
+                    govcfs::base::codec::decompress(&body, "gzip", chunk.size as usize)
                         .expect("gunzip")
                 } else {
                     body

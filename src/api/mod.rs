@@ -2,20 +2,15 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod error;
 pub mod stream;
+
+pub use error::ErrorCode;
 
 /// Name of the branch a repository starts with and that URLs without `?ref=` use.
 pub const DEFAULT_BRANCH: &str = "main";
 /// The repository that always exists.
 pub const DEFAULT_REPO: &str = "default";
-/// Header carrying the hex MD5 of a response or request body.
-pub const CHECKSUM_HEADER: &str = "x-checksum-md5";
-/// Header carrying the hex SHA-256 of a response body, sent when the server has it at hand
-/// (aligned 1 MiB blocks); clients prefer it to MD5, as it is cheaper to verify.
-pub const CHECKSUM_SHA256_HEADER: &str = "x-checksum-sha256";
-/// Header carrying the CRC32C of a response body (8 hex digits), sent with the SHA-256 when
-/// the block index has it; clients prefer it, as it is verified at memory speed.
-pub const CHECKSUM_CRC32C_HEADER: &str = "x-checksum-crc32c";
 /// On an upload chunk PUT with an empty body: take the chunk's bytes from the same position
 /// of this blob instead (an append to a huge file then sends only the new bytes).
 pub const COPY_FROM_BLOB_HEADER: &str = "x-copy-from-blob";
@@ -48,6 +43,17 @@ pub enum EntryType {
     File,
     Directory,
     Symlink,
+}
+
+impl EntryType {
+    /// The kind of an entry with this Git mode.
+    pub fn of_git_mode(mode: u32) -> EntryType {
+        match mode {
+            crate::base::modes::MODE_DIR => EntryType::Directory,
+            crate::base::modes::MODE_SYMLINK => EntryType::Symlink,
+            _ => EntryType::File,
+        }
+    }
 }
 
 /// One entry of a directory listing, or the answer of `stat`.
@@ -193,7 +199,7 @@ pub struct RefEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
-    pub code: String,
+    pub code: ErrorCode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }

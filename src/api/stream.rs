@@ -129,7 +129,7 @@ pub enum WsServerMessage {
     Progress(StreamProgress),
     Error {
         error: String,
-        code: String,
+        code: super::ErrorCode,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stream_id: Option<String>,
     },
@@ -219,7 +219,7 @@ mod tests {
     fn server_messages_carry_their_type() {
         let m = WsServerMessage::Error {
             error: "e".into(),
-            code: "not_found".into(),
+            code: crate::api::ErrorCode::NotFound,
             stream_id: None,
         };
         let v = serde_json::to_value(&m).unwrap();

@@ -117,5 +117,5 @@ fn client_for(url: &str) -> anyhow::Result<(Client, RepoUrl)> {
 
 /// Parses a `--max-upload-size`-style value for clap.
 fn parse_size_arg(text: &str) -> Result<u64, String> {
-    crate::size::parse_size(text)
+    crate::base::size::parse_size(text)
 }

@@ -66,7 +66,7 @@ pub struct MountArgs {
 impl MountArgs {
     /// Folds `-o` options into the typed fields.
     fn apply_options(&mut self) -> anyhow::Result<()> {
-        let size = |v: &str| crate::size::parse_size(v).map_err(anyhow::Error::msg);
+        let size = |v: &str| crate::base::size::parse_size(v).map_err(anyhow::Error::msg);
         for opt in self.options.clone().iter().flat_map(|o| o.split(',')) {
             let (key, value) = opt
                 .split_once('=')
@@ -321,7 +321,7 @@ fn run_foreground(args: MountArgs, url: Option<String>, mountpoint: PathBuf) -> 
     let is_commit = args
         .reference
         .as_deref()
-        .is_some_and(|r| r.len() == 64 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+        .is_some_and(crate::base::ids::is_object_id);
     if is_commit {
         log::info!(
             "{} is a commit: mounting read-only",

@@ -13,8 +13,8 @@ use reqwest::Method;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{check, CancellationToken, Client, ClientError, Result};
-use crate::api::{CHECKSUM_CRC32C_HEADER, CHECKSUM_HEADER, CHECKSUM_SHA256_HEADER};
-use crate::store::BlobHasher;
+use crate::base::checksum::{self, MD5_HEADER};
+use crate::base::ids::BlobHasher;
 
 /// Options of [`Client::download`].
 #[derive(Clone, Default)]
@@ -25,29 +25,13 @@ pub struct DownloadOptions {
     pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
 }
 
-/// Checks a response body against the checksum headers the server sent, the cheapest first:
-/// CRC32C (memory speed), SHA-256 (fast with CPU SHA extensions), MD5.
+/// Checks a response body against the cheapest checksum header the server sent.
 fn verify_body(headers: &reqwest::header::HeaderMap, data: &[u8]) -> Result<()> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (expected, actual) = if let Some(expected) = header(CHECKSUM_CRC32C_HEADER) {
-        (
-            expected,
-            format!("{:08x}", crate::store::index::crc32c(data)),
-        )
-    } else if let Some(expected) = header(CHECKSUM_SHA256_HEADER) {
-        (expected, hex::encode(sha2::Sha256::digest(data)))
-    } else if let Some(expected) = header(CHECKSUM_HEADER) {
-        (expected, hex::encode(Md5::digest(data)))
-    } else {
-        return Ok(());
-    };
-    if !actual.eq_ignore_ascii_case(expected) {
-        return Err(ClientError::Checksum {
-            expected: expected.to_string(),
-            actual,
-        });
-    }
-    Ok(())
+    checksum::verify_cheapest(header, data).map_err(|e| ClientError::Checksum {
+        expected: e.expected,
+        actual: e.actual,
+    })
 }
 
 /// Total length from `Content-Range: bytes a-b/LEN`.
@@ -174,7 +158,7 @@ impl Client {
                 let goal = end.expect("set above");
                 let md5_expected = response
                     .headers()
-                    .get(CHECKSUM_HEADER)
+                    .get(MD5_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 let mut md5 = md5_expected.as_ref().map(|_| Md5::new());
@@ -249,6 +233,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::checksum::{CRC32C_HEADER, SHA256_HEADER};
     use reqwest::header::{HeaderMap, HeaderValue};
 
     fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
@@ -262,36 +247,33 @@ mod tests {
     #[test]
     fn the_cheapest_checksum_sent_is_verified() {
         let data = b"some block bytes";
-        let crc = format!("{:08x}", crate::store::index::crc32c(data));
+        let crc = crate::base::checksum::crc32c_hex(data);
         let sha = hex::encode(sha2::Sha256::digest(data));
         let md5 = hex::encode(Md5::digest(data));
         let wrong = |s: &str| s.chars().rev().collect::<String>();
         // All three right; each alone right.
         verify_body(
             &headers(&[
-                (CHECKSUM_CRC32C_HEADER, crc.clone()),
-                (CHECKSUM_SHA256_HEADER, sha.clone()),
-                (CHECKSUM_HEADER, md5.clone()),
+                (CRC32C_HEADER, crc.clone()),
+                (SHA256_HEADER, sha.clone()),
+                (MD5_HEADER, md5.clone()),
             ]),
             data,
         )
         .unwrap();
-        verify_body(&headers(&[(CHECKSUM_SHA256_HEADER, sha.clone())]), data).unwrap();
-        verify_body(&headers(&[(CHECKSUM_HEADER, md5.clone())]), data).unwrap();
+        verify_body(&headers(&[(SHA256_HEADER, sha.clone())]), data).unwrap();
+        verify_body(&headers(&[(MD5_HEADER, md5.clone())]), data).unwrap();
         // A wrong CRC32C fails even beside a right SHA-256; a wrong one of those fails alone.
         let err = verify_body(
-            &headers(&[
-                (CHECKSUM_CRC32C_HEADER, wrong(&crc)),
-                (CHECKSUM_SHA256_HEADER, sha.clone()),
-            ]),
+            &headers(&[(CRC32C_HEADER, wrong(&crc)), (SHA256_HEADER, sha.clone())]),
             data,
         );
         assert!(matches!(err, Err(ClientError::Checksum { .. })));
-        assert!(verify_body(&headers(&[(CHECKSUM_SHA256_HEADER, wrong(&sha))]), data).is_err());
-        assert!(verify_body(&headers(&[(CHECKSUM_HEADER, wrong(&md5))]), data).is_err());
+        assert!(verify_body(&headers(&[(SHA256_HEADER, wrong(&sha))]), data).is_err());
+        assert!(verify_body(&headers(&[(MD5_HEADER, wrong(&md5))]), data).is_err());
         // One flipped bit of the body is caught by the CRC.
         let mut flipped = data.to_vec();
         flipped[3] ^= 0x10;
-        assert!(verify_body(&headers(&[(CHECKSUM_CRC32C_HEADER, crc)]), &flipped).is_err());
+        assert!(verify_body(&headers(&[(CRC32C_HEADER, crc)]), &flipped).is_err());
     }
 }

@@ -20,7 +20,7 @@ pub use stream::{StreamOptions, StreamReader};
 pub use tokio_util::sync::CancellationToken;
 pub use upload::UploadOptions;
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, ErrorCode};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum ClientError {
     #[error("server answered {status}: {message}")]
     Http {
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
         path: Option<String>,
     },
@@ -290,7 +290,7 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
     let (code, message, path) = match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => (body.code, body.error, body.path),
         Err(_) => (
-            "http".to_string(),
+            ErrorCode::Unknown,
             if text.is_empty() {
                 status.to_string()
             } else {

@@ -95,7 +95,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let err = |status| ClientError::Http {
             status,
-            code: "x".into(),
+            code: crate::api::ErrorCode::Internal,
             message: "m".into(),
             path: None,
         };
@@ -125,7 +125,7 @@ mod tests {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
                     Err(ClientError::Http {
                         status: 500,
-                        code: "x".into(),
+                        code: crate::api::ErrorCode::Internal,
                         message: "m".into(),
                         path: None,
                     })

@@ -18,8 +18,8 @@ use super::{CancellationToken, Client, ClientError, Result};
 use crate::api::stream::{
     StreamProgress, StreamRequest, StreamResponse, StreamUploaded, CHUNK_SIZE_HEADER,
 };
-use crate::api::CHECKSUM_HEADER;
-use crate::server::stream::chunk::decompress;
+use crate::base::checksum::MD5_HEADER;
+use crate::base::codec::decompress;
 
 /// How to stream a blob (the seed's `DownloadOptions`).
 #[derive(Debug, Clone)]
@@ -133,7 +133,7 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string)
                 };
-                let md5 = header(CHECKSUM_HEADER)
+                let md5 = header(MD5_HEADER)
                     .ok_or_else(|| ClientError::Protocol("chunk without X-Checksum-MD5".into()))?;
                 let size: u64 = header(CHUNK_SIZE_HEADER)
                     .and_then(|s| s.parse().ok())
@@ -264,7 +264,7 @@ impl Client {
     ) -> Result<StreamUploaded> {
         use futures::StreamExt;
         let hasher = Arc::new(std::sync::Mutex::new(
-            len.map(crate::store::objects::BlobHasher::new),
+            len.map(crate::base::ids::BlobHasher::new),
         ));
         let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = {

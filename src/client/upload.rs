@@ -10,10 +10,9 @@ use reqwest::Method;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{CancellationToken, Client, ClientError, Result};
-use crate::api::{
-    BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER, COPY_FROM_BLOB_HEADER,
-};
-use crate::store::BlobHasher;
+use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, COPY_FROM_BLOB_HEADER};
+use crate::base::checksum::{md5_hex, MD5_HEADER};
+use crate::base::ids::BlobHasher;
 
 /// Options of [`Client::upload`].
 #[derive(Clone)]
@@ -101,10 +100,10 @@ impl Client {
         cancel: &CancellationToken,
     ) -> Result<()> {
         let url = self.url(&format!("/uploads/{upload_id}/{index}"));
-        let md5 = md5.unwrap_or_else(|| hex::encode(Md5::digest(&data)));
+        let md5 = md5.unwrap_or_else(|| md5_hex(&data));
         self.send(cancel, || {
             self.request(Method::PUT, &url)
-                .header(CHECKSUM_HEADER, &md5)
+                .header(MD5_HEADER, &md5)
                 .body(data.clone())
         })
         .await?;
@@ -178,7 +177,7 @@ impl Client {
             })
             .await?;
         let stored: Stored = response.json().await.map_err(ClientError::Transport)?;
-        let local = crate::store::objects::blob_id(&data);
+        let local = crate::base::ids::blob_id(&data);
         if stored.hash != local || stored.size != data.len() as u64 {
             return Err(ClientError::Checksum {
                 expected: local,
@@ -188,7 +187,7 @@ impl Client {
         Ok(BlobInfo {
             hash: stored.hash,
             size: stored.size,
-            md5: hex::encode(Md5::digest(&data)),
+            md5: md5_hex(&data),
         })
     }
 
@@ -256,7 +255,7 @@ impl Client {
                             }
                             check
                         });
-                        let md5 = hex::encode(Md5::digest(&chunk));
+                        let md5 = md5_hex(&chunk);
                         (running.join().expect("hashing thread"), chunk.clone(), md5)
                     })
                 })

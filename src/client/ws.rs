@@ -14,7 +14,8 @@ use super::{CancellationToken, Client, ClientError, Result};
 use crate::api::stream::{
     StreamChunk, StreamProgress, StreamRequest, StreamResponse, WsClientMessage, WsServerMessage,
 };
-use crate::server::stream::chunk::decompress;
+use crate::api::ErrorCode;
+use crate::base::codec::decompress;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -55,7 +56,7 @@ impl Client {
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(response) => ClientError::Http {
                     status: response.status().as_u16(),
-                    code: "http".into(),
+                    code: ErrorCode::Unknown,
                     message: format!("the server refused the WebSocket: {}", response.status()),
                     path: None,
                 },
@@ -117,7 +118,7 @@ impl WsStream {
                 WsServerMessage::Response(r) => break r,
                 WsServerMessage::Error { error, code, .. } => {
                     return Err(ClientError::Http {
-                        status: status_of(&code),
+                        status: code.status(),
                         code,
                         message: error,
                         path: None,
@@ -170,7 +171,7 @@ impl WsStream {
                 WsServerMessage::Progress(_) => {}
                 WsServerMessage::Error { error, code, .. } => {
                     return Err(ClientError::Http {
-                        status: status_of(&code),
+                        status: code.status(),
                         code,
                         message: error,
                         path: None,
@@ -237,16 +238,4 @@ async fn decode_chunk(chunk: &StreamChunk, body: Bytes) -> Result<Bytes> {
     };
     verify_chunk(&data, chunk.size, &chunk.checksum)?;
     Ok(data)
-}
-
-/// The HTTP status an error frame's code stands for.
-fn status_of(code: &str) -> u16 {
-    match code {
-        "not_found" | "stream_not_found" | "chunk_out_of_range" => 404,
-        "range_not_satisfiable" => 416,
-        "too_many_sessions" | "too_many_requests" => 429,
-        "stream_cancelled" | "stream_expired" => 410,
-        "internal" => 500,
-        _ => 400,
-    }
 }

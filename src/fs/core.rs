@@ -19,8 +19,9 @@ use super::remote::Remote;
 use super::spool::SpoolDir;
 use super::write::{WriteConfig, WriteHandle};
 use crate::api::EntryType;
+use crate::base::modes::normalize_file_mode;
+use crate::base::paths::{join, parent_and_name, split_path};
 use crate::cache::ChunkCache;
-use crate::store::objects::normalize_file_mode;
 
 /// An open file.
 #[derive(Clone)]
@@ -145,7 +146,7 @@ impl<R: Remote> Fs<R> {
         // Files this mount is writing stay visible until the server has them.
         for handle in pending {
             let hpath = handle.path();
-            let (parent, name) = hpath.rsplit_once('/').unwrap_or(("", hpath.as_str()));
+            let (parent, name) = parent_and_name(&hpath);
             if parent == path && !children.iter().any(|(n, _)| n == name) {
                 if let Some(mut attr) = inodes.reattach(ino, name, handle.ino) {
                     attr.size = handle.size();
@@ -337,12 +338,8 @@ impl<R: Remote> Fs<R> {
     pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Attr, u64)> {
         self.check_writable()?;
         let dir = self.dir_path(parent)?;
-        let path = if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
-        };
-        crate::store::paths::split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
+        let path = join(&dir, name);
+        split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
         let base = match self.lookup(parent, name).await {
             Ok(a) if a.kind == EntryType::Directory => return Err(FsError::IsDir),
             Ok(a) => Some(Pinned {
@@ -352,7 +349,7 @@ impl<R: Remote> Fs<R> {
             Err(FsError::NotFound(_)) => None,
             Err(e) => return Err(e),
         };
-        let (_, git_mode) = normalize_file_mode(Some(mode));
+        let git_mode = normalize_file_mode(Some(mode));
         let attr = self
             .inodes
             .lock()
@@ -363,7 +360,7 @@ impl<R: Remote> Fs<R> {
                 EntryType::File,
                 0,
                 git_mode,
-                crate::store::now_unix(),
+                crate::base::time::now_unix(),
                 "",
             )
             .ok_or_else(|| FsError::NotFound(format!("inode {parent}")))?;
@@ -452,9 +449,9 @@ impl<R: Remote> Fs<R> {
         if let Some(done) = w.commit(&self.remote).await? {
             let path = w.path();
             let mut inodes = self.inodes.lock().expect("inodes lock");
-            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            let (parent, name) = parent_and_name(&path);
             if let Some(parent_ino) = inodes.ino_of(parent) {
-                let mtime = done.mtime.unwrap_or_else(crate::store::now_unix);
+                let mtime = done.mtime.unwrap_or_else(crate::base::time::now_unix);
                 inodes.record_local(
                     parent_ino,
                     name,

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::api::{Entry, EntryType, TreeListing};
+use crate::base::paths::{join, parent_and_name};
 
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
@@ -56,14 +57,6 @@ pub struct InodeTable {
     by_path: HashMap<String, u64>,
     next_ino: u64,
     ttl: Duration,
-}
-
-fn child_path(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
 }
 
 impl InodeTable {
@@ -136,7 +129,7 @@ impl InodeTable {
             Some((_, at)) if at.elapsed() < self.ttl => {
                 match self
                     .by_path
-                    .get(&child_path(&node.path, name))
+                    .get(&join(&node.path, name))
                     .and_then(|ino| self.nodes.get(ino))
                 {
                     Some(child) if child.confirmed >= *at => Cached::Found(child.attr.clone()),
@@ -161,7 +154,7 @@ impl InodeTable {
         names
             .iter()
             .filter_map(|name| {
-                let ino = self.by_path.get(&child_path(dir_path, name))?;
+                let ino = self.by_path.get(&join(dir_path, name))?;
                 Some((name.clone(), self.nodes.get(ino)?.attr.clone()))
             })
             .collect()
@@ -179,12 +172,12 @@ impl InodeTable {
         // Names that disappeared no longer resolve (open handles keep their pinned blob).
         if let Some((old, _)) = self.nodes.get(&dir).and_then(|n| n.listing.clone()) {
             for name in old.iter().filter(|n| !present.contains(n.as_str())) {
-                self.by_path.remove(&child_path(&dir_path, name));
+                self.by_path.remove(&join(&dir_path, name));
             }
         }
         for entry in &listing.entries {
             names.push(entry.name.clone());
-            self.upsert(&child_path(&dir_path, &entry.name), entry, now);
+            self.upsert(&join(&dir_path, &entry.name), entry, now);
         }
         if let Some(node) = self.nodes.get_mut(&dir) {
             node.listing = Some((names.clone(), now));
@@ -249,7 +242,7 @@ impl InodeTable {
         hash: &str,
     ) -> Option<Attr> {
         let dir_path = self.path(dir)?.to_string();
-        let path = child_path(&dir_path, name);
+        let path = join(&dir_path, name);
         let entry = Entry {
             name: name.to_string(),
             path: path.clone(),
@@ -273,7 +266,7 @@ impl InodeTable {
     /// writing, which a listing from the server does not have yet), keeping its number.
     pub fn reattach(&mut self, dir: u64, name: &str, ino: u64) -> Option<Attr> {
         let dir_path = self.path(dir)?.to_string();
-        let path = child_path(&dir_path, name);
+        let path = join(&dir_path, name);
         let node = self.nodes.get_mut(&ino)?;
         node.path = path.clone();
         node.confirmed = Instant::now();
@@ -292,7 +285,7 @@ impl InodeTable {
         let Some(dir_path) = self.path(dir).map(str::to_string) else {
             return;
         };
-        self.by_path.remove(&child_path(&dir_path, name));
+        self.by_path.remove(&join(&dir_path, name));
         if let Some((names, _)) = self.nodes.get_mut(&dir).and_then(|n| n.listing.as_mut()) {
             names.retain(|n| n != name);
         }
@@ -320,7 +313,7 @@ impl InodeTable {
             self.by_path.insert(new, ino);
         }
         for (path, name_from) in [(from, true), (to, false)] {
-            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+            let (parent, name) = parent_and_name(path);
             if let Some((names, _)) = self
                 .by_path
                 .get(parent)

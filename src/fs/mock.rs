@@ -10,7 +10,9 @@ use bytes::Bytes;
 use super::error::{FsError, Result};
 use super::remote::Remote;
 use crate::api::{BlobInfo, Change, CommitCreated, Entry, EntryType, TreeListing, UploadStarted};
-use crate::store::objects::{blob_id, md5_hex, MODE_DIR, MODE_FILE};
+use crate::base::checksum::md5_hex;
+use crate::base::ids::blob_id;
+use crate::base::modes::{MODE_DIR, MODE_FILE};
 
 /// Chunk size of the mock's uploads: small, so tests cross chunk boundaries cheaply.
 pub const MOCK_UPLOAD_CHUNK: u64 = 64 << 10;

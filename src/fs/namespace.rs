@@ -7,20 +7,13 @@ use super::error::{FsError, Result};
 use super::inodes::Attr;
 use super::remote::Remote;
 use crate::api::{Change, EntryType};
-use crate::store::now_unix;
-use crate::store::objects::{normalize_file_mode, MODE_DIR, MODE_SYMLINK};
-
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
+use crate::base::modes::{normalize_file_mode, MODE_DIR, MODE_SYMLINK};
+use crate::base::paths::join;
+use crate::base::time::now_unix;
 
 /// Git mode of a file with the executable bit taken from a chmod mode.
 fn with_exec_bit(mode: u32) -> u32 {
-    normalize_file_mode(Some(mode)).1
+    normalize_file_mode(Some(mode))
 }
 
 impl<R: Remote> Fs<R> {
@@ -30,7 +23,7 @@ impl<R: Remote> Fs<R> {
 
     fn child_path(&self, parent: u64, name: &str) -> Result<String> {
         let path = join(&self.dir_path(parent)?, name);
-        crate::store::paths::split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
+        crate::base::paths::split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
         Ok(path)
     }
 

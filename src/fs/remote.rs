@@ -82,7 +82,7 @@ impl ClientRemote {
     /// [`cancel`](Self::cancel). Reconnects after failures. A commit-id mount never changes.
     pub async fn watch(&self, on_change: impl Fn() + Send) {
         let branch = match self.reference.as_deref() {
-            Some(r) if r.len() == 64 && r.bytes().all(|b| b.is_ascii_hexdigit()) => return,
+            Some(r) if crate::base::ids::is_object_id(r) => return,
             Some(r) => r.to_string(),
             None => crate::api::DEFAULT_BRANCH.to_string(),
         };

@@ -7,10 +7,11 @@
 //! `TOKEN REPO MODE`, where REPO is a repository name or `*` and MODE is `ro` or `rw`; blank
 //! lines and `#` comments are ignored. `--auth-token TOKEN` grants `* rw`.
 
+use crate::api::ErrorCode;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -135,12 +136,9 @@ pub async fn require_token(
         })
     });
     let Some(grant) = grant else {
-        let mut response = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid bearer token",
-        )
-        .into_response();
+        let mut response =
+            ApiError::new(ErrorCode::Unauthorized, "missing or invalid bearer token")
+                .into_response();
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             "Bearer".parse().expect("valid header"),
@@ -162,19 +160,13 @@ pub async fn require_token(
     };
     if !repo_allowed {
         return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "this token may not access that repository",
         )
         .into_response();
     }
     if writes && !grant.writable {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token is read-only",
-        )
-        .into_response();
+        return ApiError::new(ErrorCode::Forbidden, "this token is read-only").into_response();
     }
     next.run(request).await
 }

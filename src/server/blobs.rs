@@ -12,9 +12,9 @@ use futures::StreamExt;
 use super::error::{ApiError, ApiResult};
 use super::ranges::{plan, Plan};
 use super::AppState;
-use crate::api::{CHECKSUM_CRC32C_HEADER, CHECKSUM_HEADER, CHECKSUM_SHA256_HEADER};
+use crate::base::checksum::md5_hex;
+use crate::base::checksum::{CRC32C_HEADER, MD5_HEADER, SHA256_HEADER};
 use crate::store::index::single_block;
-use crate::store::objects::md5_hex;
 
 /// Responses up to this size are read whole so their MD5 can go in a header; longer ones
 /// stream (the client then checks the blob id of a full download instead).
@@ -51,7 +51,7 @@ pub async fn serve_blob(
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, "no-cache");
     if let Some(mtime) = last_modified {
-        builder = builder.header(header::LAST_MODIFIED, super::browse::http_date(mtime));
+        builder = builder.header(header::LAST_MODIFIED, crate::base::time::http_date(mtime));
     }
     let (status, range) = match plan(headers, len, &etag) {
         Plan::NotModified => {
@@ -100,13 +100,13 @@ pub async fn serve_blob(
             }
         };
         if let Ok(v) = HeaderValue::from_str(&md5) {
-            builder = builder.header(CHECKSUM_HEADER, v);
+            builder = builder.header(MD5_HEADER, v);
         }
         if let Some(v) = sha256.and_then(|s| HeaderValue::from_str(&s).ok()) {
-            builder = builder.header(CHECKSUM_SHA256_HEADER, v);
+            builder = builder.header(SHA256_HEADER, v);
         }
         if let Some(crc) = crc32c {
-            builder = builder.header(CHECKSUM_CRC32C_HEADER, format!("{crc:08x}"));
+            builder = builder.header(CRC32C_HEADER, format!("{crc:08x}"));
         }
         state.metrics.add_sent(data.len() as u64);
         Body::from(data)

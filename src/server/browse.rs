@@ -91,7 +91,7 @@ pub async fn browse(
                     page,
                     "<a href=\"{href}{slash}{ref_suffix}\">{}{slash}</a> {} {}",
                     html_escape(&e.name),
-                    http_date(e.mtime),
+                    crate::base::time::http_date(e.mtime),
                     if e.kind == EntryType::Directory {
                         "-".to_string()
                     } else {
@@ -137,10 +137,4 @@ fn html_escape(text: &str) -> String {
         }
     }
     out
-}
-
-/// An HTTP date for a modification time, clamped to what HTTP dates can show (1970..=9999).
-pub(super) fn http_date(mtime: i64) -> String {
-    let seconds = mtime.clamp(0, crate::store::MAX_MTIME) as u64;
-    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
 }

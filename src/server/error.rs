@@ -5,14 +5,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, ErrorCode};
 use crate::store::StoreError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub path: Option<String>,
     /// Blob length for `Content-Range: bytes */LEN` on 416.
@@ -22,8 +22,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with a status, a machine-readable code and a message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with a code (which gives its status) and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(code.status()).expect("error codes have valid statuses");
+        Self::with_status(status, code, message)
+    }
+
+    /// An error whose status is not the one its code implies (a framework's rejection kept
+    /// with its own status).
+    pub fn with_status(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -36,14 +43,14 @@ impl ApiError {
 
     /// 400 with code `bad_request`.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(ErrorCode::BadRequest, message)
     }
 
     /// 429 with `Retry-After: 1`.
-    pub fn too_many(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn too_many(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             retry_after: Some(1),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+            ..Self::new(code, message)
         }
     }
 
@@ -52,8 +59,7 @@ impl ApiError {
         ApiError {
             range_len: Some(len),
             ..Self::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
+                ErrorCode::RangeNotSatisfiable,
                 format!("range not satisfiable for {len} bytes"),
             )
         }
@@ -64,33 +70,29 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         match e {
-            StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            StoreError::NotFound(_) => ApiError::new(ErrorCode::NotFound, message),
             StoreError::InvalidInput(_) => ApiError::bad_request(message),
-            StoreError::AlreadyExists(_) => {
-                ApiError::new(StatusCode::CONFLICT, "already_exists", message)
-            }
+            StoreError::AlreadyExists(_) => ApiError::new(ErrorCode::AlreadyExists, message),
             StoreError::Conflict { path, .. } => ApiError {
                 path: Some(path),
-                ..ApiError::new(StatusCode::CONFLICT, "conflict", message)
+                ..ApiError::new(ErrorCode::Conflict, message)
             },
             StoreError::RangeNotSatisfiable { size } => ApiError::range_not_satisfiable(size),
-            StoreError::ChecksumMismatch { .. } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "checksum_mismatch",
-                message,
-            ),
-            StoreError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            StoreError::ChecksumMismatch { .. } => {
+                ApiError::new(ErrorCode::ChecksumMismatch, message)
             }
+            StoreError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, message),
             StoreError::Corrupt { .. } | StoreError::Backend(_) | StoreError::Io(_) => {
                 log::error!("internal error: {message}");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal server error",
-                )
+                ApiError::new(ErrorCode::Internal, "internal server error")
             }
         }
+    }
+}
+
+impl From<crate::base::paths::InvalidName> for ApiError {
+    fn from(e: crate::base::paths::InvalidName) -> Self {
+        ApiError::bad_request(e.0)
     }
 }
 
@@ -98,7 +100,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: self.message,
-            code: self.code.to_string(),
+            code: self.code,
             path: self.path,
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -138,17 +140,8 @@ pub async fn json_errors(
         .await
         .unwrap_or_default();
     let message = String::from_utf8_lossy(&text).trim().to_string();
-    let code = match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported",
-        StatusCode::UPGRADE_REQUIRED => "upgrade_required",
-        s if s.is_server_error() => "internal",
-        _ => "error",
-    };
-    let mut answer = ApiError::new(
+    let code = ErrorCode::of_status(status.as_u16());
+    let mut answer = ApiError::with_status(
         status,
         code,
         if message.is_empty() {
@@ -171,7 +164,7 @@ pub async fn json_errors(
 /// The error for a JSON body axum could not take (413 when it is over the size limit).
 pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text())
+        ApiError::new(ErrorCode::TooLarge, e.body_text())
     } else {
         ApiError::bad_request(e.body_text())
     }

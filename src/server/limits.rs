@@ -1,6 +1,7 @@
 //! Per-client fairness: one client (IP address) may have only so many requests in progress
 //! at once; beyond that it gets 429 with `Retry-After`, and the others are not starved.
 
+use crate::api::ErrorCode;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -68,7 +69,7 @@ pub async fn limit_clients(
             state.config.max_client_requests
         );
         return ApiError::too_many(
-            "too_many_requests",
+            ErrorCode::TooManyRequests,
             "too many requests in progress from this client; retry later",
         )
         .into_response();

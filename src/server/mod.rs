@@ -26,6 +26,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::compression::CompressionLayer;
 
+use crate::api::ErrorCode;
 use crate::store::{Backend, Store};
 pub use metrics::Metrics;
 
@@ -132,17 +133,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/{*rest}",
             axum::routing::any(|| async {
-                error::ApiError::new(
-                    axum::http::StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such API route",
-                )
+                error::ApiError::new(ErrorCode::NotFound, "no such API route")
             }),
         )
         .method_not_allowed_fallback(|| async {
             error::ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this route",
             )
         });
@@ -153,13 +149,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{repo}", get(browse::repo_redirect))
         .route("/{repo}/", get(browse::browse_root))
         .route("/{repo}/{*path}", get(browse::browse))
-        .fallback(|| async {
-            error::ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such route",
-            )
-        })
+        .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

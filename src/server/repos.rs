@@ -65,7 +65,7 @@ pub async fn tree(
         .store
         .list_dir(&repo, query.reference.as_deref(), &path)
         .await?;
-    let path = crate::store::paths::normalize_path(&path)?;
+    let path = crate::base::paths::normalize_path(&path)?;
     Ok(Json(TreeListing {
         path,
         commit: resolved.commit,

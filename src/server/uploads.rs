@@ -12,9 +12,9 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use axum::response::IntoResponse;
 
-use crate::api::{
-    BlobInfo, StartUpload, UploadStarted, UploadStatus, CHECKSUM_HEADER, COPY_FROM_BLOB_HEADER,
-};
+use crate::api::ErrorCode;
+use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, COPY_FROM_BLOB_HEADER};
+use crate::base::checksum::MD5_HEADER;
 
 /// `POST /api/v1/repos/:repo/uploads` (the body is optional)
 pub async fn start(
@@ -64,12 +64,11 @@ pub async fn put_chunk(
     let data = to_bytes(body, chunk_size as usize).await.map_err(|e| {
         // The only way to_bytes fails on a well-formed body is the length limit.
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("chunk larger than {chunk_size} bytes or body error: {e}"),
         )
     })?;
-    let md5 = headers.get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok());
+    let md5 = headers.get(MD5_HEADER).and_then(|v| v.to_str().ok());
     let len = data.len() as u64;
     state
         .store
@@ -154,9 +153,9 @@ pub async fn complete(
                 .remove(&key);
         });
     }
-    let info = task.await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })??;
+    let info = task
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
     Ok((StatusCode::CREATED, Json(info)))
 }
 

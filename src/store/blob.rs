@@ -12,10 +12,10 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, WriteMultipart};
 
 use super::index::{BlockIndexer, BlockSums, ENTRY_LEN, LEGACY_ENTRY_LEN};
-use super::objects::BlobHasher;
-use super::paths::validate_object_id;
 use super::{object_path, Backend, Result, Store, StoreError};
 use crate::api::BlobInfo;
+use crate::base::ids::BlobHasher;
+use crate::base::paths::validate_object_id;
 
 /// Where a blob's block index is kept.
 fn index_path(repo: &str, id: &str) -> Path {
@@ -235,7 +235,10 @@ impl BlobWriter {
         } = self;
         parts.finish().await?;
         let hashed = match (hasher, indexer) {
-            (Some(h), Some(i)) => h.finish().map(|ids| (ids, i.finish())),
+            (Some(h), Some(i)) => h
+                .finish()
+                .map(|ids| (ids, i.finish()))
+                .map_err(StoreError::from),
             _ => hash_stored(&backend, &tmp, written).await,
         };
         let ((hash, md5), index) = match hashed {

@@ -7,14 +7,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::objects::{normalize_file_mode, Commit, Tree, TreeEntry, MODE_DIR};
-use super::paths::{normalize_path, split_path, validate_branch};
+use super::objects::{Commit, Tree, TreeEntry};
 use super::repo::ref_path;
-use super::{now_unix, RefUpdate, Result, Store, StoreError};
+use super::{RefUpdate, Result, Store, StoreError};
 use crate::api::{Change, CommitCreated, CommitRequest, EntryType, DEFAULT_BRANCH};
-
-/// The last second HTTP dates (and most tools) can show: 9999-12-31T23:59:59Z.
-pub const MAX_MTIME: i64 = 253_402_300_799;
+use crate::base::modes::{normalize_file_mode, MODE_DIR};
+use crate::base::paths::join;
+use crate::base::paths::{normalize_path, split_path, validate_branch};
+use crate::base::time::now_unix;
+use crate::base::time::MAX_MTIME;
 
 /// How often a commit is re-applied after losing a compare-and-swap race.
 const MAX_CAS_ATTEMPTS: usize = 32;
@@ -145,14 +146,6 @@ fn parent_and_name(path: &str) -> (&str, &str) {
     }
 }
 
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
 impl<'a> TreeEditor<'a> {
     fn new(store: &'a Store, repo: &'a str, root: String, now: i64) -> Self {
         TreeEditor {
@@ -269,7 +262,8 @@ impl<'a> TreeEditor<'a> {
                         });
                     }
                 }
-                let (kind, mode) = normalize_file_mode(*mode);
+                let mode = normalize_file_mode(*mode);
+                let kind = EntryType::of_git_mode(mode);
                 let entry = TreeEntry {
                     kind,
                     mode,

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use futures::StreamExt;
 
-use super::objects::BlobHasher;
 use super::{object_path, Result, Store};
 use crate::api::EntryType;
+use crate::base::ids::BlobHasher;
 
 /// What a check found.
 #[derive(Debug, Default)]

@@ -49,11 +49,6 @@ impl BlockSums {
     }
 }
 
-/// The CRC32C of `data`.
-pub fn crc32c(data: &[u8]) -> u32 {
-    crc_fast::crc32_iscsi(data)
-}
-
 /// Builds the index while bytes stream through it, in any piece sizes.
 pub struct BlockIndexer {
     md5: Md5,
@@ -119,7 +114,7 @@ pub fn single_block(range: &std::ops::Range<u64>, blob_len: u64) -> Option<u64> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::objects::md5_hex;
+    use crate::base::checksum::{crc32c, md5_hex};
 
     #[test]
     fn entries_match_the_blocks_whatever_the_pieces() {

@@ -18,7 +18,6 @@ mod commit;
 pub mod fsck;
 pub mod index;
 pub mod objects;
-pub mod paths;
 mod repo;
 pub mod sweep;
 mod upload;
@@ -26,8 +25,7 @@ mod watch;
 
 pub use backend::Backend;
 pub use blob::BlobWriter;
-pub use commit::MAX_MTIME;
-pub use objects::{BlobHasher, Commit, Tree, TreeEntry};
+pub use objects::{Commit, Tree, TreeEntry};
 pub use repo::RefUpdate;
 pub use watch::REF_POLL;
 
@@ -57,6 +55,18 @@ pub enum StoreError {
     Backend(#[from] object_store::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<crate::base::paths::InvalidName> for StoreError {
+    fn from(e: crate::base::paths::InvalidName) -> Self {
+        StoreError::InvalidInput(e.0)
+    }
+}
+
+impl From<crate::base::ids::LengthMismatch> for StoreError {
+    fn from(e: crate::base::ids::LengthMismatch) -> Self {
+        StoreError::InvalidInput(e.to_string())
+    }
 }
 
 /// Result type of the store.
@@ -164,12 +174,4 @@ impl Store {
 
 fn object_path(repo: &str, id: &str) -> object_store::path::Path {
     object_store::path::Path::from(format!("repos/{repo}/objects/{}/{id}", &id[..2]))
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

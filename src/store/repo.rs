@@ -5,10 +5,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::path::Path;
 
-use super::objects::{Commit, Tree, TreeEntry, MODE_DIR};
-use super::paths::{split_path, validate_branch, validate_object_id, validate_repo_name};
-use super::{now_unix, object_path, Result, Store, StoreError};
+use super::objects::{Commit, Tree, TreeEntry};
+use super::{object_path, Result, Store, StoreError};
 use crate::api::{Entry, EntryType, LogEntry, RepoInfo, DEFAULT_BRANCH};
+use crate::base::modes::MODE_DIR;
+use crate::base::paths::{split_path, validate_branch, validate_object_id, validate_repo_name};
+use crate::base::time::now_unix;
 
 /// A ref moved: sent to event subscribers after every commit.
 #[derive(Debug, Clone)]
@@ -303,7 +305,7 @@ impl Store {
         path: &str,
     ) -> Result<(ResolvedRef, Entry)> {
         let resolved = self.resolve(repo, reference).await?;
-        let normalized = super::paths::normalize_path(path)?;
+        let normalized = crate::base::paths::normalize_path(path)?;
         let entry = self
             .lookup(repo, &resolved.tree, &normalized)
             .await?

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
 
-use super::objects::md5_hex;
-use super::paths::validate_repo_name;
-use super::{now_unix, object_path, Result, Store, StoreError};
+use super::{object_path, Result, Store, StoreError};
 use crate::api::{BlobInfo, UploadStarted, UploadStatus};
+use crate::base::checksum::md5_hex;
+use crate::base::paths::validate_repo_name;
+use crate::base::time::now_unix;
 
 /// Chunk size used when the client does not ask for one.
 pub const DEFAULT_UPLOAD_CHUNK: u64 = 4 << 20;

@@ -1,52 +1,37 @@
 //! One chunk of a session, read from the store, checksummed and compressed when that shrinks
 //! it. Shared by the HTTP chunk route and the WebSocket.
 
-use std::io::Write;
-
 use base64::Engine;
 use bytes::Bytes;
 
 use super::session::Session;
 use crate::api::stream::StreamChunk;
+use crate::api::ErrorCode;
+use crate::base::checksum::md5_hex;
+use crate::base::codec::compress;
+use crate::base::codec::Encoding;
 use crate::server::error::ApiResult;
 use crate::server::AppState;
 use crate::store::index::single_block;
-use crate::store::objects::md5_hex;
 
-/// Compression a chunk may get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Gzip,
-    Zstd,
-}
-
-impl Encoding {
-    /// The `Content-Encoding` / `encoding` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Encoding::Gzip => "gzip",
-            Encoding::Zstd => "zstd",
-        }
-    }
-
-    /// zstd when the request accepts it, else gzip when the session asked for it.
-    pub fn choose(accept_encoding: Option<&str>, session_gzip: bool) -> Option<Encoding> {
-        let accepts = |name: &str| {
-            accept_encoding.is_some_and(|v| {
-                v.split(',').any(|e| {
-                    e.split(';')
-                        .next()
-                        .is_some_and(|t| t.trim().eq_ignore_ascii_case(name))
-                })
+/// zstd when the request's `Accept-Encoding` accepts it, else gzip when the session asked
+/// for it.
+pub fn choose_encoding(accept_encoding: Option<&str>, session_gzip: bool) -> Option<Encoding> {
+    let accepts = |name: &str| {
+        accept_encoding.is_some_and(|v| {
+            v.split(',').any(|e| {
+                e.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case(name))
             })
-        };
-        if accepts("zstd") {
-            Some(Encoding::Zstd)
-        } else if session_gzip {
-            Some(Encoding::Gzip)
-        } else {
-            None
-        }
+        })
+    };
+    if accepts("zstd") {
+        Some(Encoding::Zstd)
+    } else if session_gzip {
+        Some(Encoding::Gzip)
+    } else {
+        None
     }
 }
 
@@ -126,13 +111,7 @@ pub async fn read_chunk(
         (md5, compressed.map(Bytes::from).ok_or(data))
     })
     .await
-    .map_err(|e| {
-        crate::server::error::ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            e.to_string(),
-        )
-    })?;
+    .map_err(|e| crate::server::error::ApiError::new(ErrorCode::Internal, e.to_string()))?;
     state.metrics.add_sent(range.end - range.start);
     session.record_served(index);
     let (body, encoding) = match compressed {
@@ -150,68 +129,19 @@ pub async fn read_chunk(
     })
 }
 
-fn compress(data: &[u8], encoding: Encoding) -> std::io::Result<Vec<u8>> {
-    match encoding {
-        Encoding::Zstd => zstd::bulk::compress(data, 3),
-        Encoding::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(data.len() / 2),
-                flate2::Compression::fast(),
-            );
-            encoder.write_all(data)?;
-            encoder.finish()
-        }
-    }
-}
-
-/// Undoes [`compress`] (for clients), refusing output larger than `max_len`.
-pub fn decompress(data: &[u8], encoding: &str, max_len: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::with_capacity(max_len.min(16 << 20));
-    match encoding {
-        "zstd" => zstd::stream::read::Decoder::new(data)?
-            .take(max_len as u64 + 1)
-            .read_to_end(&mut out)?,
-        "gzip" => flate2::read::GzDecoder::new(data)
-            .take(max_len as u64 + 1)
-            .read_to_end(&mut out)?,
-        other => {
-            return Err(std::io::Error::other(format!(
-                "unknown chunk encoding {other:?}"
-            )))
-        }
-    };
-    if out.len() > max_len {
-        return Err(std::io::Error::other(
-            "a chunk decompressed to more than its announced size",
-        ));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn compression_round_trips_and_encoding_is_negotiated() {
-        let text = b"the same line again and again\n".repeat(500);
-        for e in [Encoding::Gzip, Encoding::Zstd] {
-            let c = compress(&text, e).unwrap();
-            assert!(c.len() < text.len() / 5);
-            assert_eq!(decompress(&c, e.name(), text.len()).unwrap(), text);
-            assert!(
-                decompress(&c, e.name(), text.len() - 1).is_err(),
-                "a bomb past the size is refused"
-            );
-        }
+    fn encoding_is_negotiated() {
         assert_eq!(
-            Encoding::choose(Some("gzip, zstd;q=0.5"), false),
+            choose_encoding(Some("gzip, zstd;q=0.5"), false),
             Some(Encoding::Zstd)
         );
-        assert_eq!(Encoding::choose(Some("gzip"), true), Some(Encoding::Gzip));
-        assert_eq!(Encoding::choose(Some("gzip"), false), None);
-        assert_eq!(Encoding::choose(None, false), None);
-        assert_eq!(Encoding::choose(Some("zstdx"), false), None);
+        assert_eq!(choose_encoding(Some("gzip"), true), Some(Encoding::Gzip));
+        assert_eq!(choose_encoding(Some("gzip"), false), None);
+        assert_eq!(choose_encoding(None, false), None);
+        assert_eq!(choose_encoding(Some("zstdx"), false), None);
     }
 }

@@ -24,8 +24,9 @@ use crate::api::stream::{
     StreamProgress, StreamRequest, StreamResponse, CHUNK_LAST_HEADER, CHUNK_SEQUENCE_HEADER,
     CHUNK_SIZE_HEADER,
 };
-use crate::api::CHECKSUM_HEADER;
-use chunk::{read_chunk, Encoding};
+use crate::api::ErrorCode;
+use crate::base::checksum::MD5_HEADER;
+use chunk::{choose_encoding, read_chunk};
 use session::{resolve_range, Lookup, Session};
 
 /// Opens a session for `request` on `repo`: checks the blob and the range, computes the
@@ -62,7 +63,7 @@ pub async fn open_session(
         )
         .ok_or_else(|| {
             ApiError::too_many(
-                "too_many_sessions",
+                ErrorCode::TooManySessions,
                 "too many stream sessions are open (for this client or in all); retry later",
             )
         })?;
@@ -131,16 +132,14 @@ async fn cancelled_elsewhere(state: &AppState, repo: &str, session: &Session) ->
 pub fn lookup_error(id: &str, lookup: Lookup) -> ApiError {
     match lookup {
         Lookup::Unknown => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "stream_not_found",
+            ErrorCode::StreamNotFound,
             format!("no stream session {id:?}"),
         ),
         Lookup::Ended(p) => ApiError::new(
-            StatusCode::GONE,
             if p.status == "cancelled" {
-                "stream_cancelled"
+                ErrorCode::StreamCancelled
             } else {
-                "stream_expired"
+                ErrorCode::StreamExpired
             },
             format!("stream session {id} is {}", p.status),
         ),
@@ -204,8 +203,7 @@ pub async fn chunk(
     }
     if index >= session.chunk_count() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "chunk_out_of_range",
+            ErrorCode::ChunkOutOfRange,
             format!(
                 "chunk {index} does not exist: the session has {} chunks",
                 session.chunk_count()
@@ -215,7 +213,7 @@ pub async fn chunk(
     let accept_encoding = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let encoding = Encoding::choose(accept_encoding, session.gzip);
+    let encoding = choose_encoding(accept_encoding, session.gzip);
     let encoded = read_chunk(&state, &session, index, encoding).await?;
     let wants_raw = headers
         .get(header::ACCEPT)
@@ -234,7 +232,7 @@ pub async fn chunk(
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(
-        CHECKSUM_HEADER,
+        MD5_HEADER,
         HeaderValue::from_str(&encoded.md5).expect("hex"),
     );
     h.insert(CHUNK_SEQUENCE_HEADER, HeaderValue::from(index));

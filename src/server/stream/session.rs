@@ -296,7 +296,7 @@ impl Sessions {
                 end: range.end,
                 chunk_size,
                 gzip,
-                issued: crate::store::now_unix(),
+                issued: crate::base::time::now_unix(),
             }
             .sign(key),
             None => nonce,
@@ -340,7 +340,7 @@ impl Sessions {
     /// A session another instance opened, from its signed id.
     fn adopt(&self, repo: &str, id: &str) -> Option<Arc<Session>> {
         let token = SessionToken::verify(id, self.key.as_deref()?)?;
-        let age = crate::store::now_unix().saturating_sub(token.issued);
+        let age = crate::base::time::now_unix().saturating_sub(token.issued);
         if token.repo != repo || age as u64 > MAX_ADOPTED_AGE.as_secs() || token.start > token.end {
             return None;
         }

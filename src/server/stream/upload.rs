@@ -17,6 +17,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::api::stream::StreamUploaded;
+use crate::api::ErrorCode;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::AppState;
 use crate::store::BlobWriter;
@@ -110,8 +111,7 @@ fn decoded_body(body: SharedBody, encoding: Option<&str>) -> ApiResult<ByteStrea
         )),
         Some(other) => {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_encoding",
+                ErrorCode::UnsupportedEncoding,
                 format!("Content-Encoding {other:?} is not supported (use zstd or gzip)"),
             ))
         }

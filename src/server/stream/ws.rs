@@ -15,10 +15,12 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use super::chunk::{read_chunk, Encoding};
+use super::chunk::{choose_encoding, read_chunk};
 use super::open_session;
 use super::session::Session;
 use crate::api::stream::{StreamRequest, WsClientMessage, WsServerMessage};
+use crate::api::ErrorCode;
+use crate::base::codec::Encoding;
 use crate::server::error::ApiError;
 use crate::server::AppState;
 
@@ -66,7 +68,7 @@ fn text(message: &WsServerMessage) -> Message {
 fn error_frame(e: &ApiError, stream_id: Option<&str>) -> Message {
     text(&WsServerMessage::Error {
         error: e.message.clone(),
-        code: e.code.to_string(),
+        code: e.code,
         stream_id: stream_id.map(str::to_string),
     })
 }
@@ -117,7 +119,7 @@ async fn serve(
                 let outcome = match WsClientMessage::parse(&body) {
                     Err(reason) => reply(&control, error_frame(&ApiError::bad_request(reason), None)),
                     Ok(WsClientMessage::Stream(request)) if queued.len() >= MAX_QUEUED_REQUESTS => {
-                        let e = ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "too_many_requests", format!("at most {MAX_QUEUED_REQUESTS} requests may wait on one connection"));
+                        let e = ApiError::new(ErrorCode::TooManyRequests, format!("at most {MAX_QUEUED_REQUESTS} requests may wait on one connection"));
                         log::debug!("websocket: refused a request for {} (queue full)", request.hash);
                         reply(&control, error_frame(&e, None))
                     }
@@ -147,7 +149,7 @@ async fn serve(
                     match open_session(&state, client, &repo, &request).await {
                         Ok((session, response)) => {
                             permit.send(vec![text(&WsServerMessage::Response(response))]);
-                            active = Some(Active { session, next: 0, binary: request.binary, encoding: Encoding::choose(None, request.enable_gzip) });
+                            active = Some(Active { session, next: 0, binary: request.binary, encoding: choose_encoding(None, request.enable_gzip) });
                         }
                         Err(e) => permit.send(vec![error_frame(&e, None)]),
                     }

@@ -1,7 +1,13 @@
-//! Validation of the names that reach the store from outside: repository names, paths,
-//! object ids and branch names. Everything is checked before it becomes a backend key.
+//! Repository paths and names: validation of what reaches the store from outside (repository
+//! names, paths, object ids, branch names), and the joins and splits every layer makes.
+//! Everything is checked before it becomes a backend key or a FUSE name.
 
-use super::{Result, StoreError};
+/// A name or path that is not acceptable, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidName(pub String);
+
+type Result<T> = std::result::Result<T, InvalidName>;
 
 /// Names that cannot be repositories because the browsable view uses them.
 const RESERVED_REPOS: [&str; 3] = ["api", "metrics", "healthz"];
@@ -20,9 +26,7 @@ pub fn validate_repo_name(name: &str) -> Result<()> {
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if !well_formed || RESERVED_REPOS.contains(&name) {
-        return Err(StoreError::InvalidInput(format!(
-            "invalid repository name {name:?}"
-        )));
+        return Err(InvalidName(format!("invalid repository name {name:?}")));
     }
     Ok(())
 }
@@ -35,11 +39,7 @@ pub fn split_path(path: &str) -> Result<Vec<&str>> {
     if trimmed.is_empty() {
         return Ok(Vec::new());
     }
-    let bad = |why: &str| {
-        Err(StoreError::InvalidInput(format!(
-            "invalid path {path:?}: {why}"
-        )))
-    };
+    let bad = |why: &str| Err(InvalidName(format!("invalid path {path:?}: {why}")));
     if trimmed.len() > MAX_PATH_BYTES {
         return bad("too long");
     }
@@ -68,13 +68,25 @@ pub fn normalize_path(path: &str) -> Result<String> {
 
 /// Checks that `id` looks like an object id: 64 lowercase hex digits.
 pub fn validate_object_id(id: &str) -> Result<()> {
-    if id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if super::ids::is_object_id(id) {
         Ok(())
     } else {
-        Err(StoreError::InvalidInput(format!(
-            "invalid object id {id:?}"
-        )))
+        Err(InvalidName(format!("invalid object id {id:?}")))
     }
+}
+
+/// `name` inside directory `dir` (`""` is the root).
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The parent directory and the last segment of a normalised path (`""` is the root).
+pub fn parent_and_name(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
 }
 
 /// Checks a branch name: like a path, but only one segment-safe alphabet.
@@ -89,9 +101,7 @@ pub fn validate_branch(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::InvalidInput(format!(
-            "invalid ref name {name:?}"
-        )))
+        Err(InvalidName(format!("invalid ref name {name:?}")))
     }
 }
 
@@ -128,6 +138,14 @@ mod tests {
         }
         assert!(split_path(&"a".repeat(256)).is_err());
         assert!(split_path(&"a/".repeat(3000)).is_err());
+    }
+
+    #[test]
+    fn join_and_split_are_inverse() {
+        assert_eq!(join("", "a"), "a");
+        assert_eq!(join("a/b", "c"), "a/b/c");
+        assert_eq!(parent_and_name("a/b/c"), ("a/b", "c"));
+        assert_eq!(parent_and_name("a"), ("", "a"));
     }
 
     proptest! {

@@ -1,0 +1,13 @@
+//! The ground floor: object ids, checksums, repository paths, codecs, times and sizes.
+//!
+//! Every other layer stands on it and it imports nothing of the crate, so the client, the
+//! mount, the server and the store share one definition of each of these without reaching
+//! into each other.
+
+pub mod checksum;
+pub mod codec;
+pub mod ids;
+pub mod modes;
+pub mod paths;
+pub mod size;
+pub mod time;
