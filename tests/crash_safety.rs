@@ -387,7 +387,7 @@ const PATHS: [&str; 6] = [
 
 /// A blob length: mostly log-uniform in 64 KiB–8 MiB, sometimes tiny.
 fn blob_len(rng: &mut XorShift) -> usize {
-    if rng.next_u64() % 10 == 0 {
+    if rng.next_u64().is_multiple_of(10) {
         return 1 + (rng.next_u64() % 4000) as usize;
     }
     let lo = (64 * KIB) << (rng.next_u64() % 7);
@@ -459,7 +459,7 @@ fn run_client(
         };
     }
     for cycle in 0..MAX_CYCLES {
-        let (blob, data) = if !reuse.is_empty() && rng.next_u64() % 10 == 0 {
+        let (blob, data) = if !reuse.is_empty() && rng.next_u64().is_multiple_of(10) {
             let old = reuse[(rng.next_u64() % reuse.len() as u64) as usize].clone();
             let data = old.data();
             (old, data)

@@ -2462,7 +2462,7 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
     add(
         "a nested multipart part",
         &ct,
-        part(format!("--inner\r\nContent-Type: text/plain\r\n\r\ninner\r\n--inner--").as_bytes()),
+        part("--inner\r\nContent-Type: text/plain\r\n\r\ninner\r\n--inner--".as_bytes()),
         None,
     );
     add(
@@ -2502,8 +2502,6 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
         body.extend(closing());
         add("10 000 tiny parts", &ct, body, Some(content));
     }
-    drop(add);
-
     let mut failures = Vec::new();
     let mut stored = Vec::new();
     for (name, ct, body, expect) in &cases {

@@ -106,7 +106,7 @@ impl BlockIndexer {
 /// The index block a byte range is exactly, if it is one (aligned start, one block long or
 /// up to the end of the blob).
 pub fn single_block(range: &std::ops::Range<u64>, blob_len: u64) -> Option<u64> {
-    let aligned = range.start % INDEX_BLOCK == 0;
+    let aligned = range.start.is_multiple_of(INDEX_BLOCK);
     let full = range.end == (range.start + INDEX_BLOCK).min(blob_len);
     (aligned && full && !range.is_empty()).then_some(range.start / INDEX_BLOCK)
 }

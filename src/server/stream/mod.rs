@@ -158,14 +158,13 @@ pub async fn start(
     let client = client.map(|c| c.0 .0.ip());
     let (_, response) = open_session(&state, client, &repo, &request)
         .await
-        .map_err(|e| {
+        .inspect_err(|e| {
             if e.status == StatusCode::TOO_MANY_REQUESTS {
                 log::warn!(
                     "stream session refused: the table is full ({} open)",
                     state.streams.len()
                 );
             }
-            e
         })?;
     let mut answer = (StatusCode::CREATED, Json(response)).into_response();
     answer
