@@ -40,6 +40,10 @@ else
   command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
 fi
 
+# Style gates: formatting and lints fail the run before any test does.
+cargo fmt --check
+cargo clippy --quiet --all-targets -- -D warnings
+
 # Tests that mount start one FUSE session each; run test binaries with a bounded thread count
 # so a 2-core machine is not oversubscribed.
 cargo build --quiet --bins

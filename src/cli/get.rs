@@ -84,105 +84,117 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     let total = range.as_ref().map_or(entry.size, |r| r.end - r.start);
     let bar = super::progress::bar(Some(total));
     let progress_bar = bar.clone();
-    let via = if args.stream {
-        Via::Session
-    } else if args.ws {
-        Via::WebSocket
-    } else {
-        Via::Ranges
+    cancel_on_ctrl_c(&cancel);
+    let download = Download {
+        client,
+        hash: entry.hash,
+        via: Via::of(&args),
+        stream_options: stream_options(&args, range.as_ref()),
+        options: DownloadOptions {
+            range,
+            progress: Some(Arc::new(move |done, _| progress_bar.set_position(done))),
+        },
+        cancel,
     };
-    let stream_options = StreamOptions {
-        chunk_size: args.chunk_size,
-        start_offset: range.as_ref().map_or(0, |r| r.start),
-        end_offset: range.as_ref().map(|r| r.end - 1),
-        enable_gzip: args.compress && args.ws,
-        zstd: args.compress && args.stream,
-        ..StreamOptions::default()
-    };
-    let options = DownloadOptions {
-        range,
-        progress: Some(Arc::new(move |done, _| progress_bar.set_position(done))),
-    };
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        });
-    }
     match &args.output {
-        Some(path) => {
-            let partial = partial_name(path);
-            let file = tokio::fs::File::create(&partial)
-                .await
-                .with_context(|| format!("cannot create {}", partial.display()))?;
-            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-            let result = fetch(
-                &client,
-                &entry.hash,
-                &mut out,
-                via,
-                &options,
-                &stream_options,
-                &cancel,
-            )
-            .await;
-            if let Err(e) = result {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(e.into());
-            }
-            out.into_inner().sync_all().await?;
-            tokio::fs::rename(&partial, path).await?;
-        }
+        Some(path) => download.to_file(path).await?,
         None => {
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::io::stdout());
-            fetch(
-                &client,
-                &entry.hash,
-                &mut out,
-                via,
-                &options,
-                &stream_options,
-                &cancel,
-            )
-            .await?;
+            download.fetch(&mut out).await?;
         }
     }
     bar.finish_and_clear();
     Ok(())
 }
 
-/// Downloads blob `hash` into `out` the chosen way.
-async fn fetch<W: tokio::io::AsyncWrite + Unpin>(
-    client: &Client,
-    hash: &str,
-    out: &mut W,
+impl Via {
+    fn of(args: &GetArgs) -> Via {
+        if args.stream {
+            Via::Session
+        } else if args.ws {
+            Via::WebSocket
+        } else {
+            Via::Ranges
+        }
+    }
+}
+
+/// The session options of `--stream` and `--ws` for `range`.
+fn stream_options(args: &GetArgs, range: Option<&std::ops::Range<u64>>) -> StreamOptions {
+    StreamOptions {
+        chunk_size: args.chunk_size,
+        start_offset: range.map_or(0, |r| r.start),
+        end_offset: range.map(|r| r.end - 1),
+        enable_gzip: args.compress && args.ws,
+        zstd: args.compress && args.stream,
+        ..StreamOptions::default()
+    }
+}
+
+fn cancel_on_ctrl_c(cancel: &CancellationToken) {
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+}
+
+/// One blob to download, and how.
+struct Download {
+    client: Client,
+    hash: String,
     via: Via,
-    options: &DownloadOptions,
-    stream_options: &StreamOptions,
-    cancel: &CancellationToken,
-) -> Result<(), ClientError> {
-    let progress = options.progress.clone();
-    match via {
-        Via::Ranges => client
-            .download(hash, out, options, cancel)
+    options: DownloadOptions,
+    stream_options: StreamOptions,
+    cancel: CancellationToken,
+}
+
+impl Download {
+    /// Downloads into `path` atomically: into a `.govcfs-partial` file that is synced and
+    /// renamed over `path` once whole, and removed on failure.
+    async fn to_file(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let partial = partial_name(path);
+        let file = tokio::fs::File::create(&partial)
             .await
-            .map(|_| ()),
-        Via::Session => client
-            .download_stream(hash, out, stream_options, progress, cancel)
-            .await
-            .map(|_| ()),
-        Via::WebSocket => {
-            let mut ws = client.websocket().await?;
-            let on_progress = |p: &StreamProgress| {
-                if let Some(f) = &progress {
-                    f(p.bytes_streamed, p.total_bytes);
-                }
-            };
-            ws.stream_blob(&stream_options.request(hash), out, on_progress, cancel)
-                .await?;
-            ws.close().await
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        if let Err(e) = self.fetch(&mut out).await {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e.into());
+        }
+        out.into_inner().sync_all().await?;
+        tokio::fs::rename(&partial, path).await?;
+        Ok(())
+    }
+
+    /// Downloads the blob into `out` the chosen way.
+    async fn fetch<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        out: &mut W,
+    ) -> Result<(), ClientError> {
+        let (client, hash, cancel) = (&self.client, self.hash.as_str(), &self.cancel);
+        let progress = self.options.progress.clone();
+        match self.via {
+            Via::Ranges => client
+                .download(hash, out, &self.options, cancel)
+                .await
+                .map(|_| ()),
+            Via::Session => client
+                .download_stream(hash, out, &self.stream_options, progress, cancel)
+                .await
+                .map(|_| ()),
+            Via::WebSocket => {
+                let mut ws = client.websocket().await?;
+                let on_progress = |p: &StreamProgress| {
+                    if let Some(f) = &progress {
+                        f(p.bytes_streamed, p.total_bytes);
+                    }
+                };
+                let request = self.stream_options.request(hash);
+                ws.stream_blob(&request, out, on_progress, cancel).await?;
+                ws.close().await
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! and jitter, never 4xx, and stops early when its cancellation token fires.
 
 mod blobs;
+mod download;
 mod repo;
 pub mod retry;
 pub mod stream;

@@ -24,6 +24,16 @@ fn ws_error(e: impl std::fmt::Display) -> ClientError {
     ClientError::WebSocket(e.to_string())
 }
 
+/// The client error an error frame stands for.
+fn frame_error(message: String, code: ErrorCode) -> ClientError {
+    ClientError::Http {
+        status: code.status(),
+        code,
+        message,
+        path: None,
+    }
+}
+
 /// An open WebSocket to a repository's stream endpoint.
 pub struct WsStream {
     socket: Socket,
@@ -107,27 +117,7 @@ impl WsStream {
         mut on_progress: impl FnMut(&StreamProgress),
         cancel: &CancellationToken,
     ) -> Result<StreamResponse> {
-        self.socket
-            .send(Message::text(
-                WsClientMessage::Stream(request.clone()).to_text(),
-            ))
-            .await
-            .map_err(ws_error)?;
-        let response = loop {
-            match self.next_json().await? {
-                WsServerMessage::Response(r) => break r,
-                WsServerMessage::Error { error, code, .. } => {
-                    return Err(ClientError::Http {
-                        status: code.status(),
-                        code,
-                        message: error,
-                        path: None,
-                    })
-                }
-                // The tail of an earlier stream on this connection that was cancelled.
-                WsServerMessage::Chunk(_) | WsServerMessage::Progress(_) => continue,
-            }
-        };
+        let response = self.open_stream(request).await?;
         let mut next = 0u64;
         loop {
             let message = tokio::select! {
@@ -146,13 +136,7 @@ impl WsStream {
                             chunk.sequence_num
                         )));
                     }
-                    let body = if request.binary {
-                        self.binary_frame().await?
-                    } else {
-                        decode_base64(&chunk)?
-                    };
-                    let data = decode_chunk(&chunk, body).await?;
-                    writer.write_all(&data).await?;
+                    self.write_chunk(&chunk, request.binary, writer).await?;
                     next += 1;
                 }
                 WsServerMessage::Chunk(_) => {} // a late chunk of an earlier, cancelled stream
@@ -169,14 +153,7 @@ impl WsStream {
                     }
                 }
                 WsServerMessage::Progress(_) => {}
-                WsServerMessage::Error { error, code, .. } => {
-                    return Err(ClientError::Http {
-                        status: code.status(),
-                        code,
-                        message: error,
-                        path: None,
-                    })
-                }
+                WsServerMessage::Error { error, code, .. } => return Err(frame_error(error, code)),
                 WsServerMessage::Response(_) => {
                     return Err(ClientError::Protocol(
                         "a second response in one stream".into(),
@@ -186,6 +163,42 @@ impl WsStream {
         }
         writer.flush().await?;
         Ok(response)
+    }
+
+    /// Sends `request` and waits for its session.
+    async fn open_stream(&mut self, request: &StreamRequest) -> Result<StreamResponse> {
+        self.socket
+            .send(Message::text(
+                WsClientMessage::Stream(request.clone()).to_text(),
+            ))
+            .await
+            .map_err(ws_error)?;
+        loop {
+            match self.next_json().await? {
+                WsServerMessage::Response(r) => return Ok(r),
+                WsServerMessage::Error { error, code, .. } => return Err(frame_error(error, code)),
+                // The tail of an earlier stream on this connection that was cancelled.
+                WsServerMessage::Chunk(_) | WsServerMessage::Progress(_) => continue,
+            }
+        }
+    }
+
+    /// Takes the bytes of `chunk` (inline, or the binary frame after it), checks them and
+    /// writes them out.
+    async fn write_chunk<W: AsyncWrite + Unpin>(
+        &mut self,
+        chunk: &StreamChunk,
+        binary: bool,
+        writer: &mut W,
+    ) -> Result<()> {
+        let body = if binary {
+            self.binary_frame().await?
+        } else {
+            decode_base64(chunk)?
+        };
+        let data = decode_chunk(chunk, body).await?;
+        writer.write_all(&data).await?;
+        Ok(())
     }
 
     async fn binary_frame(&mut self) -> Result<Bytes> {
