@@ -67,16 +67,26 @@ fn every_module_names_only_the_layers_below_it() {
         let Some((_, allowed)) = ALLOWED.iter().find(|(layer, _)| *layer == top) else {
             continue;
         };
-        for name in named.iter().filter(|n| **n != top && !allowed.contains(&n.as_str())) {
+        for name in named
+            .iter()
+            .filter(|n| **n != top && !allowed.contains(&n.as_str()))
+        {
             violations.push(format!("{}: {top} names crate::{name}", relative.display()));
         }
     }
     assert!(files.len() > 50, "found only {} source files", files.len());
-    assert!(violations.is_empty(), "imports against the layers:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "imports against the layers:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn the_scanner_sees_imports_and_skips_comments() {
     let named = named_modules("use crate::store::Store; // crate::cli\nlet x = crate::api::X;");
-    assert_eq!(named, BTreeSet::from(["store".to_string(), "api".to_string()]));
+    assert_eq!(
+        named,
+        BTreeSet::from(["store".to_string(), "api".to_string()])
+    );
 }

@@ -89,6 +89,40 @@ pub fn parent_and_name(path: &str) -> (&str, &str) {
     path.rsplit_once('/').unwrap_or(("", path))
 }
 
+/// Characters escaped in one path segment of a URL: controls, space, the delimiters of
+/// URLs and HTML attributes, and `/` itself.
+const SEGMENT_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|')
+    .add(b'[')
+    .add(b']');
+
+/// Percent-encodes one path segment (a name, a repository, a ref) for a URL.
+pub fn encode_segment(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, SEGMENT_ESCAPES).to_string()
+}
+
+/// Percent-encodes each segment of a repository path, keeping the slashes.
+pub fn encode_path(path: &str) -> String {
+    path.trim_matches('/')
+        .split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Checks a branch name: like a path, but only one segment-safe alphabet.
 pub fn validate_branch(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -146,6 +180,13 @@ mod tests {
         assert_eq!(join("a/b", "c"), "a/b/c");
         assert_eq!(parent_and_name("a/b/c"), ("a/b", "c"));
         assert_eq!(parent_and_name("a"), ("", "a"));
+    }
+
+    #[test]
+    fn urls_escape_each_segment_and_keep_the_slashes() {
+        assert_eq!(encode_path("/a b/c#d/"), "a%20b/c%23d");
+        assert_eq!(encode_segment("x/y?"), "x%2Fy%3F");
+        assert_eq!(encode_path("ünï/[1]"), "%C3%BCn%C3%AF/%5B1%5D");
     }
 
     proptest! {

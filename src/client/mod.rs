@@ -76,33 +76,6 @@ impl ClientError {
     }
 }
 
-/// Characters escaped in one path segment of a request URL.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}')
-    .add(b'\\')
-    .add(b'^')
-    .add(b'|')
-    .add(b'[')
-    .add(b']');
-
-/// Percent-encodes each segment of a repository path, keeping the slashes.
-pub fn encode_path(path: &str) -> String {
-    path.trim_matches('/')
-        .split('/')
-        .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 /// Result type of the client.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 

@@ -45,7 +45,7 @@ impl Client {
     ) -> Result<TreeListing> {
         let url = self.url(&format!(
             "/tree/{}{}",
-            super::encode_path(path),
+            crate::base::paths::encode_path(path),
             ref_query(reference)
         ));
         let response = self
@@ -67,7 +67,7 @@ impl Client {
         } else {
             self.url(&format!(
                 "/stat/{}{}",
-                super::encode_path(path),
+                crate::base::paths::encode_path(path),
                 ref_query(reference)
             ))
         };
