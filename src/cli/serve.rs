@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::server::auth::{parse_token_file, TokenGrant};
-use crate::server::stream::session::StreamLimits;
-use crate::server::{shutdown_signal, Server, ServerConfig};
+use crate::server::{shutdown_signal, Server, ServerConfig, StreamLimits};
 use crate::store::Backend;
 
 /// Arguments of `govcfs serve`.

@@ -29,6 +29,7 @@ use tower_http::compression::CompressionLayer;
 use crate::api::ErrorCode;
 use crate::store::{Backend, Store};
 pub use metrics::Metrics;
+pub use stream::StreamLimits;
 
 /// Settings of a running server.
 #[derive(Debug, Clone)]
@@ -38,7 +39,7 @@ pub struct ServerConfig {
     /// Bearer tokens accepted and what each may do; empty means no authentication.
     pub tokens: Vec<auth::TokenGrant>,
     /// Stream session timeout and table size.
-    pub streams: stream::session::StreamLimits,
+    pub streams: StreamLimits,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Requests one client (IP address) may have in progress at once.
@@ -67,7 +68,7 @@ pub struct AppState {
     /// Upload assemblies in progress or recently finished, by `repo/upload id`.
     pub completions: uploads::Completions,
     /// Open stream sessions of the seed API.
-    pub streams: stream::session::Sessions,
+    pub streams: stream::Sessions,
     /// Requests in progress per client.
     pub clients: limits::ClientCounts,
     /// The shared liveness lock on a local data directory (see [`crate::store::sweep`]).
@@ -239,7 +240,7 @@ impl Server {
         let store = Store::open(backend).await?;
         let metrics = Arc::new(Metrics::default());
         let mut streams =
-            stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
+            stream::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
         if store.backend().is_shared() {
             streams = streams.shared(stream::shared_session_key(store.backend()).await?);
         }
