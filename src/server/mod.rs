@@ -75,12 +75,46 @@ pub struct AppState {
     _live: Option<std::fs::File>,
 }
 
-/// Builds the whole application.
+/// Builds the whole application: the JSON API, the browsable view, health and metrics,
+/// behind authentication, the per-client limit, the body timeout, JSON errors and the
+/// request counter (outermost).
 pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(api_routes())
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(render_metrics))
+        .route("/{repo}", get(browse::repo_redirect))
+        .route("/{repo}/", get(browse::browse_root))
+        .route("/{repo}/{*path}", get(browse::browse))
+        .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_clients,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            listen::BODY_READ_TIMEOUT,
+        ))
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+type Routes = Router<Arc<AppState>>;
+
+/// `/api/v1/…`: repositories, trees, commits, blobs, uploads and the stream API; an unknown
+/// route or method there is a JSON error.
+fn api_routes() -> Routes {
     let blob_routes = Router::new()
         .route("/api/v1/repos/{repo}/blobs/{hash}", get(blobs::get_blob))
         .layer(CompressionLayer::new().zstd(true).gzip(true));
-    let api = Router::new()
+    Router::new()
         .route(
             "/api/v1/repos",
             post(repos::create_repo).get(repos::list_repos),
@@ -93,6 +127,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/repos/{repo}/log", get(repos::log))
         .route("/api/v1/repos/{repo}/commits", post(repos::commit))
         .route("/api/v1/repos/{repo}/events", get(repos::events))
+        .merge(upload_routes())
+        .merge(stream_routes())
+        .merge(blob_routes)
+        .route(
+            "/api/v1/{*rest}",
+            axum::routing::any(|| async {
+                error::ApiError::new(ErrorCode::NotFound, "no such API route")
+            }),
+        )
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
+}
+
+/// Resumable uploads; a chunk's body limit is its upload's chunk size, checked by the handler.
+fn upload_routes() -> Routes {
+    Router::new()
         .route("/api/v1/repos/{repo}/uploads", post(uploads::start))
         .route(
             "/api/v1/repos/{repo}/uploads/{id}",
@@ -106,6 +160,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/repos/{repo}/uploads/{id}/{index}",
             put(uploads::put_chunk).layer(DefaultBodyLimit::disable()),
         )
+}
+
+/// The seed streaming API (CONTRACT §3).
+fn stream_routes() -> Routes {
+    Router::new()
         .route(
             "/api/v1/repos/{repo}/stream/blob/upload",
             post(stream::upload::upload).layer(DefaultBodyLimit::disable()),
@@ -130,44 +189,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/repos/{repo}/stream/websocket",
             get(stream::ws::websocket),
         )
-        .merge(blob_routes)
-        .route(
-            "/api/v1/{*rest}",
-            axum::routing::any(|| async {
-                error::ApiError::new(ErrorCode::NotFound, "no such API route")
-            }),
-        )
-        .method_not_allowed_fallback(|| async {
-            error::ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "method not allowed on this route",
-            )
-        });
-    Router::new()
-        .merge(api)
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(render_metrics))
-        .route("/{repo}", get(browse::repo_redirect))
-        .route("/{repo}/", get(browse::browse_root))
-        .route("/{repo}/{*path}", get(browse::browse))
-        .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such route") })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::limit_clients,
-        ))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            listen::BODY_READ_TIMEOUT,
-        ))
-        .layer(middleware::from_fn(error::json_errors))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
-        .with_state(state)
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
