@@ -1,7 +1,14 @@
 //! The repository server: axum routes over the [`Store`](crate::store::Store).
 //!
-//! [`router`] builds the app from an [`AppState`] so tests can drive it without a socket;
-//! [`Server::bind`] puts it on a listener with graceful shutdown.
+//! [`router`] builds the app from an [`AppState`] ([`AppState::new`] on any store), so the
+//! tests in `server/tests.rs` drive it in-process with `tower::ServiceExt::oneshot`, without
+//! a socket; [`Server::bind`] puts it on a listener (TCP, optionally TLS) with graceful
+//! shutdown, and `tests/` keeps one test against a real listener.
+//!
+//! Layout: `repos` (repositories, trees, log, commits, events), `uploads` (resumable
+//! uploads), `blobs` (blob bytes, ranges, checksums; also used by `browse`, the browsable
+//! view), `stream` (the seed streaming API and its WebSocket), `auth`, `limits`, `error`
+//! (the one error type, `{"error","code"}` answers), `metrics`, `ranges`, `listen`.
 
 pub mod auth;
 mod blobs;
@@ -13,6 +20,8 @@ pub mod metrics;
 mod ranges;
 mod repos;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 mod uploads;
 
 use std::net::SocketAddr;
@@ -60,8 +69,11 @@ impl Default for ServerConfig {
 
 /// Shared state of every handler.
 pub struct AppState {
+    /// The repositories.
     pub store: Store,
+    /// Counters and gauges rendered at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The settings it was started with.
     pub config: ServerConfig,
     /// Fires when the server begins to shut down: endless responses (event streams) end.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -73,6 +85,30 @@ pub struct AppState {
     pub clients: limits::ClientCounts,
     /// The shared liveness lock on a local data directory (see [`crate::store::sweep`]).
     _live: Option<std::fs::File>,
+}
+
+impl AppState {
+    /// The state of a server on `store`: fresh metrics, no upload or stream session in
+    /// progress. On a shared store, session ids are signed with the bucket's key so other
+    /// instances can adopt them. (The local liveness lock is taken by [`Server::bind`].)
+    pub async fn new(store: Store, config: ServerConfig) -> crate::store::Result<AppState> {
+        let metrics = Arc::new(Metrics::default());
+        let mut streams =
+            stream::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
+        if store.backend().is_shared() {
+            streams = streams.shared(stream::shared_session_key(store.backend()).await?);
+        }
+        Ok(AppState {
+            store,
+            metrics,
+            config,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            completions: Default::default(),
+            streams,
+            clients: Default::default(),
+            _live: None,
+        })
+    }
 }
 
 /// Builds the whole application: the JSON API, the browsable view, health and metrics,
@@ -259,22 +295,9 @@ impl Server {
             None => None,
         };
         let store = Store::open(backend).await?;
-        let metrics = Arc::new(Metrics::default());
-        let mut streams =
-            stream::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
-        if store.backend().is_shared() {
-            streams = streams.shared(stream::shared_session_key(store.backend()).await?);
-        }
-        let state = Arc::new(AppState {
-            store,
-            metrics,
-            config,
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            completions: Default::default(),
-            streams,
-            clients: Default::default(),
-            _live: live,
-        });
+        let mut state = AppState::new(store, config).await?;
+        state._live = live;
+        let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
