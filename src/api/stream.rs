@@ -277,8 +277,9 @@ mod tests {
             prop::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..5),
         )
             .prop_map(|(hash, edits)| {
-                let mut bytes =
-                    WsClientMessage::Stream(StreamRequest::whole(&hash, 4096)).to_text().into_bytes();
+                let mut bytes = WsClientMessage::Stream(StreamRequest::whole(&hash, 4096))
+                    .to_text()
+                    .into_bytes();
                 for (i, b, op) in edits {
                     let at = i % (bytes.len() + 1);
                     match op {

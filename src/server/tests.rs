@@ -31,12 +31,8 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
@@ -181,7 +177,12 @@ impl App {
                 ]),
             )
             .await;
-        assert_eq!(committed.status, StatusCode::CREATED, "{}", committed.text());
+        assert_eq!(
+            committed.status,
+            StatusCode::CREATED,
+            "{}",
+            committed.text()
+        );
         (data, hash)
     }
 }
@@ -189,7 +190,9 @@ impl App {
 #[tokio::test]
 async fn repositories_are_created_once_and_listed() {
     let app = App::new().await;
-    let created = app.post_json("/api/v1/repos", json!({ "id": "photos" })).await;
+    let created = app
+        .post_json("/api/v1/repos", json!({ "id": "photos" }))
+        .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     assert_eq!(created.json()["id"], "photos");
     assert!(created.json()["head"].is_string());
@@ -241,9 +244,24 @@ async fn blobs_answer_ranges_with_checksums() {
     let cases: [(&str, u16, std::ops::Range<usize>, Option<String>); 5] = [
         ("", 200, 0..len, None),
         ("bytes=0-99", 206, 0..100, Some(format!("bytes 0-99/{len}"))),
-        ("bytes=4990-", 206, 4990..len, Some(format!("bytes 4990-4999/{len}"))),
-        ("bytes=-10", 206, len - 10..len, Some(format!("bytes 4990-4999/{len}"))),
-        ("bytes=100-", 206, 100..len, Some(format!("bytes 100-4999/{len}"))),
+        (
+            "bytes=4990-",
+            206,
+            4990..len,
+            Some(format!("bytes 4990-4999/{len}")),
+        ),
+        (
+            "bytes=-10",
+            206,
+            len - 10..len,
+            Some(format!("bytes 4990-4999/{len}")),
+        ),
+        (
+            "bytes=100-",
+            206,
+            100..len,
+            Some(format!("bytes 100-4999/{len}")),
+        ),
     ];
     for (range, status, expected, content_range) in cases {
         let headers: Vec<(&str, &str)> = if range.is_empty() {
@@ -316,23 +334,125 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     let missing = "0".repeat(64);
     // (method, uri, body, status, code)
     let cases = [
-        (Method::GET, "/api/v1/repos/nope/tree".to_string(), "", 404, "not_found"),
-        (Method::GET, "/api/v1/repos/r/tree/no/such/dir".into(), "", 404, "not_found"),
-        (Method::GET, "/api/v1/repos/r/tree/a/../../etc".into(), "", 400, "bad_request"),
-        (Method::GET, "/api/v1/repos/r/tree?ref=no-such-branch".into(), "", 404, "not_found"),
-        (Method::GET, "/api/v1/repos/r/tree?ref=..%2Fx".into(), "", 400, "bad_request"),
-        (Method::GET, "/api/v1/repos/r/blobs/not-a-hash".into(), "", 400, "bad_request"),
-        (Method::GET, format!("/api/v1/repos/r/blobs/{missing}"), "", 404, "not_found"),
-        (Method::GET, "/api/v1/repos/r/stat/top.bin/x".into(), "", 404, "not_found"),
-        (Method::POST, "/api/v1/repos".into(), "{not json", 400, "bad_request"),
-        (Method::POST, "/api/v1/repos".into(), r#"{"id":"a/b"}"#, 400, "bad_request"),
-        (Method::POST, "/api/v1/repos".into(), r#"{"id":"api"}"#, 400, "bad_request"),
-        (Method::POST, "/api/v1/repos/r/commits".into(), r#"{"changes":7}"#, 400, "bad_request"),
-        (Method::GET, "/api/v1/repos/r/uploads/nope".into(), "", 404, "not_found"),
-        (Method::GET, "/api/v1/no/such/route".into(), "", 404, "not_found"),
-        (Method::DELETE, "/api/v1/repos".into(), "", 405, "method_not_allowed"),
-        (Method::PUT, "/api/v1/repos/r/stream/blob/start".into(), "", 405, "method_not_allowed"),
-        (Method::GET, "/api/v1/repos/r/stream/websocket".into(), "", 400, "bad_request"),
+        (
+            Method::GET,
+            "/api/v1/repos/nope/tree".to_string(),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/repos/r/tree/no/such/dir".into(),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/repos/r/tree/a/../../etc".into(),
+            "",
+            400,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/api/v1/repos/r/tree?ref=no-such-branch".into(),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/repos/r/tree?ref=..%2Fx".into(),
+            "",
+            400,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/api/v1/repos/r/blobs/not-a-hash".into(),
+            "",
+            400,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/repos/r/blobs/{missing}"),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/repos/r/stat/top.bin/x".into(),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/api/v1/repos".into(),
+            "{not json",
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/repos".into(),
+            r#"{"id":"a/b"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/repos".into(),
+            r#"{"id":"api"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/repos/r/commits".into(),
+            r#"{"changes":7}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/api/v1/repos/r/uploads/nope".into(),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/no/such/route".into(),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/repos".into(),
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/repos/r/stream/blob/start".into(),
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Method::GET,
+            "/api/v1/repos/r/stream/websocket".into(),
+            "",
+            400,
+            "bad_request",
+        ),
     ];
     for (method, uri, body, status, code) in cases {
         let what = format!("{method} {uri}");
@@ -414,7 +534,9 @@ async fn the_browsable_view_serves_indexes_and_files() {
         file.header(header::LAST_MODIFIED),
         Some(crate::base::time::http_date(1_700_000_000).as_str())
     );
-    let ranged = app.get_with("/r/dir/a.txt", &[("range", "bytes=1-2")]).await;
+    let ranged = app
+        .get_with("/r/dir/a.txt", &[("range", "bytes=1-2")])
+        .await;
     assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(&ranged.body[..], &data[1..3]);
     let head = app.call(Method::HEAD, "/r/dir/a.txt", Body::empty()).await;
@@ -455,7 +577,10 @@ async fn a_stream_session_serves_chunks_until_cancelled() {
     assert_eq!(&raw.body[..], &data[1124..2148]);
     assert_eq!(raw.header("x-chunk-sequence"), Some("1"));
     assert_eq!(raw.header("x-chunk-last"), Some("false"));
-    assert_eq!(raw.header(MD5_HEADER), Some(md5_hex(&data[1124..2148]).as_str()));
+    assert_eq!(
+        raw.header(MD5_HEADER),
+        Some(md5_hex(&data[1124..2148]).as_str())
+    );
     let json_chunk = app.get(&format!("{base}/chunk?chunk=2")).await.json();
     assert_eq!(json_chunk["is_last"], true, "{json_chunk}");
     let progress = app.get(&format!("{base}/progress")).await.json();
@@ -466,7 +591,11 @@ async fn a_stream_session_serves_chunks_until_cancelled() {
         (format!("{base}/chunk?chunk=3"), 404, "chunk_out_of_range"),
         (format!("{base}/chunk?chunk=x"), 400, "bad_request"),
         (format!("{base}/chunk"), 400, "bad_request"),
-        ("/api/v1/repos/r/stream/blob/nope/chunk?chunk=0".into(), 404, "stream_not_found"),
+        (
+            "/api/v1/repos/r/stream/blob/nope/chunk?chunk=0".into(),
+            404,
+            "stream_not_found",
+        ),
     ] {
         app.get(&uri).await.assert_error(status, code, &uri);
     }
@@ -492,7 +621,10 @@ async fn a_stream_session_serves_chunks_until_cancelled() {
 async fn health_and_metrics_pages_answer() {
     let app = App::new().await;
     let health = app.get("/healthz").await;
-    assert_eq!((health.status, health.text().as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(
+        (health.status, health.text().as_str()),
+        (StatusCode::OK, "ok")
+    );
     app.get("/api/v1/repos").await;
     let metrics = app.get("/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
@@ -504,5 +636,8 @@ async fn health_and_metrics_pages_answer() {
         text.contains(super::metrics::HTTP_REQUESTS) && text.contains("/api/v1/repos"),
         "{text}"
     );
-    assert!(text.contains(super::metrics::STREAM_SESSIONS_ACTIVE), "{text}");
+    assert!(
+        text.contains(super::metrics::STREAM_SESSIONS_ACTIVE),
+        "{text}"
+    );
 }

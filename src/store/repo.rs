@@ -100,7 +100,9 @@ impl Store {
         if !sound || self.backend.get_opt(config_path).await?.is_some() {
             return Err(StoreError::AlreadyExists(format!("repository {repo}")));
         }
-        log::warn!("repository {repo} had a head but no config (an interrupted creation): finishing it");
+        log::warn!(
+            "repository {repo} had a head but no config (an interrupted creation): finishing it"
+        );
         self.write_repo_config(config_path, &created_at).await?;
         Ok(RepoInfo {
             id: repo.to_string(),

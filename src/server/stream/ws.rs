@@ -174,7 +174,10 @@ impl Connection {
                     ErrorCode::TooManyRequests,
                     format!("at most {MAX_QUEUED_REQUESTS} requests may wait on one connection"),
                 );
-                log::debug!("websocket: refused a request for {} (queue full)", request.hash);
+                log::debug!(
+                    "websocket: refused a request for {} (queue full)",
+                    request.hash
+                );
                 self.reply(error_frame(&e, None))
             }
             Ok(WsClientMessage::Stream(request)) => {
@@ -188,7 +191,11 @@ impl Connection {
     /// Cancels a stream of this connection (or any session of the repository) and answers its
     /// last progress.
     fn cancel(&mut self, stream_id: &str) -> Flow {
-        if self.active.as_ref().is_some_and(|a| a.session.id == stream_id) {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.session.id == stream_id)
+        {
             self.active = None;
         }
         let answer = match self.state.streams.cancel(&self.repo, stream_id) {
@@ -213,7 +220,10 @@ impl Connection {
     /// chunk (or its final progress).
     async fn send_next(&mut self, permit: mpsc::Permit<'_, Vec<Message>>) -> Flow {
         let Some(a) = self.active.as_mut() else {
-            let request = self.queued.pop_front().expect("guarded by the select condition");
+            let request = self
+                .queued
+                .pop_front()
+                .expect("guarded by the select condition");
             self.open(permit, request).await;
             return Flow::Continue;
         };

@@ -123,7 +123,11 @@ impl<'a> TreeEditor<'a> {
     }
 
     /// Applies one change to the working set (its `expect` checked against it).
-    pub(super) async fn apply(&mut self, change: &Change, sizes: &HashMap<String, u64>) -> Result<()> {
+    pub(super) async fn apply(
+        &mut self,
+        change: &Change,
+        sizes: &HashMap<String, u64>,
+    ) -> Result<()> {
         match change {
             Change::Put {
                 path,
