@@ -199,4 +199,179 @@ mod tests {
             }
         }
     }
+
+    // Fuzzing of the validators with hostile input (moved from tests/hostile_input.rs, same
+    // case counts).
+
+    fn fuzz_config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            max_shrink_iters: 2000,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Path pieces an attacker would combine.
+    fn path_atom() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[a-z]{1,8}",
+            2 => prop_oneof![
+                Just(".."), Just("."), Just(""), Just("/"), Just("//"), Just("\0"), Just("\\"),
+                Just("%2e%2e"), Just(".\0."), Just("..\\.."), Just("~"),
+            ]
+            .prop_map(str::to_string),
+            2 => "\\PC{0,6}",
+            1 => "[\\x00-\\x7f]{0,6}",
+            1 => (250usize..260).prop_map(|n| "n".repeat(n)),
+        ]
+    }
+
+    fn hostile_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop::collection::vec(path_atom(), 0..12).prop_map(|v| v.join("/")),
+            1 => any::<String>(),
+            1 => (4080usize..4110, prop_oneof![Just("a/"), Just("ab/"), Just("../"), Just("a")])
+                .prop_map(|(n, unit)| unit.repeat(n / unit.len() + 1)[..n].to_string()),
+        ]
+    }
+
+    /// CONTRACT §3's rule for repository names, written independently of the validator.
+    fn contract_repo_name(name: &str) -> bool {
+        let b = name.as_bytes();
+        !b.is_empty()
+            && b.len() <= 64
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+            && !["api", "metrics", "healthz"].contains(&name)
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config(4000))]
+
+        /// An accepted path has only normal segments, normalises idempotently and, resolved
+        /// under a root, never leaves it.
+        #[test]
+        fn fuzz_path_validation(path in hostile_path()) {
+            use std::path::{Component, Path};
+            if let Ok(segments) = split_path(&path) {
+                // One trailing `/` is allowed (directory URLs), so `/` alone is the root.
+                let trimmed = path.strip_suffix('/').unwrap_or(&path);
+                prop_assert!(!trimmed.starts_with('/'), "accepted an absolute path {:?}", path);
+                prop_assert!(!path.contains('\0'), "accepted a path with NUL {:?}", path);
+                for s in &segments {
+                    prop_assert!(
+                        !s.is_empty() && *s != "." && *s != "..",
+                        "accepted segment {:?} of {:?}",
+                        s,
+                        path
+                    );
+                    prop_assert!(
+                        !s.contains('/') && !s.contains('\0') && s.len() <= 255,
+                        "bad segment {:?}",
+                        s
+                    );
+                }
+                let joined = segments.join("/");
+                prop_assert!(joined.len() <= 4096);
+                prop_assert_eq!(normalize_path(&path).ok(), Some(joined.clone()));
+                prop_assert_eq!(
+                    normalize_path(&joined).ok(),
+                    Some(joined.clone()),
+                    "normalising is idempotent"
+                );
+                let root = Path::new("/srv/data/root");
+                let full = root.join(&joined);
+                prop_assert!(full.starts_with(root));
+                prop_assert!(full
+                    .components()
+                    .skip(root.components().count())
+                    .all(|c| matches!(c, Component::Normal(_))));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config(2000))]
+
+        /// The validator agrees with the contract, and an accepted name is one path component.
+        #[test]
+        fn fuzz_repository_names(name in prop_oneof![
+            4 => "[A-Za-z0-9._-]{0,70}",
+            2 => "\\PC{0,12}",
+            1 => prop_oneof![
+                Just("api"), Just("metrics"), Just("healthz"), Just(".."), Just("."), Just("API"),
+                Just("a/b"), Just("a\\b"), Just("a\0"), Just(""),
+            ]
+            .prop_map(str::to_string),
+            1 => "[a-z]{1,3}[/\\\\\\x00 %][a-z.]{1,3}",
+        ]) {
+            use std::path::{Component, Path};
+            let accepted = validate_repo_name(&name).is_ok();
+            prop_assert_eq!(
+                accepted,
+                contract_repo_name(&name),
+                "validate_repo_name({:?}) disagrees with CONTRACT §3",
+                name
+            );
+            if accepted {
+                let p = Path::new("repos").join(&name);
+                prop_assert_eq!(p.components().count(), 2);
+                prop_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config(500))]
+
+        /// Only 64 lowercase hex digits are an object id.
+        #[test]
+        fn fuzz_object_ids(id in prop_oneof![
+            2 => "[0-9a-f]{64}",
+            2 => "[0-9a-fA-F]{62,66}",
+            1 => "\\PC{0,70}",
+            1 => "[0-9a-f]{60}[^0-9a-f]{1,4}",
+        ]) {
+            if validate_object_id(&id).is_ok() {
+                prop_assert!(
+                    id.len() == 64
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                    "accepted id {:?}",
+                    id
+                );
+                prop_assert!(
+                    id.is_char_boundary(2),
+                    "an accepted id cannot be cut into its fan-out directory"
+                );
+            }
+        }
+
+        /// An accepted branch is one safe component under `refs/heads`.
+        #[test]
+        fn fuzz_branch_names(b in prop_oneof![
+            2 => "[A-Za-z0-9._-]{0,130}",
+            1 => "\\PC{0,20}",
+            1 => "[a-z]{0,3}(\\.\\.|/|\\.lock|\\x00)[a-z]{0,3}",
+        ]) {
+            use std::path::{Component, Path};
+            if validate_branch(&b).is_ok() {
+                prop_assert!(
+                    !b.is_empty()
+                        && b.len() <= 128
+                        && !b.starts_with('.')
+                        && !b.contains('/')
+                        && !b.contains('\0')
+                        && !b.ends_with(".lock"),
+                    "accepted branch {:?}",
+                    b
+                );
+                let p = Path::new("refs/heads").join(&b);
+                prop_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
+            }
+        }
+    }
 }

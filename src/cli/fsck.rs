@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::store::Store;
+use crate::store::{Backend, Store};
 
 /// Arguments of `govcfs fsck`.
 #[derive(Debug, Args)]
@@ -19,7 +19,7 @@ pub struct FsckArgs {
 
 /// Verifies every ref, commit, tree and blob id; fails when anything is damaged.
 pub async fn run(args: FsckArgs) -> anyhow::Result<()> {
-    let backend = super::serve::backend_for(args.data, args.store.as_deref())?;
+    let backend = Backend::from_spec(args.store.as_deref(), args.data.as_deref())?;
     let store = Store::open(backend).await?;
     let report = store.fsck().await?;
     for line in &report.damage {

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::server::auth::{parse_token_file, TokenGrant};
-use crate::server::stream::session::StreamLimits;
-use crate::server::{shutdown_signal, Server, ServerConfig};
+use crate::server::{shutdown_signal, Server, ServerConfig, StreamLimits};
 use crate::store::Backend;
 
 /// Arguments of `govcfs serve`.
@@ -51,32 +50,17 @@ pub struct ServeArgs {
     pub max_client_requests: usize,
 }
 
-/// The default data directory: `$XDG_DATA_HOME/govcfs` or `~/.local/share/govcfs`.
-pub fn default_data_dir() -> PathBuf {
-    match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        Some(xdg) => PathBuf::from(xdg).join("govcfs"),
-        None => {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
-            home.join(".local/share/govcfs")
-        }
-    }
-}
-
-/// Opens the backend chosen by `--store` or `--data`.
+/// Opens the backend chosen by `--store` or `--data` (kept for `cli/mount.rs` until it calls
+/// [`Backend::from_spec`] itself).
 pub fn backend_for(data: Option<PathBuf>, store: Option<&str>) -> anyhow::Result<Backend> {
-    Ok(match store {
-        Some(url) => Backend::from_url(url)?,
-        None => Backend::local(&data.unwrap_or_else(default_data_dir))?,
-    })
+    Ok(Backend::from_spec(store, data.as_deref())?)
 }
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     runtime.block_on(async move {
-        let backend = backend_for(args.data, args.store.as_deref())?;
+        let backend = Backend::from_spec(args.store.as_deref(), args.data.as_deref())?;
         let streams = StreamLimits {
             timeout: std::time::Duration::from_secs_f64(args.stream_timeout.max(0.1)),
             max_sessions: args.max_stream_sessions,

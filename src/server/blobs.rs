@@ -1,9 +1,10 @@
 //! Serving blob bytes: whole or by range, with ETag, conditional requests and checksums.
 //! Used by `GET /api/v1/repos/:repo/blobs/:hash` and by the browsable view.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
@@ -79,51 +80,74 @@ pub async fn serve_blob(
         return Ok(builder.body(Body::empty()).expect("valid response"));
     }
     let body = if body_len <= CHECKSUMMED_RESPONSE_LIMIT {
-        let block = single_block(&range, len);
-        let data = state.store.read_blob_range(repo, hash, range).await?;
-        let sums = match block {
-            Some(b) => state.store.block_sums(repo, hash, b).await,
-            None => None,
-        };
-        let (md5, sha256, crc32c) = match sums {
-            Some(sums) => (sums.md5, Some(sums.sha256), sums.crc32c),
-            None => {
-                let md5 = if data.len() <= INLINE_HASH_LIMIT {
-                    md5_hex(&data)
-                } else {
-                    let bytes = data.clone();
-                    tokio::task::spawn_blocking(move || md5_hex(&bytes))
-                        .await
-                        .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e)))?
-                };
-                (md5, None, None)
-            }
-        };
-        if let Ok(v) = HeaderValue::from_str(&md5) {
-            builder = builder.header(MD5_HEADER, v);
+        let (body, checksums) = checksummed_body(state, repo, hash, range, len).await?;
+        for (name, value) in checksums {
+            builder = builder.header(name, value);
         }
-        if let Some(v) = sha256.and_then(|s| HeaderValue::from_str(&s).ok()) {
-            builder = builder.header(SHA256_HEADER, v);
-        }
-        if let Some(crc) = crc32c {
-            builder = builder.header(CRC32C_HEADER, format!("{crc:08x}"));
-        }
-        state.metrics.add_sent(data.len() as u64);
-        Body::from(data)
+        body
     } else {
-        let metrics = state.metrics.clone();
-        let stream = state
-            .store
-            .stream_blob(repo, hash, range)
-            .map(move |piece| {
-                piece
-                    .inspect(|b| metrics.add_sent(b.len() as u64))
-                    .map_err(|e| {
-                        log::warn!("blob stream failed: {e}");
-                        std::io::Error::other(e.to_string())
-                    })
-            });
-        Body::from_stream(stream)
+        streamed_body(state, repo, hash, range)
     };
     Ok(builder.body(body).expect("valid response"))
+}
+
+/// `range` of a blob of `len` bytes read whole, with its checksum headers: MD5 always, and
+/// SHA-256 and CRC32C too when the range is one block of the blob's index.
+async fn checksummed_body(
+    state: &AppState,
+    repo: &str,
+    hash: &str,
+    range: Range<u64>,
+    len: u64,
+) -> ApiResult<(Body, Vec<(&'static str, HeaderValue)>)> {
+    let block = single_block(&range, len);
+    let data = state.store.read_blob_range(repo, hash, range).await?;
+    let sums = match block {
+        Some(b) => state.store.block_sums(repo, hash, b).await,
+        None => None,
+    };
+    let (md5, sha256, crc32c) = match sums {
+        Some(sums) => (sums.md5, Some(sums.sha256), sums.crc32c),
+        None => (md5_of(&data).await?, None, None),
+    };
+    let mut checksums = Vec::new();
+    if let Ok(v) = HeaderValue::from_str(&md5) {
+        checksums.push((MD5_HEADER, v));
+    }
+    if let Some(v) = sha256.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        checksums.push((SHA256_HEADER, v));
+    }
+    if let Some(v) = crc32c.and_then(|c| HeaderValue::from_str(&format!("{c:08x}")).ok()) {
+        checksums.push((CRC32C_HEADER, v));
+    }
+    state.metrics.add_sent(data.len() as u64);
+    Ok((Body::from(data), checksums))
+}
+
+/// The MD5 of `data`, on a blocking thread unless it is small.
+async fn md5_of(data: &Bytes) -> ApiResult<String> {
+    if data.len() <= INLINE_HASH_LIMIT {
+        return Ok(md5_hex(data));
+    }
+    let bytes = data.clone();
+    Ok(tokio::task::spawn_blocking(move || md5_hex(&bytes))
+        .await
+        .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e)))?)
+}
+
+/// `range` of a blob streamed in pieces (counted as sent as they go).
+fn streamed_body(state: &AppState, repo: &str, hash: &str, range: Range<u64>) -> Body {
+    let metrics = state.metrics.clone();
+    let stream = state
+        .store
+        .stream_blob(repo, hash, range)
+        .map(move |piece| {
+            piece
+                .inspect(|b| metrics.add_sent(b.len() as u64))
+                .map_err(|e| {
+                    log::warn!("blob stream failed: {e}");
+                    std::io::Error::other(e.to_string())
+                })
+        });
+    Body::from_stream(stream)
 }

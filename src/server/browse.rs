@@ -13,7 +13,7 @@ use super::blobs::serve_blob;
 use super::error::ApiResult;
 use super::repos::RefQuery;
 use super::AppState;
-use crate::api::EntryType;
+use crate::api::{Entry, EntryType};
 
 /// Characters escaped in a link's path segment.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -75,31 +75,7 @@ pub async fn browse(
                 .store
                 .list_dir(&repo, query.reference.as_deref(), &path)
                 .await?;
-            let title = html_escape(&format!("/{repo}/{}", entry.path));
-            let mut page = format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n<pre>\n");
-            if !entry.path.is_empty() {
-                let _ = writeln!(page, "<a href=\"../{ref_suffix}\">../</a>");
-            }
-            for e in entries {
-                let slash = if e.kind == EntryType::Directory {
-                    "/"
-                } else {
-                    ""
-                };
-                let href = utf8_percent_encode(&e.name, SEGMENT);
-                let _ = writeln!(
-                    page,
-                    "<a href=\"{href}{slash}{ref_suffix}\">{}{slash}</a> {} {}",
-                    html_escape(&e.name),
-                    crate::base::time::http_date(e.mtime),
-                    if e.kind == EntryType::Directory {
-                        "-".to_string()
-                    } else {
-                        e.size.to_string()
-                    }
-                );
-            }
-            page.push_str("</pre></body></html>\n");
+            let page = index_page(&repo, &entry.path, &entries, &ref_suffix);
             // For HEAD, axum drops the body but keeps its length.
             Ok(Html(page).into_response())
         }
@@ -122,6 +98,34 @@ pub async fn browse(
             .await
         }
     }
+}
+
+/// The HTML index of directory `path` of `repo`: one link per entry, with its time and size
+/// in the layout that httpdirfs and `rclone --http-url` parse.
+fn index_page(repo: &str, path: &str, entries: &[Entry], ref_suffix: &str) -> String {
+    let title = html_escape(&format!("/{repo}/{path}"));
+    let mut page = format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n<pre>\n");
+    if !path.is_empty() {
+        let _ = writeln!(page, "<a href=\"../{ref_suffix}\">../</a>");
+    }
+    for e in entries {
+        let is_dir = e.kind == EntryType::Directory;
+        let slash = if is_dir { "/" } else { "" };
+        let href = utf8_percent_encode(&e.name, SEGMENT);
+        let _ = writeln!(
+            page,
+            "<a href=\"{href}{slash}{ref_suffix}\">{}{slash}</a> {} {}",
+            html_escape(&e.name),
+            crate::base::time::http_date(e.mtime),
+            if is_dir {
+                "-".to_string()
+            } else {
+                e.size.to_string()
+            }
+        );
+    }
+    page.push_str("</pre></body></html>\n");
+    page
 }
 
 fn html_escape(text: &str) -> String {

@@ -1,7 +1,14 @@
 //! The repository server: axum routes over the [`Store`](crate::store::Store).
 //!
-//! [`router`] builds the app from an [`AppState`] so tests can drive it without a socket;
-//! [`Server::bind`] puts it on a listener with graceful shutdown.
+//! [`router`] builds the app from an [`AppState`] ([`AppState::new`] on any store), so the
+//! tests in `server/tests.rs` drive it in-process with `tower::ServiceExt::oneshot`, without
+//! a socket; [`Server::bind`] puts it on a listener (TCP, optionally TLS) with graceful
+//! shutdown, and `tests/` keeps one test against a real listener.
+//!
+//! Layout: `repos` (repositories, trees, log, commits, events), `uploads` (resumable
+//! uploads), `blobs` (blob bytes, ranges, checksums; also used by `browse`, the browsable
+//! view), `stream` (the seed streaming API and its WebSocket), `auth`, `limits`, `error`
+//! (the one error type, `{"error","code"}` answers), `metrics`, `ranges`, `listen`.
 
 pub mod auth;
 mod blobs;
@@ -13,6 +20,8 @@ pub mod metrics;
 mod ranges;
 mod repos;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 mod uploads;
 
 use std::net::SocketAddr;
@@ -29,6 +38,7 @@ use tower_http::compression::CompressionLayer;
 use crate::api::ErrorCode;
 use crate::store::{Backend, Store};
 pub use metrics::Metrics;
+pub use stream::StreamLimits;
 
 /// Settings of a running server.
 #[derive(Debug, Clone)]
@@ -38,7 +48,7 @@ pub struct ServerConfig {
     /// Bearer tokens accepted and what each may do; empty means no authentication.
     pub tokens: Vec<auth::TokenGrant>,
     /// Stream session timeout and table size.
-    pub streams: stream::session::StreamLimits,
+    pub streams: StreamLimits,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Requests one client (IP address) may have in progress at once.
@@ -59,27 +69,88 @@ impl Default for ServerConfig {
 
 /// Shared state of every handler.
 pub struct AppState {
+    /// The repositories.
     pub store: Store,
+    /// Counters and gauges rendered at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The settings it was started with.
     pub config: ServerConfig,
     /// Fires when the server begins to shut down: endless responses (event streams) end.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Upload assemblies in progress or recently finished, by `repo/upload id`.
     pub completions: uploads::Completions,
     /// Open stream sessions of the seed API.
-    pub streams: stream::session::Sessions,
+    pub streams: stream::Sessions,
     /// Requests in progress per client.
     pub clients: limits::ClientCounts,
     /// The shared liveness lock on a local data directory (see [`crate::store::sweep`]).
     _live: Option<std::fs::File>,
 }
 
-/// Builds the whole application.
+impl AppState {
+    /// The state of a server on `store`: fresh metrics, no upload or stream session in
+    /// progress. On a shared store, session ids are signed with the bucket's key so other
+    /// instances can adopt them. (The local liveness lock is taken by [`Server::bind`].)
+    pub async fn new(store: Store, config: ServerConfig) -> crate::store::Result<AppState> {
+        let metrics = Arc::new(Metrics::default());
+        let mut streams =
+            stream::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
+        if store.backend().is_shared() {
+            streams = streams.shared(stream::shared_session_key(store.backend()).await?);
+        }
+        Ok(AppState {
+            store,
+            metrics,
+            config,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            completions: Default::default(),
+            streams,
+            clients: Default::default(),
+            _live: None,
+        })
+    }
+}
+
+/// Builds the whole application: the JSON API, the browsable view, health and metrics,
+/// behind authentication, the per-client limit, the body timeout, JSON errors and the
+/// request counter (outermost).
 pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(api_routes())
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(render_metrics))
+        .route("/{repo}", get(browse::repo_redirect))
+        .route("/{repo}/", get(browse::browse_root))
+        .route("/{repo}/{*path}", get(browse::browse))
+        .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_clients,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            listen::BODY_READ_TIMEOUT,
+        ))
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+type Routes = Router<Arc<AppState>>;
+
+/// `/api/v1/…`: repositories, trees, commits, blobs, uploads and the stream API; an unknown
+/// route or method there is a JSON error.
+fn api_routes() -> Routes {
     let blob_routes = Router::new()
         .route("/api/v1/repos/{repo}/blobs/{hash}", get(blobs::get_blob))
         .layer(CompressionLayer::new().zstd(true).gzip(true));
-    let api = Router::new()
+    Router::new()
         .route(
             "/api/v1/repos",
             post(repos::create_repo).get(repos::list_repos),
@@ -92,6 +163,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/repos/{repo}/log", get(repos::log))
         .route("/api/v1/repos/{repo}/commits", post(repos::commit))
         .route("/api/v1/repos/{repo}/events", get(repos::events))
+        .merge(upload_routes())
+        .merge(stream_routes())
+        .merge(blob_routes)
+        .route(
+            "/api/v1/{*rest}",
+            axum::routing::any(|| async {
+                error::ApiError::new(ErrorCode::NotFound, "no such API route")
+            }),
+        )
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
+}
+
+/// Resumable uploads; a chunk's body limit is its upload's chunk size, checked by the handler.
+fn upload_routes() -> Routes {
+    Router::new()
         .route("/api/v1/repos/{repo}/uploads", post(uploads::start))
         .route(
             "/api/v1/repos/{repo}/uploads/{id}",
@@ -105,6 +196,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/repos/{repo}/uploads/{id}/{index}",
             put(uploads::put_chunk).layer(DefaultBodyLimit::disable()),
         )
+}
+
+/// The seed streaming API (CONTRACT §3).
+fn stream_routes() -> Routes {
+    Router::new()
         .route(
             "/api/v1/repos/{repo}/stream/blob/upload",
             post(stream::upload::upload).layer(DefaultBodyLimit::disable()),
@@ -129,44 +225,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/repos/{repo}/stream/websocket",
             get(stream::ws::websocket),
         )
-        .merge(blob_routes)
-        .route(
-            "/api/v1/{*rest}",
-            axum::routing::any(|| async {
-                error::ApiError::new(ErrorCode::NotFound, "no such API route")
-            }),
-        )
-        .method_not_allowed_fallback(|| async {
-            error::ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "method not allowed on this route",
-            )
-        });
-    Router::new()
-        .merge(api)
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(render_metrics))
-        .route("/{repo}", get(browse::repo_redirect))
-        .route("/{repo}/", get(browse::browse_root))
-        .route("/{repo}/{*path}", get(browse::browse))
-        .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such route") })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::limit_clients,
-        ))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            listen::BODY_READ_TIMEOUT,
-        ))
-        .layer(middleware::from_fn(error::json_errors))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
-        .with_state(state)
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -237,22 +295,9 @@ impl Server {
             None => None,
         };
         let store = Store::open(backend).await?;
-        let metrics = Arc::new(Metrics::default());
-        let mut streams =
-            stream::session::Sessions::new(config.streams, metrics.stream_sessions_active.clone());
-        if store.backend().is_shared() {
-            streams = streams.shared(stream::shared_session_key(store.backend()).await?);
-        }
-        let state = Arc::new(AppState {
-            store,
-            metrics,
-            config,
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            completions: Default::default(),
-            streams,
-            clients: Default::default(),
-            _live: live,
-        });
+        let mut state = AppState::new(store, config).await?;
+        state._live = live;
+        let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

@@ -5,16 +5,19 @@
 //! - on a local directory, an `flock`ed lock file and an atomic, fsynced rename
 //!   (`LocalFileSystem` does not implement `PutMode::Update`);
 //! - on S3, conditional puts: `If-None-Match: *` to create, `If-Match: <etag>` to move.
+//!
+//! This file has the [`Backend`] type, its constructors from a URL, and the operations both
+//! kinds share; [`local`] and [`s3`] have what differs.
+
+mod local;
+mod s3;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::{Result, StoreError};
@@ -36,55 +39,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A backend on a local directory (created if missing), with fsync on every write.
-    pub fn local(root: &FsPath) -> Result<Self> {
-        std::fs::create_dir_all(root)?;
-        let root = std::fs::canonicalize(root)?;
-        let objects = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
-        let scratch = LocalFileSystem::new_with_prefix(&root)?;
-        Ok(Backend {
-            objects: Arc::new(objects),
-            scratch: Arc::new(scratch),
-            description: format!("file://{}", root.display()),
-            local_root: Some(root),
-        })
-    }
-
-    /// A backend on an S3 bucket, under `prefix` (may be empty), configured by the standard
-    /// `AWS_*` variables (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, credentials, region).
-    pub fn s3(bucket: &str, prefix: &str) -> Result<Self> {
-        Self::s3_with(bucket, prefix, &[])
-    }
-
-    /// Like [`Backend::s3`], with settings that override the environment's, by their
-    /// `object_store` names (`aws_endpoint`, `aws_allow_http`, `aws_access_key_id`…).
-    pub fn s3_with(bucket: &str, prefix: &str, settings: &[(&str, &str)]) -> Result<Self> {
-        // object_store's HTTP client is built without a TLS provider of its own; give it ring,
-        // which the server's TLS already uses. Fails only if one is installed, which is fine.
-        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-        let mut builder = AmazonS3Builder::from_env();
-        for (key, value) in settings {
-            let key: AmazonS3ConfigKey = key
-                .parse()
-                .map_err(|_| StoreError::InvalidInput(format!("unknown S3 setting {key:?}")))?;
-            builder = builder.with_config(key, *value);
+    /// The backend a command was pointed at: the `--store` URL when given, otherwise the
+    /// local directory `data_dir`, by default [`Backend::default_data_dir`].
+    pub fn from_spec(store_url: Option<&str>, data_dir: Option<&FsPath>) -> Result<Self> {
+        match (store_url, data_dir) {
+            (Some(url), _) => Self::from_url(url),
+            (None, Some(dir)) => Self::local(dir),
+            (None, None) => Self::local(&Self::default_data_dir()),
         }
-        let s3 = builder
-            .with_bucket_name(bucket)
-            .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .build()?;
-        let prefix = prefix.trim_matches('/');
-        let objects: Arc<dyn ObjectStore> = if prefix.is_empty() {
-            Arc::new(s3)
-        } else {
-            Arc::new(PrefixStore::new(s3, prefix))
-        };
-        Ok(Backend {
-            scratch: objects.clone(),
-            objects,
-            local_root: None,
-            description: format!("s3://{bucket}/{prefix}"),
-        })
     }
 
     /// Parses a `--store` URL: `file:///abs/dir` or `s3://BUCKET[/PREFIX]`.
@@ -193,14 +155,10 @@ impl Backend {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let Some(root) = &self.local_root else {
-            return Ok(self.objects.get_range(path, range).await?);
-        };
-        let file = root.join(path.as_ref());
-        let name = path.to_string();
-        tokio::task::spawn_blocking(move || read_local_range(&file, &name, range))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        match &self.local_root {
+            Some(root) => Self::get_range_local(root, path, range).await,
+            None => Ok(self.objects.get_range(path, range).await?),
+        }
     }
 
     /// Streams `range` of an object in pieces, reading one piece ahead.
@@ -273,179 +231,25 @@ impl Backend {
 
     /// Reads a ref and the version a conditional put must name to replace it.
     async fn read_ref_versioned(&self, path: &Path) -> Result<Option<(String, UpdateVersion)>> {
-        let Some(root) = &self.local_root else {
-            return match self.objects.get(path).await {
-                Ok(got) => {
-                    let version = UpdateVersion {
-                        e_tag: got.meta.e_tag.clone(),
-                        version: got.meta.version.clone(),
-                    };
-                    let bytes = got.bytes().await?;
-                    Ok(Some((
-                        String::from_utf8_lossy(&bytes).trim().to_string(),
-                        version,
-                    )))
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e.into()),
-            };
-        };
-        match tokio::fs::read_to_string(root.join(path.as_ref())).await {
-            Ok(text) => Ok(Some((
-                text.trim().to_string(),
-                UpdateVersion {
-                    e_tag: None,
-                    version: None,
-                },
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        match &self.local_root {
+            Some(root) => Self::read_ref_local(root, path).await,
+            None => self.read_ref_remote(path).await,
         }
     }
 
     /// Sets a ref to `new` if it currently holds `expected` (`None`: must not exist).
     /// Returns false when another writer got there first.
     pub async fn cas_ref(&self, path: &Path, expected: Option<&str>, new: &str) -> Result<bool> {
-        let Some(root) = &self.local_root else {
-            return self.cas_ref_conditional(path, expected, new).await;
-        };
-        let file = root.join(path.as_ref());
-        let lock = root.join("refs.lock");
-        let expected = expected.map(str::to_string);
-        let new = new.to_string();
-        tokio::task::spawn_blocking(move || cas_file(&lock, &file, expected.as_deref(), &new))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-    }
-
-    /// Compare-and-swap by conditional put: the put names the ETag read, so a ref moved
-    /// by another instance in between fails it (412) instead of being overwritten.
-    async fn cas_ref_conditional(
-        &self,
-        path: &Path,
-        expected: Option<&str>,
-        new: &str,
-    ) -> Result<bool> {
-        let current = self.read_ref_versioned(path).await?;
-        let mode = match (current, expected) {
-            (None, None) => PutMode::Create,
-            (Some((text, version)), Some(expected)) if text == expected => {
-                if version.e_tag.is_none() {
-                    return Err(StoreError::Io(std::io::Error::other(
-                        "the object store gave no ETag for a ref: it cannot be updated safely",
-                    )));
-                }
-                // Unquoted: radosgw (Ceph 16) refuses a quoted `If-Match` ETag, even the
-                // current one, with 412; S3 and moto accept both forms.
-                let e_tag = version.e_tag.map(|t| t.trim_matches('"').to_string());
-                PutMode::Update(UpdateVersion {
-                    e_tag,
-                    version: version.version,
-                })
-            }
-            _ => return Ok(false),
-        };
-        let options = PutOptions {
-            mode,
-            ..Default::default()
-        };
-        match self
-            .objects
-            .put_opts(path, PutPayload::from(new.to_string()), options)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(false),
-            Err(e) => Err(e.into()),
+        match &self.local_root {
+            Some(root) => Self::cas_ref_local(root, path, expected, new).await,
+            None => self.cas_ref_conditional(path, expected, new).await,
         }
     }
-}
-
-/// Compare-and-swap of a small file under an exclusive `flock`, which the kernel releases
-/// if the process dies, so a crash never leaves a stale lock.
-fn cas_file(lock: &FsPath, file: &FsPath, expected: Option<&str>, new: &str) -> Result<bool> {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock)?;
-    // SAFETY: flock on a descriptor we own; it is released when `lock_file` is dropped.
-    if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    let current = match std::fs::read_to_string(file) {
-        Ok(text) => Some(text.trim().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.into()),
-    };
-    if current.as_deref() != expected {
-        return Ok(false);
-    }
-    let dir = file.parent().expect("ref has a parent directory");
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
-    {
-        let mut out = std::fs::File::create(&tmp)?;
-        out.write_all(new.as_bytes())?;
-        out.sync_all()?;
-    }
-    std::fs::rename(&tmp, file)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(true)
-}
-
-/// Reads `range` of a local file into a buffer that is not zero-filled first: object_store's
-/// local reader fills it with zeros before reading over them, which cost a streaming server
-/// 7% of its CPU.
-fn read_local_range(file: &FsPath, name: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut opened = match std::fs::File::open(file) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(object_store::Error::NotFound {
-                path: name.to_string(),
-                source: Box::new(e),
-            }
-            .into())
-        }
-        Err(e) => return Err(e.into()),
-    };
-    opened.seek(SeekFrom::Start(range.start))?;
-    let len = range.end - range.start;
-    let mut buf = Vec::with_capacity(len as usize);
-    // read_to_end reads into the spare capacity without initialising it.
-    opened.take(len).read_to_end(&mut buf)?;
-    if buf.len() as u64 != len {
-        let reason = format!(
-            "{name}: range {range:?} reaches past the end ({} bytes read)",
-            buf.len()
-        );
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, reason).into());
-    }
-    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn cas_ref_only_moves_from_the_expected_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = Backend::local(dir.path()).unwrap();
-        let r = Path::from("repos/x/refs/heads/main");
-        assert!(backend.cas_ref(&r, None, "a").await.unwrap());
-        assert!(!backend.cas_ref(&r, None, "b").await.unwrap());
-        assert!(!backend.cas_ref(&r, Some("b"), "c").await.unwrap());
-        assert!(backend.cas_ref(&r, Some("a"), "c").await.unwrap());
-        assert_eq!(backend.read_ref(&r).await.unwrap().as_deref(), Some("c"));
-    }
 
     #[tokio::test]
     async fn stream_range_reads_exactly_the_range() {
@@ -465,33 +269,5 @@ mod tests {
             .await;
         let joined: Vec<u8> = parts.concat();
         assert_eq!(joined, data[start as usize..end as usize]);
-    }
-
-    #[tokio::test]
-    async fn local_range_reads_tell_a_missing_object_from_a_short_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend = Backend::local(dir.path()).unwrap();
-        let p = Path::from("repos/x/objects/ab/obj");
-        backend
-            .put(&p, Bytes::from_static(b"0123456789"))
-            .await
-            .unwrap();
-        assert_eq!(&backend.get_range(&p, 2..7).await.unwrap()[..], b"23456");
-        let missing = backend
-            .get_range(&Path::from("repos/x/objects/ab/none"), 0..4)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                missing,
-                StoreError::Backend(object_store::Error::NotFound { .. })
-            ),
-            "{missing:?}"
-        );
-        let short = backend.get_range(&p, 8..12).await.unwrap_err();
-        assert!(
-            matches!(&short, StoreError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
-            "{short:?}"
-        );
     }
 }

@@ -161,4 +161,39 @@ mod tests {
         assert_eq!(single_block(&(0..INDEX_BLOCK - 1), len), None);
         assert_eq!(single_block(&(0..2 * INDEX_BLOCK), len), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 500,
+            failure_persistence: None,
+            max_shrink_iters: 2000,
+            ..Default::default()
+        })]
+
+        /// Fuzzing (500 cases, moved from tests/hostile_input.rs): any decoded entry has the
+        /// right sizes, and a range is one block only when it is exactly that block.
+        #[test]
+        fn fuzz_block_index(
+            entry in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+            len in 0u64..(1 << 40),
+            a in proptest::prelude::any::<u64>(),
+            b in proptest::prelude::any::<u64>(),
+        ) {
+            if let Some(sums) = BlockSums::decode(&entry) {
+                proptest::prop_assert!(entry.len() == 48 || entry.len() == 52);
+                proptest::prop_assert_eq!((sums.md5.len(), sums.sha256.len()), (32, 64));
+            }
+            // Ranges inside a blob of `len` bytes.
+            let (start, end) = if len == 0 {
+                (0, 0)
+            } else {
+                let (x, y) = (a % (len + 1), b % (len + 1));
+                (x.min(y), x.max(y))
+            };
+            if let Some(block) = single_block(&(start..end), len) {
+                proptest::prop_assert_eq!(start, block * INDEX_BLOCK);
+                proptest::prop_assert_eq!(end, ((block + 1) * INDEX_BLOCK).min(len));
+            }
+        }
+    }
 }

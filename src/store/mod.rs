@@ -10,7 +10,15 @@
 //! repos/<repo>/refs/heads/<branch>     the commit id a branch points to
 //! repos/<repo>/uploads/<id>/meta.json  a resumable upload and its chunks (<index>.chunk)
 //! tmp/<uuid>                           blobs being written, renamed into objects/ when done
+//! streams/session-key                  shared stores: the key stream session ids are signed with
+//! streams/cancelled/<nonce>            shared stores: a stream session cancelled by any instance
 //! ```
+//!
+//! Code: [`backend`] (the object storage; `backend/local.rs` and `backend/s3.rs` for what
+//! differs, refs' compare-and-swap above all), `blob` (writing and reading blobs), [`index`]
+//! (per-block checksums), [`objects`] (tree and commit encodings), `repo` (repositories, refs,
+//! lookups), `commit` (atomic commits; `commit/editor.rs` edits the trees), `upload`
+//! (resumable uploads), `watch` (ref updates made by other instances), [`fsck`], [`sweep`].
 
 pub mod backend;
 mod blob;

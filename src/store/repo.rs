@@ -71,41 +71,52 @@ impl Store {
             .cas_ref(&ref_path(repo, DEFAULT_BRANCH), None, &commit)
             .await?
         {
-            // A head without a config: a creation cut by a crash (or racing with this one).
-            // If the head is sound, finish it: the repository exists from now on.
-            let head = self
-                .backend
-                .read_ref(&ref_path(repo, DEFAULT_BRANCH))
-                .await?;
-            let sound = match &head {
-                Some(id) => self.load_commit(repo, id).await.is_ok(),
-                None => false,
-            };
-            if !sound || self.backend.get_opt(&config_path).await?.is_some() {
-                return Err(StoreError::AlreadyExists(format!("repository {repo}")));
-            }
-            log::warn!("repository {repo} had a head but no config (an interrupted creation): finishing it");
-            let config = serde_json::to_vec(&RepoConfig {
-                created_at: created_at.clone(),
-            })
-            .expect("serializes");
-            self.backend.put(&config_path, Bytes::from(config)).await?;
-            return Ok(RepoInfo {
-                id: repo.to_string(),
-                head,
-                created_at,
-            });
+            return self.finish_creation(repo, &config_path, created_at).await;
         }
-        let config = serde_json::to_vec(&RepoConfig {
-            created_at: created_at.clone(),
-        })
-        .expect("serializes");
-        self.backend.put(&config_path, Bytes::from(config)).await?;
+        self.write_repo_config(&config_path, &created_at).await?;
         Ok(RepoInfo {
             id: repo.to_string(),
             head: Some(commit),
             created_at,
         })
+    }
+
+    /// A head without a config: a creation cut by a crash (or racing with this one). If the
+    /// head is sound, finish it: the repository exists from now on.
+    async fn finish_creation(
+        &self,
+        repo: &str,
+        config_path: &Path,
+        created_at: String,
+    ) -> Result<RepoInfo> {
+        let head = self
+            .backend
+            .read_ref(&ref_path(repo, DEFAULT_BRANCH))
+            .await?;
+        let sound = match &head {
+            Some(id) => self.load_commit(repo, id).await.is_ok(),
+            None => false,
+        };
+        if !sound || self.backend.get_opt(config_path).await?.is_some() {
+            return Err(StoreError::AlreadyExists(format!("repository {repo}")));
+        }
+        log::warn!(
+            "repository {repo} had a head but no config (an interrupted creation): finishing it"
+        );
+        self.write_repo_config(config_path, &created_at).await?;
+        Ok(RepoInfo {
+            id: repo.to_string(),
+            head,
+            created_at,
+        })
+    }
+
+    async fn write_repo_config(&self, config_path: &Path, created_at: &str) -> Result<()> {
+        let config = serde_json::to_vec(&RepoConfig {
+            created_at: created_at.to_string(),
+        })
+        .expect("serializes");
+        self.backend.put(config_path, Bytes::from(config)).await
     }
 
     /// Lists all repositories.

@@ -4,11 +4,17 @@
 //! A session only names a range; every chunk request reads just that chunk from the store, so
 //! memory stays O(chunk size) whatever the blob's size.
 
+mod adopt;
 pub mod chunk;
+pub mod range;
 pub mod session;
+pub mod table;
 pub mod token;
 pub mod upload;
 pub mod ws;
+
+pub use adopt::shared_session_key;
+pub use table::{Lookup, Sessions, StreamLimits};
 
 use std::sync::Arc;
 
@@ -26,8 +32,10 @@ use crate::api::stream::{
 };
 use crate::api::ErrorCode;
 use crate::base::checksum::MD5_HEADER;
-use chunk::{choose_encoding, read_chunk};
-use session::{resolve_range, Lookup, Session};
+use adopt::{cancel_marker, cancelled_elsewhere};
+use chunk::{choose_encoding, read_chunk, EncodedChunk};
+use range::resolve_range;
+use session::Session;
 
 /// Opens a session for `request` on `repo`: checks the blob and the range, computes the
 /// range's MD5, and takes a slot in the table (429 when full).
@@ -79,53 +87,6 @@ pub async fn open_session(
         enable_gzip: request.enable_gzip,
     };
     Ok((session, response))
-}
-
-/// Where the key that signs session ids lives in a shared store.
-const SESSION_KEY_PATH: &str = "streams/session-key";
-
-/// The key every instance sharing `backend` signs session ids with: the first instance to
-/// start writes a random one (a create-only put), the others read it.
-pub async fn shared_session_key(backend: &crate::store::Backend) -> crate::store::Result<Vec<u8>> {
-    let path = object_store::path::Path::from(SESSION_KEY_PATH);
-    let fresh: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
-        .iter()
-        .flat_map(|u| u.into_bytes())
-        .collect();
-    backend.put_if_absent(&path, Bytes::from(fresh)).await?;
-    Ok(backend.get(&path).await?.to_vec())
-}
-
-/// The marker of a session cancelled on a shared store, which other instances look for.
-fn cancel_marker(id: &str) -> object_store::path::Path {
-    object_store::path::Path::from(format!("streams/cancelled/{}", token::nonce_of(id)))
-}
-
-/// On a shared store, whether another instance cancelled `session` (looked up at most once
-/// a second per session); if so it is cancelled here too.
-async fn cancelled_elsewhere(state: &AppState, repo: &str, session: &Session) -> bool {
-    if !state.streams.is_shared() || !session.cancel_check_due() {
-        return false;
-    }
-    match state
-        .store
-        .backend()
-        .size(&cancel_marker(&session.id))
-        .await
-    {
-        Ok(Some(_)) => {
-            let _ = state.streams.cancel(repo, &session.id);
-            true
-        }
-        Ok(None) => false,
-        Err(e) => {
-            log::warn!(
-                "cannot look for the cancellation of stream {}: {e}",
-                session.id
-            );
-            false
-        }
-    }
 }
 
 /// The error for a session that cannot serve.
@@ -186,13 +147,7 @@ pub async fn chunk(
     Query(query): Query<ChunkQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let raw_index = query
-        .chunk
-        .ok_or_else(|| ApiError::bad_request("missing ?chunk=N"))?;
-    let index: u64 = raw_index
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid chunk number {raw_index:?}")))?;
+    let index = chunk_index(query)?;
     let session = state
         .streams
         .get(&repo, &id)
@@ -224,6 +179,22 @@ pub async fn chunk(
     if !wants_raw {
         return Ok(Json(encoded.to_json(&session.id, true)).into_response());
     }
+    Ok(raw_chunk(index, encoded))
+}
+
+/// The `?chunk=N` of a chunk request.
+fn chunk_index(query: ChunkQuery) -> ApiResult<u64> {
+    let raw_index = query
+        .chunk
+        .ok_or_else(|| ApiError::bad_request("missing ?chunk=N"))?;
+    raw_index
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid chunk number {raw_index:?}")))
+}
+
+/// A chunk as raw bytes, described by headers (`Accept: application/octet-stream`).
+fn raw_chunk(index: u64, encoded: EncodedChunk) -> Response {
     let mut response = encoded.body.clone().into_response();
     let h = response.headers_mut();
     h.insert(
@@ -247,7 +218,7 @@ pub async fn chunk(
         header::VARY,
         HeaderValue::from_static("accept, accept-encoding"),
     );
-    Ok(response)
+    response
 }
 
 /// `GET /api/v1/repos/:repo/stream/blob/:stream_id/progress` (an ended session answers its

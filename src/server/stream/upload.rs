@@ -133,6 +133,52 @@ pub async fn upload(
     outcome
 }
 
+/// How an upload's body is framed and encoded, from its headers.
+struct Framing {
+    /// The `Content-Encoding` to undo (`None`: identity).
+    encoding: Option<String>,
+    /// The multipart boundary, for a `multipart/*` body.
+    boundary: Option<String>,
+    /// The blob's length when known up front: only for a plain raw body.
+    len: Option<u64>,
+}
+
+impl Framing {
+    fn of(headers: &HeaderMap) -> ApiResult<Framing> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let encoding = match headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        {
+            None => None,
+            Some(e) if e == "identity" || e.is_empty() => None,
+            Some(e) => Some(e),
+        };
+        let boundary = if content_type.starts_with("multipart/") {
+            Some(multer::parse_boundary(content_type).map_err(|e| {
+                ApiError::bad_request(format!("invalid multipart Content-Type: {e}"))
+            })?)
+        } else {
+            None
+        };
+        let len = match (&boundary, &encoding) {
+            (None, None) => headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+            _ => None,
+        };
+        Ok(Framing {
+            encoding,
+            boundary,
+            len,
+        })
+    }
+}
+
 async fn store_body(
     state: &AppState,
     repo: &str,
@@ -140,37 +186,12 @@ async fn store_body(
     body: SharedBody,
 ) -> ApiResult<(StatusCode, Json<StreamUploaded>)> {
     state.store.ensure_repo(repo).await?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let encoding = match headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-    {
-        None => None,
-        Some(e) if e == "identity" || e.is_empty() => None,
-        Some(e) => Some(e),
-    };
-    let multipart = content_type.starts_with("multipart/");
-    let boundary =
-        if multipart {
-            Some(multer::parse_boundary(&content_type).map_err(|e| {
-                ApiError::bad_request(format!("invalid multipart Content-Type: {e}"))
-            })?)
-        } else {
-            None
-        };
+    let Framing {
+        encoding,
+        boundary,
+        len,
+    } = Framing::of(headers)?;
     let stream = decoded_body(body, encoding.as_deref())?;
-    // The length is known up front only for a plain raw body.
-    let len = match (&boundary, &encoding) {
-        (None, None) => headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok()),
-        _ => None,
-    };
     let writer = state
         .store
         .begin_blob(repo, len, state.config.max_upload_size)

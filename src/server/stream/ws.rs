@@ -12,6 +12,7 @@ use std::sync::Arc;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -73,122 +74,210 @@ fn error_frame(e: &ApiError, stream_id: Option<&str>) -> Message {
     })
 }
 
+/// What the read loop does after an event.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// One connection's state: the requests waiting and the stream being sent.
+struct Connection {
+    state: Arc<AppState>,
+    repo: String,
+    client: Option<std::net::IpAddr>,
+    queued: VecDeque<StreamRequest>,
+    active: Option<Active>,
+    control: mpsc::Sender<Message>,
+}
+
 async fn serve(
     state: Arc<AppState>,
     repo: String,
     client: Option<std::net::IpAddr>,
     socket: WebSocket,
 ) {
-    let (mut sink, mut incoming) = socket.split();
+    let (sink, mut incoming) = socket.split();
     // Data frames travel in groups (a chunk's JSON header and its binary frame) that the
     // writer never splits with a control answer.
-    let (tx, mut rx) = mpsc::channel::<Vec<Message>>(OUTBOX);
-    let (control, mut control_rx) = mpsc::channel::<Message>(CONTROL_OUTBOX);
-    let writer = tokio::spawn(async move {
-        loop {
-            let group = tokio::select! {
-                biased;
-                Some(m) = control_rx.recv() => vec![m],
-                Some(group) = rx.recv() => group,
-                else => break,
-            };
-            for message in group {
-                if sink.send(message).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let mut queued: VecDeque<StreamRequest> = VecDeque::new();
-    let mut active: Option<Active> = None;
+    let (tx, rx) = mpsc::channel::<Vec<Message>>(OUTBOX);
+    let (control, control_rx) = mpsc::channel::<Message>(CONTROL_OUTBOX);
+    let writer = tokio::spawn(write_frames(sink, rx, control_rx));
+    let mut conn = Connection {
+        state: state.clone(),
+        repo,
+        client,
+        queued: VecDeque::new(),
+        active: None,
+        control,
+    };
     loop {
-        tokio::select! {
+        let flow = tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => break,
-            message = incoming.next() => {
-                let body = match message {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        if !reply(&control, error_frame(&ApiError::bad_request("send requests as JSON text frames"), None)) { break }
-                        continue;
-                    }
-                    Some(Ok(_)) => continue, // ping/pong are answered by the protocol layer
-                };
-                let outcome = match WsClientMessage::parse(&body) {
-                    Err(reason) => reply(&control, error_frame(&ApiError::bad_request(reason), None)),
-                    Ok(WsClientMessage::Stream(request)) if queued.len() >= MAX_QUEUED_REQUESTS => {
-                        let e = ApiError::new(ErrorCode::TooManyRequests, format!("at most {MAX_QUEUED_REQUESTS} requests may wait on one connection"));
-                        log::debug!("websocket: refused a request for {} (queue full)", request.hash);
-                        reply(&control, error_frame(&e, None))
-                    }
-                    Ok(WsClientMessage::Stream(request)) => {
-                        queued.push_back(request);
-                        true
-                    }
-                    Ok(WsClientMessage::Cancel { stream_id }) => {
-                        if active.as_ref().is_some_and(|a| a.session.id == stream_id) {
-                            active = None;
-                        }
-                        match state.streams.cancel(&repo, &stream_id) {
-                            Ok(progress) => reply(&control, text(&WsServerMessage::Progress(progress))),
-                            Err(l) => reply(&control, error_frame(&super::lookup_error(&stream_id, l), Some(&stream_id))),
-                        }
-                    }
-                };
-                if !outcome {
-                    log::debug!("websocket: the client does not read its answers; closing");
-                    break;
+            _ = state.shutdown.cancelled() => Flow::Close,
+            message = incoming.next() => conn.on_message(message),
+            permit = tx.reserve(), if conn.active.is_some() || !conn.queued.is_empty() => {
+                match permit {
+                    Ok(permit) => conn.send_next(permit).await,
+                    Err(_) => Flow::Close,
                 }
             }
-            permit = tx.reserve(), if active.is_some() || !queued.is_empty() => {
-                let Ok(permit) = permit else { break };
-                let Some(a) = active.as_mut() else {
-                    let request = queued.pop_front().expect("guarded by the select condition");
-                    match open_session(&state, client, &repo, &request).await {
-                        Ok((session, response)) => {
-                            permit.send(vec![text(&WsServerMessage::Response(response))]);
-                            active = Some(Active { session, next: 0, binary: request.binary, encoding: choose_encoding(None, request.enable_gzip) });
-                        }
-                        Err(e) => permit.send(vec![error_frame(&e, None)]),
-                    }
-                    continue;
-                };
-                let count = a.session.chunk_count();
-                // Done, or cancelled elsewhere (DELETE on the HTTP route).
-                if a.next >= count || a.session.is_cancelled() {
-                    permit.send(vec![text(&WsServerMessage::Progress(a.session.progress()))]);
-                    state.streams.close(&a.session.id);
-                    active = None;
-                    continue;
-                }
-                match read_chunk(&state, &a.session, a.next, a.encoding).await {
-                    Ok(chunk) => {
-                        let mut group = vec![text(&WsServerMessage::Chunk(chunk.to_json(&a.session.id, !a.binary)))];
-                        if a.binary {
-                            group.push(Message::Binary(chunk.body));
-                        }
-                        a.next += 1;
-                        if a.next % PROGRESS_EVERY == 0 && a.next < count {
-                            group.push(text(&WsServerMessage::Progress(a.session.progress())));
-                        }
-                        permit.send(group);
-                    }
-                    Err(e) => {
-                        permit.send(vec![error_frame(&e, Some(&a.session.id))]);
-                        state.streams.close(&a.session.id);
-                        active = None;
-                    }
-                }
-            }
+        };
+        if let Flow::Close = flow {
+            break;
         }
     }
-    if let Some(a) = active {
+    if let Some(a) = conn.active.take() {
         state.streams.close(&a.session.id);
     }
-    drop((tx, control));
+    drop((tx, conn));
     let _ = writer.await;
+}
+
+/// The writer task: control answers first, then data groups, until both queues close.
+async fn write_frames(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Vec<Message>>,
+    mut control_rx: mpsc::Receiver<Message>,
+) {
+    loop {
+        let group = tokio::select! {
+            biased;
+            Some(m) = control_rx.recv() => vec![m],
+            Some(group) = rx.recv() => group,
+            else => break,
+        };
+        for message in group {
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+impl Connection {
+    /// Handles one incoming message: a request is queued, a cancel answered at once.
+    fn on_message(&mut self, message: Option<Result<Message, axum::Error>>) -> Flow {
+        let body = match message {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Flow::Close,
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Binary(_))) => {
+                let e = ApiError::bad_request("send requests as JSON text frames");
+                return self.reply(error_frame(&e, None));
+            }
+            Some(Ok(_)) => return Flow::Continue, // ping/pong: the protocol layer answers
+        };
+        match WsClientMessage::parse(&body) {
+            Err(reason) => self.reply(error_frame(&ApiError::bad_request(reason), None)),
+            Ok(WsClientMessage::Stream(request)) if self.queued.len() >= MAX_QUEUED_REQUESTS => {
+                let e = ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("at most {MAX_QUEUED_REQUESTS} requests may wait on one connection"),
+                );
+                log::debug!(
+                    "websocket: refused a request for {} (queue full)",
+                    request.hash
+                );
+                self.reply(error_frame(&e, None))
+            }
+            Ok(WsClientMessage::Stream(request)) => {
+                self.queued.push_back(request);
+                Flow::Continue
+            }
+            Ok(WsClientMessage::Cancel { stream_id }) => self.cancel(&stream_id),
+        }
+    }
+
+    /// Cancels a stream of this connection (or any session of the repository) and answers its
+    /// last progress.
+    fn cancel(&mut self, stream_id: &str) -> Flow {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.session.id == stream_id)
+        {
+            self.active = None;
+        }
+        let answer = match self.state.streams.cancel(&self.repo, stream_id) {
+            Ok(progress) => text(&WsServerMessage::Progress(progress)),
+            Err(l) => error_frame(&super::lookup_error(stream_id, l), Some(stream_id)),
+        };
+        self.reply(answer)
+    }
+
+    /// Queues a control answer without waiting; a client that has stopped reading them is
+    /// disconnected.
+    fn reply(&self, message: Message) -> Flow {
+        if reply(&self.control, message) {
+            Flow::Continue
+        } else {
+            log::debug!("websocket: the client does not read its answers; closing");
+            Flow::Close
+        }
+    }
+
+    /// With room in the outbox: opens the next queued stream, or sends the active one's next
+    /// chunk (or its final progress).
+    async fn send_next(&mut self, permit: mpsc::Permit<'_, Vec<Message>>) -> Flow {
+        let Some(a) = self.active.as_mut() else {
+            let request = self
+                .queued
+                .pop_front()
+                .expect("guarded by the select condition");
+            self.open(permit, request).await;
+            return Flow::Continue;
+        };
+        let count = a.session.chunk_count();
+        // Done, or cancelled elsewhere (DELETE on the HTTP route).
+        if a.next >= count || a.session.is_cancelled() {
+            permit.send(vec![text(&WsServerMessage::Progress(a.session.progress()))]);
+            self.finish();
+            return Flow::Continue;
+        }
+        match read_chunk(&self.state, &a.session, a.next, a.encoding).await {
+            Ok(chunk) => {
+                let mut group = vec![text(&WsServerMessage::Chunk(
+                    chunk.to_json(&a.session.id, !a.binary),
+                ))];
+                if a.binary {
+                    group.push(Message::Binary(chunk.body));
+                }
+                a.next += 1;
+                if a.next % PROGRESS_EVERY == 0 && a.next < count {
+                    group.push(text(&WsServerMessage::Progress(a.session.progress())));
+                }
+                permit.send(group);
+            }
+            Err(e) => {
+                permit.send(vec![error_frame(&e, Some(&a.session.id))]);
+                self.finish();
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Opens a session for `request` and answers its StreamResponse (or the error).
+    async fn open(&mut self, permit: mpsc::Permit<'_, Vec<Message>>, request: StreamRequest) {
+        match open_session(&self.state, self.client, &self.repo, &request).await {
+            Ok((session, response)) => {
+                permit.send(vec![text(&WsServerMessage::Response(response))]);
+                self.active = Some(Active {
+                    session,
+                    next: 0,
+                    binary: request.binary,
+                    encoding: choose_encoding(None, request.enable_gzip),
+                });
+            }
+            Err(e) => permit.send(vec![error_frame(&e, None)]),
+        }
+    }
+
+    /// Ends the active stream and frees its session.
+    fn finish(&mut self) {
+        if let Some(a) = self.active.take() {
+            self.state.streams.close(&a.session.id);
+        }
+    }
 }
 
 /// Queues a control answer without waiting; false when the client has stopped reading.
