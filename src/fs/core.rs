@@ -166,11 +166,16 @@ impl<R: Remote> Fs<R> {
                 if let Err(e) = self.commit_writer(&w).await {
                     e.log("release");
                 }
-                {
+                let was_pending = {
                     let mut pending = self.pending.lock().expect("pending lock");
-                    if pending.get(&w.ino).is_some_and(|p| Arc::ptr_eq(p, &w)) {
+                    let mine = pending.get(&w.ino).is_some_and(|p| Arc::ptr_eq(p, &w));
+                    if mine {
                         pending.remove(&w.ino);
                     }
+                    mine
+                };
+                if was_pending {
+                    self.forget_if_never_committed(&w);
                 }
                 w.discard().await;
             }

@@ -14,6 +14,8 @@
 
 pub mod core;
 pub mod error;
+#[cfg(test)]
+pub mod failing;
 pub mod fuse;
 pub mod inodes;
 #[cfg(test)]
@@ -24,6 +26,8 @@ pub mod read;
 pub mod recovery;
 pub mod remote;
 pub mod spool;
+#[cfg(test)]
+mod tests;
 pub mod write;
 
 pub use self::core::{Fs, FsConfig};

@@ -170,4 +170,22 @@ impl<R: Remote> Fs<R> {
         }
         Ok(())
     }
+
+    /// A new file whose first commit failed is not on the server: once its last writer is
+    /// gone, the mount forgets the name too, rather than show an empty file that a later
+    /// create would take as a version to replace (and fail with a conflict).
+    pub(super) fn forget_if_never_committed(&self, w: &WriteHandle) {
+        let path = w.path();
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        let never_committed = inodes
+            .attr(w.ino)
+            .is_some_and(|(attr, _)| attr.hash.is_empty());
+        if !never_committed || inodes.ino_of(&path) != Some(w.ino) {
+            return;
+        }
+        let (parent, name) = parent_and_name(&path);
+        if let Some(parent_ino) = inodes.ino_of(parent) {
+            inodes.remove_local(parent_ino, name);
+        }
+    }
 }
