@@ -307,10 +307,16 @@ impl InodeTable {
         let target_below = format!("{to}/");
         self.by_path
             .retain(|p, _| p != to && !p.starts_with(&target_below));
+        let now = Instant::now();
         for (old, ino) in moved {
             self.by_path.remove(&old);
             let new = format!("{to}{}", &old[from.len()..]);
             if let Some(node) = self.nodes.get_mut(&ino) {
+                // The moved entry is as fresh as the target directory's listing it joins:
+                // without this a lookup there finds it older than the listing, so absent.
+                if old == from {
+                    node.confirmed = now;
+                }
                 node.path = new.clone();
             }
             self.by_path.insert(new, ino);

@@ -139,10 +139,19 @@ impl<R: Remote> Fs<R> {
         if from == to {
             return Ok(());
         }
+        if to.starts_with(&format!("{from}/")) {
+            // rename(2) gives EINVAL for a directory moved into itself; the server would
+            // refuse it with a 400, which is EIO here.
+            return Err(FsError::Invalid(format!(
+                "cannot move {from:?} into itself"
+            )));
+        }
         if no_replace && target.is_some() {
             return Err(FsError::Exists(to));
         }
-        if source.hash.is_empty() {
+        // A file not committed yet has nothing on the server to move. (A directory made by
+        // this mount has no tree id here until it is listed, but a move needs none.)
+        if source.kind != EntryType::Directory && source.hash.is_empty() {
             return Err(FsError::NotSupported(format!(
                 "{from:?} is still being written; close it first"
             )));

@@ -14,6 +14,10 @@ use crate::fs::remote::Remote;
 impl WriteHandle {
     /// Writes `data` at `offset`.
     pub async fn write<R: Remote>(&self, remote: &Arc<R>, offset: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            // pwrite(2) of nothing changes nothing, even past the end.
+            return Ok(());
+        }
         let mut s = self.state.lock().await;
         if s.streaming && offset == s.size {
             self.append_streaming(&mut s, remote, data).await?;
