@@ -2,6 +2,10 @@
 //! [`FsError`]. It knows nothing of FUSE, so it is tested against the in-memory remote;
 //! [`super::fuse`] is the thin adapter the kernel talks to.
 //!
+//! This file holds the state and the table of open handles; the operations live in
+//! [`lookup`] (names and attributes), [`reading`] (the read path) and [`writing`] (write
+//! handles and their commit), and namespace changes in [`super::namespace`].
+//!
 //! Lock order: `inodes` before `handles`; neither is held across an `.await`.
 
 use std::collections::HashMap;
@@ -9,19 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::error::{FsError, Result};
-use super::inodes::{Attr, Cached, InodeTable, ROOT_INO};
+use super::inodes::InodeTable;
 use super::prefetch::PrefetchConfig;
-use super::read::{Pinned, ReadHandle, Reader};
+use super::read::{ReadHandle, Reader};
 use super::remote::Remote;
 use super::spool::SpoolDir;
-use super::write::{WriteConfig, WriteHandle};
-use crate::api::EntryType;
-use crate::base::modes::normalize_file_mode;
-use crate::base::paths::{join, parent_and_name, split_path};
+use super::write::WriteHandle;
 use crate::cache::ChunkCache;
+
+mod lookup;
+mod reading;
+mod writing;
+
+/// Kept here too while the CLI still names it by this path.
+pub use super::recovery::recovery_dir;
 
 /// An open file.
 #[derive(Clone)]
@@ -60,11 +66,6 @@ impl Default for FsConfig {
             branch: None,
         }
     }
-}
-
-/// The recovery directory under a cache directory.
-pub fn recovery_dir(cache_dir: &std::path::Path) -> std::path::PathBuf {
-    cache_dir.join("recovery")
 }
 
 /// The filesystem core over a [`Remote`].
@@ -121,54 +122,6 @@ impl<R: Remote> Fs<R> {
         self.inodes.lock().expect("inodes lock").expire_all();
     }
 
-    /// Lists directory `ino` from the server and records the result.
-    async fn refresh_dir(&self, ino: u64) -> Result<Vec<(String, Attr)>> {
-        let path = {
-            let inodes = self.inodes.lock().expect("inodes lock");
-            let (attr, _) = inodes
-                .attr(ino)
-                .ok_or(FsError::NotFound(format!("inode {ino}")))?;
-            if attr.kind != EntryType::Directory {
-                return Err(FsError::NotDir);
-            }
-            inodes.path(ino).unwrap_or_default().to_string()
-        };
-        let listing = self.remote.list_dir(&path).await?;
-        let pending: Vec<Arc<WriteHandle>> = self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .values()
-            .cloned()
-            .collect();
-        let mut inodes = self.inodes.lock().expect("inodes lock");
-        let mut children = inodes.apply_listing(ino, &listing);
-        // Files this mount is writing stay visible until the server has them.
-        for handle in pending {
-            let hpath = handle.path();
-            let (parent, name) = parent_and_name(&hpath);
-            if parent == path && !children.iter().any(|(n, _)| n == name) {
-                if let Some(mut attr) = inodes.reattach(ino, name, handle.ino) {
-                    attr.size = handle.size();
-                    children.push((name.to_string(), attr));
-                }
-            }
-        }
-        Ok(children)
-    }
-
-    /// The path of a directory inode, or an error.
-    pub(super) fn dir_path(&self, ino: u64) -> Result<String> {
-        let inodes = self.inodes.lock().expect("inodes lock");
-        match inodes.attr(ino) {
-            Some((attr, _)) if attr.kind == EntryType::Directory => {
-                Ok(inodes.path(ino).unwrap_or_default().to_string())
-            }
-            Some(_) => Err(FsError::NotDir),
-            None => Err(FsError::NotFound(format!("inode {ino}"))),
-        }
-    }
-
     /// Fails with EROFS on a read-only mount.
     pub(super) fn check_writable(&self) -> Result<()> {
         if self.config.read_only {
@@ -178,123 +131,6 @@ impl<R: Remote> Fs<R> {
         }
     }
 
-    /// Finds `name` in directory `parent`.
-    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
-        let cached = self
-            .inodes
-            .lock()
-            .expect("inodes lock")
-            .cached_child(parent, name);
-        match cached {
-            Cached::Found(attr) => return Ok(attr),
-            Cached::Absent => return Err(FsError::NotFound(name.to_string())),
-            Cached::Stale => {}
-        }
-        let children = self.refresh_dir(parent).await?;
-        children
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a)
-            .ok_or_else(|| FsError::NotFound(name.to_string()))
-    }
-
-    /// Attributes of `ino`, refreshed through its parent's listing when older than the TTL.
-    pub async fn getattr(&self, ino: u64) -> Result<Attr> {
-        if let Some(handle) = self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .get(&ino)
-            .cloned()
-        {
-            if let Some((mut attr, _)) = self.inodes.lock().expect("inodes lock").attr(ino) {
-                attr.size = handle.size();
-                return Ok(attr);
-            }
-        }
-        let (attr, fresh, parent) = {
-            let inodes = self.inodes.lock().expect("inodes lock");
-            let (attr, fresh) = inodes
-                .attr(ino)
-                .ok_or(FsError::NotFound(format!("inode {ino}")))?;
-            (attr, fresh, inodes.parent_path(ino))
-        };
-        if fresh {
-            return Ok(attr);
-        }
-        let Some(parent_path) = parent else {
-            return Ok(attr);
-        };
-        let parent_ino = self.ino_of_path(&parent_path).await?;
-        self.refresh_dir(parent_ino).await?;
-        let inodes = self.inodes.lock().expect("inodes lock");
-        match inodes.attr(ino) {
-            // Still named by the same path after the refresh?
-            Some((attr, _)) if inodes.is_current(ino) => Ok(attr),
-            _ => Err(FsError::NotFound(format!("inode {ino}"))),
-        }
-    }
-
-    async fn ino_of_path(&self, path: &str) -> Result<u64> {
-        let mut ino = ROOT_INO;
-        if path.is_empty() {
-            return Ok(ino);
-        }
-        for segment in path.split('/') {
-            ino = self.lookup(ino, segment).await?.ino;
-        }
-        Ok(ino)
-    }
-
-    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the only kinds the kernel passes on). Files
-    /// here have no holes: data runs from 0 to the end, where the one implicit hole is.
-    pub async fn seek_data_or_hole(&self, ino: u64, offset: u64, whence: i32) -> Result<u64> {
-        let size = self.getattr(ino).await?.size;
-        if offset >= size {
-            return Err(FsError::PastEnd(offset));
-        }
-        match whence {
-            libc::SEEK_DATA => Ok(offset),
-            libc::SEEK_HOLE => Ok(size),
-            other => Err(FsError::Invalid(format!("lseek whence {other}"))),
-        }
-    }
-
-    /// The entries of directory `ino` (without `.` and `..`), from one listing.
-    pub async fn readdir(&self, ino: u64) -> Result<Vec<(String, Attr)>> {
-        if let Some(children) = self.inodes.lock().expect("inodes lock").cached_listing(ino) {
-            return Ok(children);
-        }
-        self.refresh_dir(ino).await
-    }
-
-    /// Opens `ino` for reading: pins its current blob. Returns the handle number and whether
-    /// the kernel may keep its cached pages of the file.
-    pub async fn open(&self, ino: u64) -> Result<(u64, bool)> {
-        let attr = self.getattr(ino).await?;
-        match attr.kind {
-            EntryType::Directory => return Err(FsError::IsDir),
-            EntryType::File | EntryType::Symlink => {}
-        }
-        let keep_cache = self
-            .inodes
-            .lock()
-            .expect("inodes lock")
-            .note_open(ino, &attr.hash);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(ReadHandle::new(
-            ino,
-            &attr.hash,
-            attr.size,
-            self.config.prefetch,
-        ));
-        self.handles
-            .lock()
-            .expect("handles lock")
-            .insert(fh, Handle::Read(handle));
-        Ok((fh, keep_cache))
-    }
-
     fn handle(&self, fh: u64) -> Result<Handle> {
         self.handles
             .lock()
@@ -302,168 +138,6 @@ impl<R: Remote> Fs<R> {
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)
-    }
-
-    fn write_config(&self) -> Result<WriteConfig> {
-        let mut spool = self.spool.lock().expect("spool lock");
-        if spool.is_none() {
-            *spool = Some(SpoolDir::claim(&self.config.cache_dir)?);
-        }
-        let spool_dir = spool.as_ref().expect("claimed above").path().to_path_buf();
-        Ok(WriteConfig {
-            spool_dir,
-            recovery_dir: recovery_dir(&self.config.cache_dir),
-            chunk_size: self.remote.upload_chunk_size(),
-            origin: self.config.origin.clone(),
-            branch: self.config.branch.clone(),
-        })
-    }
-
-    fn register_writer(&self, handle: WriteHandle) -> u64 {
-        let handle = Arc::new(handle);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .insert(handle.ino, handle.clone());
-        self.handles
-            .lock()
-            .expect("handles lock")
-            .insert(fh, Handle::Write(handle));
-        fh
-    }
-
-    /// Creates (or truncates) `name` in `parent` and opens it for writing. The file appears on
-    /// the server when the handle is flushed.
-    pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Attr, u64)> {
-        self.check_writable()?;
-        let dir = self.dir_path(parent)?;
-        let path = join(&dir, name);
-        split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
-        let base = match self.lookup(parent, name).await {
-            Ok(a) if a.kind == EntryType::Directory => return Err(FsError::IsDir),
-            Ok(a) => Some(Pinned {
-                blob: Arc::from(a.hash.as_str()),
-                size: a.size,
-            }),
-            Err(FsError::NotFound(_)) => None,
-            Err(e) => return Err(e),
-        };
-        let git_mode = normalize_file_mode(Some(mode));
-        let attr = self
-            .inodes
-            .lock()
-            .expect("inodes lock")
-            .record_local(
-                parent,
-                name,
-                EntryType::File,
-                0,
-                git_mode,
-                crate::base::time::now_unix(),
-                "",
-            )
-            .ok_or_else(|| FsError::NotFound(format!("inode {parent}")))?;
-        let handle = WriteHandle::new(attr.ino, &path, base, true, git_mode, self.write_config()?)?;
-        Ok((attr, self.register_writer(handle)))
-    }
-
-    /// Opens an existing file for writing (and reading, for `O_RDWR`).
-    pub async fn open_write(&self, ino: u64, truncate: bool) -> Result<u64> {
-        self.check_writable()?;
-        let attr = self.getattr(ino).await?;
-        if attr.kind == EntryType::Directory {
-            return Err(FsError::IsDir);
-        }
-        let path = self
-            .inodes
-            .lock()
-            .expect("inodes lock")
-            .path(ino)
-            .unwrap_or_default()
-            .to_string();
-        let existing = self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .get(&ino)
-            .cloned();
-        if existing.is_some_and(|w| w.is_uncommitted()) {
-            // Another handle here holds uncommitted bytes of this file; ours would start from
-            // the version before them and one of the two closes would fail.
-            return Err(FsError::Busy(format!(
-                "{path:?} has uncommitted writes on this mount"
-            )));
-        }
-        let base = Pinned {
-            blob: Arc::from(attr.hash.as_str()),
-            size: attr.size,
-        };
-        let handle = WriteHandle::new(
-            ino,
-            &path,
-            Some(base),
-            truncate,
-            attr.mode,
-            self.write_config()?,
-        )?;
-        Ok(self.register_writer(handle))
-    }
-
-    /// Writes to a handle opened for writing; returns the bytes written. `lock_owner`
-    /// identifies the writing process's file table (FUSE sends it with writes).
-    pub async fn write(
-        &self,
-        fh: u64,
-        offset: u64,
-        data: &[u8],
-        lock_owner: Option<u64>,
-    ) -> Result<u32> {
-        match self.handle(fh)? {
-            Handle::Write(w) => {
-                if let Some(owner) = lock_owner {
-                    w.note_writer(owner);
-                }
-                w.write(&self.remote, offset, data).await?;
-                Ok(data.len() as u32)
-            }
-            Handle::Read(_) => Err(FsError::BadHandle),
-        }
-    }
-
-    /// Commits what a write handle holds (close(2) and fsync(2) land here). Read handles have
-    /// nothing to do.
-    /// `lock_owner` is the closing process's; a FLUSH from a process that did not write (a
-    /// child closing an inherited descriptor) commits nothing. `None` (fsync) always commits.
-    pub async fn flush(&self, fh: u64, lock_owner: Option<u64>) -> Result<()> {
-        let Handle::Write(w) = self.handle(fh)? else {
-            return Ok(());
-        };
-        if lock_owner.is_some_and(|owner| !w.flush_commits(owner)) {
-            return Ok(());
-        }
-        self.commit_writer(&w).await
-    }
-
-    async fn commit_writer(&self, w: &Arc<WriteHandle>) -> Result<()> {
-        if let Some(done) = w.commit(&self.remote).await? {
-            let path = w.path();
-            let mut inodes = self.inodes.lock().expect("inodes lock");
-            let (parent, name) = parent_and_name(&path);
-            if let Some(parent_ino) = inodes.ino_of(parent) {
-                let mtime = done.mtime.unwrap_or_else(crate::base::time::now_unix);
-                inodes.record_local(
-                    parent_ino,
-                    name,
-                    EntryType::File,
-                    done.blob.size,
-                    done.mode,
-                    mtime,
-                    &done.blob.hash,
-                );
-            }
-        }
-        Ok(())
     }
 
     /// The write handle behind a file handle number, if it is one.
@@ -483,56 +157,6 @@ impl<R: Remote> Fs<R> {
             .cloned()
     }
 
-    /// Reads from an open handle. A read at or past the end of the pinned version moves to a
-    /// newer, longer version of the same path if there is one (so `tail -f` follows growth).
-    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes> {
-        let handle = match self.handle(fh)? {
-            Handle::Read(h) => h,
-            Handle::Write(w) => return w.read(&self.remote, offset, len as u64).await,
-        };
-        let pinned = handle.pinned();
-        let end = offset.saturating_add(len as u64);
-        if end <= pinned.size {
-            return self.reader.read(&handle, offset, len as u64).await;
-        }
-        // The read reaches past the end of the pinned version (the kernel re-reads a partial
-        // last page from its start): bytes before the end come from that version, the rest
-        // from a newer, longer one if the path has it (so `tail -f` follows growth).
-        let head = if offset < pinned.size {
-            self.reader
-                .read(&handle, offset, pinned.size - offset)
-                .await?
-        } else {
-            Bytes::new()
-        };
-        let grown = match self.getattr(handle.ino).await {
-            Ok(current)
-                if current.hash != *pinned.blob
-                    && current.size > pinned.size
-                    && !current.hash.is_empty() =>
-            {
-                current
-            }
-            _ => return Ok(head),
-        };
-        log::debug!(
-            "handle {fh} follows {} -> {} ({} bytes)",
-            pinned.blob,
-            grown.hash,
-            grown.size
-        );
-        handle.repin(&grown.hash, grown.size);
-        let from = offset.max(pinned.size);
-        let tail = self.reader.read(&handle, from, end - from).await?;
-        if head.is_empty() {
-            return Ok(tail);
-        }
-        let mut joined = bytes::BytesMut::with_capacity(head.len() + tail.len());
-        joined.extend_from_slice(&head);
-        joined.extend_from_slice(&tail);
-        Ok(joined.freeze())
-    }
-
     /// Closes a handle: cancels read-ahead, or commits what is left and drops the spool.
     pub async fn release(&self, fh: u64) {
         let handle = self.handles.lock().expect("handles lock").remove(&fh);
@@ -542,25 +166,21 @@ impl<R: Remote> Fs<R> {
                 if let Err(e) = self.commit_writer(&w).await {
                     e.log("release");
                 }
-                {
+                let was_pending = {
                     let mut pending = self.pending.lock().expect("pending lock");
-                    if pending.get(&w.ino).is_some_and(|p| Arc::ptr_eq(p, &w)) {
+                    let mine = pending.get(&w.ino).is_some_and(|p| Arc::ptr_eq(p, &w));
+                    if mine {
                         pending.remove(&w.ino);
                     }
+                    mine
+                };
+                if was_pending {
+                    self.forget_if_never_committed(&w);
                 }
                 w.discard().await;
             }
             None => {}
         }
-    }
-
-    /// The target of symlink `ino`.
-    pub async fn readlink(&self, ino: u64) -> Result<Bytes> {
-        let attr = self.getattr(ino).await?;
-        if attr.kind != EntryType::Symlink {
-            return Err(FsError::Invalid("not a symlink".into()));
-        }
-        self.remote.read_range(&attr.hash, 0..attr.size).await
     }
 
     /// A one-line summary of the cache's work, for the log.
@@ -582,6 +202,7 @@ impl<R: Remote> Fs<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::inodes::ROOT_INO;
     use crate::fs::mock::MemRemote;
     use proptest::prelude::*;
 
@@ -772,6 +393,7 @@ mod tests {
 #[cfg(test)]
 mod write_tests {
     use super::*;
+    use crate::fs::inodes::ROOT_INO;
     use crate::fs::mock::{MemRemote, MOCK_UPLOAD_CHUNK};
     use proptest::prelude::*;
 

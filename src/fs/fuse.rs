@@ -1,42 +1,39 @@
 //! The thin FUSE adapter: each callback hands the work to a tokio task that calls the
 //! [`Fs`] core and replies, so no FUSE thread ever waits on the network.
+//!
+//! The conversions and reply closures are in [`reply`], the open-directory snapshots in
+//! [`dirs`], and what is negotiated with the kernel in [`kernel`].
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, INodeNo, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use std::path::Path;
 
 use super::core::Fs;
 use super::error::FsError;
-use super::inodes::Attr;
 use super::remote::Remote;
-use crate::api::EntryType;
 
-/// `st_blksize` reported for every file: large, so `cp` and `cat` use large reads.
-const BLOCK_SIZE: u32 = 1 << 20;
-/// Largest read and write request the kernel is asked to send.
-const MAX_IO: u32 = 1 << 20;
+mod dirs;
+mod kernel;
+mod reply;
+
+use dirs::DirSnapshots;
+use reply::{errno, name_str, unix_seconds, Replies};
 
 /// The FUSE side of a mount.
 pub struct FuseAdapter<R: Remote> {
     fs: Arc<Fs<R>>,
     runtime: tokio::runtime::Handle,
     /// Directory listings snapshotted at `opendir`, so a long `readdir` is one listing.
-    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<(String, Attr)>>>>>,
-    next_dir_handle: AtomicU64,
-    uid: u32,
-    gid: u32,
-    ttl: Duration,
+    dirs: Arc<DirSnapshots>,
+    replies: Replies,
     on_destroy: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
@@ -48,22 +45,19 @@ impl<R: Remote> FuseAdapter<R> {
         runtime: tokio::runtime::Handle,
         on_destroy: tokio::sync::oneshot::Sender<()>,
     ) -> Self {
-        let ttl = fs.config().attr_ttl;
-        FuseAdapter {
-            fs,
-            runtime,
-            dirs: Arc::new(Mutex::new(HashMap::new())),
-            next_dir_handle: AtomicU64::new(1),
+        let replies = Replies {
+            ttl: fs.config().attr_ttl,
             // SAFETY: getuid/getgid cannot fail.
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
-            ttl,
+        };
+        FuseAdapter {
+            fs,
+            runtime,
+            dirs: Arc::new(DirSnapshots::default()),
+            replies,
             on_destroy: Mutex::new(Some(on_destroy)),
         }
-    }
-
-    fn file_attr(&self, attr: &Attr) -> FileAttr {
-        to_file_attr(attr, self.uid, self.gid)
     }
 
     /// Runs `work` on the runtime and hands its result to `reply`, logging failures.
@@ -86,89 +80,9 @@ impl<R: Remote> FuseAdapter<R> {
     }
 }
 
-/// The kernel's view of an inode's attributes.
-fn to_file_attr(attr: &Attr, uid: u32, gid: u32) -> FileAttr {
-    let (kind, perm, nlink) = match attr.kind {
-        EntryType::Directory => (FileType::Directory, 0o755, 2),
-        EntryType::File => (FileType::RegularFile, (attr.mode & 0o777) as u16, 1),
-        EntryType::Symlink => (FileType::Symlink, 0o777, 1),
-    };
-    let time = UNIX_EPOCH + Duration::from_secs(attr.mtime.max(0) as u64);
-    FileAttr {
-        ino: INodeNo(attr.ino),
-        size: attr.size,
-        blocks: attr.size.div_ceil(512),
-        atime: time,
-        mtime: time,
-        ctime: time,
-        crtime: time,
-        kind,
-        perm,
-        nlink,
-        uid,
-        gid,
-        rdev: 0,
-        blksize: BLOCK_SIZE,
-        flags: 0,
-    }
-}
-
-/// Answers an operation that returns nothing.
-fn empty_reply(reply: ReplyEmpty) -> impl FnOnce(Result<(), FsError>) + Send + 'static {
-    move |r| match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
-/// Answers an operation that returns a new or found entry.
-fn entry_reply(
-    reply: ReplyEntry,
-    ttl: Duration,
-    uid: u32,
-    gid: u32,
-) -> impl FnOnce(Result<Attr, FsError>) + Send + 'static {
-    move |r| match r {
-        Ok(attr) => reply.entry(&ttl, &to_file_attr(&attr, uid, gid), Generation(0)),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
-fn errno(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno())
-}
-
-fn name_str(name: &OsStr) -> Result<String, FsError> {
-    name.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| FsError::NotFound("a name that is not UTF-8".into()))
-}
-
 impl<R: Remote> Filesystem for FuseAdapter<R> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for flag in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_AUTO_INVAL_DATA,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ASYNC_READ,
-            InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_BIG_WRITES,
-        ] {
-            if config.add_capabilities(flag).is_err() {
-                log::debug!("kernel lacks {flag:?}");
-            }
-        }
-        if let Err(max) = config.set_max_readahead(MAX_IO) {
-            let _ = config.set_max_readahead(max);
-        }
-        if let Err(max) = config.set_max_write(MAX_IO) {
-            let _ = config.set_max_write(max);
-        }
-        // Enough concurrent kernel read-ahead requests to keep several chunk fetches busy;
-        // more would only add memory in flight.
-        let _ = config.set_max_background(32);
-        let _ = config.set_congestion_threshold(24);
+        kernel::configure(config);
         Ok(())
     }
 
@@ -180,73 +94,33 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let fs = self.fs.clone();
-        let name = name_str(name);
-        let ttl = self.ttl;
-        let (uid, gid) = (self.uid, self.gid);
-        self.spawn(
-            "lookup",
-            async move { fs.lookup(parent.0, &name?).await },
-            entry_reply(reply, ttl, uid, gid),
-        );
+        let (fs, name) = (self.fs.clone(), name_str(name));
+        let work = async move { fs.lookup(parent.0, &name?).await };
+        self.spawn("lookup", work, self.replies.entry(reply));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        let ttl = self.ttl;
-        let (uid, gid) = (self.uid, self.gid);
-        self.spawn(
-            "getattr",
-            async move { fs.getattr(ino.0).await },
-            move |r| match r {
-                Ok(attr) => reply.attr(&ttl, &to_file_attr(&attr, uid, gid)),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let work = async move { fs.getattr(ino.0).await };
+        self.spawn("getattr", work, self.replies.attr(reply));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.spawn(
-            "readlink",
-            async move { fs.readlink(ino.0).await },
-            move |r| match r {
-                Ok(target) => reply.data(&target),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let work = async move { fs.readlink(ino.0).await };
+        self.spawn("readlink", work, reply::data(reply));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            let truncate = flags.0 & libc::O_TRUNC != 0;
-            // Writes must reach us in order and uncached, so the kernel gets no page cache here.
-            self.spawn(
-                "open",
-                async move { fs.open_write(ino.0, truncate).await },
-                move |r| match r {
-                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-                    Err(e) => reply.error(errno(&e)),
-                },
-            );
-            return;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || truncate {
+            let work = async move { fs.open_write(ino.0, truncate).await };
+            self.spawn("open", work, reply::opened_for_write(reply));
+        } else {
+            let work = async move { fs.open(ino.0).await };
+            self.spawn("open", work, reply::opened_for_read(reply));
         }
-        self.spawn(
-            "open",
-            async move { fs.open(ino.0).await },
-            move |r| match r {
-                Ok((fh, keep)) => reply.opened(
-                    FileHandle(fh),
-                    if keep {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    },
-                ),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
     }
 
     fn read(
@@ -261,14 +135,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.spawn(
-            "read",
-            async move { fs.read(fh.0, offset, size).await },
-            move |r| match r {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let work = async move { fs.read(fh.0, offset, size).await };
+        self.spawn("read", work, reply::data(reply));
     }
 
     fn lseek(
@@ -284,14 +152,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
             return reply.error(Errno::EINVAL);
         };
         let fs = self.fs.clone();
-        self.spawn(
-            "lseek",
-            async move { fs.seek_data_or_hole(ino.0, offset, whence).await },
-            move |r| match r {
-                Ok(found) => reply.offset(found as i64),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let work = async move { fs.seek_data_or_hole(ino.0, offset, whence).await };
+        self.spawn("lseek", work, reply::offset(reply));
     }
 
     fn release(
@@ -321,23 +183,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let fs = self.fs.clone();
-        let name = name_str(name);
-        let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
-        self.spawn(
-            "create",
-            async move { fs.create(parent.0, &name?, mode & !umask).await },
-            move |r| match r {
-                Ok((attr, fh)) => reply.created(
-                    &ttl,
-                    &to_file_attr(&attr, uid, gid),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_DIRECT_IO,
-                ),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let (fs, name) = (self.fs.clone(), name_str(name));
+        let work = async move { fs.create(parent.0, &name?, mode & !umask).await };
+        self.spawn("create", work, self.replies.created(reply));
     }
 
     fn write(
@@ -352,17 +200,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let fs = self.fs.clone();
-        let data = data.to_vec();
+        let (fs, data) = (self.fs.clone(), data.to_vec());
         let owner = lock_owner.map(|o| o.0);
-        self.spawn(
-            "write",
-            async move { fs.write(fh.0, offset, &data, owner).await },
-            move |r| match r {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let work = async move { fs.write(fh.0, offset, &data, owner).await };
+        self.spawn("write", work, reply::written(reply));
     }
 
     fn fsync(
@@ -374,11 +215,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.spawn(
-            "fsync",
-            async move { fs.flush(fh.0, None).await },
-            empty_reply(reply),
-        );
+        let work = async move { fs.flush(fh.0, None).await };
+        self.spawn("fsync", work, self.replies.empty(reply));
     }
 
     fn mkdir(
@@ -390,34 +228,21 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let fs = self.fs.clone();
-        let name = name_str(name);
-        let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
-        self.spawn(
-            "mkdir",
-            async move { fs.mkdir(parent.0, &name?).await },
-            entry_reply(reply, ttl, uid, gid),
-        );
+        let (fs, name) = (self.fs.clone(), name_str(name));
+        let work = async move { fs.mkdir(parent.0, &name?).await };
+        self.spawn("mkdir", work, self.replies.entry(reply));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let fs = self.fs.clone();
-        let name = name_str(name);
-        self.spawn(
-            "rmdir",
-            async move { fs.rmdir(parent.0, &name?).await },
-            empty_reply(reply),
-        );
+        let (fs, name) = (self.fs.clone(), name_str(name));
+        let work = async move { fs.rmdir(parent.0, &name?).await };
+        self.spawn("rmdir", work, self.replies.empty(reply));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let fs = self.fs.clone();
-        let name = name_str(name);
-        self.spawn(
-            "unlink",
-            async move { fs.unlink(parent.0, &name?).await },
-            empty_reply(reply),
-        );
+        let (fs, name) = (self.fs.clone(), name_str(name));
+        let work = async move { fs.unlink(parent.0, &name?).await };
+        self.spawn("unlink", work, self.replies.empty(reply));
     }
 
     fn rename(
@@ -432,20 +257,16 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     ) {
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
             log::warn!("rename: RENAME_EXCHANGE and RENAME_WHITEOUT are not supported");
-            reply.error(Errno::from_i32(libc::EINVAL));
-            return;
+            return reply.error(Errno::from_i32(libc::EINVAL));
         }
         let fs = self.fs.clone();
         let (name, newname) = (name_str(name), name_str(newname));
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        self.spawn(
-            "rename",
-            async move {
-                fs.rename(parent.0, &name?, newparent.0, &newname?, no_replace)
-                    .await
-            },
-            empty_reply(reply),
-        );
+        let work = async move {
+            fs.rename(parent.0, &name?, newparent.0, &newname?, no_replace)
+                .await
+        };
+        self.spawn("rename", work, self.replies.empty(reply));
     }
 
     fn setattr(
@@ -467,23 +288,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply: ReplyAttr,
     ) {
         let fs = self.fs.clone();
-        let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
-        let mtime = mtime.map(|t| {
-            let time = match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => std::time::SystemTime::now(),
-            };
-            time.duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        });
-        self.spawn(
-            "setattr",
-            async move { fs.setattr(ino.0, mode, size, mtime, fh.map(|f| f.0)).await },
-            move |r| match r {
-                Ok(attr) => reply.attr(&ttl, &to_file_attr(&attr, uid, gid)),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let mtime = mtime.map(unix_seconds);
+        let work = async move { fs.setattr(ino.0, mode, size, mtime, fh.map(|f| f.0)).await };
+        self.spawn("setattr", work, self.replies.attr(reply));
     }
 
     fn symlink(
@@ -494,18 +301,13 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let fs = self.fs.clone();
-        let name = name_str(link_name);
+        let (fs, name) = (self.fs.clone(), name_str(link_name));
         let target = target
             .to_str()
             .map(str::to_string)
             .ok_or_else(|| FsError::Invalid("a target that is not UTF-8".into()));
-        let (ttl, uid, gid) = (self.ttl, self.uid, self.gid);
-        self.spawn(
-            "symlink",
-            async move { fs.symlink(parent.0, &name?, &target?).await },
-            entry_reply(reply, ttl, uid, gid),
-        );
+        let work = async move { fs.symlink(parent.0, &name?, &target?).await };
+        self.spawn("symlink", work, self.replies.entry(reply));
     }
 
     fn getxattr(
@@ -560,30 +362,21 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     ) {
         // close(2): a write handle commits here, so close returns the real outcome.
         let fs = self.fs.clone();
-        self.spawn(
-            "flush",
-            async move { fs.flush(fh.0, Some(lock_owner.0)).await },
-            empty_reply(reply),
-        );
+        let work = async move { fs.flush(fh.0, Some(lock_owner.0)).await };
+        self.spawn("flush", work, self.replies.empty(reply));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        let dh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
-        let dirs = self.dirs.clone();
-        self.spawn(
-            "opendir",
-            async move { fs.readdir(ino.0).await },
-            move |r| match r {
-                Ok(children) => {
-                    dirs.lock()
-                        .expect("dirs lock")
-                        .insert(dh, Arc::new(children));
-                    reply.opened(FileHandle(dh), FopenFlags::empty());
-                }
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        let (dirs, dh) = (self.dirs.clone(), self.dirs.next_handle());
+        let work = async move { fs.readdir(ino.0).await };
+        self.spawn("opendir", work, move |r| match r {
+            Ok(children) => {
+                dirs.insert(dh, children);
+                reply.opened(FileHandle(dh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno(&e)),
+        });
     }
 
     fn readdir(
@@ -594,27 +387,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(children) = self.dirs.lock().expect("dirs lock").get(&fh.0).cloned() else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
+        let Some(children) = self.dirs.get(fh.0) else {
+            return reply.error(Errno::from_i32(libc::EBADF));
         };
-        let dots = [
-            (".", ino.0, FileType::Directory),
-            ("..", ino.0, FileType::Directory),
-        ];
-        let entries = dots
-            .into_iter()
-            .map(|(n, i, k)| (n.to_string(), i, k))
-            .chain(
-                children
-                    .iter()
-                    .map(|(name, attr)| (name.clone(), attr.ino, self.file_attr(attr).kind)),
-            );
-        for (i, (name, child, kind)) in entries.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
-                break;
-            }
-        }
+        dirs::fill_readdir(&mut reply, ino.0, &children, offset, self.replies);
         reply.ok();
     }
 
@@ -626,40 +402,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(children) = self.dirs.lock().expect("dirs lock").get(&fh.0).cloned() else {
-            reply.error(Errno::from_i32(libc::EBADF));
-            return;
+        let Some(children) = self.dirs.get(fh.0) else {
+            return reply.error(Errno::from_i32(libc::EBADF));
         };
-        let dir_attr = Attr {
-            ino: ino.0,
-            kind: EntryType::Directory,
-            size: 0,
-            mode: 0o040755,
-            mtime: 0,
-            hash: String::new(),
-        };
-        let dots = [
-            (".".to_string(), dir_attr.clone()),
-            ("..".to_string(), dir_attr),
-        ];
-        for (i, (name, attr)) in dots
-            .iter()
-            .chain(children.iter())
-            .enumerate()
-            .skip(offset as usize)
-        {
-            let generation = Generation(0);
-            if reply.add(
-                INodeNo(attr.ino),
-                (i + 1) as u64,
-                name,
-                &self.ttl,
-                &self.file_attr(attr),
-                generation,
-            ) {
-                break;
-            }
-        }
+        dirs::fill_readdirplus(&mut reply, ino.0, &children, offset, self.replies);
         reply.ok();
     }
 
@@ -671,23 +417,12 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.lock().expect("dirs lock").remove(&fh.0);
+        self.dirs.remove(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // A remote repository has no fixed capacity: report a large, mostly free volume so
-        // tools that check free space before copying do not refuse.
-        reply.statfs(
-            1 << 32,
-            1 << 31,
-            1 << 31,
-            1 << 24,
-            1 << 23,
-            BLOCK_SIZE,
-            255,
-            4096,
-        );
+        kernel::reply_statfs(reply);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

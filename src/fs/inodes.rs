@@ -40,6 +40,18 @@ struct Node {
     last_opened: Option<String>,
 }
 
+/// An entry this mount created or changed, recorded ahead of the next listing.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalEntry<'a> {
+    pub kind: EntryType,
+    pub size: u64,
+    /// Git mode.
+    pub mode: u32,
+    pub mtime: i64,
+    /// Blob or tree id; empty for a file not committed yet.
+    pub hash: &'a str,
+}
+
 /// What a lookup in the cached listing found.
 #[derive(Debug, PartialEq)]
 pub enum Cached {
@@ -231,26 +243,17 @@ impl InodeTable {
 
     /// Records an entry this mount created or changed, ahead of the next listing, and returns
     /// its attributes. The directory's cached listing gains the name.
-    pub fn record_local(
-        &mut self,
-        dir: u64,
-        name: &str,
-        kind: EntryType,
-        size: u64,
-        mode: u32,
-        mtime: i64,
-        hash: &str,
-    ) -> Option<Attr> {
+    pub fn record_local(&mut self, dir: u64, name: &str, local: &LocalEntry) -> Option<Attr> {
         let dir_path = self.path(dir)?.to_string();
         let path = join(&dir_path, name);
         let entry = Entry {
             name: name.to_string(),
             path: path.clone(),
-            kind,
-            size,
-            mode,
-            mtime,
-            hash: hash.to_string(),
+            kind: local.kind,
+            size: local.size,
+            mode: local.mode,
+            mtime: local.mtime,
+            hash: local.hash.to_string(),
         };
         self.upsert(&path, &entry, Instant::now());
         if let Some((names, _)) = self.nodes.get_mut(&dir).and_then(|n| n.listing.as_mut()) {
@@ -304,10 +307,16 @@ impl InodeTable {
         let target_below = format!("{to}/");
         self.by_path
             .retain(|p, _| p != to && !p.starts_with(&target_below));
+        let now = Instant::now();
         for (old, ino) in moved {
             self.by_path.remove(&old);
             let new = format!("{to}{}", &old[from.len()..]);
             if let Some(node) = self.nodes.get_mut(&ino) {
+                // The moved entry is as fresh as the target directory's listing it joins:
+                // without this a lookup there finds it older than the listing, so absent.
+                if old == from {
+                    node.confirmed = now;
+                }
                 node.path = new.clone();
             }
             self.by_path.insert(new, ino);
@@ -480,10 +489,30 @@ mod rename_tests {
     fn rename_keeps_inodes_and_moves_children() {
         let mut t = InodeTable::new(Duration::from_secs(60));
         let dir = t
-            .record_local(ROOT_INO, "x", EntryType::Directory, 0, 0o40000, 0, "t")
+            .record_local(
+                ROOT_INO,
+                "x",
+                &LocalEntry {
+                    kind: EntryType::Directory,
+                    size: 0,
+                    mode: 0o40000,
+                    mtime: 0,
+                    hash: "t",
+                },
+            )
             .unwrap();
         let file = t
-            .record_local(dir.ino, "f", EntryType::File, 1, 0o100644, 0, "h")
+            .record_local(
+                dir.ino,
+                "f",
+                &LocalEntry {
+                    kind: EntryType::File,
+                    size: 1,
+                    mode: 0o100644,
+                    mtime: 0,
+                    hash: "h",
+                },
+            )
             .unwrap();
         t.rename("x", "z");
         assert_eq!(t.path(dir.ino), Some("z"));

@@ -1,6 +1,8 @@
-//! An in-memory [`Remote`] for tests of the filesystem core without a server or a kernel.
+//! An in-memory [`Remote`] for tests of the filesystem core without a server or a kernel
+//! (compiled for tests only). Like the server it keeps empty directories, gives each
+//! directory a tree id that changes with its content, and checks every `expect`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -13,17 +15,92 @@ use crate::api::{BlobInfo, Change, CommitCreated, Entry, EntryType, TreeListing,
 use crate::base::checksum::md5_hex;
 use crate::base::ids::blob_id;
 use crate::base::modes::{MODE_DIR, MODE_FILE};
+use crate::base::paths::parent_and_name;
 
 /// Chunk size of the mock's uploads: small, so tests cross chunk boundaries cheaply.
 pub const MOCK_UPLOAD_CHUNK: u64 = 64 << 10;
+
+/// The mock's tree: files by path, and every directory (the root excepted), empty or not.
+#[derive(Default, Clone)]
+struct Tree {
+    files: BTreeMap<String, Bytes>,
+    dirs: BTreeSet<String>,
+}
+
+impl Tree {
+    fn is_dir(&self, path: &str) -> bool {
+        path.is_empty() || self.dirs.contains(path)
+    }
+
+    /// Adds `dir` and its ancestors (the server creates missing parents, and keeps them).
+    fn add_dirs(&mut self, mut dir: &str) {
+        while !dir.is_empty() {
+            self.dirs.insert(dir.to_string());
+            dir = parent_and_name(dir).0;
+        }
+    }
+
+    fn put_file(&mut self, path: &str, data: Bytes) {
+        self.add_dirs(parent_and_name(path).0);
+        self.files.insert(path.to_string(), data);
+    }
+
+    /// Paths strictly below directory `dir`.
+    fn below<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a String, Option<&'a Bytes>)> {
+        let prefix = format!("{dir}/");
+        let files = self.files.iter().map(|(p, d)| (p, Some(d)));
+        let dirs = self.dirs.iter().map(|p| (p, None));
+        files
+            .chain(dirs)
+            .filter(move |(p, _)| dir.is_empty() || p.starts_with(&prefix))
+    }
+
+    /// A tree id for directory `dir`: changes whenever anything below it does.
+    fn tree_id(&self, dir: &str) -> String {
+        let mut listing: Vec<String> = self
+            .below(dir)
+            .map(|(p, d)| format!("{p} {}", d.map_or("dir".to_string(), |d| blob_id(d))))
+            .collect();
+        listing.sort();
+        blob_id(listing.join("\n").as_bytes())
+    }
+
+    /// The blob or tree id at `path`, if anything is there.
+    fn id_at(&self, path: &str) -> Option<String> {
+        match self.files.get(path) {
+            Some(d) => Some(blob_id(d)),
+            None if self.dirs.contains(path) => Some(self.tree_id(path)),
+            None => None,
+        }
+    }
+
+    fn check_expect(&self, path: &str, expect: &Option<Option<String>>) -> Result<()> {
+        match expect {
+            Some(expected) if self.id_at(path) != *expected => {
+                Err(FsError::Conflict(path.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes `path` and everything below it; false if nothing was there.
+    fn remove(&mut self, path: &str) -> bool {
+        let prefix = format!("{path}/");
+        let (files, dirs) = (self.files.len(), self.dirs.len());
+        self.files
+            .retain(|p, _| p != path && !p.starts_with(&prefix));
+        self.dirs.retain(|p| p != path && !p.starts_with(&prefix));
+        files + dirs != self.files.len() + self.dirs.len()
+    }
+}
 
 /// Files by path, every blob ever put (old versions stay readable, as on the server), and
 /// counters of the requests made.
 #[derive(Default)]
 pub struct MemRemote {
-    files: Mutex<BTreeMap<String, Bytes>>,
-    blobs: Mutex<std::collections::HashMap<String, Bytes>>,
-    uploads: Mutex<std::collections::HashMap<String, BTreeMap<u64, Bytes>>>,
+    tree: Mutex<Tree>,
+    blobs: Mutex<HashMap<String, Bytes>>,
+    uploads: Mutex<HashMap<String, BTreeMap<u64, Bytes>>>,
     next_upload: AtomicU64,
     /// When set, every write operation fails (to test failure handling).
     pub fail_writes: std::sync::atomic::AtomicBool,
@@ -45,15 +122,12 @@ impl MemRemote {
             .lock()
             .expect("lock")
             .insert(blob_id(&data), data.clone());
-        self.files
-            .lock()
-            .expect("lock")
-            .insert(path.to_string(), data);
+        self.tree.lock().expect("lock").put_file(path, data);
     }
 
     /// The content of a file, if it exists.
     pub fn get(&self, path: &str) -> Option<Bytes> {
-        self.files.lock().expect("lock").get(path).cloned()
+        self.tree.lock().expect("lock").files.get(path).cloned()
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -67,48 +141,15 @@ impl MemRemote {
 impl Remote for MemRemote {
     async fn list_dir(&self, path: &str) -> Result<TreeListing> {
         self.listings.fetch_add(1, Ordering::Relaxed);
-        let files = self.files.lock().expect("lock");
-        let prefix = if path.is_empty() {
-            String::new()
-        } else {
-            format!("{path}/")
-        };
-        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-        for (p, data) in files.iter() {
-            let Some(rest) = p.strip_prefix(&prefix) else {
-                continue;
-            };
-            let (name, is_dir) = match rest.split_once('/') {
-                Some((dir, _)) => (dir, true),
-                None => (rest, false),
-            };
-            let child = format!("{prefix}{name}");
-            let entry = if is_dir {
-                Entry {
-                    name: name.into(),
-                    path: child,
-                    kind: EntryType::Directory,
-                    size: 0,
-                    mode: MODE_DIR,
-                    mtime: 0,
-                    hash: "d".repeat(64),
-                }
-            } else {
-                Entry {
-                    name: name.into(),
-                    path: child,
-                    kind: EntryType::File,
-                    size: data.len() as u64,
-                    mode: MODE_FILE,
-                    mtime: 0,
-                    hash: blob_id(data),
-                }
-            };
-            entries.insert(name.to_string(), entry);
-        }
-        if entries.is_empty() && !path.is_empty() {
+        let tree = self.tree.lock().expect("lock");
+        if !tree.is_dir(path) {
             return Err(FsError::NotFound(path.to_string()));
         }
+        let entries = tree
+            .below(path)
+            .filter(|(p, _)| parent_and_name(p).0 == path)
+            .map(|(p, data)| entry_of(&tree, p, data))
+            .collect::<BTreeMap<String, Entry>>();
         Ok(TreeListing {
             path: path.to_string(),
             commit: "c".repeat(64),
@@ -231,59 +272,115 @@ impl Remote for MemRemote {
     async fn commit(&self, changes: Vec<Change>, _message: String) -> Result<CommitCreated> {
         self.check_writable()?;
         let blobs = self.blobs.lock().expect("lock");
-        let mut files = self.files.lock().expect("lock");
-        let mut next = files.clone();
+        let mut tree = self.tree.lock().expect("lock");
+        let mut next = tree.clone();
         for change in changes {
-            match change {
-                Change::Put {
-                    path, hash, expect, ..
-                } => {
-                    if let Some(expected) = expect {
-                        if next.get(&path).map(|d| blob_id(d)) != expected {
-                            return Err(FsError::Conflict(path));
-                        }
-                    }
-                    let data = blobs
-                        .get(&hash)
-                        .ok_or_else(|| FsError::Remote(format!("unknown blob {hash}")))?;
-                    next.insert(path, data.clone());
-                }
-                Change::Delete { path, expect } => {
-                    if let Some(expected) = expect {
-                        if next.get(&path).map(|d| blob_id(d)) != expected {
-                            return Err(FsError::Conflict(path));
-                        }
-                    }
-                    let prefix = format!("{path}/");
-                    let before = next.len();
-                    next.retain(|p, _| p != &path && !p.starts_with(&prefix));
-                    if next.len() == before {
-                        return Err(FsError::NotFound(path));
-                    }
-                }
-                Change::Move { from, to } => {
-                    let prefix = format!("{from}/");
-                    let moved: Vec<(String, Bytes)> = next
-                        .iter()
-                        .filter(|(p, _)| **p == from || p.starts_with(&prefix))
-                        .map(|(p, d)| (p.clone(), d.clone()))
-                        .collect();
-                    if moved.is_empty() {
-                        return Err(FsError::NotFound(from));
-                    }
-                    for (p, d) in moved {
-                        next.remove(&p);
-                        next.insert(format!("{to}{}", &p[from.len()..]), d);
-                    }
-                }
-                // The mock has no empty directories: a directory exists while it holds files.
-                Change::Mkdir { .. } => {}
-            }
+            apply(&mut next, &blobs, change)?;
         }
-        *files = next;
+        *tree = next;
         Ok(CommitCreated {
             commit: "c".repeat(64),
             branch: "main".into(),
         })
     }
+}
+
+/// The listing entry of `path` (a file when it has `data`, else a directory), by name.
+fn entry_of(tree: &Tree, path: &str, data: Option<&Bytes>) -> (String, Entry) {
+    let name = parent_and_name(path).1.to_string();
+    let (kind, size, mode, hash) = match data {
+        Some(d) => (EntryType::File, d.len() as u64, MODE_FILE, blob_id(d)),
+        None => (EntryType::Directory, 0, MODE_DIR, tree.tree_id(path)),
+    };
+    let entry = Entry {
+        name: name.clone(),
+        path: path.to_string(),
+        kind,
+        size,
+        mode,
+        mtime: 0,
+        hash,
+    };
+    (name, entry)
+}
+
+/// Applies one change of a commit to `tree`, with the server's checks.
+fn apply(tree: &mut Tree, blobs: &HashMap<String, Bytes>, change: Change) -> Result<()> {
+    match change {
+        Change::Put {
+            path, hash, expect, ..
+        } => {
+            tree.check_expect(&path, &expect)?;
+            if tree.dirs.contains(&path) {
+                return Err(FsError::Conflict(path));
+            }
+            let data = blobs
+                .get(&hash)
+                .ok_or_else(|| FsError::Remote(format!("unknown blob {hash}")))?;
+            tree.put_file(&path, data.clone());
+        }
+        Change::Delete { path, expect } => {
+            tree.check_expect(&path, &expect)?;
+            if !tree.remove(&path) {
+                return Err(FsError::NotFound(path));
+            }
+        }
+        Change::Move { from, to } => move_path(tree, &from, &to)?,
+        Change::Mkdir { path } => {
+            if tree.files.contains_key(&path) {
+                return Err(FsError::Conflict(path));
+            }
+            tree.add_dirs(&path);
+        }
+    }
+    Ok(())
+}
+
+/// A `Move` as the server does it: not into itself, and only over an empty directory (a
+/// directory) or a file (a file).
+fn move_path(tree: &mut Tree, from: &str, to: &str) -> Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    if to.starts_with(&format!("{from}/")) {
+        // The server's 400.
+        return Err(FsError::Remote(format!("cannot move {from:?} into itself")));
+    }
+    let source_is_dir = tree.dirs.contains(from);
+    if !source_is_dir && !tree.files.contains_key(from) {
+        return Err(FsError::NotFound(from.to_string()));
+    }
+    if tree.id_at(to).is_some() {
+        let replaceable = match (source_is_dir, tree.dirs.contains(to)) {
+            (true, true) => tree.below(to).next().is_none(),
+            (false, false) => true,
+            _ => false,
+        };
+        if !replaceable {
+            return Err(FsError::Conflict(to.to_string()));
+        }
+        tree.remove(to);
+    }
+    let mut moved = Tree::default();
+    let prefix = format!("{from}/");
+    let rename = |p: &str| format!("{to}{}", &p[from.len()..]);
+    for (p, d) in tree
+        .files
+        .iter()
+        .filter(|(p, _)| *p == from || p.starts_with(&prefix))
+    {
+        moved.files.insert(rename(p), d.clone());
+    }
+    for p in tree
+        .dirs
+        .iter()
+        .filter(|p| *p == from || p.starts_with(&prefix))
+    {
+        moved.dirs.insert(rename(p));
+    }
+    tree.remove(from);
+    tree.add_dirs(parent_and_name(to).0);
+    tree.files.extend(moved.files);
+    tree.dirs.extend(moved.dirs);
+    Ok(())
 }

@@ -4,7 +4,7 @@
 
 use super::core::Fs;
 use super::error::{FsError, Result};
-use super::inodes::Attr;
+use super::inodes::{Attr, LocalEntry};
 use super::remote::Remote;
 use crate::api::{Change, EntryType};
 use crate::base::modes::{normalize_file_mode, MODE_DIR, MODE_SYMLINK};
@@ -41,17 +41,16 @@ impl<R: Remote> Fs<R> {
             format!("mkdir {path}"),
         )
         .await?;
+        let local = LocalEntry {
+            kind: EntryType::Directory,
+            size: 0,
+            mode: MODE_DIR,
+            mtime: now_unix(),
+            hash: "",
+        };
         let mut inodes = self.inodes.lock().expect("inodes lock");
         inodes
-            .record_local(
-                parent,
-                name,
-                EntryType::Directory,
-                0,
-                MODE_DIR,
-                now_unix(),
-                "",
-            )
+            .record_local(parent, name, &local)
             .ok_or(FsError::NotFound(path))
     }
 
@@ -140,58 +139,65 @@ impl<R: Remote> Fs<R> {
         if from == to {
             return Ok(());
         }
+        if to.starts_with(&format!("{from}/")) {
+            // rename(2) gives EINVAL for a directory moved into itself; the server would
+            // refuse it with a 400, which is EIO here.
+            return Err(FsError::Invalid(format!(
+                "cannot move {from:?} into itself"
+            )));
+        }
         if no_replace && target.is_some() {
             return Err(FsError::Exists(to));
         }
-        if source.hash.is_empty() {
+        // A file not committed yet has nothing on the server to move. (A directory made by
+        // this mount has no tree id here until it is listed, but a move needs none.)
+        if source.kind != EntryType::Directory && source.hash.is_empty() {
             return Err(FsError::NotSupported(format!(
                 "{from:?} is still being written; close it first"
             )));
         }
-        let changes = match (source.kind, target.as_ref().map(|t| t.kind)) {
-            (EntryType::Directory, Some(EntryType::Directory)) => {
-                let t = target.as_ref().expect("matched");
-                if !self.readdir(t.ino).await?.is_empty() {
-                    return Err(FsError::NotEmpty);
-                }
-                vec![Change::Move {
-                    from: from.clone(),
-                    to: to.clone(),
-                }]
-            }
-            (EntryType::Directory, Some(_)) => return Err(FsError::NotDir),
-            (EntryType::Directory, None) => vec![Change::Move {
-                from: from.clone(),
-                to: to.clone(),
-            }],
-            (_, Some(EntryType::Directory)) => return Err(FsError::IsDir),
-            (kind, _) => {
-                // A file: put the same blob at the target (which must still be what we saw)
-                // and delete the source (likewise), together.
-                let mode = if kind == EntryType::Symlink {
-                    MODE_SYMLINK
-                } else {
-                    source.mode
-                };
-                vec![
-                    Change::Put {
-                        path: to.clone(),
-                        hash: source.hash.clone(),
-                        mode: Some(mode),
-                        mtime: Some(source.mtime),
-                        expect: Some(target.as_ref().map(|t| t.hash.clone())),
-                    },
-                    Change::Delete {
-                        path: from.clone(),
-                        expect: Some(Some(source.hash.clone())),
-                    },
-                ]
-            }
-        };
+        let changes = self
+            .rename_changes(&from, &to, &source, target.as_ref())
+            .await?;
         self.commit_changes(changes, format!("rename {from} -> {to}"))
             .await?;
         self.inodes.lock().expect("inodes lock").rename(&from, &to);
-        // Files open for writing under the old name commit under the new one.
+        self.follow_rename(&from, &to).await;
+        Ok(())
+    }
+
+    /// The changes of a rename of `source` at `from` to `to` (where `target` is, if anything),
+    /// or the error POSIX gives for that pair of kinds.
+    async fn rename_changes(
+        &self,
+        from: &str,
+        to: &str,
+        source: &Attr,
+        target: Option<&Attr>,
+    ) -> Result<Vec<Change>> {
+        let kind = source.kind;
+        match (kind, target.map(|t| t.kind)) {
+            (EntryType::Directory, Some(EntryType::Directory)) => {
+                let t = target.expect("matched");
+                if !self.readdir(t.ino).await?.is_empty() {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+            (EntryType::Directory, Some(_)) => return Err(FsError::NotDir),
+            (EntryType::Directory, None) => {}
+            (_, Some(EntryType::Directory)) => return Err(FsError::IsDir),
+            // A file: put the same blob at the target (which must still be what we saw) and
+            // delete the source (likewise), together.
+            _ => return Ok(file_rename_changes(from, to, source, target)),
+        }
+        Ok(vec![Change::Move {
+            from: from.to_string(),
+            to: to.to_string(),
+        }])
+    }
+
+    /// Files open for writing under the old name commit under the new one.
+    async fn follow_rename(&self, from: &str, to: &str) {
         let writers: Vec<_> = self
             .pending
             .lock()
@@ -202,13 +208,12 @@ impl<R: Remote> Fs<R> {
         for w in writers {
             let path = w.path();
             if let Some(rest) = path
-                .strip_prefix(&from)
+                .strip_prefix(from)
                 .filter(|r| r.is_empty() || r.starts_with('/'))
             {
                 w.set_path(&format!("{to}{rest}")).await;
             }
         }
-        Ok(())
     }
 
     /// `setattr`: size (truncate), the executable bit and the modification time.
@@ -225,71 +230,88 @@ impl<R: Remote> Fs<R> {
         }
         self.check_writable()?;
         if let Some(size) = size {
-            match fh
-                .and_then(|fh| self.write_handle(fh))
-                .or_else(|| self.pending_writer(ino))
-            {
-                Some(w) => w.truncate(size).await?,
-                None => {
-                    // truncate(2) by path: a short-lived write handle, committed at once.
-                    let fh = self.open_write(ino, size == 0).await?;
-                    let outcome = async {
-                        if let Some(w) = self.write_handle(fh) {
-                            w.truncate(size).await?;
-                        }
-                        self.flush(fh, None).await
-                    }
-                    .await;
-                    self.release(fh).await;
-                    outcome?;
-                }
-            }
+            self.truncate(ino, size, fh).await?;
         }
-        let attr = self.getattr(ino).await?;
         if mode.is_some() || mtime.is_some() {
-            let new_mode = mode.map_or(attr.mode, with_exec_bit);
-            if let Some(w) = self.pending_writer(ino) {
-                // Committed with the file when it is closed (tar and touch set times this way).
-                w.set_meta(mode.map(with_exec_bit), mtime).await;
-            } else if attr.kind == EntryType::File
-                && (new_mode != attr.mode || mtime.is_some_and(|m| m != attr.mtime))
-            {
-                let path = self
-                    .inodes
-                    .lock()
-                    .expect("inodes lock")
-                    .path(ino)
-                    .unwrap_or_default()
-                    .to_string();
-                let change = Change::Put {
-                    path: path.clone(),
-                    hash: attr.hash.clone(),
-                    mode: Some(new_mode),
-                    mtime: Some(mtime.unwrap_or(attr.mtime)),
-                    expect: Some(Some(attr.hash.clone())),
-                };
-                self.commit_changes(vec![change], format!("setattr {path}"))
-                    .await?;
-                let mut inodes = self.inodes.lock().expect("inodes lock");
-                if let (Some(parent), Some(name)) = (
-                    inodes.parent_path(ino),
-                    path.rsplit('/').next().map(str::to_string),
-                ) {
-                    if let Some(parent_ino) = inodes.ino_of(&parent) {
-                        inodes.record_local(
-                            parent_ino,
-                            &name,
-                            attr.kind,
-                            attr.size,
-                            new_mode,
-                            mtime.unwrap_or(attr.mtime),
-                            &attr.hash,
-                        );
-                    }
-                }
-            }
+            self.set_mode_and_mtime(ino, mode, mtime).await?;
         }
         self.getattr(ino).await
+    }
+
+    /// Truncates through the open handle `fh` or a writer of `ino` on this mount, else with a
+    /// short-lived write handle committed at once (truncate(2) by path).
+    async fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> Result<()> {
+        if let Some(w) = fh
+            .and_then(|fh| self.write_handle(fh))
+            .or_else(|| self.pending_writer(ino))
+        {
+            return w.truncate(size).await;
+        }
+        let fh = self.open_write(ino, size == 0).await?;
+        let outcome = async {
+            if let Some(w) = self.write_handle(fh) {
+                w.truncate(size).await?;
+            }
+            self.flush(fh, None).await
+        }
+        .await;
+        self.release(fh).await;
+        outcome
+    }
+
+    /// chmod and utimes: kept with the writer of an open file (and committed when it is closed,
+    /// as tar and touch expect), else committed at once if anything changes.
+    async fn set_mode_and_mtime(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        mtime: Option<i64>,
+    ) -> Result<()> {
+        let attr = self.getattr(ino).await?;
+        let new_mode = mode.map_or(attr.mode, with_exec_bit);
+        if let Some(w) = self.pending_writer(ino) {
+            w.set_meta(mode.map(with_exec_bit), mtime).await;
+        } else if attr.kind == EntryType::File
+            && (new_mode != attr.mode || mtime.is_some_and(|m| m != attr.mtime))
+        {
+            self.commit_meta(ino, &attr, new_mode, mtime.unwrap_or(attr.mtime))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Commits a new mode and modification time for the unchanged blob of `ino`.
+    async fn commit_meta(&self, ino: u64, attr: &Attr, mode: u32, mtime: i64) -> Result<()> {
+        let path = self
+            .inodes
+            .lock()
+            .expect("inodes lock")
+            .path(ino)
+            .unwrap_or_default()
+            .to_string();
+        let change = Change::Put {
+            path: path.clone(),
+            hash: attr.hash.clone(),
+            mode: Some(mode),
+            mtime: Some(mtime),
+            expect: Some(Some(attr.hash.clone())),
+        };
+        self.commit_changes(vec![change], format!("setattr {path}"))
+            .await?;
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        if let (Some(parent), Some(name)) = (inodes.parent_path(ino), path.rsplit('/').next()) {
+            if let Some(parent_ino) = inodes.ino_of(&parent) {
+                let local = LocalEntry {
+                    kind: attr.kind,
+                    size: attr.size,
+                    mode,
+                    mtime,
+                    hash: &attr.hash,
+                };
+                inodes.record_local(parent_ino, name, &local);
+            }
+        }
+        Ok(())
     }
 
     /// `symlink`: the target is stored as a blob with the symlink mode.
@@ -321,17 +343,39 @@ impl<R: Remote> Fs<R> {
             Err(FsError::Conflict(_)) => return Err(FsError::Exists(path)),
             other => other?,
         }
+        let local = LocalEntry {
+            kind: EntryType::Symlink,
+            size: blob.size,
+            mode: MODE_SYMLINK,
+            mtime: now_unix(),
+            hash: &blob.hash,
+        };
         let mut inodes = self.inodes.lock().expect("inodes lock");
         inodes
-            .record_local(
-                parent,
-                name,
-                EntryType::Symlink,
-                blob.size,
-                MODE_SYMLINK,
-                now_unix(),
-                &blob.hash,
-            )
+            .record_local(parent, name, &local)
             .ok_or(FsError::NotFound(path))
     }
+}
+
+/// A file's rename: the same blob put at `to` and deleted at `from`, each checked with
+/// `expect` against what this mount saw.
+fn file_rename_changes(from: &str, to: &str, source: &Attr, target: Option<&Attr>) -> Vec<Change> {
+    let mode = if source.kind == EntryType::Symlink {
+        MODE_SYMLINK
+    } else {
+        source.mode
+    };
+    vec![
+        Change::Put {
+            path: to.to_string(),
+            hash: source.hash.clone(),
+            mode: Some(mode),
+            mtime: Some(source.mtime),
+            expect: Some(target.map(|t| t.hash.clone())),
+        },
+        Change::Delete {
+            path: from.to_string(),
+            expect: Some(Some(source.hash.clone())),
+        },
+    ]
 }

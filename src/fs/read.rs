@@ -150,32 +150,48 @@ impl<R: Remote> Reader<R> {
         // reads that continue it are served from the cache instead of one round trip each.
         let large = len >= self.config.chunk_size / 4;
         if !plan.sequential && !all_cached && !large {
-            // One round trip for exactly these bytes; a small random read does not pull whole chunks.
-            let data = self.remote.read_range(&pinned.blob, wanted.clone()).await?;
-            // Whole chunks among them are kept, though (a big first read, say).
-            if data.len() as u64 == wanted.end - wanted.start {
-                for i in needed {
-                    let chunk = self.chunk_range(i, pinned.size);
-                    if chunk.start >= wanted.start && chunk.end <= wanted.end {
-                        let slice = data.slice(
-                            (chunk.start - wanted.start) as usize
-                                ..(chunk.end - wanted.start) as usize,
-                        );
-                        self.cache.insert(
-                            ChunkKey {
-                                blob: pinned.blob.clone(),
-                                index: i,
-                            },
-                            slice,
-                            true,
-                        );
-                    }
-                }
-            }
+            return self.read_exact_range(&pinned, wanted, needed).await;
+        }
+        self.read_chunks(&pinned, wanted, needed).await
+    }
+
+    /// One round trip for exactly `wanted`: a small random read does not pull whole chunks.
+    /// Whole chunks among its bytes are kept, though (a big first read, say).
+    async fn read_exact_range(
+        &self,
+        pinned: &Pinned,
+        wanted: Range<u64>,
+        needed: Range<u64>,
+    ) -> Result<Bytes> {
+        let data = self.remote.read_range(&pinned.blob, wanted.clone()).await?;
+        if data.len() as u64 != wanted.end - wanted.start {
             return Ok(data);
         }
+        for i in needed {
+            let chunk = self.chunk_range(i, pinned.size);
+            if chunk.start >= wanted.start && chunk.end <= wanted.end {
+                let slice = data.slice(
+                    (chunk.start - wanted.start) as usize..(chunk.end - wanted.start) as usize,
+                );
+                let key = ChunkKey {
+                    blob: pinned.blob.clone(),
+                    index: i,
+                };
+                self.cache.insert(key, slice, true);
+            }
+        }
+        Ok(data)
+    }
+
+    /// `wanted` from the whole chunks `needed`, fetched in parallel (or found in the cache).
+    async fn read_chunks(
+        &self,
+        pinned: &Pinned,
+        wanted: Range<u64>,
+        needed: Range<u64>,
+    ) -> Result<Bytes> {
         let parts =
-            futures::future::try_join_all(needed.clone().map(|i| self.chunk(&pinned, i, true)))
+            futures::future::try_join_all(needed.clone().map(|i| self.chunk(pinned, i, true)))
                 .await?;
         if parts.len() == 1 {
             let chunk_start = needed.start * self.config.chunk_size;

@@ -1,5 +1,5 @@
 //! What the filesystem needs from the server, as a trait: the real [`Client`] implements it,
-//! and tests use an in-memory double ([`mock::MemRemote`](super::mock::MemRemote)).
+//! and tests use an in-memory double (`mock::MemRemote`, compiled for tests only).
 
 use std::future::Future;
 use std::ops::Range;
