@@ -170,8 +170,8 @@ pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
 
 /// Moves what a mount that died was writing into `recovery/`, and tells the user.
 fn rescue_spools(cache_dir: &Path) {
-    let recovery = crate::fs::core::recovery_dir(cache_dir);
-    match crate::fs::spool::rescue_orphans(cache_dir, &recovery) {
+    let recovery = crate::fs::recovery_dir(cache_dir);
+    match crate::fs::recovery::rescue_orphans(cache_dir, &recovery) {
         Ok(rescued) if rescued.is_empty() => {}
         Ok(rescued) => eprintln!(
             "govcfs: {} file(s) being written when an earlier mount ended were not committed; their bytes are in {}. \

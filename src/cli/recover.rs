@@ -11,8 +11,8 @@ use clap::Args;
 
 use crate::api::{Change, CommitRequest};
 use crate::client::{CancellationToken, Client, ClientOptions, RepoUrl, UploadOptions};
-use crate::fs::core::recovery_dir;
-use crate::fs::spool::RecoveryNote;
+use crate::fs::recovery::RecoveryNote;
+use crate::fs::recovery_dir;
 
 /// Arguments of `govcfs recover`.
 #[derive(Debug, Args)]

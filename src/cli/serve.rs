@@ -50,12 +50,6 @@ pub struct ServeArgs {
     pub max_client_requests: usize,
 }
 
-/// Opens the backend chosen by `--store` or `--data` (kept for `cli/mount.rs` until it calls
-/// [`Backend::from_spec`] itself).
-pub fn backend_for(data: Option<PathBuf>, store: Option<&str>) -> anyhow::Result<Backend> {
-    Ok(Backend::from_spec(store, data.as_deref())?)
-}
-
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = super::runtime()?;

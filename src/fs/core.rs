@@ -26,9 +26,6 @@ mod lookup;
 mod reading;
 mod writing;
 
-/// Kept here too while the CLI still names it by this path.
-pub use super::recovery::recovery_dir;
-
 /// An open file.
 #[derive(Clone)]
 enum Handle {
@@ -454,7 +451,7 @@ mod write_tests {
         assert!(matches!(fs.flush(fh, None).await, Err(FsError::Remote(_))));
         fs.release(fh).await;
         assert_eq!(remote.get("f").unwrap(), b"old".to_vec());
-        let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path()))
+        let kept: Vec<_> = std::fs::read_dir(crate::fs::recovery_dir(dir.path()))
             .unwrap()
             .flatten()
             .collect();
@@ -480,7 +477,7 @@ mod write_tests {
         remote.fail_writes.store(true, Ordering::Relaxed);
         assert!(fs.flush(fh, None).await.is_err());
         fs.release(fh).await;
-        let kept: Vec<_> = std::fs::read_dir(recovery_dir(dir.path()))
+        let kept: Vec<_> = std::fs::read_dir(crate::fs::recovery_dir(dir.path()))
             .unwrap()
             .flatten()
             .collect();

@@ -16,9 +16,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-// Kept here too: the CLI names them by their old path.
-pub use super::recovery::{rescue_orphans, RecoveryNote};
-
 /// Where a spool's bytes belong: `spool-<id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpoolNote {

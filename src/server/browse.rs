@@ -7,34 +7,17 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 use super::blobs::serve_blob;
 use super::error::ApiResult;
 use super::repos::RefQuery;
 use super::AppState;
 use crate::api::{Entry, EntryType};
-
-/// Characters escaped in a link's path segment.
-const SEGMENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}')
-    .add(b'/')
-    .add(b'\\')
-    .add(b'^')
-    .add(b'|');
+use crate::base::paths::encode_segment;
 
 /// `GET /:repo` redirects to the root index.
 pub async fn repo_redirect(Path(repo): Path<String>) -> Redirect {
-    Redirect::permanent(&format!("/{}/", utf8_percent_encode(&repo, SEGMENT)))
+    Redirect::permanent(&format!("/{}/", encode_segment(&repo)))
 }
 
 /// `GET /:repo/` is the root index.
@@ -62,12 +45,12 @@ pub async fn browse(
         .await?;
     // Links and redirects keep the ref being browsed.
     let ref_suffix = match &query.reference {
-        Some(r) => format!("?ref={}", utf8_percent_encode(r, SEGMENT)),
+        Some(r) => format!("?ref={}", encode_segment(r)),
         None => String::new(),
     };
     match entry.kind {
         EntryType::Directory if !path.is_empty() && !path.ends_with('/') => {
-            let name = utf8_percent_encode(&entry.name, SEGMENT);
+            let name = encode_segment(&entry.name);
             Ok(Redirect::permanent(&format!("{name}/{ref_suffix}")).into_response())
         }
         EntryType::Directory => {
@@ -111,7 +94,7 @@ fn index_page(repo: &str, path: &str, entries: &[Entry], ref_suffix: &str) -> St
     for e in entries {
         let is_dir = e.kind == EntryType::Directory;
         let slash = if is_dir { "/" } else { "" };
-        let href = utf8_percent_encode(&e.name, SEGMENT);
+        let href = encode_segment(&e.name);
         let _ = writeln!(
             page,
             "<a href=\"{href}{slash}{ref_suffix}\">{}{slash}</a> {} {}",

@@ -78,7 +78,7 @@ pub(super) fn run_foreground(
 async fn connect_upstream(url: Option<&str>) -> anyhow::Result<Upstream> {
     let stop = CancellationToken::new();
     let Some(url) = url else {
-        let backend = crate::cli::serve::backend_for(None, None)?;
+        let backend = crate::store::Backend::from_spec(None, None)?;
         let server = Server::bind(backend, ServerConfig::default(), "127.0.0.1:0").await?;
         let addr = server.local_addr();
         let token = stop.clone();
