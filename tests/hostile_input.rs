@@ -2335,7 +2335,7 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
 
     // (name, content type, body, what a success must have stored: None = anything
     // self-consistent, Some(bytes) = exactly these bytes).
-    let mut cases: Vec<(String, String, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut cases: Vec<MultipartCase> = Vec::new();
     let mut add = |name: &str, ct: &str, body: Vec<u8>, expect: Option<Vec<u8>>| {
         cases.push((name.to_string(), ct.to_string(), body, expect))
     };
@@ -3429,3 +3429,6 @@ fn websocket_floods_leave_memory_bounded_and_no_session_behind() {
     sb.assert_contained(&["default"]);
     tally.done();
 }
+
+/// A multipart upload case: (name, content type, body, the bytes a success must store).
+type MultipartCase = (String, String, Vec<u8>, Option<Vec<u8>>);

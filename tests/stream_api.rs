@@ -2189,7 +2189,7 @@ fn corrupt_or_unsupported_upload_bodies_are_refused_and_nothing_is_kept() {
     // A multipart body cut before its closing boundary.
     let mut cut = multipart_body(&[Bytes::from(random_bytes(50_000, 18))]);
     cut.truncate(cut.len() - 40);
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<RefusedUpload> = vec![
         (
             "invalid zstd body",
             vec![("content-encoding", "zstd")],
@@ -2331,7 +2331,7 @@ fn stream_uploads_over_max_upload_size_get_413_and_keep_nothing() {
     gz.write_all(&zeros).unwrap();
     let gzip_bomb = gz.finish().unwrap();
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, bool)> = vec![
+    let cases: Vec<LimitedUpload> = vec![
         ("2 MiB raw body", vec![], big.clone(), false),
         ("2 MiB raw body, chunked", vec![], big.clone(), true),
         (
@@ -3127,3 +3127,8 @@ fn websocket_upgrade_requires_the_auth_token() {
         assert_eq!(status, 404, "a refused upload stored nothing");
     });
 }
+
+/// An upload the server must refuse: (name, headers, body, status, error code).
+type RefusedUpload<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+/// An upload over a body limit: (name, headers, body, sent chunked).
+type LimitedUpload<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, bool);
