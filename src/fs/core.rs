@@ -3,8 +3,8 @@
 //! [`super::fuse`] is the thin adapter the kernel talks to.
 //!
 //! This file holds the state and the table of open handles; the operations live in
-//! [`lookup`] (names and attributes), [`reading`] (the read path) and [`writing`] (write
-//! handles and their commit), and namespace changes in [`super::namespace`].
+//! `lookup` (names and attributes), `reading` (the read path) and `writing` (write
+//! handles and their commit), and namespace changes in `fs/namespace.rs`.
 //!
 //! Lock order: `inodes` before `handles`; neither is held across an `.await`.
 

@@ -1,8 +1,8 @@
 //! The thin FUSE adapter: each callback hands the work to a tokio task that calls the
 //! [`Fs`] core and replies, so no FUSE thread ever waits on the network.
 //!
-//! The conversions and reply closures are in [`reply`], the open-directory snapshots in
-//! [`dirs`], and what is negotiated with the kernel in [`kernel`].
+//! The conversions and reply closures are in `reply`, the open-directory snapshots in
+//! `dirs`, and what is negotiated with the kernel in `kernel`.
 
 use std::ffi::OsStr;
 use std::future::Future;

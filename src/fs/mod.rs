@@ -5,7 +5,7 @@
 //!   namespace changes (mkdir, rename, unlink, setattr…) are in `namespace`;
 //! - [`inodes`]: inode numbers, attributes and directory listings with a TTL;
 //! - [`read`] and [`prefetch`]: pinned-version read handles and adaptive read-ahead;
-//! - [`write`]: write handles (spooled bytes, chunked upload and commit at close);
+//! - [`write`](mod@write): write handles (spooled bytes, chunked upload and commit at close);
 //! - [`spool`] and [`recovery`]: spool files, their journal, and the copies kept in
 //!   `recovery/` when a commit fails or a mount dies;
 //! - [`remote`]: what the core needs from the server, as a trait (`mock` and `failing`

@@ -9,8 +9,8 @@
 //! `O_TRUNC` is filled into the spool lazily, chunk by chunk, only where it is read or
 //! partially overwritten.
 //!
-//! The handle's state is here; [`buffer`] holds the spool side (write, read, truncate, fill)
-//! and [`upload`] the upload and the commit.
+//! The handle's state is here; `buffer` holds the spool side (write, read, truncate, fill)
+//! and `upload` the upload and the commit.
 //!
 //! A commit (on flush/fsync) finishes the upload and commits `put path = blob` with `expect` =
 //! the blob seen at open, so a concurrent change elsewhere is a conflict, never a silent loss.
