@@ -218,3 +218,25 @@ fn assert_error_body(what: &str, body: &Value) {
         "{what}: no error message in {body}"
     );
 }
+
+/// `GET /api/v1/repos/default/stat/PATH` over a raw request: the entry, or `None` on 404.
+pub fn stat_entry(addr: SocketAddr, path: &str) -> Option<Value> {
+    let response = http_request(
+        addr,
+        "GET",
+        &format!("/api/v1/repos/default/stat/{path}"),
+        &[],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("GET stat/{path}: {e}"));
+    match response.status {
+        200 => Some(response.json()),
+        404 => None,
+        s => panic!("GET stat/{path}: status {s}: {}", response.text()),
+    }
+}
+
+/// The blob id the server has at `path` of repo `default` (`None` if the path does not exist).
+pub fn server_hash(addr: SocketAddr, path: &str) -> Option<String> {
+    stat_entry(addr, path).map(|e| e["hash"].as_str().expect("hash").to_string())
+}

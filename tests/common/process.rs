@@ -222,17 +222,13 @@ pub fn kill_child(child: &mut Child) {
 }
 
 /// Runs `f` on a helper thread and waits at most `timeout` for it, so a hung mount or
-/// server cannot hang the test. `Err(Timeout)` leaves the thread to finish on its own;
-/// `Err(Disconnected)` means `f` panicked.
+/// server cannot hang the test. `None` if it did not finish in time (the thread is left to
+/// finish on its own) or panicked.
 pub fn on_thread_within<T: Send + 'static>(
     timeout: Duration,
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, mpsc::RecvTimeoutError> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(timeout)
+) -> Option<T> {
+    spawn_and_wait(timeout, f).ok()
 }
 
 /// [`on_thread_within`] that panics (naming `what`) unless `f` returns in time.
@@ -241,11 +237,22 @@ pub fn must_finish_within<T: Send + 'static>(
     timeout: Duration,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> T {
-    match on_thread_within(timeout, f) {
+    match spawn_and_wait(timeout, f) {
         Ok(v) => v,
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {timeout:?}"),
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
     }
+}
+
+fn spawn_and_wait<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, mpsc::RecvTimeoutError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(timeout)
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
