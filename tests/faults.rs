@@ -7,15 +7,14 @@
 //! - `cat` of 200 MiB through the mount with a reset every 10 MiB of downloads;
 //! - `cp` of 100 MiB into the mount with a reset every 10 MiB of uploads;
 //! - a 30 s black-hole under a mount: cached reads go on and the mount serves again once the
-//!   network is back; two ignored tests show defects: an uncached read gets EIO only after
-//!   ~6 min, and a file's first chunk is never in the mount's cache;
+//!   network is back; two regression tests of former defects: an uncached read gets EIO
+//!   within 90 s (it took ~6 min), and a file read before is whole in the mount's cache;
 //! - `govcfs get` and `govcfs put` of 100 MiB with a cut every 10 MiB.
 //!
 //! Every process is a child signalled only by its PID; every mount is undone by its guard
 //! (even when a test panics); every wait is bounded, and syscalls on a mount that may hang run
 //! on a helper thread with a time limit. Figures (faults injected, retries seen in the logs,
 //! times) are printed on lines starting with `FIGURES`: run with `--nocapture` to see them.
-//! Tests marked `#[ignore = "BUG: …"]` keep their assertions; each documents its likely cause.
 
 mod common;
 mod fault_proxy;
@@ -747,13 +746,13 @@ fn describe_read(r: &Option<Result<Vec<u8>, i32>>, expected: &[u8]) -> String {
 /// and, with the page cache dropped, from the mount's own chunk cache); a read of uncached
 /// data started during it ends once the network is back; after the restore the mount serves
 /// new reads. (EIO in bounded time, and what an ordinary read leaves in the mount's cache, are
-/// the two ignored tests below.)
+/// the two tests below.)
 #[test]
 fn black_hole_of_30s_cached_reads_go_on_and_the_mount_serves_again_after_restore() {
     let s = hole_setup();
     // One more read of a.bin, in order and without kernel read-ahead, so that every chunk
-    // goes through the mount's cache (an ordinary read does not cache all: see the ignored
-    // test `black_hole_file_read_before_is_served_whole_from_the_mount_cache`).
+    // goes through the mount's cache (what an ordinary read caches is the test
+    // `black_hole_file_read_before_is_served_whole_from_the_mount_cache`).
     let a2 = s.a.clone();
     let primed = on_thread_within(Duration::from_secs(60), move || {
         pread_uncached_by_kernel(&a2, 0, HOLE_FILE as usize)

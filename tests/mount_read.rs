@@ -394,7 +394,7 @@ fn cat_huge_to_dev_null(huge: &HugeFile, mount: &MountGuard) -> u64 {
 
 /// `tail -c 65536` of a 4 GiB file prints its last 64 KiB and fetches at most two 1 MiB
 /// chunks from the server. Then a full `cat` keeps the mount's memory bounded: it does not
-/// grow with the file (the exact target, cache + 64 MiB, is the ignored test below).
+/// grow with the file (the exact target, cache + 64 MiB, is the test below).
 #[test]
 fn four_gib_file_tail_fetches_only_its_end_and_cat_memory_stays_bounded() {
     const TAIL: u64 = 64 * KIB;

@@ -10,7 +10,8 @@
 //! in count and time; syscalls that could block on a broken mount run on a helper thread with
 //! a time limit. Timings and throughputs are printed, never asserted.
 //!
-//! Tests named `bug_…` are regression tests: each reproduced a defect that has been fixed.
+//! The tests under "Bugs found along the way" are regression tests: each reproduced a defect
+//! that has been fixed.
 
 mod common;
 mod mount_support;
@@ -63,7 +64,7 @@ const SMALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A child starts with a copy of our descriptor table; at exec it closes the (close-on-exec)
 /// descriptors, and every such close sends FUSE FLUSH, which the mount treats as close(2): it
 /// commits the file as it is at that moment (see
-/// `bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partial_version`).
+/// `a_child_process_started_while_a_file_is_open_for_writing_commits_nothing_early`).
 /// Tests run in parallel threads of one process, so: a thread holds [`writing`] (exclusive)
 /// from open to close of a write descriptor, and every child is spawned under [`spawning`]
 /// (shared; only for the spawn itself).
@@ -149,7 +150,7 @@ fn write_unlocked(path: &Path, data: &[u8]) {
 
 /// Opens `path` with `options`, retrying (≤ 3 s) while the mount answers EOPNOTSUPP because the
 /// previous write handle of the same file, closed just before, is not released yet. That race
-/// is a bug of its own, shown by `bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup`.
+/// is a bug of its own, shown by `a_file_reopened_for_writing_right_after_close_opens_without_enotsup`.
 fn open_retrying(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
     let deadline = Instant::now() + Duration::from_secs(3);
     for _ in 0..300 {
@@ -988,7 +989,7 @@ fn sqlite_database_written_in_transactions_reads_back_after_remount() {
 
     // The database file is committed (empty) before sqlite3 opens it: sqlite3 creating it
     // fails intermittently (ENOENT on reopen, or "attempt to write a readonly database"), see
-    // `bug_a_new_file_changes_inode_when_its_directory_is_relisted_before_its_first_commit`.
+    // `a_new_file_keeps_its_inode_when_its_directory_is_relisted_before_its_first_commit`.
     write_through(&db, b"");
     let_releases_land();
     std::thread::sleep(PAST_TTL);
@@ -1043,7 +1044,7 @@ fn sqlite_database_written_in_transactions_reads_back_after_remount() {
 }
 
 #[test]
-fn bug_a_new_file_changes_inode_when_its_directory_is_relisted_before_its_first_commit() {
+fn a_new_file_keeps_its_inode_when_its_directory_is_relisted_before_its_first_commit() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     // A long TTL: the kernel keeps using the dentry (and inode) it got at create.
@@ -1322,7 +1323,7 @@ fn namespace_operations_are_committed_at_once_and_match_on_the_server() {
     want.insert("x.txt".into(), file_node(b"new"));
     assert_trees("truncate -s 3 x.txt", addr, &mnt, &want);
     // utimensat(2) by path (plain `touch` opens the file first: see
-    // `bug_touch_d_on_the_mount_does_not_set_the_modification_time`).
+    // `touch_d_on_the_mount_sets_the_modification_time`).
     let times = [
         libc::timespec {
             tv_sec: 0,
@@ -1599,7 +1600,7 @@ fn a_mount_killed_while_writing_loses_nothing_and_the_next_mount_points_to_recov
 }
 
 #[test]
-fn bug_recover_upload_of_a_file_with_an_extension_fails_after_uploading_and_leaves_its_note() {
+fn recover_upload_of_a_file_with_an_extension_succeeds_and_removes_its_note() {
     let server = start_server();
     let (cache_a, cache_b) = (
         tempfile::tempdir().expect("cache a"),
@@ -1866,7 +1867,7 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
     );
 
     // Modification times are not asserted here (printed only): tar sets them with futimens on
-    // the open descriptor, which the mount drops; see `bug_tar_xf_does_not_restore_modification_times`.
+    // the open descriptor, which the mount drops; see `tar_xf_restores_modification_times`.
     let sampled: Vec<&String> = files.iter().step_by(10).collect();
     let kept_mtime = sampled
         .iter()
@@ -1909,7 +1910,7 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup() {
+fn a_file_reopened_for_writing_right_after_close_opens_without_enotsup() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
@@ -1950,7 +1951,7 @@ fn bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup() {
 }
 
 #[test]
-fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
+fn touch_d_on_the_mount_sets_the_modification_time() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
@@ -1974,7 +1975,7 @@ fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
 }
 
 #[test]
-fn bug_tar_xf_does_not_restore_modification_times() {
+fn tar_xf_restores_modification_times() {
     let work = tempfile::tempdir().expect("work dir");
     let tree = work.path().join("tree");
     std::fs::create_dir(&tree).expect("mkdir");
@@ -2027,7 +2028,7 @@ fn bug_tar_xf_does_not_restore_modification_times() {
 }
 
 #[test]
-fn bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partial_version() {
+fn a_child_process_started_while_a_file_is_open_for_writing_commits_nothing_early() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
@@ -2059,7 +2060,7 @@ fn bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partia
 }
 
 #[test]
-fn bug_a_conflict_reported_to_a_child_process_is_lost_and_the_writers_close_succeeds() {
+fn a_conflict_reported_to_a_child_process_also_fails_the_writers_close() {
     let server = start_server();
     let (cache_a, cache_b) = (
         tempfile::tempdir().expect("cache a"),

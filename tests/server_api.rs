@@ -468,7 +468,7 @@ fn aligned_blocks_carry_the_checksums_of_the_block_index() {
 }
 
 /// RFC 7233 §2.1: "If the selected representation is shorter than the specified
-/// suffix-length, the entire representation is used." The server answers 416 instead.
+/// suffix-length, the entire representation is used." (It used to answer 416.)
 #[test]
 fn suffix_range_longer_than_the_blob_returns_the_whole_blob() {
     let (srv, http) = server_and_client();
@@ -492,7 +492,7 @@ fn suffix_range_longer_than_the_blob_returns_the_whole_blob() {
 }
 
 /// A range on an empty blob can never be satisfied: RFC 7233 wants 416 (or the Range header
-/// ignored, 200). The server answers 500 because it asks the store for bytes 0..1.
+/// ignored, 200). (It used to answer 500, asking the store for bytes 0..1.)
 #[test]
 fn range_on_an_empty_blob_is_never_a_server_error() {
     let (srv, http) = server_and_client();
