@@ -2336,7 +2336,8 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
 
     // (name, content type, body, what a success must have stored: None = anything
     // self-consistent, Some(bytes) = exactly these bytes).
-    let mut cases: Vec<(String, String, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    type Case = (String, String, Vec<u8>, Option<Vec<u8>>);
+    let mut cases: Vec<Case> = Vec::new();
     let mut add = |name: &str, ct: &str, body: Vec<u8>, expect: Option<Vec<u8>>| {
         cases.push((name.to_string(), ct.to_string(), body, expect))
     };

@@ -2137,7 +2137,9 @@ fn corrupt_or_unsupported_upload_bodies_are_refused_and_nothing_is_kept() {
     // A multipart body cut before its closing boundary.
     let mut cut = multipart_body(&[Bytes::from(random_bytes(50_000, 18))]);
     cut.truncate(cut.len() - 40);
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    // (name, headers, body, status, error code).
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "invalid zstd body",
             vec![("content-encoding", "zstd")],
@@ -2278,7 +2280,9 @@ fn stream_uploads_over_max_upload_size_get_413_and_keep_nothing() {
     gz.write_all(&zeros).unwrap();
     let gzip_bomb = gz.finish().unwrap();
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, bool)> = vec![
+    // (name, headers, body, chunked).
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, bool);
+    let cases: Vec<Case> = vec![
         ("2 MiB raw body", vec![], big.clone(), false),
         ("2 MiB raw body, chunked", vec![], big.clone(), true),
         (

@@ -68,7 +68,7 @@ fn stream_reader_random_seeks_and_reads_match_the_source() {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let ops = proptest::collection::vec((0u64..(4 * MIB) as u64, 1usize..200_000), 1..16);
+    let ops = proptest::collection::vec((0u64..4 * MIB, 1usize..200_000), 1..16);
     let case = (
         0u64..(MIB),
         prop_oneof![Just(0u64), Just(1024), Just(65_536), Just(1_000_000)],
