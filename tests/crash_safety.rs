@@ -38,7 +38,6 @@ use md5::Digest;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-
 /// Kills of the main loop (the issue asks for at least 50).
 const KILLS: usize = 60;
 /// The main loop stops early past this much time; it then fails if fewer than 50 kills were done.
@@ -473,7 +472,8 @@ fn run_client(
                 data,
             )
         };
-        let chunk_size = [64 * KIB, 128 * KIB, 256 * KIB, MIB][(rng.next_u64() % 4) as usize] as usize;
+        let chunk_size =
+            [64 * KIB, 128 * KIB, 256 * KIB, MIB][(rng.next_u64() % 4) as usize] as usize;
 
         let r = send!(
             START,

@@ -39,7 +39,6 @@ use common::{
 use fault_proxy::{Dir, FaultProxy, Scope};
 use mount_support::{MountGuard, MountOptions};
 
-
 /// Time limit of one command that moves a large file through the proxy.
 const BIG_TIMEOUT: Duration = Duration::from_secs(420);
 

@@ -272,6 +272,18 @@ fn assert_healthy(srv: &ServerProcess) {
     );
 }
 
+/// Panics listing every failed case (with the server log's tail) unless there are none,
+/// then checks that the server is still healthy.
+fn assert_no_failures(failures: &[String], srv: &ServerProcess) {
+    assert!(
+        failures.is_empty(),
+        "{}\nlog: {}",
+        failures.join("\n"),
+        log_tail(srv)
+    );
+    assert_healthy(srv);
+}
+
 /// The last 4 000 characters of the server log.
 fn log_tail(srv: &ServerProcess) -> String {
     let log = srv.log();
@@ -1437,13 +1449,7 @@ fn a_far_future_mtime_does_not_crash_the_browsable_view() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\nlog: {}",
-        failures.join("\n"),
-        log_tail(&srv)
-    );
-    assert_healthy(&srv);
+    assert_no_failures(&failures, &srv);
     tally.done();
 }
 
@@ -1548,8 +1554,7 @@ fn the_websocket_upgrade_checks_the_repository_first() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_healthy(&srv);
+    assert_no_failures(&failures, &srv);
     tally.done();
 }
 
@@ -2555,13 +2560,7 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
         }
     }
     println!("multipart cases stored: {stored:?}");
-    assert!(
-        failures.is_empty(),
-        "{}\nlog: {}",
-        failures.join("\n"),
-        log_tail(&srv)
-    );
-    assert_healthy(&srv);
+    assert_no_failures(&failures, &srv);
     sb.assert_contained(&["default"]);
     tally.done();
 }
@@ -2802,13 +2801,7 @@ fn broken_http_framing_gets_4xx_or_a_close_and_the_server_keeps_serving() {
         answers.push(format!("Content-Length and Transfer-Encoding: {status}"));
     }
     println!("broken framing answers: {answers:?}");
-    assert!(
-        failures.is_empty(),
-        "{}\nlog: {}",
-        failures.join("\n"),
-        log_tail(&srv)
-    );
-    assert_healthy(&srv);
+    assert_no_failures(&failures, &srv);
     sb.assert_contained(&["default"]);
     tally.done();
 }

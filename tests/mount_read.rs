@@ -21,13 +21,12 @@ use std::time::{Duration, Instant};
 use common::{
     assert_files_equal, first_diff, first_difference, free_port, govcfs_command, kill_child,
     metric_value, mib_per_s, random_bytes, run_cli, run_command, run_status, wait_child,
-    wait_until, CliOutput, ServerProcess, XorShift, GIB, KIB, MIB, GOVCFS,
+    wait_until, CliOutput, ServerProcess, XorShift, GIB, GOVCFS, KIB, MIB,
 };
 use mount_support::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
-
 
 /// Time limit of one command that reads a large file through the mount.
 const BIG_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -205,7 +204,12 @@ fn write_text_file(path: &Path, len: u64, seed: u64) -> u64 {
 
 /// `grep -c PATTERN FILE` → the count it prints.
 fn grep_count(pattern: &str, file: &Path) -> u64 {
-    let CliOutput { status, stdout, stderr, .. } = run_command(
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+        ..
+    } = run_command(
         Command::new("grep").args(["-c", pattern]).arg(file),
         BIG_COMMAND_TIMEOUT,
     );
@@ -409,7 +413,12 @@ fn four_gib_file_tail_fetches_only_its_end_and_cat_memory_stays_bounded() {
     );
 
     let sent_before = blob_bytes_sent(&huge.server);
-    let CliOutput { status, stdout: tail, stderr, .. } = run_command(
+    let CliOutput {
+        status,
+        stdout: tail,
+        stderr,
+        ..
+    } = run_command(
         Command::new("tail")
             .args(["-c", &TAIL.to_string()])
             .arg(&through),
@@ -622,7 +631,12 @@ fn listing_a_directory_of_10000_files_is_one_tree_request() {
     assert!(std::fs::metadata(&many).expect("stat many").is_dir());
 
     let before = tree_requests(&server);
-    let CliOutput { status, stdout, stderr, .. } = run_command(
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+        ..
+    } = run_command(
         Command::new("ls").arg("-l").arg(&many),
         Duration::from_secs(120),
     );
@@ -1089,7 +1103,12 @@ fn daemon_mode_returns_once_mounted_and_govcfs_unmount_unmounts() {
         "expected one background mount process, found {pids:?}"
     );
 
-    let CliOutput { status, stdout, stderr, .. } = run_command(
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+        ..
+    } = run_command(
         govcfs_command().arg("unmount").arg(daemon.path()),
         Duration::from_secs(60),
     );

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     assert_files_equal, finish_child, first_diff, git_blob_id as blob_id,
-    git_blob_id_of_file as blob_id_of_file, govcfs_command, http_request,
-    mib_per_s, must_finish_within, random_bytes, server_hash, stat_entry, wait_until, CliOutput,
+    git_blob_id_of_file as blob_id_of_file, govcfs_command, http_request, mib_per_s,
+    must_finish_within, random_bytes, server_hash, stat_entry, wait_until, CliOutput,
     ServerProcess, XorShift, GIB, KIB, MIB,
 };
 use mount_support::{MountGuard, RestartableServer};
@@ -41,7 +41,6 @@ use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner,
 };
 use serde_json::Value;
-
 
 /// The mount's upload chunk (src/fs/remote.rs `UPLOAD_CHUNK`): tests cross its boundaries.
 const UPLOAD_CHUNK: u64 = 4 * MIB;

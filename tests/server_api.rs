@@ -418,7 +418,11 @@ fn aligned_blocks_carry_the_checksums_of_the_block_index() {
             sums
         })
     };
-    let blocks = [(0, MIB as usize), (MIB as usize, 2 * MIB as usize), (2 * MIB as usize, data.len())];
+    let blocks = [
+        (0, MIB as usize),
+        (MIB as usize, 2 * MIB as usize),
+        (2 * MIB as usize, data.len()),
+    ];
     for &(start, end) in &blocks {
         let block = &data[start..end];
         let (md5, sha256, crc) = get(start, end);

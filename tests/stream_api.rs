@@ -48,7 +48,6 @@ use tokio_tungstenite::WebSocketStream;
 // Helpers: hashing, JSON answers, errors
 // ---------------------------------------------------------------------------------------
 
-
 /// Compressible text of exactly `len` bytes.
 fn text_bytes(len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 128);
@@ -292,13 +291,7 @@ async fn progress(
     repo: &str,
     id: &str,
 ) -> StreamProgress {
-    let (status, value) = json_of(
-        http.get(format!("{}/stream/blob/{id}/progress", srv.api(repo)))
-            .send()
-            .await
-            .expect("GET progress"),
-    )
-    .await;
+    let (status, value) = progress_value(http, srv, repo, id).await;
     assert_eq!(status, 200, "progress of {id}: {value}");
     assert_fields(
         "StreamProgress",
@@ -331,6 +324,55 @@ async fn cancel_stream(
             .expect("DELETE stream"),
     )
     .await
+}
+
+/// The progress route's answer for session `id` of `repo`, whatever its status.
+async fn progress_value(
+    http: &reqwest::Client,
+    srv: &ServerProcess,
+    repo: &str,
+    id: &str,
+) -> (u16, Value) {
+    json_of(
+        http.get(format!("{}/stream/blob/{id}/progress", srv.api(repo)))
+            .send()
+            .await
+            .expect("GET progress"),
+    )
+    .await
+}
+
+/// The chunk, progress and cancel routes of `repo` for session `id`, each expected to
+/// answer `status` with `code` (`what` names the session in messages).
+fn session_route_cases<'a>(
+    http: &'a reqwest::Client,
+    srv: &'a ServerProcess,
+    repo: &'a str,
+    id: &'a str,
+    what: &str,
+    status: u16,
+    code: &'a str,
+) -> Vec<ErrorCase<'a>> {
+    vec![
+        error_case(
+            format!("chunk of {what}"),
+            async move { chunk_value(http, &chunk_url(srv, repo, id, "?chunk=0"), None).await },
+            status,
+            code,
+        ),
+        error_case(
+            format!("progress of {what}"),
+            progress_value(http, srv, repo, id),
+            status,
+            code,
+        ),
+        error_case(
+            format!("cancel of {what}"),
+            cancel_stream(http, srv, repo, id),
+            status,
+            code,
+        ),
+    ]
 }
 
 /// Undoes a chunk's compression as its header describes it.
@@ -907,18 +949,12 @@ fn start_clamps_chunk_sizes_and_reports_ranges_and_checksums() {
             (json!({ "hash": hash, "chunk_size": 1023 }), 1024),
             (json!({ "hash": hash, "chunk_size": 1024 }), 1024),
             (json!({ "hash": hash, "chunk_size": 5000 }), 5000),
-            (
-                json!({ "hash": hash, "chunk_size": 10 * MIB }),
-                10 * MIB,
-            ),
+            (json!({ "hash": hash, "chunk_size": 10 * MIB }), 10 * MIB),
             (
                 json!({ "hash": hash, "chunk_size": 10 * MIB + 1 }),
                 10 * MIB,
             ),
-            (
-                json!({ "hash": hash, "chunk_size": u64::MAX }),
-                10 * MIB,
-            ),
+            (json!({ "hash": hash, "chunk_size": u64::MAX }), 10 * MIB),
         ];
         for (body, want) in &cases {
             let r = open_stream(&http, &srv, "default", body).await;
@@ -1149,7 +1185,8 @@ fn mib_chunks_on_and_off_the_blob_index_blocks_carry_the_right_md5() {
             let range = &data[start..=last];
             let mut from_json = Vec::new();
             for n in 0..r.chunk_count {
-                let piece = &range[n as usize * MIB as usize..((n as usize + 1) * MIB as usize).min(range.len())];
+                let piece = &range
+                    [n as usize * MIB as usize..((n as usize + 1) * MIB as usize).min(range.len())];
                 let c = json_chunk(&http, &srv, &r.stream_id, n, None).await;
                 assert_eq!(
                     c.checksum,
@@ -1601,9 +1638,6 @@ fn start_refuses_unknown_hashes_bad_ranges_and_malformed_bodies() {
         let data = random_bytes(10_000, 8);
         let hash = seed_blob(&http, &srv, "default", &data).await;
 
-        let (status, body) =
-            start_stream(&http, &srv, "default", &json!({ "hash": "0".repeat(64) })).await;
-        assert_error("unknown hash", status, &body, 404, "not_found");
         let upper = hash.to_uppercase();
         for bad in ["xyz", "../../etc/passwd", "", &hash[..63], upper.as_str()] {
             let (status, body) =
@@ -1618,8 +1652,23 @@ fn start_refuses_unknown_hashes_bad_ranges_and_malformed_bodies() {
         let (status, body) =
             start_stream(&http, &srv, "default", &json!({ "chunk_size": 1024 })).await;
         assert_error_in("missing hash", status, &body, &[400, 404]);
-        let (status, body) = start_stream(&http, &srv, "nope", &json!({ "hash": hash })).await;
-        assert_error("unknown repository", status, &body, 404, "not_found");
+        let unknown_hash = json!({ "hash": "0".repeat(64) });
+        let known_hash = json!({ "hash": hash });
+        assert_error_cases(vec![
+            error_case(
+                "unknown hash",
+                start_stream(&http, &srv, "default", &unknown_hash),
+                404,
+                "not_found",
+            ),
+            error_case(
+                "unknown repository",
+                start_stream(&http, &srv, "nope", &known_hash),
+                404,
+                "not_found",
+            ),
+        ])
+        .await;
 
         // Unsatisfiable ranges of a 10 000-byte blob.
         for (start, end) in [
@@ -1756,44 +1805,17 @@ fn chunk_route_refuses_bad_chunk_numbers_and_unknown_sessions() {
         assert_eq!((p.chunks_streamed, p.bytes_streamed), (0, 0), "{p:?}");
 
         for unknown in ["00000000-0000-0000-0000-000000000000", "nope"] {
-            let (status, body) = chunk_value(
+            let what = format!("unknown session {unknown}");
+            let cases = session_route_cases(
                 &http,
-                &chunk_url(&srv, "default", unknown, "?chunk=0"),
-                None,
-            )
-            .await;
-            assert_error(
-                &format!("chunk of unknown session {unknown}"),
-                status,
-                &body,
+                &srv,
+                "default",
+                unknown,
+                &what,
                 404,
                 "stream_not_found",
             );
-            let (status, body) = json_of(
-                http.get(format!(
-                    "{}/stream/blob/{unknown}/progress",
-                    srv.api("default")
-                ))
-                .send()
-                .await
-                .unwrap(),
-            )
-            .await;
-            assert_error(
-                &format!("progress of unknown session {unknown}"),
-                status,
-                &body,
-                404,
-                "stream_not_found",
-            );
-            let (status, body) = cancel_stream(&http, &srv, "default", unknown).await;
-            assert_error(
-                &format!("cancel of unknown session {unknown}"),
-                status,
-                &body,
-                404,
-                "stream_not_found",
-            );
+            assert_error_cases(cases).await;
         }
     });
     assert!(
@@ -1827,37 +1849,9 @@ fn a_session_is_served_only_from_its_own_repository() {
         .await;
         let id = r.stream_id.clone();
 
-        let (status, body) =
-            chunk_value(&http, &chunk_url(&srv, "other", &id, "?chunk=0"), None).await;
-        assert_error(
-            "chunk through another repository",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
-        let (status, body) = json_of(
-            http.get(format!("{}/stream/blob/{id}/progress", srv.api("other")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_error(
-            "progress through another repository",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
-        let (status, body) = cancel_stream(&http, &srv, "other", &id).await;
-        assert_error(
-            "cancel through another repository",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
+        let what = "a session through another repository";
+        let cases = session_route_cases(&http, &srv, "other", &id, what, 404, "stream_not_found");
+        assert_error_cases(cases).await;
 
         // The session is untouched in its own repository.
         let c = json_chunk(&http, &srv, &id, 0, None).await;
@@ -1901,37 +1895,9 @@ fn an_ended_session_is_not_visible_from_another_repository() {
         .stream_id;
         let (status, _) = cancel_stream(&http, &srv, "default", &id).await;
         assert_eq!(status, 200);
-        let (status, body) =
-            chunk_value(&http, &chunk_url(&srv, "other", &id, "?chunk=0"), None).await;
-        assert_error(
-            "chunk of another repository's cancelled session",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
-        let (status, body) = json_of(
-            http.get(format!("{}/stream/blob/{id}/progress", srv.api("other")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_error(
-            "progress of another repository's cancelled session",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
-        let (status, body) = cancel_stream(&http, &srv, "other", &id).await;
-        assert_error(
-            "cancel of another repository's cancelled session",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
+        let what = "another repository's cancelled session";
+        let cases = session_route_cases(&http, &srv, "other", &id, what, 404, "stream_not_found");
+        assert_error_cases(cases).await;
     });
 }
 
@@ -2383,7 +2349,10 @@ fn a_64_mib_multipart_upload_streams_in_bounded_server_memory() {
     let (srv, http) = server_and_client();
     let data = Bytes::from(fast_random_bytes(64 * MIB as usize, 21));
     let id = git_blob_id(&data);
-    let parts = [data.slice(..40 * MIB as usize), data.slice(40 * MIB as usize..)];
+    let parts = [
+        data.slice(..40 * MIB as usize),
+        data.slice(40 * MIB as usize..),
+    ];
     let peak_before = srv.peak_rss_kib().expect("VmHWM of the server");
     block_on(async {
         let (status, body) = stream_upload(
@@ -2423,7 +2392,9 @@ fn an_interrupted_stream_upload_leaves_no_temporary_file() {
         20 * MIB
     );
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&random_bytes(9 * MIB as usize, 22)).unwrap();
+    stream
+        .write_all(&random_bytes(9 * MIB as usize, 22))
+        .unwrap();
     stream.flush().unwrap();
     // Let the server write a piece or two to its temporary object, then hang up.
     std::thread::sleep(Duration::from_millis(500));

@@ -23,7 +23,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-
 fn client(server: &ServerProcess) -> Client {
     Client::new(&server.url(), "default", ClientOptions::default()).expect("client")
 }

@@ -240,3 +240,39 @@ pub fn stat_entry(addr: SocketAddr, path: &str) -> Option<Value> {
 pub fn server_hash(addr: SocketAddr, path: &str) -> Option<String> {
     stat_entry(addr, path).map(|e| e["hash"].as_str().expect("hash").to_string())
 }
+
+/// The answer of a request not sent yet, as [`json_of`] reads it.
+pub type PendingAnswer<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u16, Value)> + 'a>>;
+
+/// A request expected to fail: what it is (named when it fails), the request, and the
+/// status and `code` its JSON error must have.
+pub struct ErrorCase<'a> {
+    pub what: String,
+    pub answer: PendingAnswer<'a>,
+    pub status: u16,
+    pub code: &'a str,
+}
+
+/// An [`ErrorCase`]; `answer` is only sent when [`assert_error_cases`] reaches it.
+pub fn error_case<'a>(
+    what: impl Into<String>,
+    answer: impl std::future::Future<Output = (u16, Value)> + 'a,
+    status: u16,
+    code: &'a str,
+) -> ErrorCase<'a> {
+    ErrorCase {
+        what: what.into(),
+        answer: Box::pin(answer),
+        status,
+        code,
+    }
+}
+
+/// Sends each case's request in order and checks its answer with [`assert_error`].
+pub async fn assert_error_cases(cases: Vec<ErrorCase<'_>>) {
+    for case in cases {
+        let (status, body) = case.answer.await;
+        assert_error(&case.what, status, &body, case.status, case.code);
+    }
+}

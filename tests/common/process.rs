@@ -79,7 +79,6 @@ impl CliOutput {
     }
 }
 
-
 /// Reads a child's pipe to the end on its own thread (so neither pipe can fill and block it).
 pub fn drain_on_thread(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {

@@ -16,7 +16,6 @@ use super::s3;
 /// How long a server may take to print its listening line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
-
 /// Where a server keeps its data: a private temporary directory, or one the test owns.
 enum DataDir {
     Owned(tempfile::TempDir),
