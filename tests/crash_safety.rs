@@ -32,14 +32,11 @@ use std::time::{Duration, Instant};
 
 use common::{
     git_blob_id, http_request, md5_hex, random_bytes, run_cli_with, write_fast_random_file,
-    RawResponse, ServerProcess, XorShift,
+    RawResponse, ServerProcess, XorShift, KIB, MIB,
 };
 use md5::Digest;
 use serde_json::{json, Value};
 use sha2::Sha256;
-
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
 
 /// Kills of the main loop (the issue asks for at least 50).
 const KILLS: usize = 60;
@@ -392,7 +389,7 @@ fn blob_len(rng: &mut XorShift) -> usize {
     }
     let lo = (64 * KIB) << (rng.next_u64() % 7);
     let hi = (lo * 2).min(8 * MIB);
-    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
+    (lo + rng.next_u64() % (hi - lo + 1)) as usize
 }
 
 /// Sends one request as phase `phase` (visible to the killer thread while it is in flight).
@@ -475,7 +472,8 @@ fn run_client(
                 data,
             )
         };
-        let chunk_size = [64 * KIB, 128 * KIB, 256 * KIB, MIB][(rng.next_u64() % 4) as usize];
+        let chunk_size =
+            [64 * KIB, 128 * KIB, 256 * KIB, MIB][(rng.next_u64() % 4) as usize] as usize;
 
         let r = send!(
             START,
@@ -849,7 +847,7 @@ fn kill_nine_during_uploads_and_commits_loses_nothing_acknowledged() {
             .iter()
             .rev()
             .take(4)
-            .filter(|b| b.len <= 2 * MIB)
+            .filter(|b| b.len <= 2 * MIB as usize)
             .cloned()
             .collect();
         let (tx, rx) = mpsc::channel();
@@ -1048,9 +1046,9 @@ fn kills_during_assembly_leave_no_stale_files_in_tmp_after_a_restart() {
     let mut hits = 0;
     let mut after_each = Vec::new();
     for round in 0..ROUNDS {
-        let blob = random_bytes(8 * MIB + round * 777, 900 + round as u64);
+        let blob = random_bytes(8 * MIB as usize + round * 777, 900 + round as u64);
         let want = git_blob_id(&blob);
-        let id = upload_all_chunks(server.addr, &blob, MIB);
+        let id = upload_all_chunks(server.addr, &blob, MIB as usize);
         let before = names_in(&tmp);
         // `complete` on a helper thread; the kill comes once the assembly has a file in tmp/,
         // a few milliseconds later in each round (early and late in the assembly).
@@ -1112,7 +1110,7 @@ fn kills_during_assembly_leave_no_stale_files_in_tmp_after_a_restart() {
 
 /// Uploads `data` and commits it at `path`; returns (blob id, commit id).
 fn put_file(addr: SocketAddr, path: &str, data: &[u8]) -> (String, String) {
-    let id = upload_all_chunks(addr, data, 4 * MIB);
+    let id = upload_all_chunks(addr, data, 4 * MIB as usize);
     let hash = complete(addr, &id);
     assert_eq!(hash, git_blob_id(data));
     let r = post_json(
@@ -1155,8 +1153,8 @@ fn fsck_names_a_flipped_byte_a_truncated_tree_or_commit_and_a_ref_to_a_missing_c
     let addr = server.addr;
     // v1 of a/b/one.bin is only in the history once v2 replaces it.
     let (v1, v2) = (
-        random_bytes(300 * KIB + 1, 31),
-        random_bytes(200 * KIB + 3, 32),
+        random_bytes(300 * KIB as usize + 1, 31),
+        random_bytes(200 * KIB as usize + 3, 32),
     );
     let (v1_id, c1) = put_file(addr, "a/b/one.bin", &v1);
     let (_, _c2) = put_file(addr, "top.txt", b"top\n");
@@ -1180,7 +1178,7 @@ fn fsck_names_a_flipped_byte_a_truncated_tree_or_commit_and_a_ref_to_a_missing_c
             "one flipped byte in a blob only the history holds",
             Box::new({
                 let id = v1_id.clone();
-                move |d: &Path| flip_byte(&object_file(d, &id), 150 * KIB as u64)
+                move |d: &Path| flip_byte(&object_file(d, &id), 150 * KIB)
             }),
             vec![v1_id.clone()],
         ),
@@ -1302,7 +1300,7 @@ fn a_kill_during_repository_creation_leaves_the_repository_usable_or_creatable()
             || main_ref.exists(),
             || child.try_wait().is_ok_and(|s| s.is_some()),
         );
-        mount_support::kill_child(&mut child);
+        common::kill_child(&mut child);
         let config = data.path().join("repos/default/config.json");
         if main_ref.exists() && !config.exists() {
             println!("first start of a server killed between the default ref and its config (attempt {attempt})");
@@ -1398,7 +1396,7 @@ fn a_mount_killed_during_cp_leaves_the_old_version_and_a_clean_store() {
     let cache = tempfile::tempdir().expect("cache dir");
     let mut server = ServerProcess::start_in(data.path(), &[]);
     let repo_url = server.repo_url("default");
-    let old = random_bytes(6 * MIB + 5, 51);
+    let old = random_bytes(6 * MIB as usize + 5, 51);
     let old_path = work.path().join("old.bin");
     std::fs::write(&old_path, &old).expect("write old.bin");
     run_cli_with(
@@ -1412,7 +1410,7 @@ fn a_mount_killed_during_cp_leaves_the_old_version_and_a_clean_store() {
     )
     .assert_success("govcfs put");
     let new_path = work.path().join("new.bin");
-    write_fast_random_file(&new_path, 256 * MIB as u64, 52);
+    write_fast_random_file(&new_path, 256 * MIB, 52);
 
     let mnt = mount_support::MountGuard::start(
         &repo_url,
@@ -1433,9 +1431,9 @@ fn a_mount_killed_during_cp_leaves_the_old_version_and_a_clean_store() {
     let cp_running = cp.try_wait().is_ok_and(|s| s.is_none());
     let chunks_at_kill = stored_chunks(data.path());
     mnt.kill_hard();
-    let cp_status = mount_support::wait_child(&mut cp, Duration::from_secs(60));
+    let cp_status = common::wait_child(&mut cp, Duration::from_secs(60));
     if cp_status.is_none() {
-        mount_support::kill_child(&mut cp);
+        common::kill_child(&mut cp);
     }
     assert!(
         streamed && cp_running,

@@ -7,15 +7,14 @@
 //! - `cat` of 200 MiB through the mount with a reset every 10 MiB of downloads;
 //! - `cp` of 100 MiB into the mount with a reset every 10 MiB of uploads;
 //! - a 30 s black-hole under a mount: cached reads go on and the mount serves again once the
-//!   network is back; two ignored tests show defects: an uncached read gets EIO only after
-//!   ~6 min, and a file's first chunk is never in the mount's cache;
+//!   network is back; two regression tests of former defects: an uncached read gets EIO
+//!   within 90 s (it took ~6 min), and a file read before is whole in the mount's cache;
 //! - `govcfs get` and `govcfs put` of 100 MiB with a cut every 10 MiB.
 //!
 //! Every process is a child signalled only by its PID; every mount is undone by its guard
 //! (even when a test panics); every wait is bounded, and syscalls on a mount that may hang run
 //! on a helper thread with a time limit. Figures (faults injected, retries seen in the logs,
 //! times) are printed on lines starting with `FIGURES`: run with `--nocapture` to see them.
-//! Tests marked `#[ignore = "BUG: …"]` keep their assertions; each documents its likely cause.
 
 mod common;
 mod fault_proxy;
@@ -33,14 +32,12 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    first_difference, git_blob_id_of_file as blob_id_of_file, http_request, random_bytes,
-    run_cli_with, write_fast_random_file, ServerProcess,
+    first_difference, git_blob_id_of_file as blob_id_of_file, mib_per_s, on_thread_within,
+    random_bytes, run_cli_with, run_status, server_hash, wait_until, write_fast_random_file,
+    ServerProcess, KIB, MIB,
 };
 use fault_proxy::{Dir, FaultProxy, Scope};
-use mount_support::{run_bounded, wait_until, MountGuard, MountOptions};
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
+use mount_support::{MountGuard, MountOptions};
 
 /// Time limit of one command that moves a large file through the proxy.
 const BIG_TIMEOUT: Duration = Duration::from_secs(420);
@@ -56,24 +53,6 @@ fn heavy() -> MutexGuard<'static, ()> {
     HEAVY
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The blob id the server has at `path` of repo `default` (asked directly, not through the
-/// proxy); `None` if the path does not exist.
-fn server_hash(addr: SocketAddr, path: &str) -> Option<String> {
-    let response = http_request(
-        addr,
-        "GET",
-        &format!("/api/v1/repos/default/stat/{path}"),
-        &[],
-        b"",
-    )
-    .unwrap_or_else(|e| panic!("GET stat/{path}: {e}"));
-    match response.status {
-        200 => Some(response.json()["hash"].as_str().expect("hash").to_string()),
-        404 => None,
-        s => panic!("GET stat/{path}: status {s}: {}", response.text()),
-    }
 }
 
 /// `govcfs put LOCAL SERVER/default/PATH` straight to the server (test setup).
@@ -102,23 +81,6 @@ fn mount_via(proxy: &FaultProxy, cache_dir: &Path, attr_ttl: &str) -> MountGuard
 /// How many lines of `log` contain `needle`.
 fn count_lines(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
-}
-
-/// Runs `f` on a helper thread; `None` if it did not finish within `timeout` (the thread is
-/// left to finish on its own: the mount guard's unmount unblocks it at the latest).
-fn bounded<T: Send + 'static>(
-    timeout: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(timeout).ok()
-}
-
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / MIB as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
 /// Reads a whole file (1 MiB reads); errors as raw errno.
@@ -325,7 +287,7 @@ fn proxy_bandwidth_limit_paces_the_transfer() {
     let elapsed = started.elapsed();
     println!(
         "2 MiB at a 4 MiB/s limit: {elapsed:?} ({:.1} MiB/s)",
-        mb_per_s(2 * MIB, elapsed)
+        mib_per_s(2 * MIB, elapsed)
     );
     assert_eq!(sink.endings(), vec![(2 * MIB, Ending::Eof)]);
     assert!(
@@ -501,7 +463,7 @@ fn cat_of_200mib_through_the_mount_survives_a_reset_every_10mib() {
     proxy.reset_every(Dir::Down, 10 * MIB, Scope::Total);
     let out = work.path().join("cat.out");
     let started = Instant::now();
-    let status = run_bounded(
+    let status = run_status(
         Command::new("cat")
             .arg(mount.path().join("big.bin"))
             .stdout(File::create(&out).expect("create the output"))
@@ -513,10 +475,10 @@ fn cat_of_200mib_through_the_mount_survives_a_reset_every_10mib() {
     let log = mount.log();
     let retries = count_lines(&log, "retrying in");
     println!(
-        "FIGURES cat 200 MiB, reset every 10 MiB down: {:.1?} ({:.0} MB/s); resets injected {}; propagated {}; connections {}; \
+        "FIGURES cat 200 MiB, reset every 10 MiB down: {:.1?} ({:.0} MiB/s); resets injected {}; propagated {}; connections {}; \
          bytes down {} MiB; client retries in the mount log {retries}",
         elapsed,
-        mb_per_s(SIZE, elapsed),
+        mib_per_s(SIZE, elapsed),
         stats.resets_injected,
         stats.resets_propagated,
         stats.accepted,
@@ -577,7 +539,7 @@ fn cp_of_100mib_into_the_mount_survives_a_reset_every_10mib_of_uploads() {
     let (status, stderr) = {
         let stderr_path = work.path().join("cp.stderr");
         cp.stderr(File::create(&stderr_path).expect("stderr file"));
-        let status = run_bounded(&mut cp, BIG_TIMEOUT);
+        let status = run_status(&mut cp, BIG_TIMEOUT);
         (
             status,
             std::fs::read_to_string(&stderr_path).unwrap_or_default(),
@@ -589,10 +551,10 @@ fn cp_of_100mib_into_the_mount_survives_a_reset_every_10mib_of_uploads() {
     let log = mount.log();
     let retries = count_lines(&log, "retrying in");
     println!(
-        "FIGURES cp 100 MiB into the mount, reset every 10 MiB up: {:.1?} ({:.0} MB/s); resets injected {}; propagated {}; \
+        "FIGURES cp 100 MiB into the mount, reset every 10 MiB up: {:.1?} ({:.0} MiB/s); resets injected {}; propagated {}; \
          connections {}; bytes up {} MiB; client retries in the mount log {retries}",
         elapsed,
-        mb_per_s(SIZE, elapsed),
+        mib_per_s(SIZE, elapsed),
         stats.resets_injected,
         stats.resets_propagated,
         stats.accepted,
@@ -684,7 +646,7 @@ fn hole_setup() -> HoleSetup {
     let expected_b = std::fs::read(&b_src).expect("read b");
     for pass in 0..2 {
         let a2 = a.clone();
-        let got = bounded(Duration::from_secs(60), move || {
+        let got = on_thread_within(Duration::from_secs(60), move || {
             read_file_uncached_by_kernel(&a2)
         })
         .expect("reading a.bin hung before the black-hole");
@@ -695,7 +657,7 @@ fn hole_setup() -> HoleSetup {
         );
     }
     let b2 = b.clone();
-    let meta = bounded(Duration::from_secs(20), move || {
+    let meta = on_thread_within(Duration::from_secs(20), move || {
         std::fs::metadata(&b2).map(|m| m.len())
     })
     .expect("stat b.bin hung");
@@ -783,15 +745,15 @@ fn describe_read(r: &Option<Result<Vec<u8>, i32>>, expected: &[u8]) -> String {
 /// and, with the page cache dropped, from the mount's own chunk cache); a read of uncached
 /// data started during it ends once the network is back; after the restore the mount serves
 /// new reads. (EIO in bounded time, and what an ordinary read leaves in the mount's cache, are
-/// the two ignored tests below.)
+/// the two tests below.)
 #[test]
 fn black_hole_of_30s_cached_reads_go_on_and_the_mount_serves_again_after_restore() {
     let s = hole_setup();
     // One more read of a.bin, in order and without kernel read-ahead, so that every chunk
-    // goes through the mount's cache (an ordinary read does not cache all: see the ignored
-    // test `black_hole_file_read_before_is_served_whole_from_the_mount_cache`).
+    // goes through the mount's cache (what an ordinary read caches is the test
+    // `black_hole_file_read_before_is_served_whole_from_the_mount_cache`).
     let a2 = s.a.clone();
-    let primed = bounded(Duration::from_secs(60), move || {
+    let primed = on_thread_within(Duration::from_secs(60), move || {
         pread_uncached_by_kernel(&a2, 0, HOLE_FILE as usize)
     });
     assert!(
@@ -803,11 +765,11 @@ fn black_hole_of_30s_cached_reads_go_on_and_the_mount_serves_again_after_restore
     let holed_at = Instant::now();
 
     let a2 = s.a.clone();
-    let page_cache = bounded(Duration::from_secs(20), move || read_file(&a2));
+    let page_cache = on_thread_within(Duration::from_secs(20), move || read_file(&a2));
     let page_cache_time = holed_at.elapsed();
     let a2 = s.a.clone();
     let started = Instant::now();
-    let mount_cache = bounded(Duration::from_secs(20), move || {
+    let mount_cache = on_thread_within(Duration::from_secs(20), move || {
         pread_uncached_by_kernel(&a2, 0, HOLE_FILE as usize)
     });
     let mount_cache_time = started.elapsed();
@@ -824,7 +786,7 @@ fn black_hole_of_30s_cached_reads_go_on_and_the_mount_serves_again_after_restore
 
     let b2 = s.b.clone();
     let started = Instant::now();
-    let after = bounded(Duration::from_secs(90), move || {
+    let after = on_thread_within(Duration::from_secs(90), move || {
         read_file_uncached_by_kernel(&b2)
     });
     let after_time = started.elapsed();
@@ -931,7 +893,7 @@ fn black_hole_file_read_before_is_served_whole_from_the_mount_cache() {
     // read-ahead, which is how `dd bs=1M` or a program with a 1 MiB buffer reads.
     for pass in 0..2 {
         let a2 = s.a.clone();
-        let got = bounded(Duration::from_secs(60), move || {
+        let got = on_thread_within(Duration::from_secs(60), move || {
             pread_in_pieces(&a2, 0, HOLE_FILE as usize, MIB as usize)
         });
         assert!(
@@ -943,14 +905,14 @@ fn black_hole_file_read_before_is_served_whole_from_the_mount_cache() {
     let mut outcomes = Vec::new();
     for chunk in 0..HOLE_FILE / MIB {
         let a2 = s.a.clone();
-        let r = bounded(Duration::from_secs(5), move || {
+        let r = on_thread_within(Duration::from_secs(5), move || {
             pread_uncached_by_kernel(&a2, chunk * MIB, 4096)
         });
         let at = (chunk * MIB) as usize;
         outcomes.push((chunk, describe_read(&r, &s.expected_a[at..at + 4096])));
     }
     let a2 = s.a.clone();
-    let whole = bounded(Duration::from_secs(20), move || {
+    let whole = on_thread_within(Duration::from_secs(20), move || {
         read_file_uncached_by_kernel(&a2)
     });
     s.proxy.set_blackhole(false);
@@ -998,10 +960,10 @@ fn cli_get_of_100mib_resumes_after_a_cut_every_10mib() {
     );
     let stats = proxy.stats();
     println!(
-        "FIGURES govcfs get 100 MiB, cut every 10 MiB: {:.1?} ({:.0} MB/s), exit {}; resets injected {}; connections {}; \
+        "FIGURES govcfs get 100 MiB, cut every 10 MiB: {:.1?} ({:.0} MiB/s), exit {}; resets injected {}; connections {}; \
          bytes down {} MiB; resumes logged {}; retries logged {}",
         result.elapsed,
-        mb_per_s(SIZE, result.elapsed),
+        mib_per_s(SIZE, result.elapsed),
         result.status,
         stats.resets_injected,
         stats.accepted,
@@ -1048,9 +1010,9 @@ fn cli_put_of_100mib_resumes_after_a_cut_every_10mib() {
     );
     let stats = proxy.stats();
     println!(
-        "FIGURES govcfs put 100 MiB, cut every 10 MiB: {:.1?} ({:.0} MB/s), exit {}; resets injected {}; connections {}; bytes up {} MiB; retries logged {}",
+        "FIGURES govcfs put 100 MiB, cut every 10 MiB: {:.1?} ({:.0} MiB/s), exit {}; resets injected {}; connections {}; bytes up {} MiB; retries logged {}",
         result.elapsed,
-        mb_per_s(SIZE, result.elapsed),
+        mib_per_s(SIZE, result.elapsed),
         result.status,
         stats.resets_injected,
         stats.accepted,

@@ -24,17 +24,18 @@
 //!
 //! Each test prints `hostile inputs tried in <test>: N` (see `--nocapture`).
 //!
-//! Tests marked `#[ignore = "BUG: …"]` expose defects of the server; their assertions state the
-//! behaviour the contract asks for (run them with `--ignored`):
-//! - `bug_ref_naming_a_blob_or_tree_answers_4xx_not_500`
-//! - `bug_commit_refuses_tree_and_commit_ids_as_file_contents`
-//! - `bug_far_future_mtime_does_not_crash_the_browsable_view` (a panic)
-//! - `bug_undecodable_urls_and_bad_queries_get_json_errors`
-//! - `bug_websocket_upgrade_checks_the_repository_first`
-//! - `bug_oversize_bodies_get_json_413`
-//! - `bug_satisfiable_multi_range_is_never_416`
-//! - `idle_connection_that_sends_nothing_is_closed_within_60_s` (70 s)
-//! - `slow_body_connection_is_closed_within_60_s` (70 s)
+//! Regression tests of defects found here (each test's comment names the cause that was fixed):
+//! - `a_ref_naming_a_blob_or_tree_answers_4xx_not_500`
+//! - `a_commit_refuses_tree_and_commit_ids_as_file_contents`
+//! - `a_far_future_mtime_does_not_crash_the_browsable_view` (was a panic)
+//! - `undecodable_urls_and_bad_queries_get_json_errors`
+//! - `the_websocket_upgrade_checks_the_repository_first`
+//! - `oversize_bodies_get_json_413`
+//! - `a_satisfiable_multi_range_is_never_416`
+//!
+//! `slow_body_connection_is_closed_within_60_s` is ignored (a LIMITATION: bodies are cut for
+//! silence, not for a low rate); `idle_connection_that_sends_nothing_is_closed_within_60_s`
+//! takes about 70 s.
 //!
 //! `slow_header_connection_is_closed_within_60_s` takes about 30 s (the header read timeout).
 
@@ -271,6 +272,18 @@ fn assert_healthy(srv: &ServerProcess) {
     );
 }
 
+/// Panics listing every failed case (with the server log's tail) unless there are none,
+/// then checks that the server is still healthy.
+fn assert_no_failures(failures: &[String], srv: &ServerProcess) {
+    assert!(
+        failures.is_empty(),
+        "{}\nlog: {}",
+        failures.join("\n"),
+        log_tail(srv)
+    );
+    assert_healthy(srv);
+}
+
 /// The last 4 000 characters of the server log.
 fn log_tail(srv: &ServerProcess) -> String {
     let log = srv.log();
@@ -305,8 +318,8 @@ fn enc_path(path: &str) -> String {
 }
 
 /// Whether the path part of a request target percent-decodes to UTF-8. axum's `Path`
-/// extractor refuses the others with a plain-text 400 (see the BUG test
-/// `bug_undecodable_urls_and_bad_queries_get_json_errors`).
+/// extractor refuses the others with a 400 (checked by
+/// `undecodable_urls_and_bad_queries_get_json_errors`).
 fn path_is_utf8(target: &str) -> bool {
     let path = target.split('?').next().unwrap_or("");
     percent_decode_str(path).decode_utf8().is_ok()
@@ -1273,10 +1286,10 @@ fn head_commit_and_tree(srv: &ServerProcess, repo: &str) -> (String, String) {
 /// `Commit::decode` fails, and the `Corrupt` error becomes a 500 with "internal error: corrupt
 /// object" in the log (src/store/repo.rs `Store::resolve` → `load_commit`).
 #[test]
-fn bug_ref_naming_a_blob_or_tree_answers_4xx_not_500() {
+fn a_ref_naming_a_blob_or_tree_answers_4xx_not_500() {
     let sb = Sandbox::new();
     let srv = sb.start(&[]);
-    let mut tally = Tally::new("bug_ref_naming_a_blob_or_tree_answers_4xx_not_500");
+    let mut tally = Tally::new("a_ref_naming_a_blob_or_tree_answers_4xx_not_500");
     let hash = seed_blob(&srv, "default", b"0123456789");
     assert_eq!(
         commit(
@@ -1317,10 +1330,10 @@ fn bug_ref_naming_a_blob_or_tree_answers_4xx_not_500() {
 /// repository damaged (exit 1) although nothing is corrupt (src/store/commit.rs `Store::commit`,
 /// src/store/blob.rs `blob_size`). The blob route also serves trees and commits as blobs.
 #[test]
-fn bug_commit_refuses_tree_and_commit_ids_as_file_contents() {
+fn a_commit_refuses_tree_and_commit_ids_as_file_contents() {
     let sb = Sandbox::new();
     let mut srv = sb.start(&[]);
-    let mut tally = Tally::new("bug_commit_refuses_tree_and_commit_ids_as_file_contents");
+    let mut tally = Tally::new("a_commit_refuses_tree_and_commit_ids_as_file_contents");
     let hash = seed_blob(&srv, "default", b"0123456789");
     assert_eq!(
         commit(
@@ -1401,10 +1414,10 @@ fn bug_commit_refuses_tree_and_commit_ids_as_file_contents() {
 /// `browse`, src/server/blobs.rs `serve_blob`; the commit could also refuse such times in
 /// src/store/commit.rs).
 #[test]
-fn bug_far_future_mtime_does_not_crash_the_browsable_view() {
+fn a_far_future_mtime_does_not_crash_the_browsable_view() {
     let sb = Sandbox::new();
     let srv = sb.start(&[]);
-    let mut tally = Tally::new("bug_far_future_mtime_does_not_crash_the_browsable_view");
+    let mut tally = Tally::new("a_far_future_mtime_does_not_crash_the_browsable_view");
     let hash = seed_blob(&srv, "default", b"timeless");
     let mut failures = Vec::new();
     for (i, mtime) in [253_402_300_800i64, 1 << 40, i64::MAX, i64::MIN, -1]
@@ -1436,13 +1449,7 @@ fn bug_far_future_mtime_does_not_crash_the_browsable_view() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\nlog: {}",
-        failures.join("\n"),
-        log_tail(&srv)
-    );
-    assert_healthy(&srv);
+    assert_no_failures(&failures, &srv);
     tally.done();
 }
 
@@ -1454,9 +1461,9 @@ fn bug_far_future_mtime_does_not_crash_the_browsable_view() {
 /// `WebSocketUpgrade` directly (src/server/repos.rs, browse.rs, blobs.rs, uploads.rs,
 /// stream/mod.rs, stream/ws.rs); a rejection-mapping extractor (or `WithRejection`) fixes all.
 #[test]
-fn bug_undecodable_urls_and_bad_queries_get_json_errors() {
+fn undecodable_urls_and_bad_queries_get_json_errors() {
     let srv = ServerProcess::start();
-    let mut tally = Tally::new("bug_undecodable_urls_and_bad_queries_get_json_errors");
+    let mut tally = Tally::new("undecodable_urls_and_bad_queries_get_json_errors");
     let mut probes = Vec::new();
     for bad in ["%ff", "%c0%ae%c0%ae", "a%fe", "%ed%a0%80"] {
         for target in [
@@ -1511,9 +1518,9 @@ fn bug_undecodable_urls_and_bad_queries_get_json_errors() {
 /// request. The upgrade handler should check the repository first and answer 400/404 JSON
 /// (src/server/stream/ws.rs `websocket`).
 #[test]
-fn bug_websocket_upgrade_checks_the_repository_first() {
+fn the_websocket_upgrade_checks_the_repository_first() {
     let srv = ServerProcess::start();
-    let mut tally = Tally::new("bug_websocket_upgrade_checks_the_repository_first");
+    let mut tally = Tally::new("the_websocket_upgrade_checks_the_repository_first");
     let mut failures = Vec::new();
     for repo in [
         "api",
@@ -1547,8 +1554,7 @@ fn bug_websocket_upgrade_checks_the_repository_first() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_healthy(&srv);
+    assert_no_failures(&failures, &srv);
     tally.done();
 }
 
@@ -1887,9 +1893,9 @@ fn hostile_range_headers_on_blobs_and_the_browsable_view() {
 /// answers 416 although the set is satisfiable, because `plan` maps every `validate` error of
 /// the set to `Unsatisfiable` (src/server/ranges.rs `plan`).
 #[test]
-fn bug_satisfiable_multi_range_is_never_416() {
+fn a_satisfiable_multi_range_is_never_416() {
     let srv = ServerProcess::start();
-    let mut tally = Tally::new("bug_satisfiable_multi_range_is_never_416");
+    let mut tally = Tally::new("a_satisfiable_multi_range_is_never_416");
     let data = b"0123456789";
     let hash = seed_blob(&srv, "default", data);
     let mut failures = Vec::new();
@@ -2224,7 +2230,7 @@ fn malformed_json_bodies_get_4xx_json() {
     run_probes(&srv, &probes, &mut tally);
 
     // Bodies over the 2 MiB JSON limit: a 4xx on every route (JSON on the Json-extractor
-    // routes; see `bug_oversize_bodies_get_json_413` for the other two).
+    // routes; see `oversize_bodies_get_json_413` for the other two).
     let huge = format!("{{\"id\":\"{}\"}}", "h".repeat(3 << 20)).into_bytes();
     for (i, route) in routes.iter().enumerate() {
         tally.add(1);
@@ -2278,9 +2284,9 @@ fn malformed_json_bodies_get_4xx_json() {
 /// rejection). `POST /api/v1/repos` and `…/commits` answer 400 JSON for the same (the
 /// `JsonRejection` is mapped to bad_request; 413 would be more precise).
 #[test]
-fn bug_oversize_bodies_get_json_413() {
+fn oversize_bodies_get_json_413() {
     let srv = ServerProcess::start();
-    let mut tally = Tally::new("bug_oversize_bodies_get_json_413");
+    let mut tally = Tally::new("oversize_bodies_get_json_413");
     let huge = format!("{{\"hash\":\"{}\"}}", "h".repeat(3 << 20)).into_bytes();
     let mut failures = Vec::new();
     for route in [
@@ -2335,7 +2341,8 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
 
     // (name, content type, body, what a success must have stored: None = anything
     // self-consistent, Some(bytes) = exactly these bytes).
-    let mut cases: Vec<MultipartCase> = Vec::new();
+    type Case = (String, String, Vec<u8>, Option<Vec<u8>>);
+    let mut cases: Vec<Case> = Vec::new();
     let mut add = |name: &str, ct: &str, body: Vec<u8>, expect: Option<Vec<u8>>| {
         cases.push((name.to_string(), ct.to_string(), body, expect))
     };
@@ -2553,13 +2560,7 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
         }
     }
     println!("multipart cases stored: {stored:?}");
-    assert!(
-        failures.is_empty(),
-        "{}\nlog: {}",
-        failures.join("\n"),
-        log_tail(&srv)
-    );
-    assert_healthy(&srv);
+    assert_no_failures(&failures, &srv);
     sb.assert_contained(&["default"]);
     tally.done();
 }
@@ -2800,13 +2801,7 @@ fn broken_http_framing_gets_4xx_or_a_close_and_the_server_keeps_serving() {
         answers.push(format!("Content-Length and Transfer-Encoding: {status}"));
     }
     println!("broken framing answers: {answers:?}");
-    assert!(
-        failures.is_empty(),
-        "{}\nlog: {}",
-        failures.join("\n"),
-        log_tail(&srv)
-    );
-    assert_healthy(&srv);
+    assert_no_failures(&failures, &srv);
     sb.assert_contained(&["default"]);
     tally.done();
 }
@@ -3429,6 +3424,3 @@ fn websocket_floods_leave_memory_bounded_and_no_session_behind() {
     sb.assert_contained(&["default"]);
     tally.done();
 }
-
-/// A multipart upload case: (name, content type, body, the bytes a success must store).
-type MultipartCase = (String, String, Vec<u8>, Option<Vec<u8>>);

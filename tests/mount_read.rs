@@ -19,17 +19,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_files_equal, first_difference, free_port, metric_value, random_bytes, run_cli,
-    ServerProcess, XorShift,
+    assert_files_equal, first_diff, first_difference, free_port, govcfs_command, kill_child,
+    metric_value, mib_per_s, random_bytes, run_cli, run_command, run_status, wait_child,
+    wait_until, CliOutput, ServerProcess, XorShift, GIB, GOVCFS, KIB, MIB,
 };
 use mount_support::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
 
 /// Time limit of one command that reads a large file through the mount.
 const BIG_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -127,9 +124,9 @@ fn api_put_file(api: &str, local: &Path, path: &str) -> String {
         hash
     });
     println!(
-        "uploaded {path}: {len} bytes in {:.1?} ({:.0} MB/s)",
+        "uploaded {path}: {len} bytes in {:.1?} ({:.0} MiB/s)",
         started.elapsed(),
-        mb_per_s(len, started.elapsed())
+        mib_per_s(len, started.elapsed())
     );
     hash
 }
@@ -207,7 +204,12 @@ fn write_text_file(path: &Path, len: u64, seed: u64) -> u64 {
 
 /// `grep -c PATTERN FILE` → the count it prints.
 fn grep_count(pattern: &str, file: &Path) -> u64 {
-    let (status, stdout, stderr) = output_bounded(
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+        ..
+    } = run_command(
         Command::new("grep").args(["-c", pattern]).arg(file),
         BIG_COMMAND_TIMEOUT,
     );
@@ -227,7 +229,7 @@ fn grep_count(pattern: &str, file: &Path) -> u64 {
 fn cat_to(src: &Path, dest: &Path) -> (std::process::ExitStatus, Duration) {
     let out = File::create(dest).expect("create the output file");
     let started = Instant::now();
-    let status = run_bounded(
+    let status = run_status(
         Command::new("cat")
             .arg(src)
             .stdout(Stdio::from(out))
@@ -235,10 +237,6 @@ fn cat_to(src: &Path, dest: &Path) -> (std::process::ExitStatus, Duration) {
         BIG_COMMAND_TIMEOUT,
     );
     (status, started.elapsed())
-}
-
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / MIB as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
 /// Reads until `len` bytes or the end of the file, from `offset`.
@@ -264,19 +262,6 @@ fn read_whole(path: &Path) -> Vec<u8> {
         .and_then(|mut f| f.read_to_end(&mut data))
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     data
-}
-
-/// Where two byte strings first differ (`None` if equal).
-fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
-    if a == b {
-        return None;
-    }
-    Some(
-        a.iter()
-            .zip(b)
-            .position(|(x, y)| x != y)
-            .unwrap_or(a.len().min(b.len())),
-    )
 }
 
 /// Asserts that stderr is exactly one line starting with `govcfs:`.
@@ -334,9 +319,9 @@ fn cat_and_grep_of_a_1gib_text_file_match_the_source() {
         mount.log()
     );
     println!(
-        "cat of 1 GiB through the mount: {:.1?}, {:.0} MB/s",
+        "cat of 1 GiB through the mount: {:.1?}, {:.0} MiB/s",
         elapsed,
-        mb_per_s(GIB, elapsed)
+        mib_per_s(GIB, elapsed)
     );
     assert_files_equal(&source, &out);
     std::fs::remove_file(&out).expect("remove the cat output");
@@ -380,7 +365,7 @@ fn huge_file() -> HugeFile {
 fn cat_huge_to_dev_null(huge: &HugeFile, mount: &MountGuard) -> u64 {
     let sent_before = blob_bytes_sent(&huge.server);
     let started = Instant::now();
-    let status = run_bounded(
+    let status = run_status(
         Command::new("cat")
             .arg(mount.path().join("huge.bin"))
             .stdout(Stdio::null())
@@ -396,9 +381,9 @@ fn cat_huge_to_dev_null(huge: &HugeFile, mount: &MountGuard) -> u64 {
     let sent = blob_bytes_sent(&huge.server) - sent_before;
     let peak = mount.peak_rss_kib().expect("VmHWM of the mount process");
     println!(
-        "cat of 4 GiB through the mount (--cache-size 256M): {:.1?}, {:.0} MB/s; server sent {} MiB; mount peak RSS {} KiB ({:.0} MiB; target < 320 MiB)",
+        "cat of 4 GiB through the mount (--cache-size 256M): {:.1?}, {:.0} MiB/s; server sent {} MiB; mount peak RSS {} KiB ({:.0} MiB; target < 320 MiB)",
         elapsed,
-        mb_per_s(HUGE, elapsed),
+        mib_per_s(HUGE, elapsed),
         sent / MIB,
         peak,
         peak as f64 / 1024.0
@@ -413,7 +398,7 @@ fn cat_huge_to_dev_null(huge: &HugeFile, mount: &MountGuard) -> u64 {
 
 /// `tail -c 65536` of a 4 GiB file prints its last 64 KiB and fetches at most two 1 MiB
 /// chunks from the server. Then a full `cat` keeps the mount's memory bounded: it does not
-/// grow with the file (the exact target, cache + 64 MiB, is the ignored test below).
+/// grow with the file (the exact target, cache + 64 MiB, is the test below).
 #[test]
 fn four_gib_file_tail_fetches_only_its_end_and_cat_memory_stays_bounded() {
     const TAIL: u64 = 64 * KIB;
@@ -428,7 +413,12 @@ fn four_gib_file_tail_fetches_only_its_end_and_cat_memory_stays_bounded() {
     );
 
     let sent_before = blob_bytes_sent(&huge.server);
-    let (status, tail, stderr) = output_bounded(
+    let CliOutput {
+        status,
+        stdout: tail,
+        stderr,
+        ..
+    } = run_command(
         Command::new("tail")
             .args(["-c", &TAIL.to_string()])
             .arg(&through),
@@ -641,7 +631,12 @@ fn listing_a_directory_of_10000_files_is_one_tree_request() {
     assert!(std::fs::metadata(&many).expect("stat many").is_dir());
 
     let before = tree_requests(&server);
-    let (status, stdout, stderr) = output_bounded(
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+        ..
+    } = run_command(
         Command::new("ls").arg("-l").arg(&many),
         Duration::from_secs(120),
     );
@@ -680,7 +675,7 @@ fn listing_a_directory_of_10000_files_is_one_tree_request() {
     );
 
     // Within the TTL, listing again costs nothing.
-    let (status, _, stderr) = output_bounded(
+    let CliOutput { status, stderr, .. } = run_command(
         Command::new("ls").arg("-l").arg(&many),
         Duration::from_secs(120),
     );
@@ -1108,7 +1103,12 @@ fn daemon_mode_returns_once_mounted_and_govcfs_unmount_unmounts() {
         "expected one background mount process, found {pids:?}"
     );
 
-    let (status, stdout, stderr) = output_bounded(
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+        ..
+    } = run_command(
         govcfs_command().arg("unmount").arg(daemon.path()),
         Duration::from_secs(60),
     );
@@ -1138,7 +1138,7 @@ fn daemon_mode_returns_once_mounted_and_govcfs_unmount_unmounts() {
         "the background mount process did not exit after the unmount"
     );
     // Unmounting again is a one-line error.
-    let (status, _, stderr) = output_bounded(
+    let CliOutput { status, stderr, .. } = run_command(
         govcfs_command().arg("unmount").arg(daemon.path()),
         Duration::from_secs(60),
     );

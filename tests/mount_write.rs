@@ -10,7 +10,8 @@
 //! in count and time; syscalls that could block on a broken mount run on a helper thread with
 //! a time limit. Timings and throughputs are printed, never asserted.
 //!
-//! Tests named `bug_…` are regression tests: each reproduced a defect that has been fixed.
+//! The tests under "Bugs found along the way" are regression tests: each reproduced a defect
+//! that has been fixed.
 
 mod common;
 mod mount_support;
@@ -23,27 +24,23 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::IntoRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_files_equal, git_blob_id as blob_id, git_blob_id_of_file as blob_id_of_file,
-    http_request, random_bytes, ServerProcess, XorShift,
+    assert_files_equal, finish_child, first_diff, git_blob_id as blob_id,
+    git_blob_id_of_file as blob_id_of_file, govcfs_command, http_request, mib_per_s,
+    must_finish_within, random_bytes, server_hash, stat_entry, wait_until, CliOutput,
+    ServerProcess, XorShift, GIB, KIB, MIB,
 };
-use mount_support::{
-    govcfs_command, kill_child, wait_child, wait_until, MountGuard, RestartableServer,
-};
+use mount_support::{MountGuard, RestartableServer};
 use proptest::prelude::*;
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner,
 };
 use serde_json::Value;
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
 
 /// The mount's upload chunk (src/fs/remote.rs `UPLOAD_CHUNK`): tests cross its boundaries.
 const UPLOAD_CHUNK: u64 = 4 * MIB;
@@ -66,7 +63,7 @@ const SMALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A child starts with a copy of our descriptor table; at exec it closes the (close-on-exec)
 /// descriptors, and every such close sends FUSE FLUSH, which the mount treats as close(2): it
 /// commits the file as it is at that moment (see
-/// `bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partial_version`).
+/// `a_child_process_started_while_a_file_is_open_for_writing_commits_nothing_early`).
 /// Tests run in parallel threads of one process, so: a thread holds [`writing`] (exclusive)
 /// from open to close of a write descriptor, and every child is spawned under [`spawning`]
 /// (shared; only for the spawn itself).
@@ -100,91 +97,25 @@ fn start_server() -> ServerProcess {
     ServerProcess::start()
 }
 
-/// What a child process did.
-struct Out {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Out {
-    fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-
-    fn assert_success(&self, what: &str) -> &Self {
-        assert!(
-            self.status.success(),
-            "{what} failed ({}); stdout: {}; stderr: {}",
-            self.status,
-            self.stdout_text(),
-            self.stderr
-        );
-        self
-    }
-}
-
-/// Runs `command` (stdin from /dev/null, output captured) until it exits or `timeout` passes;
-/// on timeout it is killed by its PID and the test panics. Spawned under [`spawning`].
-fn run_child(command: &mut Command, timeout: Duration) -> Out {
+/// Runs `command` (stdin from /dev/null, output captured) within `timeout`, with common's
+/// runner; only the spawn itself is under [`spawning`].
+fn run_child(command: &mut Command, timeout: Duration) -> CliOutput {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = {
+    let child = {
         let _gate = spawning();
         command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"))
     };
-    let (out, err) = (
-        child.stdout.take().expect("piped stdout"),
-        child.stderr.take().expect("piped stderr"),
-    );
-    let out_thread = crate::common::drain_on_thread(out);
-    let err_thread = crate::common::drain_on_thread(err);
-    let Some(status) = wait_child(&mut child, timeout) else {
-        kill_child(&mut child);
-        panic!("{command:?} did not finish within {timeout:?}");
-    };
-    // Never wait forever on a pipe a grandchild might keep open.
-    let join = |t: std::thread::JoinHandle<Vec<u8>>| {
-        if wait_until(Duration::from_secs(10), || t.is_finished()) {
-            t.join().unwrap_or_default()
-        } else {
-            Vec::new()
-        }
-    };
-    let stdout = join(out_thread);
-    let stderr = String::from_utf8_lossy(&join(err_thread)).into_owned();
-    Out {
-        status,
-        stdout,
-        stderr,
-    }
+    finish_child(child, &format!("{command:?}"), timeout)
 }
 
 /// `govcfs ARGS…` (no RUST_LOG, no proxy), within the big time limit.
-fn cli(args: &[&str]) -> Out {
+fn cli(args: &[&str]) -> CliOutput {
     run_child(govcfs_command().args(args), BIG_TIMEOUT)
-}
-
-/// Runs `f` on a helper thread and waits at most `timeout` for it, so a hung mount cannot hang
-/// the test (the mount guard then unmounts, which unblocks the thread).
-fn bounded<T: Send + 'static>(
-    what: &str,
-    timeout: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {timeout:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
-    }
 }
 
 /// close(2) with its result (dropping a `File` ignores it; on the mount, close is the commit).
@@ -218,7 +149,7 @@ fn write_unlocked(path: &Path, data: &[u8]) {
 
 /// Opens `path` with `options`, retrying (≤ 3 s) while the mount answers EOPNOTSUPP because the
 /// previous write handle of the same file, closed just before, is not released yet. That race
-/// is a bug of its own, shown by `bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup`.
+/// is a bug of its own, shown by `a_file_reopened_for_writing_right_after_close_opens_without_enotsup`.
 fn open_retrying(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
     let deadline = Instant::now() + Duration::from_secs(3);
     for _ in 0..300 {
@@ -236,45 +167,6 @@ fn open_retrying(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
 /// (dd, sqlite3) that opens the same file for writing does not hit the EOPNOTSUPP race above.
 fn let_releases_land() {
     std::thread::sleep(Duration::from_millis(300));
-}
-
-/// Where two byte strings first differ (`None` if equal).
-fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
-    if a == b {
-        return None;
-    }
-    Some(
-        a.iter()
-            .zip(b)
-            .position(|(x, y)| x != y)
-            .unwrap_or(a.len().min(b.len())),
-    )
-}
-
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / MIB as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-/// `GET /api/v1/repos/default/stat/PATH`: the entry, or `None` on 404.
-fn stat(addr: SocketAddr, path: &str) -> Option<Value> {
-    let response = http_request(
-        addr,
-        "GET",
-        &format!("/api/v1/repos/default/stat/{path}"),
-        &[],
-        b"",
-    )
-    .unwrap_or_else(|e| panic!("GET stat/{path}: {e}"));
-    match response.status {
-        200 => Some(response.json()),
-        404 => None,
-        s => panic!("GET stat/{path}: status {s}: {}", response.text()),
-    }
-}
-
-/// The blob id the server has at `path` (`None` if the path does not exist).
-fn server_hash(addr: SocketAddr, path: &str) -> Option<String> {
-    stat(addr, path).map(|e| e["hash"].as_str().expect("hash").to_string())
 }
 
 /// What one path holds, as the server's tree API or a directory walk describes it.
@@ -462,15 +354,15 @@ fn cp_of_a_2gib_file_round_trips_and_the_mount_stays_under_128mib() {
     );
     let peak_kib = mnt.peak_rss_kib().expect("VmHWM of the mount process");
     println!(
-        "cp of {LEN} bytes into the mount: {cp_time:.1?}, {:.1} MB/s; mount peak RSS {} KiB ({:.1} MiB; {} KiB before the copy)",
-        mb_per_s(LEN, cp_time),
+        "cp of {LEN} bytes into the mount: {cp_time:.1?}, {:.1} MiB/s; mount peak RSS {} KiB ({:.1} MiB; {} KiB before the copy)",
+        mib_per_s(LEN, cp_time),
         peak_kib,
         peak_kib as f64 / 1024.0,
         rss_before
     );
 
     // The server has exactly the source.
-    let entry = stat(server.addr, "big.bin").expect("big.bin on the server after cp");
+    let entry = stat_entry(server.addr, "big.bin").expect("big.bin on the server after cp");
     assert_eq!(entry["size"].as_u64(), Some(LEN));
     let got = work.path().join("got.bin");
     let started = Instant::now();
@@ -482,9 +374,9 @@ fn cp_of_a_2gib_file_round_trips_and_the_mount_stays_under_128mib() {
     ])
     .assert_success("govcfs get big.bin");
     println!(
-        "govcfs get of {LEN} bytes: {:.1?}, {:.1} MB/s",
+        "govcfs get of {LEN} bytes: {:.1?}, {:.1} MiB/s",
         started.elapsed(),
-        mb_per_s(LEN, started.elapsed())
+        mib_per_s(LEN, started.elapsed())
     );
     assert_files_equal(&source, &got);
     std::fs::remove_file(&got).expect("remove the downloaded copy");
@@ -499,9 +391,9 @@ fn cp_of_a_2gib_file_round_trips_and_the_mount_stays_under_128mib() {
     .assert_success("govcfs put");
     let put_time = started.elapsed();
     println!(
-        "govcfs put of {LEN} bytes: {put_time:.1?}, {:.1} MB/s (cp through the mount: {:.1} MB/s)",
-        mb_per_s(LEN, put_time),
-        mb_per_s(LEN, cp_time)
+        "govcfs put of {LEN} bytes: {put_time:.1?}, {:.1} MiB/s (cp through the mount: {:.1} MiB/s)",
+        mib_per_s(LEN, put_time),
+        mib_per_s(LEN, cp_time)
     );
     assert_eq!(
         server_hash(server.addr, "put.bin"),
@@ -571,7 +463,7 @@ fn poll_until_closed(
     let (mut while_writing, mut polls) = (0u64, 0u64);
     for _ in 0..1_000_000 {
         let closed_before = writer.closed.load(Ordering::SeqCst);
-        let seen = stat(addr, path);
+        let seen = stat_entry(addr, path);
         let closing_after = writer.closing.load(Ordering::SeqCst);
         polls += 1;
         let hash = seen
@@ -851,7 +743,7 @@ fn random_pwrite_truncate_append_sequences_match_a_model_on_the_server_and_after
         let model = run_write_case(&mount_path, &name, &case)?;
         let want = blob_id(&model);
         // The server has exactly the model...
-        let entry = stat(addr, &name);
+        let entry = stat_entry(addr, &name);
         prop_assert!(entry.is_some(), "{name} missing on the server");
         let entry = entry.unwrap();
         prop_assert_eq!(
@@ -1096,7 +988,7 @@ fn sqlite_database_written_in_transactions_reads_back_after_remount() {
 
     // The database file is committed (empty) before sqlite3 opens it: sqlite3 creating it
     // fails intermittently (ENOENT on reopen, or "attempt to write a readonly database"), see
-    // `bug_a_new_file_changes_inode_when_its_directory_is_relisted_before_its_first_commit`.
+    // `a_new_file_keeps_its_inode_when_its_directory_is_relisted_before_its_first_commit`.
     write_through(&db, b"");
     let_releases_land();
     std::thread::sleep(PAST_TTL);
@@ -1151,7 +1043,7 @@ fn sqlite_database_written_in_transactions_reads_back_after_remount() {
 }
 
 #[test]
-fn bug_a_new_file_changes_inode_when_its_directory_is_relisted_before_its_first_commit() {
+fn a_new_file_keeps_its_inode_when_its_directory_is_relisted_before_its_first_commit() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     // A long TTL: the kernel keeps using the dentry (and inode) it got at create.
@@ -1430,7 +1322,7 @@ fn namespace_operations_are_committed_at_once_and_match_on_the_server() {
     want.insert("x.txt".into(), file_node(b"new"));
     assert_trees("truncate -s 3 x.txt", addr, &mnt, &want);
     // utimensat(2) by path (plain `touch` opens the file first: see
-    // `bug_touch_d_on_the_mount_does_not_set_the_modification_time`).
+    // `touch_d_on_the_mount_sets_the_modification_time`).
     let times = [
         libc::timespec {
             tv_sec: 0,
@@ -1451,7 +1343,7 @@ fn namespace_operations_are_committed_at_once_and_match_on_the_server() {
         )
     };
     assert_eq!(r, 0, "utimensat q.txt: {}", std::io::Error::last_os_error());
-    let entry = stat(addr, "q.txt").expect("q.txt");
+    let entry = stat_entry(addr, "q.txt").expect("q.txt");
     assert_eq!(
         entry["mtime"].as_i64(),
         Some(1_000_000_000),
@@ -1510,7 +1402,7 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
     let started = Instant::now();
     let close_a = std::thread::spawn(move || close_checked(a));
     let close_b = std::thread::spawn(move || close_checked(b));
-    let results = bounded(
+    let results = must_finish_within(
         "close(2) with the server gone",
         Duration::from_secs(120),
         move || (close_a.join(), close_b.join()),
@@ -1541,7 +1433,7 @@ fn close_after_the_server_died_returns_eio_keeps_the_bytes_and_recover_uploads_t
         "keep/existing after the failed close"
     );
     assert_eq!(
-        stat(server.addr, "keep/fresh"),
+        stat_entry(server.addr, "keep/fresh"),
         None,
         "keep/fresh exists although its close failed"
     );
@@ -1664,7 +1556,7 @@ fn a_mount_killed_while_writing_loses_nothing_and_the_next_mount_points_to_recov
         "big.bin changed although it was never closed"
     );
     assert_eq!(
-        stat(server.addr, "fresh.bin"),
+        stat_entry(server.addr, "fresh.bin"),
         None,
         "fresh.bin exists although it was never closed"
     );
@@ -1707,7 +1599,7 @@ fn a_mount_killed_while_writing_loses_nothing_and_the_next_mount_points_to_recov
 }
 
 #[test]
-fn bug_recover_upload_of_a_file_with_an_extension_fails_after_uploading_and_leaves_its_note() {
+fn recover_upload_of_a_file_with_an_extension_succeeds_and_removes_its_note() {
     let server = start_server();
     let (cache_a, cache_b) = (
         tempfile::tempdir().expect("cache a"),
@@ -1810,9 +1702,9 @@ fn two_mounts_writing_the_same_file_the_second_close_fails_and_keeps_its_bytes()
         server_hash(server.addr, "shared.bin").as_deref(),
         Some(v0_id.as_str())
     );
-    bounded("close on A", SMALL_TIMEOUT, move || close_checked(fa))
+    must_finish_within("close on A", SMALL_TIMEOUT, move || close_checked(fa))
         .expect("the first close succeeds");
-    let e = bounded("close on B", SMALL_TIMEOUT, move || close_checked(fb))
+    let e = must_finish_within("close on B", SMALL_TIMEOUT, move || close_checked(fb))
         .expect_err("the second close must fail (conflict)");
     println!("second writer's close: {e}");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "the second close: {e}");
@@ -1849,9 +1741,9 @@ fn two_mounts_writing_the_same_file_the_second_close_fails_and_keeps_its_bytes()
     let mut fb = File::create(b.path().join("race-new.bin")).expect("create on B");
     fa.write_all(b"A was first\n").expect("write on A");
     fb.write_all(b"B was second\n").expect("write on B");
-    bounded("close on A", SMALL_TIMEOUT, move || close_checked(fa))
+    must_finish_within("close on A", SMALL_TIMEOUT, move || close_checked(fa))
         .expect("the first close of a new file succeeds");
-    let e = bounded("close on B", SMALL_TIMEOUT, move || close_checked(fb))
+    let e = must_finish_within("close on B", SMALL_TIMEOUT, move || close_checked(fb))
         .expect_err("the second creator's close must fail");
     assert_eq!(
         e.raw_os_error(),
@@ -1920,7 +1812,7 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
     let dest = mnt.path().join("untar");
     std::fs::create_dir(&dest).expect("mkdir untar");
     let started = Instant::now();
-    let Out { status, stderr, .. } = run_child(
+    let CliOutput { status, stderr, .. } = run_child(
         Command::new("tar")
             .arg("-xf")
             .arg(&archive)
@@ -1974,7 +1866,7 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
     );
 
     // Modification times are not asserted here (printed only): tar sets them with futimens on
-    // the open descriptor, which the mount drops; see `bug_tar_xf_does_not_restore_modification_times`.
+    // the open descriptor, which the mount drops; see `tar_xf_restores_modification_times`.
     let sampled: Vec<&String> = files.iter().step_by(10).collect();
     let kept_mtime = sampled
         .iter()
@@ -1982,7 +1874,7 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
             let local = std::fs::metadata(tree.join(rel))
                 .expect("stat local")
                 .mtime();
-            stat(server.addr, &format!("untar/{rel}")).expect("entry")["mtime"].as_i64()
+            stat_entry(server.addr, &format!("untar/{rel}")).expect("entry")["mtime"].as_i64()
                 == Some(local)
         })
         .count();
@@ -2017,7 +1909,7 @@ fn tar_extracts_2000_small_files_into_the_mount_and_every_one_matches() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup() {
+fn a_file_reopened_for_writing_right_after_close_opens_without_enotsup() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
@@ -2058,7 +1950,7 @@ fn bug_reopening_a_file_for_writing_right_after_close_fails_with_enotsup() {
 }
 
 #[test]
-fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
+fn touch_d_on_the_mount_sets_the_modification_time() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
@@ -2071,7 +1963,7 @@ fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
         SMALL_TIMEOUT,
     );
     let_releases_land();
-    let entry = stat(server.addr, "stamp.txt").expect("stamp.txt");
+    let entry = stat_entry(server.addr, "stamp.txt").expect("stamp.txt");
     assert_eq!(entry["hash"].as_str(), Some(blob_id(b"stamp\n").as_str()));
     assert_eq!(
         entry["mtime"].as_i64(),
@@ -2082,7 +1974,7 @@ fn bug_touch_d_on_the_mount_does_not_set_the_modification_time() {
 }
 
 #[test]
-fn bug_tar_xf_does_not_restore_modification_times() {
+fn tar_xf_restores_modification_times() {
     let work = tempfile::tempdir().expect("work dir");
     let tree = work.path().join("tree");
     std::fs::create_dir(&tree).expect("mkdir");
@@ -2121,7 +2013,7 @@ fn bug_tar_xf_does_not_restore_modification_times() {
     let mut wrong = Vec::new();
     for i in 0..10 {
         let entry =
-            stat(server.addr, &format!("old-{i}.txt")).expect("extracted file on the server");
+            stat_entry(server.addr, &format!("old-{i}.txt")).expect("extracted file on the server");
         if entry["mtime"].as_i64() != Some(1_000_000_000 + i) {
             wrong.push(format!("old-{i}.txt: {}", entry["mtime"]));
         }
@@ -2135,7 +2027,7 @@ fn bug_tar_xf_does_not_restore_modification_times() {
 }
 
 #[test]
-fn bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partial_version() {
+fn a_child_process_started_while_a_file_is_open_for_writing_commits_nothing_early() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let mnt = mount(&server.repo_url("default"), cache.path());
@@ -2149,7 +2041,7 @@ fn bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partia
         .status()
         .expect("run true");
     assert!(status.success());
-    let seen_before_close = stat(server.addr, "half.bin");
+    let seen_before_close = stat_entry(server.addr, "half.bin");
     file.write_all(&random_bytes(MIB as usize, 6))
         .expect("write the second half");
     close_checked(file).expect("close half.bin");
@@ -2167,7 +2059,7 @@ fn bug_a_child_process_started_while_a_file_is_open_for_writing_commits_a_partia
 }
 
 #[test]
-fn bug_a_conflict_reported_to_a_child_process_is_lost_and_the_writers_close_succeeds() {
+fn a_conflict_reported_to_a_child_process_also_fails_the_writers_close() {
     let server = start_server();
     let (cache_a, cache_b) = (
         tempfile::tempdir().expect("cache a"),

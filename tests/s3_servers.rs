@@ -15,17 +15,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{mpsc, Barrier};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use common::s3::S3Server;
 use common::*;
-use mount_support::{output_bounded, read_dir_bounded, MountGuard};
+use mount_support::{read_dir_bounded, MountGuard};
 use serde_json::Value;
-
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
 
 /// The repository every test writes to (it always exists).
 const REPO: &str = "default";
@@ -160,16 +156,7 @@ fn get_to(url: &str, out: &Path, timeout: Duration) -> CliOutput {
 /// test). `None` on timeout.
 fn read_bounded(path: &Path, timeout: Duration) -> Option<std::io::Result<Vec<u8>>> {
     let path: PathBuf = path.to_path_buf();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::read(&path));
-    });
-    rx.recv_timeout(timeout).ok()
-}
-
-/// Megabytes (10^6 bytes) per second, for information.
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+    on_thread_within(timeout, move || std::fs::read(&path))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -338,7 +325,7 @@ fn a_mount_through_one_server_sees_writes_made_through_the_other() {
     let source = work.path().join("big.bin");
     write_random_file(&source, 20 * MIB, 20).expect("write the source file");
     let started = Instant::now();
-    let (status, _, stderr) = output_bounded(
+    let CliOutput { status, stderr, .. } = run_command(
         Command::new("cp")
             .arg(&source)
             .arg(mnt.path().join("big.bin")),
@@ -482,11 +469,11 @@ fn a_2_gib_file_through_s3_keeps_server_memory_flat() {
     let peak = server.peak_rss_kib().expect("VmHWM of the server");
 
     eprintln!(
-        "put {size_name}: {:.1?}, {:.1} MB/s; get {size_name}: {:.1?}, {:.1} MB/s ({} S3)",
+        "put {size_name}: {:.1?}, {:.1} MiB/s; get {size_name}: {:.1?}, {:.1} MiB/s ({} S3)",
         put.elapsed,
-        mb_per_s(len, put.elapsed),
+        mib_per_s(len, put.elapsed),
         get.elapsed,
-        mb_per_s(len, get.elapsed),
+        mib_per_s(len, get.elapsed),
         s3.kind
     );
     eprintln!(

@@ -48,9 +48,6 @@ use tokio_tungstenite::WebSocketStream;
 // Helpers: hashing, JSON answers, errors
 // ---------------------------------------------------------------------------------------
 
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
-
 /// Compressible text of exactly `len` bytes.
 fn text_bytes(len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 128);
@@ -72,12 +69,12 @@ fn text_bytes(len: usize) -> Vec<u8> {
 /// so no two MiB are equal and a misplaced chunk is detected.
 fn fast_random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let blocks: Vec<Vec<u8>> = (0..4)
-        .map(|i| random_bytes(MIB, seed.wrapping_mul(100).wrapping_add(i + 1)))
+        .map(|i| random_bytes(MIB as usize, seed.wrapping_mul(100).wrapping_add(i + 1)))
         .collect();
     let mut out = Vec::with_capacity(len);
     let mut index = 0u64;
     while out.len() < len {
-        let n = (len - out.len()).min(MIB);
+        let n = (len - out.len()).min(MIB as usize);
         let start = out.len();
         out.extend_from_slice(&blocks[(index.wrapping_mul(7) % 4) as usize][..n]);
         let header = [index.to_le_bytes(), seed.to_le_bytes()].concat();
@@ -86,39 +83,6 @@ fn fast_random_bytes(len: usize, seed: u64) -> Vec<u8> {
         index += 1;
     }
     out
-}
-
-/// Status and JSON body (`Value::Null` when the body is not JSON).
-async fn json_of(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("read body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// Asserts a JSON error answer: this status and this `code`, with an `error` message.
-fn assert_error(what: &str, status: u16, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!(status, want_status, "{what}: status (body {body})");
-    assert_eq!(body["code"], want_code, "{what}: code (body {body})");
-    assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{what}: no error message in {body}"
-    );
-}
-
-/// Asserts a JSON error answer with one of `statuses` and some `code`.
-fn assert_error_in(what: &str, status: u16, body: &Value, statuses: &[u16]) {
-    assert!(
-        statuses.contains(&status),
-        "{what}: status {status} not in {statuses:?} (body {body})"
-    );
-    assert!(
-        body["code"].as_str().is_some_and(|c| !c.is_empty()),
-        "{what}: no code in {body}"
-    );
-    assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{what}: no error message in {body}"
-    );
 }
 
 /// Asserts that a JSON object carries every one of the contract's field names.
@@ -327,13 +291,7 @@ async fn progress(
     repo: &str,
     id: &str,
 ) -> StreamProgress {
-    let (status, value) = json_of(
-        http.get(format!("{}/stream/blob/{id}/progress", srv.api(repo)))
-            .send()
-            .await
-            .expect("GET progress"),
-    )
-    .await;
+    let (status, value) = progress_value(http, srv, repo, id).await;
     assert_eq!(status, 200, "progress of {id}: {value}");
     assert_fields(
         "StreamProgress",
@@ -366,6 +324,55 @@ async fn cancel_stream(
             .expect("DELETE stream"),
     )
     .await
+}
+
+/// The progress route's answer for session `id` of `repo`, whatever its status.
+async fn progress_value(
+    http: &reqwest::Client,
+    srv: &ServerProcess,
+    repo: &str,
+    id: &str,
+) -> (u16, Value) {
+    json_of(
+        http.get(format!("{}/stream/blob/{id}/progress", srv.api(repo)))
+            .send()
+            .await
+            .expect("GET progress"),
+    )
+    .await
+}
+
+/// The chunk, progress and cancel routes of `repo` for session `id`, each expected to
+/// answer `status` with `code` (`what` names the session in messages).
+fn session_route_cases<'a>(
+    http: &'a reqwest::Client,
+    srv: &'a ServerProcess,
+    repo: &'a str,
+    id: &'a str,
+    what: &str,
+    status: u16,
+    code: &'a str,
+) -> Vec<ErrorCase<'a>> {
+    vec![
+        error_case(
+            format!("chunk of {what}"),
+            async move { chunk_value(http, &chunk_url(srv, repo, id, "?chunk=0"), None).await },
+            status,
+            code,
+        ),
+        error_case(
+            format!("progress of {what}"),
+            progress_value(http, srv, repo, id),
+            status,
+            code,
+        ),
+        error_case(
+            format!("cancel of {what}"),
+            cancel_stream(http, srv, repo, id),
+            status,
+            code,
+        ),
+    ]
 }
 
 /// Undoes a chunk's compression as its header describes it.
@@ -468,7 +475,7 @@ fn multipart_pieces(parts: &[Bytes]) -> Vec<Bytes> {
         )));
         let mut at = 0;
         while at < part.len() {
-            let end = (at + MIB).min(part.len());
+            let end = (at + MIB as usize).min(part.len());
             out.push(part.slice(at..end));
             at = end;
         }
@@ -558,7 +565,7 @@ fn raw_upload(
     let body = if chunked {
         head.push_str("Transfer-Encoding: chunked\r\n");
         let mut framed = Vec::with_capacity(body.len() + 1024);
-        for piece in body.chunks(256 * KIB) {
+        for piece in body.chunks(256 * KIB as usize) {
             framed.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
             framed.extend_from_slice(piece);
             framed.extend_from_slice(b"\r\n");
@@ -581,7 +588,7 @@ fn raw_upload(
             .and_then(|_| writer.write_all(&body));
     });
     let mut raw = Vec::new();
-    let mut buf = vec![0u8; 64 * KIB];
+    let mut buf = vec![0u8; 64 * KIB as usize];
     loop {
         match stream.read(&mut buf) {
             Ok(0) => break,
@@ -927,8 +934,7 @@ fn stream_request(hash: &str, chunk_size: u64, start: i64, end: i64) -> StreamRe
 
 #[test]
 fn start_clamps_chunk_sizes_and_reports_ranges_and_checksums() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let data = random_bytes(300_007, 1);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -943,18 +949,12 @@ fn start_clamps_chunk_sizes_and_reports_ranges_and_checksums() {
             (json!({ "hash": hash, "chunk_size": 1023 }), 1024),
             (json!({ "hash": hash, "chunk_size": 1024 }), 1024),
             (json!({ "hash": hash, "chunk_size": 5000 }), 5000),
-            (
-                json!({ "hash": hash, "chunk_size": 10 * MIB }),
-                10 * MIB as u64,
-            ),
+            (json!({ "hash": hash, "chunk_size": 10 * MIB }), 10 * MIB),
             (
                 json!({ "hash": hash, "chunk_size": 10 * MIB + 1 }),
-                10 * MIB as u64,
+                10 * MIB,
             ),
-            (
-                json!({ "hash": hash, "chunk_size": u64::MAX }),
-                10 * MIB as u64,
-            ),
+            (json!({ "hash": hash, "chunk_size": u64::MAX }), 10 * MIB),
         ];
         for (body, want) in &cases {
             let r = open_stream(&http, &srv, "default", body).await;
@@ -1046,8 +1046,7 @@ fn start_clamps_chunk_sizes_and_reports_ranges_and_checksums() {
 
 #[test]
 fn json_and_raw_chunks_of_a_sub_range_reassemble_exactly_that_range() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let data = random_bytes(300_007, 2);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -1160,16 +1159,15 @@ fn json_and_raw_chunks_of_a_sub_range_reassemble_exactly_that_range() {
 /// its bytes, for aligned, unaligned and cut-short chunks alike.
 #[test]
 fn mib_chunks_on_and_off_the_blob_index_blocks_carry_the_right_md5() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
-        let data = fast_random_bytes(3 * MIB + MIB / 2, 34);
+        let data = fast_random_bytes(3 * MIB as usize + MIB as usize / 2, 34);
         let hash = seed_blob(&http, &srv, "default", &data).await;
         let ranges: [(usize, i64); 4] = [
             (0, -1),
-            (MIB, 3 * MIB as i64 - 2),
-            (MIB + 1, -1),
-            (2 * MIB, 3 * MIB as i64 + 1000),
+            (MIB as usize, 3 * MIB as i64 - 2),
+            (MIB as usize + 1, -1),
+            (2 * MIB as usize, 3 * MIB as i64 + 1000),
         ];
         for (start, end) in ranges {
             let r = open_stream(
@@ -1187,7 +1185,8 @@ fn mib_chunks_on_and_off_the_blob_index_blocks_carry_the_right_md5() {
             let range = &data[start..=last];
             let mut from_json = Vec::new();
             for n in 0..r.chunk_count {
-                let piece = &range[n as usize * MIB..((n as usize + 1) * MIB).min(range.len())];
+                let piece = &range
+                    [n as usize * MIB as usize..((n as usize + 1) * MIB as usize).min(range.len())];
                 let c = json_chunk(&http, &srv, &r.stream_id, n, None).await;
                 assert_eq!(
                     c.checksum,
@@ -1222,8 +1221,7 @@ fn mib_chunks_on_and_off_the_blob_index_blocks_carry_the_right_md5() {
 
 #[test]
 fn gzip_sessions_compress_text_chunks_and_leave_random_ones_alone() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let text = text_bytes(200_000);
         let random = random_bytes(200_000, 3);
@@ -1315,8 +1313,7 @@ fn gzip_sessions_compress_text_chunks_and_leave_random_ones_alone() {
 
 #[test]
 fn accept_encoding_zstd_compresses_json_and_raw_chunks() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let text = text_bytes(150_000);
         let random = random_bytes(150_000, 4);
@@ -1412,8 +1409,7 @@ fn accept_encoding_zstd_compresses_json_and_raw_chunks() {
 
 #[test]
 fn progress_counts_distinct_chunks_until_completed() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let data = random_bytes(50_000, 5);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -1503,8 +1499,7 @@ fn progress_counts_distinct_chunks_until_completed() {
 
 #[test]
 fn cancel_ends_a_session_and_later_chunks_get_410() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let data = random_bytes(40_000, 6);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -1567,8 +1562,7 @@ fn cancel_ends_a_session_and_later_chunks_get_410() {
 
 #[test]
 fn idle_sessions_expire_after_the_stream_timeout() {
-    let srv = ServerProcess::start_with(&["--stream-timeout", "1"]);
-    let http = http_client();
+    let (srv, http) = server_and_client_with(&["--stream-timeout", "1"]);
     let (idle, done) = block_on(async {
         let data = random_bytes(3000, 7);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -1639,15 +1633,11 @@ fn idle_sessions_expire_after_the_stream_timeout() {
 
 #[test]
 fn start_refuses_unknown_hashes_bad_ranges_and_malformed_bodies() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let data = random_bytes(10_000, 8);
         let hash = seed_blob(&http, &srv, "default", &data).await;
 
-        let (status, body) =
-            start_stream(&http, &srv, "default", &json!({ "hash": "0".repeat(64) })).await;
-        assert_error("unknown hash", status, &body, 404, "not_found");
         let upper = hash.to_uppercase();
         for bad in ["xyz", "../../etc/passwd", "", &hash[..63], upper.as_str()] {
             let (status, body) =
@@ -1662,8 +1652,23 @@ fn start_refuses_unknown_hashes_bad_ranges_and_malformed_bodies() {
         let (status, body) =
             start_stream(&http, &srv, "default", &json!({ "chunk_size": 1024 })).await;
         assert_error_in("missing hash", status, &body, &[400, 404]);
-        let (status, body) = start_stream(&http, &srv, "nope", &json!({ "hash": hash })).await;
-        assert_error("unknown repository", status, &body, 404, "not_found");
+        let unknown_hash = json!({ "hash": "0".repeat(64) });
+        let known_hash = json!({ "hash": hash });
+        assert_error_cases(vec![
+            error_case(
+                "unknown hash",
+                start_stream(&http, &srv, "default", &unknown_hash),
+                404,
+                "not_found",
+            ),
+            error_case(
+                "unknown repository",
+                start_stream(&http, &srv, "nope", &known_hash),
+                404,
+                "not_found",
+            ),
+        ])
+        .await;
 
         // Unsatisfiable ranges of a 10 000-byte blob.
         for (start, end) in [
@@ -1747,8 +1752,7 @@ fn start_refuses_unknown_hashes_bad_ranges_and_malformed_bodies() {
 
 #[test]
 fn chunk_route_refuses_bad_chunk_numbers_and_unknown_sessions() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let data = random_bytes(5000, 9);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -1801,44 +1805,17 @@ fn chunk_route_refuses_bad_chunk_numbers_and_unknown_sessions() {
         assert_eq!((p.chunks_streamed, p.bytes_streamed), (0, 0), "{p:?}");
 
         for unknown in ["00000000-0000-0000-0000-000000000000", "nope"] {
-            let (status, body) = chunk_value(
+            let what = format!("unknown session {unknown}");
+            let cases = session_route_cases(
                 &http,
-                &chunk_url(&srv, "default", unknown, "?chunk=0"),
-                None,
-            )
-            .await;
-            assert_error(
-                &format!("chunk of unknown session {unknown}"),
-                status,
-                &body,
+                &srv,
+                "default",
+                unknown,
+                &what,
                 404,
                 "stream_not_found",
             );
-            let (status, body) = json_of(
-                http.get(format!(
-                    "{}/stream/blob/{unknown}/progress",
-                    srv.api("default")
-                ))
-                .send()
-                .await
-                .unwrap(),
-            )
-            .await;
-            assert_error(
-                &format!("progress of unknown session {unknown}"),
-                status,
-                &body,
-                404,
-                "stream_not_found",
-            );
-            let (status, body) = cancel_stream(&http, &srv, "default", unknown).await;
-            assert_error(
-                &format!("cancel of unknown session {unknown}"),
-                status,
-                &body,
-                404,
-                "stream_not_found",
-            );
+            assert_error_cases(cases).await;
         }
     });
     assert!(
@@ -1850,8 +1827,7 @@ fn chunk_route_refuses_bad_chunk_numbers_and_unknown_sessions() {
 
 #[test]
 fn a_session_is_served_only_from_its_own_repository() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let (status, body) = json_of(
             http.post(format!("{}/api/v1/repos", srv.url()))
@@ -1873,37 +1849,9 @@ fn a_session_is_served_only_from_its_own_repository() {
         .await;
         let id = r.stream_id.clone();
 
-        let (status, body) =
-            chunk_value(&http, &chunk_url(&srv, "other", &id, "?chunk=0"), None).await;
-        assert_error(
-            "chunk through another repository",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
-        let (status, body) = json_of(
-            http.get(format!("{}/stream/blob/{id}/progress", srv.api("other")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_error(
-            "progress through another repository",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
-        let (status, body) = cancel_stream(&http, &srv, "other", &id).await;
-        assert_error(
-            "cancel through another repository",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
+        let what = "a session through another repository";
+        let cases = session_route_cases(&http, &srv, "other", &id, what, 404, "stream_not_found");
+        assert_error_cases(cases).await;
 
         // The session is untouched in its own repository.
         let c = json_chunk(&http, &srv, &id, 0, None).await;
@@ -1924,8 +1872,7 @@ fn a_session_is_served_only_from_its_own_repository() {
 /// repository's routes answer 410 for them, and its progress route returns their progress.
 #[test]
 fn an_ended_session_is_not_visible_from_another_repository() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let (status, body) = json_of(
             http.post(format!("{}/api/v1/repos", srv.url()))
@@ -1948,44 +1895,15 @@ fn an_ended_session_is_not_visible_from_another_repository() {
         .stream_id;
         let (status, _) = cancel_stream(&http, &srv, "default", &id).await;
         assert_eq!(status, 200);
-        let (status, body) =
-            chunk_value(&http, &chunk_url(&srv, "other", &id, "?chunk=0"), None).await;
-        assert_error(
-            "chunk of another repository's cancelled session",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
-        let (status, body) = json_of(
-            http.get(format!("{}/stream/blob/{id}/progress", srv.api("other")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_error(
-            "progress of another repository's cancelled session",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
-        let (status, body) = cancel_stream(&http, &srv, "other", &id).await;
-        assert_error(
-            "cancel of another repository's cancelled session",
-            status,
-            &body,
-            404,
-            "stream_not_found",
-        );
+        let what = "another repository's cancelled session";
+        let cases = session_route_cases(&http, &srv, "other", &id, what, 404, "stream_not_found");
+        assert_error_cases(cases).await;
     });
 }
 
 #[test]
 fn sessions_beyond_max_stream_sessions_get_429() {
-    let srv = ServerProcess::start_with(&["--max-stream-sessions", "3"]);
-    let http = http_client();
+    let (srv, http) = server_and_client_with(&["--max-stream-sessions", "3"]);
     block_on(async {
         let data = random_bytes(2048, 11);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -2026,11 +1944,10 @@ fn sessions_beyond_max_stream_sessions_get_429() {
 
 #[test]
 fn raw_stream_upload_stores_the_body_under_its_git_blob_id() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         // Larger than one of the server's 4 MiB pieces.
-        let data = random_bytes(5 * MIB + 3, 12);
+        let data = random_bytes(5 * MIB as usize + 3, 12);
         let (status, body) = stream_upload(
             &http,
             &srv,
@@ -2062,13 +1979,12 @@ fn raw_stream_upload_stores_the_body_under_its_git_blob_id() {
 
 #[test]
 fn multipart_stream_upload_concatenates_the_parts_in_order() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let parts = [
             Bytes::from(random_bytes(1_000_000, 14)),
             Bytes::from_static(b"a small middle part\n"),
-            Bytes::from(random_bytes(3 * MIB + 11, 15)),
+            Bytes::from(random_bytes(3 * MIB as usize + 11, 15)),
         ];
         let whole: Vec<u8> = parts.concat();
         let (status, body) = stream_upload(
@@ -2116,10 +2032,9 @@ fn multipart_stream_upload_concatenates_the_parts_in_order() {
 
 #[test]
 fn zstd_and_gzip_upload_bodies_are_stored_decompressed() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
-        let data = text_bytes(3 * MIB + 5);
+        let data = text_bytes(3 * MIB as usize + 5);
         let zstd_body = zstd::encode_all(&data[..], 3).unwrap();
         assert!(zstd_body.len() < data.len() / 4, "the text compresses");
         let (status, body) = stream_upload(
@@ -2181,15 +2096,16 @@ fn zstd_and_gzip_upload_bodies_are_stored_decompressed() {
 
 #[test]
 fn corrupt_or_unsupported_upload_bodies_are_refused_and_nothing_is_kept() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     let before = objects_of(&srv, "default");
     let garbage = random_bytes(100_000, 17);
     let multipart = multipart_content_type();
     // A multipart body cut before its closing boundary.
     let mut cut = multipart_body(&[Bytes::from(random_bytes(50_000, 18))]);
     cut.truncate(cut.len() - 40);
-    let cases: Vec<RefusedUpload> = vec![
+    // (name, headers, body, status, error code).
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "invalid zstd body",
             vec![("content-encoding", "zstd")],
@@ -2279,7 +2195,7 @@ fn corrupt_or_unsupported_upload_bodies_are_refused_and_nothing_is_kept() {
 fn truncated_compressed_upload_bodies_are_refused() {
     let srv = ServerProcess::start();
     let before = objects_of(&srv, "default");
-    let data = text_bytes(2 * MIB);
+    let data = text_bytes(2 * MIB as usize);
     let zstd_body = zstd::encode_all(&data[..], 3).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&data).unwrap();
@@ -2310,17 +2226,16 @@ fn truncated_compressed_upload_bodies_are_refused() {
 
 #[test]
 fn stream_uploads_over_max_upload_size_get_413_and_keep_nothing() {
-    let srv = ServerProcess::start_with(&["--max-upload-size", "1M"]);
-    let http = http_client();
+    let (srv, http) = server_and_client_with(&["--max-upload-size", "1M"]);
     let before = objects_of(&srv, "default");
-    let big = random_bytes(2 * MIB, 19);
+    let big = random_bytes(2 * MIB as usize, 19);
     let parts = [
-        Bytes::from(big[..MIB].to_vec()),
-        Bytes::from(big[MIB..].to_vec()),
+        Bytes::from(big[..MIB as usize].to_vec()),
+        Bytes::from(big[MIB as usize..].to_vec()),
     ];
     let multipart = multipart_content_type();
     // Decompression bombs: tiny bodies that expand past the limit.
-    let zeros = vec![0u8; 2 * MIB];
+    let zeros = vec![0u8; 2 * MIB as usize];
     let zstd_bomb = zstd::encode_all(&zeros[..], 19).unwrap();
     assert!(
         zstd_bomb.len() < 4096,
@@ -2331,7 +2246,9 @@ fn stream_uploads_over_max_upload_size_get_413_and_keep_nothing() {
     gz.write_all(&zeros).unwrap();
     let gzip_bomb = gz.finish().unwrap();
 
-    let cases: Vec<LimitedUpload> = vec![
+    // (name, headers, body, chunked).
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, bool);
+    let cases: Vec<Case> = vec![
         ("2 MiB raw body", vec![], big.clone(), false),
         ("2 MiB raw body, chunked", vec![], big.clone(), true),
         (
@@ -2383,7 +2300,7 @@ fn stream_uploads_over_max_upload_size_get_413_and_keep_nothing() {
             );
         }
         // Exactly the limit is accepted.
-        let exact = random_bytes(MIB, 20);
+        let exact = random_bytes(MIB as usize, 20);
         let (status, body) = stream_upload(&http, &srv, &[], exact.clone().into()).await;
         assert_uploaded("exactly 1 MiB", status, &body, &exact, false);
     });
@@ -2397,10 +2314,9 @@ fn stream_uploads_over_max_upload_size_get_413_and_keep_nothing() {
 /// time in three on loopback. The other tests use [`raw_upload`], which reads while it writes.
 #[test]
 fn early_upload_refusals_reach_an_ordinary_http_client() {
-    let srv = ServerProcess::start_with(&["--max-upload-size", "1M"]);
-    let http = http_client();
+    let (srv, http) = server_and_client_with(&["--max-upload-size", "1M"]);
     let garbage = random_bytes(100_000, 30);
-    let big = random_bytes(2 * MIB, 31);
+    let big = random_bytes(2 * MIB as usize, 31);
     block_on(async {
         let url = format!("{}/stream/blob/upload", srv.api("default"));
         let mut lost = Vec::new();
@@ -2430,11 +2346,13 @@ fn early_upload_refusals_reach_an_ordinary_http_client() {
 
 #[test]
 fn a_64_mib_multipart_upload_streams_in_bounded_server_memory() {
-    let srv = ServerProcess::start();
-    let http = http_client();
-    let data = Bytes::from(fast_random_bytes(64 * MIB, 21));
+    let (srv, http) = server_and_client();
+    let data = Bytes::from(fast_random_bytes(64 * MIB as usize, 21));
     let id = git_blob_id(&data);
-    let parts = [data.slice(..40 * MIB), data.slice(40 * MIB..)];
+    let parts = [
+        data.slice(..40 * MIB as usize),
+        data.slice(40 * MIB as usize..),
+    ];
     let peak_before = srv.peak_rss_kib().expect("VmHWM of the server");
     block_on(async {
         let (status, body) = stream_upload(
@@ -2474,7 +2392,9 @@ fn an_interrupted_stream_upload_leaves_no_temporary_file() {
         20 * MIB
     );
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&random_bytes(9 * MIB, 22)).unwrap();
+    stream
+        .write_all(&random_bytes(9 * MIB as usize, 22))
+        .unwrap();
     stream.flush().unwrap();
     // Let the server write a piece or two to its temporary object, then hang up.
     std::thread::sleep(Duration::from_millis(500));
@@ -2493,8 +2413,7 @@ fn an_interrupted_stream_upload_leaves_no_temporary_file() {
 
 #[test]
 fn websocket_streams_a_range_with_progress_frames() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let data = random_bytes(100_000, 23);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -2548,8 +2467,7 @@ fn websocket_streams_a_range_with_progress_frames() {
 
 #[test]
 fn websocket_serves_several_requests_on_one_connection_in_order() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let a = random_bytes(30_000, 24);
         let b = text_bytes(70_000);
@@ -2597,8 +2515,7 @@ fn websocket_serves_several_requests_on_one_connection_in_order() {
 
 #[test]
 fn websocket_binary_mode_sends_chunk_bytes_in_binary_frames() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let random = random_bytes(40_000, 25);
         let text = text_bytes(40_000);
@@ -2639,8 +2556,7 @@ fn websocket_binary_mode_sends_chunk_bytes_in_binary_frames() {
 
 #[test]
 fn websocket_errors_are_frames_and_the_connection_stays_usable() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
         let data = random_bytes(12_000, 26);
         let hash = seed_blob(&http, &srv, "default", &data).await;
@@ -2731,10 +2647,9 @@ fn websocket_errors_are_frames_and_the_connection_stays_usable() {
 
 #[test]
 fn websocket_cancel_stops_a_running_stream() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
-        let big = random_bytes(16 * MIB, 27);
+        let big = random_bytes(16 * MIB as usize, 27);
         let small = random_bytes(5000, 28);
         let hash = seed_blob(&http, &srv, "default", &big).await;
         let small_hash = seed_blob(&http, &srv, "default", &small).await;
@@ -2864,10 +2779,9 @@ fn websocket_cancel_stops_a_running_stream() {
 /// never looks at the flag and keeps reading and sending every chunk to the end.
 #[test]
 fn cancelling_over_http_stops_a_websocket_stream() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
-        let big = random_bytes(16 * MIB, 32);
+        let big = random_bytes(16 * MIB as usize, 32);
         let hash = seed_blob(&http, &srv, "default", &big).await;
         let mut ws = ws_connect_with(&srv, Some(16 * KIB as u32), None)
             .await
@@ -2931,11 +2845,10 @@ fn cancelling_over_http_stops_a_websocket_stream() {
 /// (cancelled), so it does not hold a slot of `--max-stream-sessions` until expiry.
 #[test]
 fn websocket_sessions_end_with_their_stream_or_their_connection() {
-    let srv = ServerProcess::start_with(&["--max-stream-sessions", "2"]);
-    let http = http_client();
+    let (srv, http) = server_and_client_with(&["--max-stream-sessions", "2"]);
     block_on(async {
         let small = random_bytes(5000, 35);
-        let big = random_bytes(4 * MIB, 36);
+        let big = random_bytes(4 * MIB as usize, 36);
         let small_hash = seed_blob(&http, &srv, "default", &small).await;
         let big_hash = seed_blob(&http, &srv, "default", &big).await;
         let mut ws = ws_connect(&srv).await;
@@ -3018,17 +2931,16 @@ fn websocket_sessions_end_with_their_stream_or_their_connection() {
 /// a machine whose tcp_wmem allows a larger send buffer.
 #[test]
 fn websocket_backpressure_keeps_the_server_a_few_chunks_ahead_of_a_slow_client() {
-    let srv = ServerProcess::start();
-    let http = http_client();
+    let (srv, http) = server_and_client();
     block_on(async {
-        let data = fast_random_bytes(64 * MIB, 29);
+        let data = fast_random_bytes(64 * MIB as usize, 29);
         let hash = seed_blob(&http, &srv, "default", &data).await;
         let mut ws = ws_connect_with(&srv, Some(16 * KIB as u32), None)
             .await
             .expect("connect");
         ws_send(
             &mut ws,
-            &WsClientMessage::Stream(StreamRequest::whole(&hash, MIB as u64)),
+            &WsClientMessage::Stream(StreamRequest::whole(&hash, MIB)),
         )
         .await;
         let response = ws_expect_response(&mut ws, "64 MiB request").await;
@@ -3070,8 +2982,7 @@ fn websocket_backpressure_keeps_the_server_a_few_chunks_ahead_of_a_slow_client()
 
 #[test]
 fn websocket_upgrade_requires_the_auth_token() {
-    let srv = ServerProcess::start_with(&["--auth-token", "secret"]);
-    let http = http_client();
+    let (srv, http) = server_and_client_with(&["--auth-token", "secret"]);
     block_on(async {
         for token in [None, Some("wrong")] {
             match ws_connect_with(&srv, None, token).await {
@@ -3127,8 +3038,3 @@ fn websocket_upgrade_requires_the_auth_token() {
         assert_eq!(status, 404, "a refused upload stored nothing");
     });
 }
-
-/// An upload the server must refuse: (name, headers, body, status, error code).
-type RefusedUpload<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
-/// An upload over a body limit: (name, headers, body, sent chunked).
-type LimitedUpload<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, bool);

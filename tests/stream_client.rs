@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use common::{
-    block_on, md5_hex, random_bytes, run_cli, run_cli_with, write_fast_random_file, ProcSampler,
-    ServerProcess, XorShift,
+    block_on, md5_hex, mib_per_s, random_bytes, run_cli, run_cli_with, write_fast_random_file,
+    ProcSampler, ServerProcess, XorShift, GIB, MIB,
 };
 use govcfs::api::stream::{StreamChunk, StreamProgress};
 use govcfs::client::{CancellationToken, Client, ClientError, ClientOptions, StreamOptions};
@@ -22,8 +22,6 @@ use md5::{Digest, Md5};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-
-const MIB: usize = 1 << 20;
 
 fn client(server: &ServerProcess) -> Client {
     Client::new(&server.url(), "default", ClientOptions::default()).expect("client")
@@ -60,7 +58,7 @@ async fn upload(client: &Client, data: &[u8]) -> String {
 #[test]
 fn stream_reader_random_seeks_and_reads_match_the_source() {
     let server = ServerProcess::start();
-    let data = Arc::new(random_bytes(3 * MIB + 12_345, 1));
+    let data = Arc::new(random_bytes(3 * MIB as usize + 12_345, 1));
     let runtime = common::runtime();
     let c = client(&server);
     let hash = runtime.block_on(upload(&c, &data));
@@ -69,9 +67,9 @@ fn stream_reader_random_seeks_and_reads_match_the_source() {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let ops = proptest::collection::vec((0u64..(4 * MIB) as u64, 1usize..200_000), 1..16);
+    let ops = proptest::collection::vec((0u64..4 * MIB, 1usize..200_000), 1..16);
     let case = (
-        0u64..(MIB as u64),
+        0u64..(MIB),
         prop_oneof![Just(0u64), Just(1024), Just(65_536), Just(1_000_000)],
         1usize..5,
         any::<bool>(),
@@ -161,7 +159,7 @@ fn stream_reader_random_seeks_and_reads_match_the_source() {
 #[test]
 fn a_256_mib_blob_round_trips_through_every_streaming_path() {
     let server = ServerProcess::start();
-    let data = Arc::new(half_compressible(256 * MIB + 777, 2));
+    let data = Arc::new(half_compressible(256 * MIB as usize + 777, 2));
     let want_md5 = md5_hex(&data);
     let c = client(&server);
     block_on(async {
@@ -175,7 +173,7 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
         let mut pieces: Vec<Bytes> = Vec::new();
         for (i, w) in thirds.windows(2).enumerate() {
             pieces.push(Bytes::from(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"part{i}\"; filename=\"p{i}\"\r\nContent-Type: application/octet-stream\r\n\r\n")));
-            for piece in data[w[0]..w[1]].chunks(MIB) {
+            for piece in data[w[0]..w[1]].chunks(MIB as usize) {
                 pieces.push(Bytes::copy_from_slice(piece));
             }
             pieces.push(Bytes::from_static(b"\r\n"));
@@ -209,7 +207,7 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
         for zstd in [false, true] {
             let mut out = Vec::with_capacity(data.len());
             let options = StreamOptions {
-                chunk_size: 4 * MIB as u64,
+                chunk_size: 4 * MIB,
                 zstd,
                 verify_range: zstd,
                 ..StreamOptions::default()
@@ -301,7 +299,7 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
         let mut ws = c.websocket().await.expect("websocket");
         for (binary, gzip) in [(false, false), (true, true)] {
             let mut request = StreamOptions {
-                chunk_size: 2 * MIB as u64,
+                chunk_size: 2 * MIB,
                 enable_gzip: gzip,
                 ..StreamOptions::default()
             }
@@ -345,7 +343,7 @@ fn a_256_mib_blob_round_trips_through_every_streaming_path() {
 #[test]
 fn a_zstd_streamed_upload_is_stored_decompressed() {
     let server = ServerProcess::start();
-    let data = half_compressible(5 * MIB + 3, 3);
+    let data = half_compressible(5 * MIB as usize + 3, 3);
     let c = client(&server);
     block_on(async {
         let reader = std::io::Cursor::new(data.clone());
@@ -384,7 +382,7 @@ fn a_zstd_streamed_upload_is_stored_decompressed() {
 #[test]
 fn cancelling_a_download_stops_it_and_cancels_the_session() {
     let server = ServerProcess::start();
-    let data = random_bytes(16 * MIB, 4);
+    let data = random_bytes(16 * MIB as usize, 4);
     let c = client(&server);
     block_on(async {
         let hash = upload(&c, &data).await;
@@ -465,7 +463,7 @@ fn cli_get_stream_and_ws_write_the_same_bytes_as_a_plain_get() {
     let server = ServerProcess::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let source = dir.path().join("source.bin");
-    std::fs::write(&source, half_compressible(7 * MIB + 5, 5)).expect("write source");
+    std::fs::write(&source, half_compressible(7 * MIB as usize + 5, 5)).expect("write source");
     let url = format!("{}/docs/source.bin", server.repo_url("default"));
     run_cli(&["put", source.to_str().unwrap(), &url]).assert_success("govcfs put");
     let data = std::fs::read(&source).expect("read source");
@@ -533,9 +531,9 @@ fn streaming_1_gib_through_a_session_keeps_the_servers_memory_flat() {
     assert_eq!(std::fs::metadata(&out).expect("output").len(), 1 << 30);
     let growth_mib = samples.max_rss_kib.saturating_sub(before) / 1024;
     println!(
-        "get --stream of 1 GiB: {:.1?} ({:.0} MB/s), server RSS {} MiB before, peak {} MiB (+{growth_mib} MiB)",
+        "get --stream of 1 GiB: {:.1?} ({:.0} MiB/s), server RSS {} MiB before, peak {} MiB (+{growth_mib} MiB)",
         got.elapsed,
-        (1u64 << 30) as f64 / 1e6 / got.elapsed.as_secs_f64(),
+        mib_per_s(GIB, got.elapsed),
         before / 1024,
         samples.max_rss_kib / 1024,
     );

@@ -1,50 +1,29 @@
 //! Helpers of the FUSE mount tests: a foreground mount as a child process that is always
 //! unmounted (even when the test panics), a background (daemon) mount guard, a server that
-//! can be killed and restarted on the same port, and bounded-time process helpers.
+//! can be killed and restarted on the same port.
 //!
-//! Self-contained (it does not depend on `tests/common`). Every wait is bounded in time, and
-//! processes are only ever signalled by the PID of a child this module spawned.
-//!
-//! Use it from a test file with `mod mount_support;`.
+//! Built on `tests/common` (its process runner and server start), so a test file declares
+//! both: `mod common; mod mount_support;`. Every wait is bounded in time, and processes are
+//! only ever signalled by the PID of a child this module spawned.
 
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Path of the `govcfs` binary built by cargo for this test run.
-pub const GOVCFS: &str = env!("CARGO_BIN_EXE_govcfs");
+use crate::common::{
+    await_listening, command_without_proxy, govcfs_command, kill_child, on_thread_within,
+    proc_status_kib, run_command, wait_child, wait_until, GOVCFS,
+};
 
 /// How long a mount may take to show up and answer.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long an unmounted foreground mount process may take to exit by itself.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Proxy variables removed from every child so loopback traffic never goes through a proxy.
-const PROXY_VARS: [&str; 6] = [
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-];
-
-/// A `govcfs` command with a clean environment (no proxy, no `RUST_LOG`).
-pub fn govcfs_command() -> Command {
-    let mut command = Command::new(GOVCFS);
-    command.env_remove("RUST_LOG");
-    for var in PROXY_VARS {
-        command.env_remove(var);
-    }
-    command
-}
 
 /// Decodes the octal escapes (`\040` for a space…) of a /proc/self/mountinfo field.
 fn unescape_mountinfo(field: &str) -> String {
@@ -98,19 +77,16 @@ pub fn is_mounted(path: &Path) -> bool {
 /// FUSE daemon cannot hang the test. `None` on timeout, else the names (sorted) or the error.
 pub fn read_dir_bounded(path: &Path, timeout: Duration) -> Option<std::io::Result<Vec<String>>> {
     let path = path.to_path_buf();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let result = std::fs::read_dir(&path).and_then(|dir| {
+    on_thread_within(timeout, move || {
+        std::fs::read_dir(&path).and_then(|dir| {
             let mut names = Vec::new();
             for entry in dir {
                 names.push(entry?.file_name().to_string_lossy().into_owned());
             }
             names.sort();
             Ok(names)
-        });
-        let _ = tx.send(result);
-    });
-    rx.recv_timeout(timeout).ok()
+        })
+    })
 }
 
 /// Unmounts `path` with `fusermount3 -u`, falling back to `umount -l`; then waits (bounded)
@@ -138,101 +114,6 @@ pub fn unmount_path(path: &Path) -> bool {
     // Last resort: a lazy unmount detaches it even when busy.
     let _ = quiet("umount", &["-l"]);
     wait_until(Duration::from_secs(5), || !is_mounted(path))
-}
-
-pub use crate::common::wait_until;
-
-/// Reads a `kB` field such as `VmHWM:` from `/proc/PID/status`.
-pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Waits at most `timeout` for `child` to exit; `None` if it is still running.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Sends SIGKILL to our own child (by its PID, via std) and reaps it.
-pub fn kill_child(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
-/// Runs `command` (stdin from /dev/null) until it exits or `timeout` passes; on timeout it
-/// is killed by its PID and the function panics. stdout/stderr are whatever the caller set.
-pub fn run_bounded(command: &mut Command, timeout: Duration) -> ExitStatus {
-    command.stdin(Stdio::null());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    match wait_child(&mut child, timeout) {
-        Some(status) => status,
-        None => {
-            kill_child(&mut child);
-            panic!("{command:?} did not finish within {timeout:?}");
-        }
-    }
-}
-
-/// Runs `command` with piped stdout and stderr (read on threads) within `timeout`.
-pub fn output_bounded(command: &mut Command, timeout: Duration) -> (ExitStatus, Vec<u8>, String) {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    let out = child.stdout.take().expect("piped stdout");
-    let err = child.stderr.take().expect("piped stderr");
-    let out_thread = crate::common::drain_on_thread(out);
-    let err_thread = crate::common::drain_on_thread(err);
-    let status = match wait_child(&mut child, timeout) {
-        Some(status) => status,
-        None => {
-            kill_child(&mut child);
-            panic!("{command:?} did not finish within {timeout:?}");
-        }
-    };
-    // A grandchild (a daemonized mount) could keep a pipe open; never wait on it forever.
-    let stdout = join_bounded(out_thread, Duration::from_secs(10)).unwrap_or_default();
-    let stderr = join_bounded(err_thread, Duration::from_secs(10)).unwrap_or_default();
-    (
-        status,
-        stdout,
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
-}
-
-fn join_bounded<T: Send + 'static>(
-    handle: std::thread::JoinHandle<T>,
-    timeout: Duration,
-) -> Option<T> {
-    if wait_until(timeout, || handle.is_finished()) {
-        handle.join().ok()
-    } else {
-        None
-    }
 }
 
 /// Options of a mount started by the tests.
@@ -442,24 +323,21 @@ impl DaemonMount {
     /// `XDG_RUNTIME_DIR` pointing into this guard's directory, then (only if it exited 0)
     /// tries a `read_dir` of the mountpoint at once.
     pub fn run(&self, program: &Path, args: &[&std::ffi::OsStr]) -> DaemonStart {
-        let mut command = Command::new(program);
+        let mut command = command_without_proxy(program);
         command
             .args(args)
             .env("XDG_RUNTIME_DIR", self.runtime_dir())
             .env_remove("RUST_LOG");
-        for var in PROXY_VARS {
-            command.env_remove(var);
-        }
-        let (status, stdout, stderr) = output_bounded(&mut command, Duration::from_secs(90));
-        let first_read_dir = if status.success() {
+        let out = run_command(&mut command, Duration::from_secs(90));
+        let first_read_dir = if out.status.success() {
             read_dir_bounded(&self.mountpoint, MOUNT_TIMEOUT)
         } else {
             None
         };
         DaemonStart {
-            status,
-            stdout,
-            stderr,
+            status: out.status,
+            stdout: out.stdout,
+            stderr: out.stderr,
             first_read_dir,
         }
     }
@@ -571,8 +449,8 @@ pub struct RestartableServer {
 }
 
 impl RestartableServer {
-    /// Starts `govcfs serve --data DATA --listen LISTEN` and waits (≤ 20 s) for its listening
-    /// line. `log_path` receives its stderr (appended).
+    /// Starts `govcfs serve --data DATA --listen LISTEN` and waits for its listening line.
+    /// `log_path` receives its stderr (appended).
     pub fn start(data: &Path, listen: &str, log_path: &Path) -> RestartableServer {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -590,30 +468,16 @@ impl RestartableServer {
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {GOVCFS} serve: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = tx.send(reader.read_line(&mut line).map(|_| line.clone()));
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(line)) => line,
-            other => {
+        let addr = match await_listening(&mut child) {
+            Ok((_, addr)) => addr,
+            Err(e) => {
                 kill_child(&mut child);
                 panic!(
-                    "server on {listen} did not print its listening line ({other:?}); log: {}",
+                    "server on {listen}: {e}; log: {}",
                     std::fs::read_to_string(log_path).unwrap_or_default()
                 );
             }
         };
-        let addr = line
-            .trim_end()
-            .strip_prefix("govcfs: listening on http://")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected listening line {line:?}"));
         RestartableServer {
             child,
             addr,
