@@ -31,8 +31,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::{
-    git_blob_id, http_request, md5_hex, random_bytes, run_cli_with, write_fast_random_file,
-    RawResponse, ServerProcess, XorShift, KIB, MIB,
+    files_under, git_blob_id, http_request, md5_hex, random_bytes, run_cli_with,
+    write_fast_random_file, RawResponse, ServerProcess, XorShift, KIB, MIB,
 };
 use md5::Digest;
 use serde_json::{json, Value};
@@ -190,28 +190,9 @@ fn is_staging_name(name: &str) -> bool {
         .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// All regular files under `dir` (bounded recursion: the layout is a few levels deep).
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if depth > 12 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => walk(&path, depth + 1, out),
-            Ok(t) if t.is_file() => out.push(path),
-            _ => {}
-        }
-    }
-}
-
 fn census(data: &Path) -> Census {
     let mut c = Census::default();
-    let mut all = Vec::new();
-    walk(data, 0, &mut all);
+    let all = files_under(data);
     let tmp = data.join("tmp");
     for file in &all {
         let name = file
@@ -1382,9 +1363,8 @@ fn a_kill_during_repository_creation_leaves_the_repository_usable_or_creatable()
 
 /// Chunk files the server holds in upload directories.
 fn stored_chunks(data: &Path) -> usize {
-    let mut all = Vec::new();
-    walk(&data.join("repos/default/uploads"), 0, &mut all);
-    all.iter()
+    files_under(&data.join("repos/default/uploads"))
+        .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "chunk"))
         .count()
 }

@@ -196,8 +196,7 @@ impl Sandbox {
             );
         }
         let canonical = std::fs::canonicalize(&data).expect("canonical data dir");
-        let mut files = Vec::new();
-        walk(&data, &mut files, 0);
+        let files = paths_under(&data);
         for file in &files {
             let meta = std::fs::symlink_metadata(file).expect("stat");
             assert!(
@@ -235,23 +234,6 @@ impl Sandbox {
             std::fs::read_dir(data.join("tmp"))
                 .map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>())
         );
-    }
-}
-
-/// Every path under `dir` (bounded depth; symlinks are listed, not followed).
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
-    assert!(
-        depth < 64,
-        "the data directory is nested more than 64 levels deep at {}",
-        dir.display()
-    );
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
-        let entry = entry.expect("directory entry");
-        let path = entry.path();
-        if entry.file_type().expect("file type").is_dir() {
-            walk(&path, out, depth + 1);
-        }
-        out.push(path);
     }
 }
 
@@ -3130,21 +3112,6 @@ fn slow_body_connection_is_closed_within_60_s() {
 // ---------------------------------------------------------------------------------------
 // 5. WebSocket floods
 // ---------------------------------------------------------------------------------------
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(srv: &ServerProcess) -> Ws {
-    let url = format!("ws://{}/api/v1/repos/default/stream/websocket", srv.addr);
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("WebSocket handshake within 10 s")
-    .expect("WebSocket handshake");
-    ws
-}
 
 /// Sends every message without reading answers, for at most `limit`; returns how many went
 /// out before the server closed the connection (or all of them).

@@ -566,43 +566,6 @@ fn random_preads_through_the_mount_match_the_source() {
 // 4. a directory of 10,000 files is one listing
 // ---------------------------------------------------------------------------------------
 
-/// Uploads `data` through the chunked upload API and returns its blob id.
-async fn upload_blob(http: &reqwest::Client, api: &str, data: &[u8]) -> String {
-    let started: Value = http
-        .post(format!("{api}/uploads"))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = started["upload_id"]
-        .as_str()
-        .expect("upload_id")
-        .to_string();
-    http.put(format!("{api}/uploads/{id}/0"))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
-    let done: Value = http
-        .post(format!("{api}/uploads/{id}/complete"))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(done["size"].as_u64(), Some(data.len() as u64), "{done}");
-    done["hash"].as_str().expect("hash").to_string()
-}
-
 #[test]
 fn listing_a_directory_of_10000_files_is_one_tree_request() {
     const N: usize = 10_000;
@@ -610,7 +573,8 @@ fn listing_a_directory_of_10000_files_is_one_tree_request() {
     let api = server.api("default");
     common::block_on(async {
         let http = common::http_client();
-        let hash = upload_blob(&http, &api, b"small file\n").await;
+        let done = common::upload_blob(&http, &api, b"small file\n", None).await;
+        let hash = done["hash"].as_str().expect("hash").to_string();
         let changes: Vec<Value> = (1..=N)
             .map(|i| json!({"op": "put", "path": format!("many/f{i:05}"), "hash": hash}))
             .collect();

@@ -28,8 +28,7 @@ async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Val
     json_of(http.post(url).json(body).send().await.expect("POST")).await
 }
 
-/// Uploads `data` through the resumable upload API (start, PUT every chunk with its MD5,
-/// complete) and returns the `complete` answer (`{"hash","size","md5"}`).
+/// Uploads `data` through the resumable upload API and returns the `complete` answer.
 async fn upload(
     http: &reqwest::Client,
     srv: &ServerProcess,
@@ -37,50 +36,7 @@ async fn upload(
     data: &[u8],
     chunk_size: Option<u64>,
 ) -> Value {
-    let api = srv.api(repo);
-    let start_body = match chunk_size {
-        Some(c) => json!({ "chunk_size": c }),
-        None => json!({}),
-    };
-    let (status, started) = post_json(http, &format!("{api}/uploads"), &start_body).await;
-    assert!(
-        status == 200 || status == 201,
-        "start upload: {status} {started}"
-    );
-    let id = started["upload_id"]
-        .as_str()
-        .expect("upload_id")
-        .to_string();
-    let chunk = started["chunk_size"].as_u64().expect("chunk_size") as usize;
-    if let Some(c) = chunk_size {
-        assert_eq!(
-            chunk as u64, c,
-            "the server changed a chunk size inside its bounds"
-        );
-    }
-    for (index, piece) in data.chunks(chunk).enumerate() {
-        let response = http
-            .put(format!("{api}/uploads/{id}/{index}"))
-            .header("X-Checksum-MD5", md5_hex(piece))
-            .body(piece.to_vec())
-            .send()
-            .await
-            .expect("PUT chunk");
-        assert!(
-            response.status().is_success(),
-            "PUT chunk {index}: {}",
-            response.status()
-        );
-    }
-    let (status, info) = json_of(
-        http.post(format!("{api}/uploads/{id}/complete"))
-            .send()
-            .await
-            .expect("complete"),
-    )
-    .await;
-    assert!(status == 200 || status == 201, "complete: {status} {info}");
-    info
+    upload_blob(http, &srv.api(repo), data, chunk_size).await
 }
 
 /// Uploads `data` and commits it at `path` of `repo`; returns (blob id, commit id).

@@ -110,42 +110,7 @@ fn assert_success(what: &str, status: u16, body: &Value) {
 /// Stores `data` as a blob of `repo` through the resumable upload API (not the streaming
 /// upload under test) and returns its id.
 async fn seed_blob(http: &reqwest::Client, srv: &ServerProcess, repo: &str, data: &[u8]) -> String {
-    let api = srv.api(repo);
-    let (status, started) = json_of(
-        http.post(format!("{api}/uploads"))
-            .json(&json!({ "chunk_size": 16 * MIB }))
-            .send()
-            .await
-            .expect("POST uploads"),
-    )
-    .await;
-    assert_success("start a seed upload", status, &started);
-    let id = started["upload_id"]
-        .as_str()
-        .expect("upload_id")
-        .to_string();
-    let chunk = started["chunk_size"].as_u64().expect("chunk_size") as usize;
-    for (index, piece) in data.chunks(chunk).enumerate() {
-        let r = http
-            .put(format!("{api}/uploads/{id}/{index}"))
-            .body(piece.to_vec())
-            .send()
-            .await
-            .expect("PUT chunk");
-        assert!(
-            r.status().is_success(),
-            "seed chunk {index}: {}",
-            r.status()
-        );
-    }
-    let (status, info) = json_of(
-        http.post(format!("{api}/uploads/{id}/complete"))
-            .send()
-            .await
-            .expect("complete"),
-    )
-    .await;
-    assert_success("complete a seed upload", status, &info);
+    let info = upload_blob(http, &srv.api(repo), data, Some(16 * MIB)).await;
     let hash = info["hash"].as_str().expect("hash").to_string();
     assert_eq!(hash, git_blob_id(data), "seeded blob id");
     hash
@@ -639,24 +604,6 @@ async fn blob_status(http: &reqwest::Client, srv: &ServerProcess, hash: &str) ->
 
 /// The longest a test waits for one WebSocket frame.
 const WS_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn ws_url(srv: &ServerProcess, repo: &str) -> String {
-    format!("ws://{}/api/v1/repos/{repo}/stream/websocket", srv.addr)
-}
-
-/// Connects with `connect_async` (default socket buffers).
-async fn ws_connect(
-    srv: &ServerProcess,
-) -> WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(ws_url(srv, "default")),
-    )
-    .await
-    .expect("WebSocket handshake within 10 s")
-    .expect("WebSocket handshake");
-    ws
-}
 
 /// Connects over a socket whose receive buffer is `recv_buffer` bytes (set before connecting,
 /// which also turns off the kernel's receive-buffer autotuning), optionally with a token.

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A xorshift64* generator: fast, deterministic, good enough to defeat compression and
 /// deduplication.
@@ -198,4 +198,45 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
             .position(|(x, y)| x != y)
             .unwrap_or(a.len().min(b.len())),
     )
+}
+
+/// Every path under `dir`, directories included and symlinks listed but not followed. A
+/// missing `dir`, or an entry that vanishes while it is walked (a live server renames its
+/// temporary files), is skipped; any other error fails the test. Nesting is bounded.
+pub fn paths_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    collect_paths(dir, 0, &mut out);
+    out
+}
+
+fn collect_paths(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    assert!(
+        depth < 64,
+        "{} is nested over 64 levels deep",
+        dir.display()
+    );
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => panic!("read {}: {e}", dir.display()),
+    };
+    for entry in entries {
+        let entry = entry.unwrap_or_else(|e| panic!("entry of {}: {e}", dir.display()));
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => collect_paths(&path, depth + 1, out),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("file type of {}: {e}", path.display()),
+        }
+        out.push(path);
+    }
+}
+
+/// The regular files under `dir` (see [`paths_under`]).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    paths_under(dir)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
 }

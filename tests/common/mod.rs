@@ -13,9 +13,13 @@ pub mod process;
 pub mod s3;
 pub mod server;
 pub mod units;
+pub mod upload;
+pub mod ws;
 
 pub use data::*;
 pub use http::*;
 pub use process::*;
 pub use server::*;
 pub use units::*;
+pub use upload::*;
+pub use ws::*;
