@@ -31,7 +31,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::{
-    files_under, git_blob_id, http_request, md5_hex, random_bytes, run_cli_with,
+    files_under, blob_id, http_request, md5_hex, random_bytes, run_cli_with,
     write_fast_random_file, RawResponse, ServerProcess, XorShift, KIB, MIB,
 };
 use md5::Digest;
@@ -154,7 +154,7 @@ fn check_blob(addr: SocketAddr, hash: &str, len: usize, what: &str) {
         "{what}: blob {hash} has {} bytes, want {len}",
         r.body.len()
     );
-    let actual = git_blob_id(&r.body);
+    let actual = blob_id(&r.body);
     assert_eq!(
         actual, hash,
         "{what}: blob {hash} hashes to {actual}: its content does not match its id"
@@ -446,7 +446,7 @@ fn run_client(
             let data = random_bytes(len, seed);
             (
                 BlobRec {
-                    hash: git_blob_id(&data),
+                    hash: blob_id(&data),
                     len,
                     seed,
                 },
@@ -611,7 +611,7 @@ fn resume_upload(
             404 => {}
             200 => {
                 assert_eq!(
-                    git_blob_id(&r.body),
+                    blob_id(&r.body),
                     up.blob.hash,
                     "{what}: a blob published by a cut assembly does not match its id"
                 );
@@ -1028,7 +1028,7 @@ fn kills_during_assembly_leave_no_stale_files_in_tmp_after_a_restart() {
     let mut after_each = Vec::new();
     for round in 0..ROUNDS {
         let blob = random_bytes(8 * MIB as usize + round * 777, 900 + round as u64);
-        let want = git_blob_id(&blob);
+        let want = blob_id(&blob);
         let id = upload_all_chunks(server.addr, &blob, MIB as usize);
         let before = names_in(&tmp);
         // `complete` on a helper thread; the kill comes once the assembly has a file in tmp/,
@@ -1093,7 +1093,7 @@ fn kills_during_assembly_leave_no_stale_files_in_tmp_after_a_restart() {
 fn put_file(addr: SocketAddr, path: &str, data: &[u8]) -> (String, String) {
     let id = upload_all_chunks(addr, data, 4 * MIB as usize);
     let hash = complete(addr, &id);
-    assert_eq!(hash, git_blob_id(data));
+    assert_eq!(hash, blob_id(data));
     let r = post_json(
         addr,
         &api("/commits"),
@@ -1152,7 +1152,7 @@ fn fsck_names_a_flipped_byte_a_truncated_tree_or_commit_and_a_ref_to_a_missing_c
     );
     println!("undamaged: {}", clean.trim());
 
-    let missing = git_blob_id(b"a commit that was never written");
+    let missing = blob_id(b"a commit that was never written");
     type Damage = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Damage, Vec<String>)> = vec![
         (
@@ -1430,10 +1430,10 @@ fn a_mount_killed_during_cp_leaves_the_old_version_and_a_clean_store() {
     let stat = must_json(server.addr, &api("/stat/big.bin"));
     assert_eq!(
         stat["hash"].as_str(),
-        Some(git_blob_id(&old).as_str()),
+        Some(blob_id(&old).as_str()),
         "big.bin changed although cp never closed it"
     );
-    check_blob(server.addr, &git_blob_id(&old), old.len(), "old big.bin");
+    check_blob(server.addr, &blob_id(&old), old.len(), "old big.bin");
     let new_id = {
         let mut h = Sha256::new();
         h.update(format!("blob {}\0", 256 * MIB).as_bytes());

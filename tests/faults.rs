@@ -32,7 +32,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    first_difference, git_blob_id_of_file as blob_id_of_file, mib_per_s, on_thread_within,
+    first_difference, blob_id_of_file as blob_id_of_file, mib_per_s, on_thread_within,
     random_bytes, run_cli_with, run_status, server_hash, wait_until, write_fast_random_file,
     ServerProcess, KIB, MIB,
 };

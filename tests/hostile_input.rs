@@ -430,7 +430,7 @@ fn seed_blob(srv: &ServerProcess, repo: &str, data: &[u8]) -> String {
     .expect("upload");
     assert_eq!(r.status, 201, "seed upload: {}", r.text());
     let hash = r.json()["hash"].as_str().expect("hash").to_string();
-    assert_eq!(hash, git_blob_id(data));
+    assert_eq!(hash, blob_id(data));
     hash
 }
 
@@ -797,7 +797,7 @@ fn hostile_repository_names_on_every_route_get_4xx_json() {
         "GET",
         &format!(
             "/api/v1/repos/default/blobs/{}",
-            git_blob_id(b"payload for ..")
+            blob_id(b"payload for ..")
         ),
         &[],
         b"",
@@ -2520,7 +2520,7 @@ fn malformed_multipart_bodies_are_refused_cleanly_or_stored_exactly() {
             )
             .unwrap();
             if blob.status != 200
-                || git_blob_id(&blob.body) != hash
+                || blob_id(&blob.body) != hash
                 || answer["size"] != blob.body.len()
             {
                 failures.push(format!(
@@ -2771,7 +2771,7 @@ fn broken_http_framing_gets_4xx_or_a_close_and_the_server_keeps_serving() {
         .unwrap_or(0);
     if status == 201 {
         assert!(
-            text.contains(&git_blob_id(b"hello")),
+            text.contains(&blob_id(b"hello")),
             "Content-Length won over Transfer-Encoding: {text}"
         );
         answers.push("Content-Length and Transfer-Encoding: 201 (chunked body)".into());

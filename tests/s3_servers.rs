@@ -250,7 +250,7 @@ fn two_servers_on_one_bucket_keep_every_concurrent_commit() {
         for side in ["a", "b"] {
             let listed = tree_of(server, side);
             let expected: BTreeMap<String, String> = (0..FILES)
-                .map(|i| (i.to_string(), git_blob_id(&files[&(side, i)].1)))
+                .map(|i| (i.to_string(), blob_id(&files[&(side, i)].1)))
                 .collect();
             assert_eq!(
                 listed, expected,
@@ -594,7 +594,7 @@ fn an_upload_session_started_on_one_server_is_completed_on_the_other() {
     let info = r.json();
     assert_eq!(
         info["hash"].as_str(),
-        Some(git_blob_id(&data).as_str()),
+        Some(blob_id(&data).as_str()),
         "blob id of the assembled upload: {info}"
     );
     assert_eq!(

@@ -146,7 +146,7 @@ fn blob_ids_equal_git_hash_object_sha256() {
             );
             let git_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
             assert_eq!(git_id.len(), 64, "not a sha256 id: {git_id}");
-            assert_eq!(git_id, git_blob_id(data), "local computation of the id");
+            assert_eq!(git_id, blob_id(data), "local computation of the id");
 
             // One upload with the default chunk size, one with many small chunks.
             for chunk_size in [None, Some(64 << 10)] {
@@ -1367,7 +1367,7 @@ fn interrupted_uploads_resume_and_cut_chunks_are_not_kept() {
         )
         .await;
         assert!(status == 200 || status == 201, "{info}");
-        assert_eq!(info["hash"], git_blob_id(&data).as_str());
+        assert_eq!(info["hash"], blob_id(&data).as_str());
         assert_eq!(info["size"], data.len() as u64);
         assert_eq!(info["md5"], md5_hex(&data).as_str());
         let blob = http
@@ -1417,7 +1417,7 @@ fn interrupted_uploads_resume_and_cut_chunks_are_not_kept() {
         }
         for partial in [&cut[..1000], &cut[..]] {
             let r = http
-                .get(format!("{api}/blobs/{}", git_blob_id(partial)))
+                .get(format!("{api}/blobs/{}", blob_id(partial)))
                 .send()
                 .await
                 .unwrap();
@@ -1529,7 +1529,7 @@ fn upload_chunks_can_be_copied_from_the_same_range_of_an_existing_blob() {
         )
         .await;
         assert!(status == 200 || status == 201, "{info}");
-        assert_eq!(info["hash"], git_blob_id(&expected).as_str());
+        assert_eq!(info["hash"], blob_id(&expected).as_str());
         assert_eq!(
             srv.metric("govcfs_blob_bytes_received_total").unwrap(),
             received_before,
@@ -1900,7 +1900,7 @@ fn max_upload_size_refuses_chunks_beyond_it_and_keeps_nothing() {
         );
         assert_eq!(upload_status["bytes"], 65536);
         let r = http
-            .get(format!("{api}/blobs/{}", git_blob_id(&piece)))
+            .get(format!("{api}/blobs/{}", blob_id(&piece)))
             .send()
             .await
             .unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use govcfs::api::{Change, CommitRequest};
-use govcfs::store::{Backend, Store, StoreError};
+use govcfs::store::{Backend, ChunkChecks, Store, StoreError};
 
 /// A backend of one kind, kept alive (its directory or S3 server) for the test.
 struct Fixture {
@@ -92,7 +92,7 @@ async fn blobs_round_trip_in_ranges_and_are_deduplicated(f: Fixture) {
     let a = store.put_blob_bytes("default", data.clone()).await.unwrap();
     let b = store.put_blob_bytes("default", data.clone()).await.unwrap();
     assert_eq!(a.hash, b.hash);
-    assert_eq!(a.hash, common::git_blob_id(&data));
+    assert_eq!(a.hash, common::blob_id(&data));
     assert_eq!(
         store.blob_size("default", &a.hash).await.unwrap(),
         data.len() as u64
@@ -137,7 +137,7 @@ async fn a_large_blob_streams_through_multipart_writes(f: Fixture) {
     }
     let info = writer.finish().await.unwrap();
     assert_eq!(info.size, all.len() as u64);
-    assert_eq!(info.hash, common::git_blob_id(&all));
+    assert_eq!(info.hash, common::blob_id(&all));
     let tail = store
         .read_blob_range(
             "default",
@@ -249,7 +249,7 @@ async fn an_upload_started_on_one_instance_completes_on_another(f: Fixture) {
         &started.upload_id,
         0,
         Bytes::copy_from_slice(chunks[0]),
-        None,
+        ChunkChecks::default(),
         u64::MAX,
     )
     .await
@@ -259,7 +259,7 @@ async fn an_upload_started_on_one_instance_completes_on_another(f: Fixture) {
         &started.upload_id,
         2,
         Bytes::copy_from_slice(chunks[2]),
-        None,
+        ChunkChecks::default(),
         u64::MAX,
     )
     .await
@@ -275,7 +275,10 @@ async fn an_upload_started_on_one_instance_completes_on_another(f: Fixture) {
         &started.upload_id,
         1,
         Bytes::copy_from_slice(chunks[1]),
-        Some(&md5),
+        ChunkChecks {
+            md5: Some(&md5),
+            crc32c: None,
+        },
         u64::MAX,
     )
     .await
@@ -289,7 +292,7 @@ async fn an_upload_started_on_one_instance_completes_on_another(f: Fixture) {
         .complete_upload("default", &started.upload_id, u64::MAX)
         .await
         .unwrap();
-    assert_eq!(info.hash, common::git_blob_id(&data));
+    assert_eq!(info.hash, common::blob_id(&data));
     assert_eq!(
         a.read_blob_range("default", &info.hash, 0..data.len() as u64)
             .await

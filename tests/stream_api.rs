@@ -112,7 +112,7 @@ fn assert_success(what: &str, status: u16, body: &Value) {
 async fn seed_blob(http: &reqwest::Client, srv: &ServerProcess, repo: &str, data: &[u8]) -> String {
     let info = upload_blob(http, &srv.api(repo), data, Some(16 * MIB)).await;
     let hash = info["hash"].as_str().expect("hash").to_string();
-    assert_eq!(hash, git_blob_id(data), "seeded blob id");
+    assert_eq!(hash, blob_id(data), "seeded blob id");
     hash
 }
 
@@ -492,7 +492,7 @@ fn assert_uploaded(
         .unwrap_or_else(|e| panic!("{what}: not a StreamUploaded ({e}): {body}"));
     assert_eq!(
         info.hash,
-        git_blob_id(data),
+        blob_id(data),
         "{what}: hash is the git sha256 blob id"
     );
     assert_eq!(info.size, data.len() as u64, "{what}: size");
@@ -2116,7 +2116,7 @@ fn corrupt_or_unsupported_upload_bodies_are_refused_and_nothing_is_kept() {
     );
     block_on(async {
         assert_eq!(
-            blob_status(&http, &srv, &git_blob_id(&garbage)).await,
+            blob_status(&http, &srv, &blob_id(&garbage)).await,
             404,
             "the garbage was not stored raw"
         );
@@ -2241,7 +2241,7 @@ fn stream_uploads_over_max_upload_size_get_413_and_keep_nothing() {
     block_on(async {
         for (what, bytes) in [("random", &big[..]), ("zeros", &zeros[..])] {
             assert_eq!(
-                blob_status(&http, &srv, &git_blob_id(bytes)).await,
+                blob_status(&http, &srv, &blob_id(bytes)).await,
                 404,
                 "{what}: a refused upload was stored"
             );
@@ -2295,7 +2295,7 @@ fn early_upload_refusals_reach_an_ordinary_http_client() {
 fn a_64_mib_multipart_upload_streams_in_bounded_server_memory() {
     let (srv, http) = server_and_client();
     let data = Bytes::from(fast_random_bytes(64 * MIB as usize, 21));
-    let id = git_blob_id(&data);
+    let id = blob_id(&data);
     let parts = [
         data.slice(..40 * MIB as usize),
         data.slice(40 * MIB as usize..),
@@ -2974,7 +2974,7 @@ fn websocket_upgrade_requires_the_auth_token() {
             http.get(format!(
                 "{}/blobs/{}",
                 srv.api("default"),
-                git_blob_id(b"x")
+                blob_id(b"x")
             ))
             .bearer_auth("secret")
             .send()

@@ -42,6 +42,8 @@ pub enum ErrorCode {
     StreamNotFound,
     /// 404: a chunk index past the session's last chunk.
     ChunkOutOfRange,
+    /// 404: a blob from a store written before chunking has no manifest.
+    NotChunked,
     /// 410: the session was cancelled.
     StreamCancelled,
     /// 410: the session expired.
@@ -75,6 +77,7 @@ impl ErrorCode {
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::StreamNotFound => "stream_not_found",
             ErrorCode::ChunkOutOfRange => "chunk_out_of_range",
+            ErrorCode::NotChunked => "not_chunked",
             ErrorCode::StreamCancelled => "stream_cancelled",
             ErrorCode::StreamExpired => "stream_expired",
             ErrorCode::Internal => "internal",
@@ -88,7 +91,10 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::Unknown => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
-            ErrorCode::NotFound | ErrorCode::StreamNotFound | ErrorCode::ChunkOutOfRange => 404,
+            ErrorCode::NotFound
+            | ErrorCode::StreamNotFound
+            | ErrorCode::ChunkOutOfRange
+            | ErrorCode::NotChunked => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
             ErrorCode::StreamCancelled | ErrorCode::StreamExpired => 410,
@@ -132,7 +138,8 @@ impl std::fmt::Display for ErrorCode {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 20] = [
+    const ALL: [ErrorCode; 21] = [
+        ErrorCode::NotChunked,
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,

@@ -14,6 +14,24 @@ pub const DEFAULT_REPO: &str = "default";
 /// On an upload chunk PUT with an empty body: take the chunk's bytes from the same position
 /// of this blob instead (an append to a huge file then sends only the new bytes).
 pub const COPY_FROM_BLOB_HEADER: &str = "x-copy-from-blob";
+/// On an upload chunk PUT with an empty body: the chunk is these stored chunks of the
+/// repository (comma-separated hex SHA-256, in order), so no bytes are sent.
+pub const CHUNK_REFS_HEADER: &str = "x-chunk-sha256";
+/// Hashes a `POST …/chunks/missing` may ask about at once.
+pub const MAX_CHUNKS_ASKED: usize = 4096;
+
+/// `POST /api/v1/repos/:repo/chunks/missing` body: chunk hashes (hex SHA-256).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkList {
+    pub chunks: Vec<String>,
+}
+
+/// `POST /api/v1/repos/:repo/chunks/missing` answer: those of the asked chunks the
+/// repository does not hold, in the order asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingChunks {
+    pub missing: Vec<String>,
+}
 
 /// `POST /api/v1/repos` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,9 +122,12 @@ pub struct UploadStatus {
 /// A stored blob: `POST …/uploads/:id/complete` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BlobInfo {
+    /// The blob id (the Merkle id of its manifest).
     pub hash: String,
+    /// Its length in bytes.
     pub size: u64,
-    pub md5: String,
+    /// How many chunks it is made of.
+    pub chunks: u64,
 }
 
 /// One change of a commit request.

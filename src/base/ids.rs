@@ -1,8 +1,9 @@
 //! Object ids.
 //!
-//! A blob id is the SHA-256 of `"blob " + len + "\0" + content`, the id `git hash-object`
-//! gives in a `--object-format=sha256` repository. Trees and commits are named the same way
-//! with the `tree` and `commit` headers.
+//! Trees and commits are named by the SHA-256 of `"<kind> " + len + "\0" + encoding`, the
+//! ids `git hash-object` gives in a `--object-format=sha256` repository. New blobs have a
+//! Merkle id ([`crate::base::manifest`]); blobs of stores written before chunking keep the
+//! Git-style id computed here ([`legacy_blob_id`], [`LegacyBlobHasher`]).
 
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -20,20 +21,21 @@ pub struct LengthMismatch {
     pub seen: u64,
 }
 
-/// Incremental hasher of a blob whose length is known up front: the SHA-256 id and the MD5.
-pub struct BlobHasher {
+/// Incremental hasher of a legacy (single-object) blob whose length is known up front: the
+/// Git-style SHA-256 id and the MD5.
+pub struct LegacyBlobHasher {
     sha: Sha256,
     md5: Md5,
     expected_len: u64,
     seen: u64,
 }
 
-impl BlobHasher {
+impl LegacyBlobHasher {
     /// Starts hashing a blob of `len` bytes.
     pub fn new(len: u64) -> Self {
         let mut sha = Sha256::new();
         sha.update(format!("blob {len}\0").as_bytes());
-        BlobHasher {
+        LegacyBlobHasher {
             sha,
             md5: Md5::new(),
             expected_len: len,
@@ -63,8 +65,8 @@ impl BlobHasher {
     }
 }
 
-/// The id of a whole in-memory blob.
-pub fn blob_id(content: &[u8]) -> String {
+/// The Git-style id of a whole in-memory legacy blob.
+pub fn legacy_blob_id(content: &[u8]) -> String {
     object_id("blob", content)
 }
 
@@ -91,7 +93,7 @@ mod tests {
     fn empty_blob_matches_git_sha256() {
         // `git hash-object --object-format=sha256 /dev/null`
         assert_eq!(
-            blob_id(b""),
+            legacy_blob_id(b""),
             "473a0f4c3be8a93681a267e3b1e9a7dcda1185436fe141f7749120a303721813"
         );
     }
@@ -100,7 +102,7 @@ mod tests {
     fn hello_matches_git_sha256() {
         // `printf 'hello\n' | git hash-object --object-format=sha256 --stdin`
         assert_eq!(
-            blob_id(b"hello\n"),
+            legacy_blob_id(b"hello\n"),
             "2cf8d83d9ee29543b34a87727421fdecb7e3f3a183d337639025de576db9ebb4"
         );
     }
@@ -108,14 +110,14 @@ mod tests {
     #[test]
     fn incremental_equals_whole() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let mut h = BlobHasher::new(data.len() as u64);
+        let mut h = LegacyBlobHasher::new(data.len() as u64);
         for part in data.chunks(777) {
             h.update(part);
         }
         let (id, md5) = h.finish().unwrap();
-        assert_eq!(id, blob_id(&data));
+        assert_eq!(id, legacy_blob_id(&data));
         assert_eq!(md5, md5_hex(&data));
-        let mut short = BlobHasher::new(5);
+        let mut short = LegacyBlobHasher::new(5);
         short.update(b"abc");
         assert_eq!(
             short.finish().unwrap_err(),
@@ -128,8 +130,8 @@ mod tests {
 
     #[test]
     fn object_ids_are_64_lowercase_hex_digits() {
-        assert!(is_object_id(&blob_id(b"x")));
-        assert!(!is_object_id(&blob_id(b"x").to_uppercase()));
+        assert!(is_object_id(&legacy_blob_id(b"x")));
+        assert!(!is_object_id(&legacy_blob_id(b"x").to_uppercase()));
         assert!(!is_object_id("main"));
         assert!(!is_object_id(&"a".repeat(63)));
     }

@@ -3,6 +3,7 @@
 
 mod fsck;
 mod get;
+mod hash;
 mod ls;
 pub mod mount;
 pub mod progress;
@@ -47,8 +48,10 @@ pub enum Command {
     Unmount(unmount::UnmountArgs),
     /// List (and re-upload) writes kept after a failed close.
     Recover(recover::RecoverArgs),
-    /// Verify every ref, commit, tree and blob id of a store; non-zero on damage.
+    /// Verify every ref, commit, tree, blob and chunk of a store; non-zero on damage.
     Fsck(fsck::FsckArgs),
+    /// Print the blob id of local files (no server needed), to check a download.
+    Hash(hash::HashArgs),
 }
 
 /// Runs a parsed command line.
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unmount(args) => unmount::run(args),
         Command::Recover(args) => runtime()?.block_on(recover::run(args)),
         Command::Fsck(args) => runtime()?.block_on(fsck::run(args)),
+        Command::Hash(args) => hash::run(args),
     }
 }
 

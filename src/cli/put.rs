@@ -64,7 +64,6 @@ pub async fn run(args: PutArgs) -> anyhow::Result<()> {
     let options = UploadOptions {
         max_concurrent: args.max_concurrent,
         progress: Some(Arc::new(move |done| progress_bar.set_position(done))),
-        expected_len: size,
         ..UploadOptions::default()
     };
     let blob = client.upload(&mut reader, &options, &cancel).await?;

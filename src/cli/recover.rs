@@ -122,14 +122,10 @@ async fn restore(copy: &std::path::Path, note: &RecoveryNote) -> anyhow::Result<
         format!("{}.recovered-{}", note.path, note.time.replace(':', ""))
     };
     let mut file = tokio::fs::File::open(copy).await?;
-    let len = file.metadata().await?.len();
     let blob = client
         .upload(
             &mut file,
-            &UploadOptions {
-                expected_len: Some(len),
-                ..UploadOptions::default()
-            },
+            &UploadOptions::default(),
             &cancel,
         )
         .await?;

@@ -1,5 +1,5 @@
 //! Blob reads into memory: bounded ranges, each checked against the cheapest checksum header
-//! the server sent (CRC32C, then SHA-256, then MD5), and blob sizes. Long downloads into a
+//! the server sent (CRC32C, then SHA-256, then MD5), blob sizes and manifests. Long downloads into a
 //! writer are in [`super::download`].
 
 use std::ops::Range;
@@ -11,6 +11,7 @@ use reqwest::Method;
 
 use super::{check, CancellationToken, Client, ClientError, Result};
 use crate::base::checksum;
+use crate::base::manifest::Manifest;
 
 /// Options of [`Client::download`].
 #[derive(Clone, Default)]
@@ -100,6 +101,33 @@ impl Client {
                     .ok()
             })
             .ok_or_else(|| ClientError::Protocol("no Content-Length on HEAD".into()))
+    }
+}
+
+impl Client {
+    /// The manifest of chunked blob `hash`, checked against the id; `None` for a blob of a
+    /// store written before chunking (the server has no manifest for it).
+    pub async fn blob_manifest(
+        &self,
+        hash: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Manifest>> {
+        let url = self.url(&format!("/blobs/{hash}/manifest"));
+        let response = match self.send(cancel, || self.request(Method::GET, &url)).await {
+            Ok(r) => r,
+            Err(ClientError::Http { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let text = response.bytes().await.map_err(ClientError::Transport)?;
+        let manifest =
+            Manifest::decode(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if manifest.id() != hash {
+            return Err(ClientError::Checksum {
+                expected: hash.to_string(),
+                actual: manifest.id(),
+            });
+        }
+        Ok(Some(manifest))
     }
 }
 

@@ -10,7 +10,34 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::blobs::total_from_content_range;
 use super::{check, CancellationToken, Client, ClientError, DownloadOptions, Result};
 use crate::base::checksum::MD5_HEADER;
-use crate::base::ids::BlobHasher;
+use crate::base::ids::LegacyBlobHasher;
+use crate::base::manifest::BlobHasher;
+
+/// The end-to-end check of a whole download: the Merkle id of a chunked blob, or the
+/// Git-style id of a blob from a store written before chunking.
+enum WholeHasher {
+    Chunked(BlobHasher),
+    Legacy(LegacyBlobHasher),
+}
+
+impl WholeHasher {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            WholeHasher::Chunked(h) => h.update(data),
+            WholeHasher::Legacy(h) => h.update(data),
+        }
+    }
+
+    fn finish(self) -> Result<String> {
+        match self {
+            WholeHasher::Chunked(h) => Ok(h.finish().id()),
+            WholeHasher::Legacy(h) => h
+                .finish()
+                .map(|(id, _)| id)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+        }
+    }
+}
 
 /// Where a download stands between its attempts.
 struct Progress<'o> {
@@ -20,17 +47,20 @@ struct Progress<'o> {
     end: Option<u64>,
     /// The next byte to write.
     pos: u64,
+    /// Whether the blob is a legacy one (it has no manifest).
+    legacy: bool,
     /// The blob id being computed, for whole downloads only.
-    hasher: Option<BlobHasher>,
+    hasher: Option<WholeHasher>,
     /// Attempts that failed in a row, without a byte between them.
     failures: u32,
 }
 
 impl<'o> Progress<'o> {
-    fn new(options: &'o DownloadOptions) -> Self {
+    fn new(options: &'o DownloadOptions, legacy: bool) -> Self {
         let start = options.range.as_ref().map_or(0, |r| r.start);
         Progress {
             options,
+            legacy,
             start,
             end: options.range.as_ref().map(|r| r.end),
             pos: start,
@@ -58,7 +88,10 @@ impl<'o> Progress<'o> {
         if self.end.is_none() {
             self.end = Some(total);
             if self.start == 0 && self.options.range.is_none() {
-                self.hasher = Some(BlobHasher::new(total));
+                self.hasher = Some(match self.legacy {
+                    true => WholeHasher::Legacy(LegacyBlobHasher::new(total)),
+                    false => WholeHasher::Chunked(BlobHasher::new()),
+                });
             }
         }
     }
@@ -78,9 +111,7 @@ impl<'o> Progress<'o> {
     /// Checks a whole download against the blob id.
     fn finish(self, hash: &str) -> Result<u64> {
         if let Some(h) = self.hasher {
-            let (id, _) = h
-                .finish()
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let id = h.finish()?;
             if id != hash {
                 return Err(ClientError::Checksum {
                     expected: hash.to_string(),
@@ -104,7 +135,8 @@ impl Client {
         cancel: &CancellationToken,
     ) -> Result<u64> {
         let url = self.url(&format!("/blobs/{hash}"));
-        let mut progress = Progress::new(options);
+        let legacy = options.range.is_none() && self.blob_manifest(hash, cancel).await?.is_none();
+        let mut progress = Progress::new(options, legacy);
         while !progress.is_done() {
             match self
                 .download_attempt(&url, writer, &mut progress, cancel)

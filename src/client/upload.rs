@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
-use md5::{Digest, Md5};
 use reqwest::Method;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{CancellationToken, Client, ClientError, Result};
-use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, COPY_FROM_BLOB_HEADER};
-use crate::base::checksum::{md5_hex, MD5_HEADER};
-use crate::base::ids::BlobHasher;
+use crate::api::{
+    BlobInfo, ChunkList, MissingChunks, StartUpload, UploadStarted, UploadStatus, CHUNK_REFS_HEADER,
+    COPY_FROM_BLOB_HEADER,
+};
+use crate::base::checksum::{crc32c_hex, CRC32C_HEADER};
+use crate::base::manifest::{chunk_hash, BlobHasher, ChunkHash, Manifest, CHUNK_SIZE};
 
 /// Options of [`Client::upload`].
 #[derive(Clone)]
@@ -23,56 +25,60 @@ pub struct UploadOptions {
     pub max_concurrent: usize,
     /// Called with the bytes acknowledged by the server so far.
     pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
-    /// The length of the input, when known: the result is then checked against the blob id
-    /// computed locally (SHA-256, fast), otherwise against the MD5 of what was read.
-    pub expected_len: Option<u64>,
+    /// Ask the server which chunks it already holds and send only the others (a re-upload
+    /// of a file with one changed MiB then sends one chunk).
+    pub skip_held_chunks: bool,
 }
 
 impl Default for UploadOptions {
     fn default() -> Self {
         UploadOptions {
-            chunk_size: 4 << 20,
+            chunk_size: CHUNK_SIZE,
             max_concurrent: 4,
             progress: None,
-            expected_len: None,
+            skip_held_chunks: true,
         }
     }
 }
 
-/// The local end-to-end check of an upload.
-enum WholeCheck {
-    Id(BlobHasher),
-    Md5(Md5),
+/// Checks the server's answer against the blob id computed locally.
+fn verify_stored(local: &Manifest, info: &BlobInfo) -> Result<()> {
+    let expected = local.id();
+    if expected != info.hash || info.size != local.size {
+        return Err(ClientError::Checksum {
+            expected: format!("{expected} ({} bytes)", local.size),
+            actual: format!("{} ({} bytes)", info.hash, info.size),
+        });
+    }
+    Ok(())
 }
 
-impl WholeCheck {
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            WholeCheck::Id(h) => h.update(data),
-            WholeCheck::Md5(m) => m.update(data),
-        }
-    }
+/// One upload chunk read and hashed: its store chunks' hashes (when it is made of whole
+/// store chunks) and its CRC32C, for the PUT.
+struct HashedChunk {
+    data: Bytes,
+    chunk_hashes: Option<Vec<ChunkHash>>,
+    crc32c: String,
+}
 
-    fn verify(self, info: &BlobInfo, total: u64) -> Result<()> {
-        let (expected, actual) = match self {
-            WholeCheck::Id(h) => match h.finish() {
-                Ok((id, _)) => (id, info.hash.clone()),
-                Err(e) => {
-                    return Err(ClientError::Protocol(format!(
-                        "the input changed while it was read: {e}"
-                    )))
-                }
-            },
-            WholeCheck::Md5(m) => (hex::encode(m.finalize()), info.md5.clone()),
-        };
-        if expected != actual || info.size != total {
-            return Err(ClientError::Checksum {
-                expected: format!("{expected} ({total} bytes)"),
-                actual: format!("{actual} ({} bytes)", info.size),
-            });
+/// Hashes an upload chunk on a blocking thread; `aligned` when the upload chunk size is a
+/// multiple of the store's chunk size, so its store chunks can be named.
+async fn hash_upload_chunk(data: Bytes, aligned: bool) -> Result<HashedChunk> {
+    tokio::task::spawn_blocking(move || {
+        let chunk_hashes = aligned.then(|| {
+            data.chunks(CHUNK_SIZE as usize)
+                .map(chunk_hash)
+                .collect::<Vec<_>>()
+        });
+        let crc32c = crc32c_hex(&data);
+        HashedChunk {
+            data,
+            chunk_hashes,
+            crc32c,
         }
-        Ok(())
-    }
+    })
+    .await
+    .map_err(|e| ClientError::Io(std::io::Error::other(e)))
 }
 
 impl Client {
@@ -90,24 +96,69 @@ impl Client {
         response.json().await.map_err(ClientError::Transport)
     }
 
-    /// Sends chunk `index` of an upload with its MD5 (computed when not given; retried on its own).
+    /// Sends chunk `index` of an upload with its CRC32C (computed when not given; retried on
+    /// its own).
     pub async fn put_chunk(
         &self,
         upload_id: &str,
         index: u64,
         data: Bytes,
-        md5: Option<String>,
+        crc32c: Option<String>,
         cancel: &CancellationToken,
     ) -> Result<()> {
         let url = self.url(&format!("/uploads/{upload_id}/{index}"));
-        let md5 = md5.unwrap_or_else(|| md5_hex(&data));
+        let crc = crc32c.unwrap_or_else(|| crc32c_hex(&data));
         self.send(cancel, || {
             self.request(Method::PUT, &url)
-                .header(MD5_HEADER, &md5)
+                .header(CRC32C_HEADER, &crc)
                 .body(data.clone())
         })
         .await?;
         Ok(())
+    }
+
+    /// Makes chunk `index` of an upload the stored chunks `hashes` (no bytes are sent);
+    /// returns its length. Fails with 404 if the repository lacks one of them.
+    pub async fn reference_chunks(
+        &self,
+        upload_id: &str,
+        index: u64,
+        hashes: &[ChunkHash],
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
+        let url = self.url(&format!("/uploads/{upload_id}/{index}"));
+        let list = hashes.iter().map(hex::encode).collect::<Vec<_>>().join(",");
+        let response = self
+            .send(cancel, || {
+                self.request(Method::PUT, &url).header(CHUNK_REFS_HEADER, &list)
+            })
+            .await?;
+        let referenced: ChunkLen = response.json().await.map_err(ClientError::Transport)?;
+        Ok(referenced.len)
+    }
+
+    /// Which of `hashes` the repository does not hold.
+    pub async fn missing_chunks(
+        &self,
+        hashes: &[ChunkHash],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ChunkHash>> {
+        let url = self.url("/chunks/missing");
+        let body = ChunkList {
+            chunks: hashes.iter().map(hex::encode).collect(),
+        };
+        let response = self
+            .send(cancel, || self.request(Method::POST, &url).json(&body))
+            .await?;
+        let missing: MissingChunks = response.json().await.map_err(ClientError::Transport)?;
+        missing
+            .missing
+            .iter()
+            .map(|h| {
+                crate::base::manifest::parse_chunk_hash(h)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))
+            })
+            .collect()
     }
 
     /// Makes chunk `index` of an upload a server-side copy of the same range of blob `source`;
@@ -119,10 +170,6 @@ impl Client {
         source: &str,
         cancel: &CancellationToken,
     ) -> Result<u64> {
-        #[derive(serde::Deserialize)]
-        struct Copied {
-            len: u64,
-        }
         let url = self.url(&format!("/uploads/{upload_id}/{index}"));
         let response = self
             .send(cancel, || {
@@ -130,7 +177,7 @@ impl Client {
                     .header(COPY_FROM_BLOB_HEADER, source)
             })
             .await?;
-        let copied: Copied = response.json().await.map_err(ClientError::Transport)?;
+        let copied: ChunkLen = response.json().await.map_err(ClientError::Transport)?;
         Ok(copied.len)
     }
 
@@ -177,7 +224,7 @@ impl Client {
             })
             .await?;
         let stored: Stored = response.json().await.map_err(ClientError::Transport)?;
-        let local = crate::base::ids::blob_id(&data);
+        let local = crate::base::manifest::blob_id(&data);
         if stored.hash != local || stored.size != data.len() as u64 {
             return Err(ClientError::Checksum {
                 expected: local,
@@ -187,7 +234,7 @@ impl Client {
         Ok(BlobInfo {
             hash: stored.hash,
             size: stored.size,
-            md5: md5_hex(&data),
+            chunks: stored.size.div_ceil(CHUNK_SIZE),
         })
     }
 
@@ -201,8 +248,8 @@ impl Client {
         Ok(())
     }
 
-    /// Uploads everything `reader` yields as one blob. The MD5 of what was read is checked
-    /// against the server's. On failure or cancellation the upload is aborted.
+    /// Uploads everything `reader` yields as one blob, checked against the blob id computed
+    /// locally. On failure or cancellation the upload is aborted.
     pub async fn upload<R: AsyncRead + Unpin>(
         &self,
         reader: &mut R,
@@ -230,47 +277,20 @@ impl Client {
         cancel: &CancellationToken,
     ) -> Result<BlobInfo> {
         let chunk_size = started.chunk_size as usize;
-        let mut whole = Some(match options.expected_len {
-            Some(len) => WholeCheck::Id(BlobHasher::new(len)),
-            None => WholeCheck::Md5(Md5::new()),
-        });
-        let mut total = 0u64;
+        let aligned = started.chunk_size.is_multiple_of(CHUNK_SIZE);
+        let mut whole = BlobHasher::new();
         let mut acknowledged = 0u64;
         let mut in_flight = FuturesUnordered::new();
         let mut index = 0u64;
         loop {
-            let chunk = read_chunk(reader, chunk_size).await?;
-            if chunk.is_empty() {
+            let data = read_chunk(reader, chunk_size).await?;
+            if data.is_empty() {
                 break;
             }
-            // The chunk's MD5 and the running whole-input check, on two threads.
-            let (check, chunk, md5) = {
-                let check = whole.take();
-                tokio::task::spawn_blocking(move || {
-                    std::thread::scope(|scope| {
-                        let running = scope.spawn(|| {
-                            let mut check = check;
-                            if let Some(c) = check.as_mut() {
-                                c.update(&chunk);
-                            }
-                            check
-                        });
-                        let md5 = md5_hex(&chunk);
-                        (running.join().expect("hashing thread"), chunk.clone(), md5)
-                    })
-                })
-                .await
-                .map_err(|e| ClientError::Io(std::io::Error::other(e)))?
-            };
-            whole = check;
-            total += chunk.len() as u64;
-            let len = chunk.len() as u64;
-            let id = started.upload_id.clone();
-            in_flight.push(async move {
-                self.put_chunk(&id, index, chunk, Some(md5), cancel)
-                    .await
-                    .map(|_| len)
-            });
+            let chunk = hash_upload_chunk(data, aligned).await?;
+            add_to_whole(&mut whole, &chunk).await?;
+            let id = started.upload_id.as_str();
+            in_flight.push(self.send_upload_chunk(id, index, chunk, options, cancel));
             index += 1;
             while in_flight.len() >= options.max_concurrent.max(1) {
                 acknowledged += in_flight.next().await.expect("non-empty")?;
@@ -289,9 +309,61 @@ impl Client {
             }
         }
         let info = self.complete_upload(&started.upload_id, cancel).await?;
-        whole.expect("kept").verify(&info, total)?;
+        verify_stored(&whole.finish(), &info)?;
         Ok(info)
     }
+
+    /// Sends one upload chunk: by reference when the server holds all its store chunks (and
+    /// `options` allow asking), else its bytes. Returns its length.
+    async fn send_upload_chunk(
+        &self,
+        upload_id: &str,
+        index: u64,
+        chunk: HashedChunk,
+        options: &UploadOptions,
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
+        let len = chunk.data.len() as u64;
+        if let Some(hashes) = chunk.chunk_hashes.filter(|_| options.skip_held_chunks) {
+            if self.missing_chunks(&hashes, cancel).await?.is_empty() {
+                match self.reference_chunks(upload_id, index, &hashes, cancel).await {
+                    Ok(_) => return Ok(len),
+                    // Gone in between (a sweep): send the bytes after all.
+                    Err(ClientError::Http { status: 404, .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.put_chunk(upload_id, index, chunk.data, Some(chunk.crc32c), cancel)
+            .await?;
+        Ok(len)
+    }
+}
+
+/// The answer of a PUT that sent no bytes: the chunk's length.
+#[derive(serde::Deserialize)]
+struct ChunkLen {
+    len: u64,
+}
+
+/// Adds an upload chunk to the running blob id: its store chunks' hashes when known (no
+/// second pass), else its bytes, hashed on a blocking thread.
+async fn add_to_whole(whole: &mut BlobHasher, chunk: &HashedChunk) -> Result<()> {
+    if let Some(hashes) = &chunk.chunk_hashes {
+        for (hash, piece) in hashes.iter().zip(chunk.data.chunks(CHUNK_SIZE as usize)) {
+            whole.push_chunk(*hash, piece.len() as u64);
+        }
+        return Ok(());
+    }
+    let mut hasher = std::mem::take(whole);
+    let data = chunk.data.clone();
+    *whole = tokio::task::spawn_blocking(move || {
+        hasher.update(&data);
+        hasher
+    })
+    .await
+    .map_err(|e| ClientError::Io(std::io::Error::other(e)))?;
+    Ok(())
 }
 
 /// Reads up to `size` bytes, stopping early only at end of input.

@@ -12,8 +12,7 @@ use bytes::Bytes;
 use super::error::{FsError, Result};
 use super::remote::Remote;
 use crate::api::{BlobInfo, Change, CommitCreated, Entry, EntryType, TreeListing, UploadStarted};
-use crate::base::checksum::md5_hex;
-use crate::base::ids::blob_id;
+use crate::base::manifest::blob_id;
 use crate::base::modes::{MODE_DIR, MODE_FILE};
 use crate::base::paths::parent_and_name;
 
@@ -193,7 +192,7 @@ impl Remote for MemRemote {
         let info = BlobInfo {
             hash: hash.clone(),
             size: data.len() as u64,
-            md5: md5_hex(&data),
+            chunks: (data.len() as u64).div_ceil(crate::base::manifest::CHUNK_SIZE),
         };
         self.blobs.lock().expect("lock").insert(hash, data);
         Ok(info)
@@ -255,7 +254,7 @@ impl Remote for MemRemote {
         let info = BlobInfo {
             hash: hash.clone(),
             size: data.len() as u64,
-            md5: md5_hex(&data),
+            chunks: (data.len() as u64).div_ceil(crate::base::manifest::CHUNK_SIZE),
         };
         self.blobs
             .lock()

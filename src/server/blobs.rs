@@ -86,13 +86,14 @@ pub async fn serve_blob(
         }
         body
     } else {
-        streamed_body(state, repo, hash, range)
+        streamed_body(state, repo, hash, range).await?
     };
     Ok(builder.body(body).expect("valid response"))
 }
 
-/// `range` of a blob of `len` bytes read whole, with its checksum headers: MD5 always, and
-/// SHA-256 and CRC32C too when the range is one block of the blob's index.
+/// `range` of a blob of `len` bytes read whole, with its checksum headers: for a range that
+/// is one 1 MiB block, what the index has (CRC32C; MD5 and SHA-256 too for a legacy blob),
+/// otherwise the MD5 of the bytes; and the SHA-256 of a range that is one whole chunk.
 async fn checksummed_body(
     state: &AppState,
     repo: &str,
@@ -101,17 +102,20 @@ async fn checksummed_body(
     len: u64,
 ) -> ApiResult<(Body, Vec<(&'static str, HeaderValue)>)> {
     let block = single_block(&range, len);
-    let data = state.store.read_blob_range(repo, hash, range).await?;
+    let data = state.store.read_blob_range(repo, hash, range.clone()).await?;
     let sums = match block {
         Some(b) => state.store.block_sums(repo, hash, b).await,
         None => None,
     };
-    let (md5, sha256, crc32c) = match sums {
-        Some(sums) => (sums.md5, Some(sums.sha256), sums.crc32c),
-        None => (md5_of(&data).await?, None, None),
+    let (md5, mut sha256, crc32c) = match sums {
+        Some(sums) => (sums.md5, sums.sha256, sums.crc32c),
+        None => (Some(md5_of(&data).await?), None, None),
     };
+    if sha256.is_none() {
+        sha256 = state.store.whole_chunk_sha256(repo, hash, range).await;
+    }
     let mut checksums = Vec::new();
-    if let Ok(v) = HeaderValue::from_str(&md5) {
+    if let Some(v) = md5.and_then(|m| HeaderValue::from_str(&m).ok()) {
         checksums.push((MD5_HEADER, v));
     }
     if let Some(v) = sha256.and_then(|s| HeaderValue::from_str(&s).ok()) {
@@ -136,11 +140,17 @@ async fn md5_of(data: &Bytes) -> ApiResult<String> {
 }
 
 /// `range` of a blob streamed in pieces (counted as sent as they go).
-fn streamed_body(state: &AppState, repo: &str, hash: &str, range: Range<u64>) -> Body {
+async fn streamed_body(
+    state: &AppState,
+    repo: &str,
+    hash: &str,
+    range: Range<u64>,
+) -> ApiResult<Body> {
     let metrics = state.metrics.clone();
     let stream = state
         .store
         .stream_blob(repo, hash, range)
+        .await?
         .map(move |piece| {
             piece
                 .inspect(|b| metrics.add_sent(b.len() as u64))
@@ -149,5 +159,5 @@ fn streamed_body(state: &AppState, repo: &str, hash: &str, range: Range<u64>) ->
                     std::io::Error::other(e.to_string())
                 })
         });
-    Body::from_stream(stream)
+    Ok(Body::from_stream(stream))
 }

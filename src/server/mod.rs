@@ -6,13 +6,14 @@
 //! shutdown, and `tests/` keeps one test against a real listener.
 //!
 //! Layout: `repos` (repositories, trees, log, commits, events), `uploads` (resumable
-//! uploads), `blobs` (blob bytes, ranges, checksums; also used by `browse`, the browsable
+//! uploads), `chunks` (missing chunks, blob manifests), `blobs` (blob bytes, ranges, checksums; also used by `browse`, the browsable
 //! view), `stream` (the seed streaming API and its WebSocket), `auth`, `limits`, `error`
 //! (the one error type, `{"error","code"}` answers), `metrics`, `ranges`, `listen`.
 
 pub mod auth;
 mod blobs;
 mod browse;
+mod chunks;
 pub mod error;
 mod limits;
 pub mod listen;
@@ -149,6 +150,10 @@ type Routes = Router<Arc<AppState>>;
 fn api_routes() -> Routes {
     let blob_routes = Router::new()
         .route("/api/v1/repos/{repo}/blobs/{hash}", get(blobs::get_blob))
+        .route(
+            "/api/v1/repos/{repo}/blobs/{hash}/manifest",
+            get(chunks::manifest),
+        )
         .layer(CompressionLayer::new().zstd(true).gzip(true));
     Router::new()
         .route(
@@ -184,6 +189,7 @@ fn api_routes() -> Routes {
 fn upload_routes() -> Routes {
     Router::new()
         .route("/api/v1/repos/{repo}/uploads", post(uploads::start))
+        .route("/api/v1/repos/{repo}/chunks/missing", post(chunks::missing))
         .route(
             "/api/v1/repos/{repo}/uploads/{id}",
             get(uploads::status).delete(uploads::abort),

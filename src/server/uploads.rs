@@ -13,8 +13,12 @@ use super::AppState;
 use axum::response::IntoResponse;
 
 use crate::api::ErrorCode;
-use crate::api::{BlobInfo, StartUpload, UploadStarted, UploadStatus, COPY_FROM_BLOB_HEADER};
-use crate::base::checksum::MD5_HEADER;
+use crate::api::{
+    BlobInfo, StartUpload, UploadStarted, UploadStatus, CHUNK_REFS_HEADER, COPY_FROM_BLOB_HEADER,
+};
+use crate::base::manifest::{parse_chunk_hash, ChunkHash};
+use crate::base::checksum::{CRC32C_HEADER, MD5_HEADER};
+use crate::store::ChunkChecks;
 
 /// `POST /api/v1/repos/:repo/uploads` (the body is optional)
 pub async fn start(
@@ -34,8 +38,9 @@ pub async fn start(
     ))
 }
 
-/// `PUT /api/v1/repos/:repo/uploads/:id/:index`: the chunk's bytes, or (with
-/// `X-Copy-From-Blob` and an empty body) a copy of the same range of an existing blob.
+/// `PUT /api/v1/repos/:repo/uploads/:id/:index`: the chunk's bytes; or, with an empty body,
+/// the same range of an existing blob (`X-Copy-From-Blob`) or chunks the repository holds
+/// (`X-Chunk-SHA256`).
 pub async fn put_chunk(
     State(state): State<Arc<AppState>>,
     Path((repo, id, index)): Path<(String, String, String)>,
@@ -45,15 +50,20 @@ pub async fn put_chunk(
     let index: u64 = index
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid chunk index {index:?}")))?;
+    if let Some(refs) = headers.get(CHUNK_REFS_HEADER) {
+        let hashes = parse_chunk_refs(refs)?;
+        expect_empty_body(body).await?;
+        let len = state
+            .store
+            .reference_upload_chunk(&repo, &id, index, &hashes, state.config.max_upload_size)
+            .await?;
+        return Ok((StatusCode::OK, Json(serde_json::json!({ "len": len }))).into_response());
+    }
     if let Some(source) = headers.get(COPY_FROM_BLOB_HEADER) {
         let source = source
             .to_str()
             .map_err(|_| ApiError::bad_request("invalid X-Copy-From-Blob header"))?;
-        if !to_bytes(body, 0).await.is_ok_and(|b| b.is_empty()) {
-            return Err(ApiError::bad_request(
-                "a chunk copied from a blob takes an empty body",
-            ));
-        }
+        expect_empty_body(body).await?;
         let len = state
             .store
             .copy_upload_chunk(&repo, &id, index, source, state.config.max_upload_size)
@@ -68,17 +78,40 @@ pub async fn put_chunk(
             format!("chunk larger than {chunk_size} bytes or body error: {e}"),
         )
     })?;
-    let md5 = headers.get(MD5_HEADER).and_then(|v| v.to_str().ok());
+    let checks = ChunkChecks {
+        md5: headers.get(MD5_HEADER).and_then(|v| v.to_str().ok()),
+        crc32c: headers.get(CRC32C_HEADER).and_then(|v| v.to_str().ok()),
+    };
     let len = data.len() as u64;
     state
         .store
-        .put_upload_chunk(&repo, &id, index, data, md5, state.config.max_upload_size)
+        .put_upload_chunk(&repo, &id, index, data, checks, state.config.max_upload_size)
         .await?;
     state
         .metrics
         .blob_bytes_received
         .fetch_add(len, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Refuses a body on a PUT that names its bytes instead of sending them.
+async fn expect_empty_body(body: Body) -> ApiResult<()> {
+    if !to_bytes(body, 0).await.is_ok_and(|b| b.is_empty()) {
+        return Err(ApiError::bad_request(
+            "a chunk copied or referenced takes an empty body",
+        ));
+    }
+    Ok(())
+}
+
+/// The hashes of an `X-Chunk-SHA256` header (comma-separated hex SHA-256).
+fn parse_chunk_refs(value: &axum::http::HeaderValue) -> ApiResult<Vec<ChunkHash>> {
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("invalid X-Chunk-SHA256 header"))?;
+    text.split(',')
+        .map(|h| parse_chunk_hash(h.trim()).map_err(|e| ApiError::bad_request(e.to_string())))
+        .collect()
 }
 
 /// `GET /api/v1/repos/:repo/uploads/:id`

@@ -167,14 +167,25 @@ impl Backend {
         path: Path,
         range: std::ops::Range<u64>,
     ) -> BoxStream<'static, Result<Bytes>> {
+        self.stream_pieces(vec![(path, range)])
+    }
+
+    /// Streams ranges of several objects one after the other (the chunks of a blob), each
+    /// read in pieces of at most 1 MiB, one piece ahead.
+    pub fn stream_pieces(
+        &self,
+        reads: Vec<(Path, std::ops::Range<u64>)>,
+    ) -> BoxStream<'static, Result<Bytes>> {
         let backend = self.clone();
-        let starts = (range.start..range.end).step_by(READ_PIECE as usize);
-        stream::iter(starts)
-            .map(move |start| {
+        let pieces = reads.into_iter().flat_map(|(path, range)| {
+            (range.start..range.end)
+                .step_by(READ_PIECE as usize)
+                .map(move |start| (path.clone(), start..(start + READ_PIECE).min(range.end)))
+        });
+        stream::iter(pieces)
+            .map(move |(path, range)| {
                 let backend = backend.clone();
-                let path = path.clone();
-                let end = (start + READ_PIECE).min(range.end);
-                async move { backend.get_range(&path, start..end).await }
+                async move { backend.get_range(&path, range).await }
             })
             .buffered(2)
             .boxed()
@@ -206,22 +217,6 @@ impl Backend {
             .iter()
             .filter_map(|p| p.filename().map(str::to_string))
             .collect())
-    }
-
-    /// Moves a finished temporary object to its content-addressed name. If an object with
-    /// that name exists, it has the same content, so the temporary one is dropped.
-    pub async fn publish(&self, tmp: &Path, dest: &Path) -> Result<()> {
-        if self.is_shared() {
-            // S3 has no rename: a server-side copy. Overwriting an existing object is harmless,
-            // it has the same bytes, and S3 replaces objects atomically.
-            self.objects.copy(tmp, dest).await?;
-            return self.delete(tmp).await;
-        }
-        match self.objects.rename_if_not_exists(tmp, dest).await {
-            Ok(()) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => self.delete(tmp).await,
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Reads a ref (the text of a small mutable object).

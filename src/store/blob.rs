@@ -1,68 +1,113 @@
-//! Blob reads by range and streamed blob writes.
+//! Blob reads by range, for both kinds of blob a store holds:
+//! - **chunked** (everything written by this version): a manifest naming content-addressed
+//!   chunks ([`crate::base::manifest`]); an offset maps to its chunk by arithmetic, and a
+//!   range that spans chunks is stitched from them;
+//! - **legacy** (stores written before chunking): one object under the Git-style id, with
+//!   its block index beside it. They stay readable under their old ids.
 //!
-//! A blob is written to `tmp/<uuid>` through a multipart upload while it is hashed, then
-//! renamed to its content address. Nothing holds a whole blob in memory, and a reader never
-//! sees a half-written blob: the content-addressed name only appears once it is complete.
+//! Writing is in `blob/writer.rs`.
+
+mod writer;
+
+pub use writer::BlobWriter;
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, WriteMultipart};
 
-use super::index::{BlockIndexer, BlockSums, ENTRY_LEN, LEGACY_ENTRY_LEN};
-use super::{object_path, Backend, Result, Store, StoreError};
+use super::chunks::{block_crc, chunk_path, read_chunk_range};
+use super::index::{BlockSums, ENTRY_LEN, INDEX_BLOCK, LEGACY_ENTRY_LEN};
+use super::manifests::read_manifest;
+use super::{object_path, Result, Store, StoreError};
 use crate::api::BlobInfo;
-use crate::base::ids::BlobHasher;
+use crate::base::manifest::Manifest;
 use crate::base::paths::validate_object_id;
 
-/// Where a blob's block index is kept.
+/// Where a legacy blob's block index is kept.
 fn index_path(repo: &str, id: &str) -> Path {
     Path::from(format!("repos/{repo}/objects/{}/{id}.idx2", &id[..2]))
 }
 
-/// Where blobs written before the index had CRC32C keep theirs.
+/// Where legacy blobs written before the index had CRC32C keep theirs.
 fn legacy_index_path(repo: &str, id: &str) -> Path {
     Path::from(format!("repos/{repo}/objects/{}/{id}.idx", &id[..2]))
 }
 
-/// Where a blob's whole-content MD5 is kept (hex), for stream sessions that announce it.
+/// Where a blob's whole-content MD5 is kept once computed (hex), for stream sessions.
 fn md5_path(repo: &str, id: &str) -> Path {
     Path::from(format!("repos/{repo}/objects/{}/{id}.md5", &id[..2]))
 }
 
-/// Part size of the multipart upload a blob is written with.
-const PART_SIZE: usize = 8 << 20;
-/// Parts written concurrently; bounds the memory of one writer to about 2 × PART_SIZE.
-const PARTS_IN_FLIGHT: usize = 2;
+/// What a blob is made of.
+#[derive(Clone)]
+pub(crate) enum Layout {
+    /// Chunks listed by a manifest.
+    Chunked(Arc<Manifest>),
+    /// One object of this size (a store written before chunking).
+    Legacy(u64),
+}
+
+impl Layout {
+    fn size(&self) -> u64 {
+        match self {
+            Layout::Chunked(m) => m.size,
+            Layout::Legacy(size) => *size,
+        }
+    }
+}
 
 impl Store {
     /// Size of a blob; `NotFound` if the repository does not hold it, or if `id` names a tree
-    /// or a commit. Blobs have a block index; one whose index was lost in a crash is told
-    /// apart by not being a valid tree or commit (those are small).
+    /// or a commit.
     pub async fn blob_size(&self, repo: &str, id: &str) -> Result<u64> {
+        Ok(self.layout(repo, id).await?.size())
+    }
+
+    /// The manifest of a chunked blob; `None` for a legacy one.
+    pub async fn blob_manifest(&self, repo: &str, id: &str) -> Result<Option<Arc<Manifest>>> {
+        Ok(match self.layout(repo, id).await? {
+            Layout::Chunked(m) => Some(m),
+            Layout::Legacy(_) => None,
+        })
+    }
+
+    /// What blob `id` is made of, from memory when known (blobs are immutable).
+    pub(crate) async fn layout(&self, repo: &str, id: &str) -> Result<Layout> {
         validate_object_id(id)?;
+        if let Some(m) = self.manifests.lock().expect("manifest lock").get(repo, id) {
+            return Ok(Layout::Chunked(m));
+        }
         let key = (repo.to_string(), id.to_string());
         if let Some(size) = self.blob_sizes.lock().expect("blob size lock").get(&key) {
-            return Ok(*size);
+            return Ok(Layout::Legacy(*size));
         }
-        let size = self.look_up_blob_size(repo, id).await?;
+        if let Some(manifest) = read_manifest(&self.backend, repo, id).await? {
+            let manifest = Arc::new(manifest);
+            let mut cache = self.manifests.lock().expect("manifest lock");
+            cache.put(repo, id, manifest.clone());
+            return Ok(Layout::Chunked(manifest));
+        }
+        let size = self.look_up_legacy_size(repo, id).await?;
         self.blob_sizes
             .lock()
             .expect("blob size lock")
             .put(key, size);
-        Ok(size)
+        Ok(Layout::Legacy(size))
     }
 
-    async fn look_up_blob_size(&self, repo: &str, id: &str) -> Result<u64> {
+    /// The size of a legacy blob. One whose index was lost in a crash is told apart from a
+    /// tree or a commit (stored beside it) by not decoding as one (those are small).
+    async fn look_up_legacy_size(&self, repo: &str, id: &str) -> Result<u64> {
         let not_found = || StoreError::NotFound(format!("blob {id}"));
         let size = self
             .backend
             .size(&object_path(repo, id))
             .await?
             .ok_or_else(not_found)?;
-        if size > 16 << 20 || self.has_block_index(repo, id).await {
+        if size > 16 << 20 || self.has_legacy_index(repo, id).await {
             return Ok(size);
         }
         let bytes = self.backend.get(&object_path(repo, id)).await?;
@@ -76,36 +121,86 @@ impl Store {
 
     /// Reads a range of a blob into memory (for bounded ranges only).
     pub async fn read_blob_range(&self, repo: &str, id: &str, range: Range<u64>) -> Result<Bytes> {
-        validate_object_id(id)?;
-        self.backend.get_range(&object_path(repo, id), range).await
+        let manifest = match self.layout(repo, id).await? {
+            Layout::Legacy(_) => return self.backend.get_range(&object_path(repo, id), range).await,
+            Layout::Chunked(m) => m,
+        };
+        let pieces = manifest.pieces(range);
+        if let [(index, piece)] = &pieces[..] {
+            let hash = &manifest.chunks[*index];
+            return read_chunk_range(&self.backend, repo, id, hash, piece.clone()).await;
+        }
+        let mut out = bytes::BytesMut::new();
+        for (index, piece) in pieces {
+            let hash = &manifest.chunks[index];
+            out.extend_from_slice(&read_chunk_range(&self.backend, repo, id, hash, piece).await?);
+        }
+        Ok(out.freeze())
     }
 
-    /// Streams a range of a blob in bounded pieces.
-    pub fn stream_blob(
+    /// Streams a range of a blob in bounded pieces, reading one piece ahead.
+    pub async fn stream_blob(
         &self,
         repo: &str,
         id: &str,
         range: Range<u64>,
-    ) -> BoxStream<'static, Result<Bytes>> {
-        self.backend.stream_range(object_path(repo, id), range)
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let reads = match self.layout(repo, id).await? {
+            Layout::Legacy(_) => vec![(object_path(repo, id), range)],
+            Layout::Chunked(m) => m
+                .pieces(range)
+                .into_iter()
+                .map(|(index, piece)| (chunk_path(repo, &m.chunks[index]), piece))
+                .collect(),
+        };
+        let blob = id.to_string();
+        Ok(self
+            .backend
+            .stream_pieces(reads)
+            .map(move |piece| match piece {
+                Err(StoreError::Backend(object_store::Error::NotFound { path, .. })) => {
+                    Err(StoreError::Corrupt {
+                        id: blob.clone(),
+                        reason: format!("{path} is missing"),
+                    })
+                }
+                other => other,
+            })
+            .boxed())
     }
 
-    /// Hex MD5 of `range` of a blob. The whole blob's is kept beside it once known; any other
-    /// range is read and hashed (a cost proportional to its length).
+    /// Hex MD5 of `range` of a blob. The whole blob's is kept once known; any other range is
+    /// read and hashed (a cost proportional to its length).
     pub async fn range_md5(&self, repo: &str, id: &str, range: Range<u64>) -> Result<String> {
         let size = self.blob_size(repo, id).await?;
         let whole = range.start == 0 && range.end == size;
         if whole {
-            if let Some(kept) = self.backend.get_opt(&md5_path(repo, id)).await? {
-                if let Ok(text) = std::str::from_utf8(&kept) {
-                    if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Ok(text.to_string());
-                    }
-                }
+            if let Some(kept) = self.kept_md5(repo, id).await? {
+                return Ok(kept);
             }
         }
+        let hex = self.hash_md5(repo, id, range).await?;
+        if whole {
+            self.backend
+                .put_scratch(&md5_path(repo, id), Bytes::from(hex.clone()))
+                .await?;
+        }
+        Ok(hex)
+    }
+
+    async fn kept_md5(&self, repo: &str, id: &str) -> Result<Option<String>> {
+        let Some(kept) = self.backend.get_opt(&md5_path(repo, id)).await? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&kept).to_string();
+        let valid = text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        Ok(valid.then_some(text))
+    }
+
+    /// Reads `range` of a blob and hashes it with MD5 on a blocking thread.
+    async fn hash_md5(&self, repo: &str, id: &str, range: Range<u64>) -> Result<String> {
         let mut md5 = Some(<md5::Md5 as md5::Digest>::new());
-        let mut pieces = self.stream_blob(repo, id, range);
+        let mut pieces = self.stream_blob(repo, id, range).await?;
         while let Some(piece) = pieces.next().await {
             let piece = piece?;
             let mut m = md5.take().expect("kept");
@@ -118,17 +213,11 @@ impl Store {
                 .map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
             );
         }
-        let hex = hex::encode(md5::Digest::finalize(md5.expect("kept")));
-        if whole {
-            self.backend
-                .put_scratch(&md5_path(repo, id), Bytes::from(hex.clone()))
-                .await?;
-        }
-        Ok(hex)
+        Ok(hex::encode(md5::Digest::finalize(md5.expect("kept"))))
     }
 
-    /// Whether a blob's block index exists.
-    async fn has_block_index(&self, repo: &str, id: &str) -> bool {
+    /// Whether a legacy blob's block index exists.
+    async fn has_legacy_index(&self, repo: &str, id: &str) -> bool {
         for path in [index_path(repo, id), legacy_index_path(repo, id)] {
             if matches!(self.backend.size(&path).await, Ok(Some(_))) {
                 return true;
@@ -137,8 +226,39 @@ impl Store {
         false
     }
 
-    /// Checksums of block `block` of a blob, from its index (`None` if it has none).
+    /// Checksums of 1 MiB block `block` of a blob, from its index (`None` if it has none):
+    /// the CRC32C for a chunked blob, also MD5 and SHA-256 for a legacy one.
     pub async fn block_sums(&self, repo: &str, id: &str, block: u64) -> Option<BlockSums> {
+        match self.layout(repo, id).await.ok()? {
+            Layout::Chunked(m) => {
+                let per_chunk = m.chunk_size / INDEX_BLOCK;
+                let hash = m.chunks.get((block / per_chunk) as usize)?;
+                let crc = block_crc(&self.backend, repo, hash, block % per_chunk).await?;
+                Some(BlockSums {
+                    md5: None,
+                    sha256: None,
+                    crc32c: Some(crc),
+                })
+            }
+            Layout::Legacy(_) => self.legacy_block_sums(repo, id, block).await,
+        }
+    }
+
+    /// The SHA-256 (hex) of `range` of a blob when the range is exactly one whole chunk: its
+    /// name, known without hashing.
+    pub async fn whole_chunk_sha256(&self, repo: &str, id: &str, range: Range<u64>) -> Option<String> {
+        let Layout::Chunked(m) = self.layout(repo, id).await.ok()? else {
+            return None;
+        };
+        match m.pieces(range.clone())[..] {
+            [(index, ref piece)] if m.chunk_range(index) == range && piece.start == 0 => {
+                Some(hex::encode(m.chunks[index]))
+            }
+            _ => None,
+        }
+    }
+
+    async fn legacy_block_sums(&self, repo: &str, id: &str, block: u64) -> Option<BlockSums> {
         for (path, len) in [
             (index_path(repo, id), ENTRY_LEN),
             (legacy_index_path(repo, id), LEGACY_ENTRY_LEN),
@@ -151,214 +271,23 @@ impl Store {
         None
     }
 
-    /// Starts writing a new blob. With `len`, the id is computed while the bytes stream in;
-    /// without it, in a second pass over the temporary object. `limit` caps the size.
+    /// Starts writing a new blob; `limit` caps its size, and `len`, when known, is checked
+    /// against it up front.
     pub async fn begin_blob(&self, repo: &str, len: Option<u64>, limit: u64) -> Result<BlobWriter> {
-        if let Some(len) = len {
-            if len > limit {
-                return Err(StoreError::TooLarge { limit });
-            }
+        if len.is_some_and(|len| len > limit) {
+            return Err(StoreError::TooLarge { limit });
         }
-        let tmp = Path::from(format!("tmp/{}", uuid::Uuid::new_v4()));
-        let upload = self.backend.objects().put_multipart(&tmp).await?;
-        Ok(BlobWriter {
-            backend: self.backend.clone(),
-            repo: repo.to_string(),
-            tmp,
-            parts: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
-            hasher: len.map(BlobHasher::new),
-            indexer: Some(BlockIndexer::default()),
-            written: 0,
-            limit,
-        })
+        Ok(BlobWriter::new(self.backend.clone(), repo, limit))
     }
 
     /// Stores a small in-memory blob.
     pub async fn put_blob_bytes(&self, repo: &str, data: Bytes) -> Result<BlobInfo> {
-        let mut writer = self
-            .begin_blob(repo, Some(data.len() as u64), u64::MAX)
-            .await?;
+        let mut writer = self.begin_blob(repo, None, u64::MAX).await?;
         writer.write(data).await?;
         writer.finish().await
     }
-}
 
-/// A blob being written. Dropping it without [`finish`](Self::finish) leaves only a
-/// temporary object, never a visible blob; call [`abort`](Self::abort) to remove that too.
-pub struct BlobWriter {
-    backend: Backend,
-    repo: String,
-    tmp: Path,
-    parts: WriteMultipart,
-    hasher: Option<BlobHasher>,
-    indexer: Option<BlockIndexer>,
-    written: u64,
-    limit: u64,
-}
-
-impl BlobWriter {
-    /// Appends bytes. Waits while too many parts are in flight (backpressure).
-    pub async fn write(&mut self, data: Bytes) -> Result<()> {
-        self.written += data.len() as u64;
-        if self.written > self.limit {
-            return Err(StoreError::TooLarge { limit: self.limit });
-        }
-        self.parts.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-        self.parts.put(data.clone());
-        // Hash while the part is written, on two threads: the id and the block index.
-        let (hasher, indexer) = (self.hasher.take(), self.indexer.take());
-        let (hasher, indexer) =
-            tokio::task::spawn_blocking(move || hash_in_parallel(hasher, indexer, &data))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        self.hasher = hasher;
-        self.indexer = indexer;
-        Ok(())
-    }
-
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// Completes the blob and publishes it under its id.
-    pub async fn finish(self) -> Result<BlobInfo> {
-        let BlobWriter {
-            backend,
-            repo,
-            tmp,
-            parts,
-            hasher,
-            indexer,
-            written,
-            ..
-        } = self;
-        parts.finish().await?;
-        let hashed = match (hasher, indexer) {
-            (Some(h), Some(i)) => h
-                .finish()
-                .map(|ids| (ids, i.finish()))
-                .map_err(StoreError::from),
-            _ => hash_stored(&backend, &tmp, written).await,
-        };
-        let ((hash, md5), index) = match hashed {
-            Ok(ids) => ids,
-            Err(e) => {
-                backend.delete(&tmp).await?;
-                return Err(e);
-            }
-        };
-        // The index first, so a published blob has it. It is not fsynced: a reader that finds
-        // it missing or short after a crash computes the checksums itself.
-        backend
-            .put_scratch(&index_path(&repo, &hash), bytes::Bytes::from(index))
-            .await?;
-        backend
-            .put_scratch(&md5_path(&repo, &hash), bytes::Bytes::from(md5.clone()))
-            .await?;
-        backend.publish(&tmp, &object_path(&repo, &hash)).await?;
-        Ok(BlobInfo {
-            hash,
-            size: written,
-            md5,
-        })
-    }
-
-    /// Drops everything written so far.
-    pub async fn abort(self) -> Result<()> {
-        let BlobWriter {
-            backend,
-            tmp,
-            parts,
-            ..
-        } = self;
-        let _ = parts.abort().await;
-        backend.delete(&tmp).await
-    }
-}
-
-/// Feeds `data` to the blob hasher and the block indexer at once, on two threads.
-fn hash_in_parallel(
-    mut hasher: Option<BlobHasher>,
-    mut indexer: Option<BlockIndexer>,
-    data: &[u8],
-) -> (Option<BlobHasher>, Option<BlockIndexer>) {
-    std::thread::scope(|scope| {
-        let whole = scope.spawn(|| {
-            if let Some(h) = hasher.as_mut() {
-                h.update(data);
-            }
-            hasher
-        });
-        if let Some(i) = indexer.as_mut() {
-            i.update(data);
-        }
-        (whole.join().expect("hashing thread"), indexer)
-    })
-}
-
-/// Second pass over a blob written without a known length: its id, MD5 and block index.
-async fn hash_stored(
-    backend: &Backend,
-    tmp: &Path,
-    len: u64,
-) -> Result<((String, String), Vec<u8>)> {
-    let mut hasher = Some(BlobHasher::new(len));
-    let mut indexer = Some(BlockIndexer::default());
-    let mut pieces = backend.stream_range(tmp.clone(), 0..len);
-    while let Some(piece) = pieces.next().await {
-        let piece = piece?;
-        let (h, i) = tokio::task::spawn_blocking(move || hash_in_parallel(hasher, indexer, &piece))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        hasher = h;
-        indexer = i;
-    }
-    let ids = hasher.expect("kept").finish()?;
-    Ok((ids, indexer.expect("kept").finish()))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_blob_size_is_looked_up_once_and_a_missing_blob_is_asked_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(Backend::local(dir.path()).unwrap())
-            .await
-            .unwrap();
-        let blob = store
-            .put_blob_bytes("default", Bytes::from_static(b"hello world"))
-            .await
-            .unwrap();
-        assert_eq!(store.blob_size("default", &blob.hash).await.unwrap(), 11);
-        // Blobs are immutable and never deleted: the second answer comes from memory, which
-        // shows here because the file is gone.
-        let objects = dir
-            .path()
-            .join(format!("repos/default/objects/{}", &blob.hash[..2]));
-        std::fs::remove_dir_all(&objects).unwrap();
-        assert_eq!(store.blob_size("default", &blob.hash).await.unwrap(), 11);
-
-        // A miss is not remembered: the blob may be written a moment later.
-        let late = store
-            .put_blob_bytes("default", Bytes::from_static(b"late"))
-            .await
-            .unwrap();
-        std::fs::remove_dir_all(
-            dir.path()
-                .join(format!("repos/default/objects/{}", &late.hash[..2])),
-        )
-        .unwrap();
-        assert!(matches!(
-            store.blob_size("default", &late.hash).await,
-            Err(StoreError::NotFound(_))
-        ));
-        store
-            .put_blob_bytes("default", Bytes::from_static(b"late"))
-            .await
-            .unwrap();
-        assert_eq!(store.blob_size("default", &late.hash).await.unwrap(), 4);
-    }
-}
+mod tests;

@@ -1,6 +1,6 @@
 //! Verification of a whole store: every ref points at a commit that decodes and matches its
-//! id, every tree and commit reachable from it does too, and every blob's content hashes to
-//! its id. Used by `govcfs fsck`.
+//! id, every tree and commit reachable from it does too, and every chunk of every blob hashes
+//! to its name (a blob of an older store: its content to its id). Used by `govcfs fsck`.
 
 use std::collections::HashSet;
 
@@ -8,7 +8,10 @@ use futures::StreamExt;
 
 use super::{object_path, Result, Store};
 use crate::api::EntryType;
-use crate::base::ids::BlobHasher;
+use super::blob::Layout;
+use super::chunks::chunk_path;
+use crate::base::ids::LegacyBlobHasher;
+use crate::base::manifest::{chunk_hash, Manifest};
 
 /// What a check found.
 #[derive(Debug, Default)]
@@ -138,11 +141,45 @@ impl Store {
     }
 
     async fn check_blob(&self, repo: &str, id: &str, size: u64) -> std::result::Result<(), String> {
-        let actual_size = self.blob_size(repo, id).await.map_err(|e| e.to_string())?;
+        let layout = self.layout(repo, id).await.map_err(|e| e.to_string())?;
+        let actual_size = match &layout {
+            Layout::Chunked(m) => m.size,
+            Layout::Legacy(size) => *size,
+        };
         if actual_size != size {
             return Err(format!("{actual_size} bytes, the tree says {size}"));
         }
-        let mut hasher = BlobHasher::new(size);
+        match layout {
+            Layout::Chunked(m) => self.check_chunks(repo, &m).await,
+            Layout::Legacy(_) => self.check_legacy_blob(repo, id, size).await,
+        }
+    }
+
+    /// Reads every chunk of a chunked blob and checks it against its hash.
+    async fn check_chunks(&self, repo: &str, m: &Manifest) -> std::result::Result<(), String> {
+        for (index, hash) in m.chunks.iter().enumerate() {
+            let name = hex::encode(hash);
+            let path = chunk_path(repo, hash);
+            let data = match self.backend.get_opt(&path).await {
+                Ok(Some(data)) => data,
+                Ok(None) => return Err(format!("chunk {index} ({name}) is missing")),
+                Err(e) => return Err(format!("chunk {index} ({name}): {e}")),
+            };
+            let want = m.chunk_range(index);
+            let right_len = data.len() as u64 == want.end - want.start;
+            let actual = tokio::task::spawn_blocking(move || hex::encode(chunk_hash(&data)))
+                .await
+                .map_err(|e| e.to_string())?;
+            if actual != name || !right_len {
+                return Err(format!("chunk {index} ({name}) is damaged"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-hashes a blob of a store written before chunking against its Git-style id.
+    async fn check_legacy_blob(&self, repo: &str, id: &str, size: u64) -> std::result::Result<(), String> {
+        let mut hasher = LegacyBlobHasher::new(size);
         let mut pieces = self.backend.stream_range(object_path(repo, id), 0..size);
         while let Some(piece) = pieces.next().await {
             hasher.update(&piece.map_err(|e| e.to_string())?);
@@ -192,13 +229,20 @@ mod tests {
         let report = store.fsck().await.unwrap();
         assert!(report.damage.is_empty(), "{:?}", report.damage);
         assert_eq!((report.blobs, report.commits), (1, 2));
-        let file = dir.path().join(format!(
-            "repos/default/objects/{}/{}",
-            &blob.hash[..2],
-            blob.hash
-        ));
+        let chunk = hex::encode(chunk_hash(b"hello world"));
+        let file = dir
+            .path()
+            .join(format!("repos/default/chunks/{}/{chunk}", &chunk[..2]));
         std::fs::write(&file, b"hello w0rld").unwrap();
         let report = store.fsck().await.unwrap();
         assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+        assert!(
+            report.damage[0].contains(&chunk) && report.damage[0].contains("damaged"),
+            "names the chunk: {:?}",
+            report.damage
+        );
+        std::fs::remove_file(&file).unwrap();
+        let report = store.fsck().await.unwrap();
+        assert!(report.damage[0].contains("missing"), "{:?}", report.damage);
     }
 }

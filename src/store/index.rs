@@ -1,6 +1,8 @@
-//! The block index of a blob: the MD5, SHA-256 and CRC32C of every aligned 1 MiB block,
-//! computed once while the blob is written and stored beside it (`<id>.idx2`, 52 bytes per
-//! block; stores written before CRC32C was added have `<id>.idx`, 48 bytes per block).
+//! Block checksums: what the server knows of every aligned 1 MiB block of a blob without
+//! hashing it again. A chunked blob has the CRC32C of each block beside each chunk
+//! (`store/chunks.rs`). A legacy blob has an index beside it with the MD5, SHA-256 and
+//! CRC32C of every block (`<id>.idx2`, 52 bytes per block; the oldest stores have `<id>.idx`,
+//! 48 bytes per block, without CRC32C); [`BlockIndexer`] is how they were written.
 //!
 //! The mount reads aligned 1 MiB chunks. With the index, the server answers such a request
 //! with its checksums without hashing the bytes again, and the client verifies the CRC32C,
@@ -21,11 +23,11 @@ pub const LEGACY_ENTRY_LEN: u64 = 48;
 /// Checksums of one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockSums {
-    /// Hex MD5.
-    pub md5: String,
-    /// Hex SHA-256 (plain, not the Git object encoding).
-    pub sha256: String,
-    /// CRC32C (Castagnoli); `None` in a legacy index.
+    /// Hex MD5 (legacy blobs only).
+    pub md5: Option<String>,
+    /// Hex SHA-256, plain (legacy blobs only).
+    pub sha256: Option<String>,
+    /// CRC32C (Castagnoli); `None` in the oldest legacy index.
     pub crc32c: Option<u32>,
 }
 
@@ -42,8 +44,8 @@ impl BlockSums {
             .get(48..52)
             .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
         Some(BlockSums {
-            md5: hex::encode(&entry[..16]),
-            sha256: hex::encode(&entry[16..48]),
+            md5: Some(hex::encode(&entry[..16])),
+            sha256: Some(hex::encode(&entry[16..48])),
             crc32c,
         })
     }
@@ -130,8 +132,8 @@ mod tests {
         for (i, block) in data.chunks(INDEX_BLOCK as usize).enumerate() {
             let entry = ENTRY_LEN as usize;
             let sums = BlockSums::decode(&index[i * entry..(i + 1) * entry]).unwrap();
-            assert_eq!(sums.md5, md5_hex(block));
-            assert_eq!(sums.sha256, hex::encode(Sha256::digest(block)));
+            assert_eq!(sums.md5, Some(md5_hex(block)));
+            assert_eq!(sums.sha256, Some(hex::encode(Sha256::digest(block))));
             assert_eq!(sums.crc32c, Some(crc32c(block)));
         }
     }
@@ -181,7 +183,7 @@ mod tests {
         ) {
             if let Some(sums) = BlockSums::decode(&entry) {
                 proptest::prop_assert!(entry.len() == 48 || entry.len() == 52);
-                proptest::prop_assert_eq!((sums.md5.len(), sums.sha256.len()), (32, 64));
+                proptest::prop_assert_eq!((sums.md5.map(|m| m.len()), sums.sha256.map(|s| s.len())), (Some(32), Some(64)));
             }
             // Ranges inside a blob of `len` bytes.
             let (start, end) = if len == 0 {

@@ -1,28 +1,34 @@
 //! The repository model: content-addressed blobs, hierarchical trees, commits and refs.
 //!
-//! Everything but refs is immutable and named by the SHA-256 of its Git-style encoding, so
-//! any cache of it needs no invalidation. Refs move by compare-and-swap ([`backend`]).
+//! Everything but refs is immutable and content-addressed, so any cache of it needs no
+//! invalidation: chunks by the SHA-256 of their bytes, blobs by the Merkle id of their
+//! manifest ([`crate::base::manifest`]), trees and commits by the SHA-256 of their Git-style
+//! encoding. Refs move by compare-and-swap ([`backend`]).
 //!
 //! Layout inside the backend:
 //! ```text
 //! repos/<repo>/config.json             creation time
-//! repos/<repo>/objects/<id[0..2]>/<id> blobs, trees and commits
+//! repos/<repo>/chunks/<h[0..2]>/<h>    chunks, by the SHA-256 of their bytes (<h>.crc: block CRCs)
+//! repos/<repo>/manifests/<id[0..2]>/<id> blob manifests, by blob id
+//! repos/<repo>/objects/<id[0..2]>/<id> trees and commits (and blobs of stores before chunking)
 //! repos/<repo>/refs/heads/<branch>     the commit id a branch points to
-//! repos/<repo>/uploads/<id>/meta.json  a resumable upload and its chunks (<index>.chunk)
-//! tmp/<uuid>                           blobs being written, renamed into objects/ when done
+//! repos/<repo>/uploads/<id>/meta.json  a resumable upload and what it received (<index>.ref…)
 //! streams/session-key                  shared stores: the key stream session ids are signed with
 //! streams/cancelled/<nonce>            shared stores: a stream session cancelled by any instance
 //! ```
 //!
 //! Code: [`backend`] (the object storage; `backend/local.rs` and `backend/s3.rs` for what
-//! differs, refs' compare-and-swap above all), `blob` (writing and reading blobs), [`index`]
+//! differs, refs' compare-and-swap above all), `chunks` (chunk objects), `manifests` (blob
+//! manifests and their cache), `blob` (reading blobs; `blob/writer.rs` writes them), [`index`]
 //! (per-block checksums), [`objects`] (tree and commit encodings), `repo` (repositories, refs,
 //! lookups), `commit` (atomic commits; `commit/editor.rs` edits the trees), `upload`
 //! (resumable uploads), `watch` (ref updates made by other instances), [`fsck`], [`sweep`].
 
 pub mod backend;
 mod blob;
+mod chunks;
 mod commit;
+mod manifests;
 pub mod fsck;
 pub mod index;
 pub mod objects;
@@ -33,8 +39,10 @@ mod watch;
 
 pub use backend::Backend;
 pub use blob::BlobWriter;
+pub use chunks::StoredChunk;
 pub use objects::{Commit, Tree, TreeEntry};
 pub use repo::RefUpdate;
+pub use upload::ChunkChecks;
 pub use watch::REF_POLL;
 
 use std::collections::HashMap;
@@ -132,8 +140,11 @@ pub struct Store {
     seen_refs: Mutex<HashMap<String, String>>,
     /// Repositories known to exist; none is ever deleted, so a hit needs no lookup.
     known_repos: Mutex<std::collections::HashSet<String>>,
-    /// Sizes of blobs by (repository, id). Blobs are immutable and never deleted, so a cached
-    /// size is always right, and a ranged read skips a metadata lookup (an S3 HEAD).
+    /// Decoded manifests of chunked blobs: a ranged read maps its offset to a chunk without
+    /// reading the manifest again.
+    manifests: Mutex<manifests::ManifestCache>,
+    /// Sizes of legacy blobs by (repository, id). Blobs are immutable and never deleted, so a
+    /// cached size is always right, and a ranged read skips a metadata lookup (an S3 HEAD).
     blob_sizes: Mutex<lru::LruCache<(String, String), u64>>,
     /// The root tree of each commit by (repository, commit id); commits are immutable too.
     commit_trees: Mutex<lru::LruCache<(String, String), String>>,
@@ -150,6 +161,7 @@ impl Store {
             events,
             seen_refs: Mutex::new(HashMap::new()),
             known_repos: Mutex::new(std::collections::HashSet::new()),
+            manifests: Mutex::new(manifests::ManifestCache::new()),
             blob_sizes: Mutex::new(lru::LruCache::new(BLOB_SIZE_CACHE_ENTRIES)),
             commit_trees: Mutex::new(lru::LruCache::new(BLOB_SIZE_CACHE_ENTRIES)),
         };

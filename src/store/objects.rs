@@ -92,7 +92,7 @@ fn corrupt(id: &str, reason: impl std::fmt::Display) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::ids::blob_id;
+    use crate::base::manifest::blob_id;
     use crate::base::modes::MODE_FILE;
 
     #[test]

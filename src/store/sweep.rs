@@ -1,6 +1,7 @@
 //! What a killed server leaves behind on a local store, removed when a server starts:
-//! half-written blobs in `tmp/`, staging files of object writes (`NAME#N`) and of ref updates
-//! (`.NAME.UUID.tmp`), empty upload directories, and uploads abandoned for a week.
+//! anything in `tmp/`, staging files of object writes (`NAME#N`) and of ref updates
+//! (`.NAME.UUID.tmp`), empty upload directories, uploads abandoned for a week, and then the
+//! chunks that no manifest and no remaining upload names (`sweep/chunks.rs`).
 //!
 //! Only the first server on a data directory sweeps: every server holds a shared `flock` on
 //! `live.lock` while it runs, and a starting server sweeps only if it can take that lock
@@ -11,6 +12,8 @@ use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
+
+mod chunks;
 
 /// Uploads untouched for this long are dropped.
 const ABANDONED_UPLOAD: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -49,33 +52,39 @@ fn sweep(root: &Path) -> Swept {
     };
     for repo in repos.flatten() {
         let repo = repo.path();
-        remove_files(&repo.join("objects"), &mut swept, &|name| {
-            name.contains('#')
-        });
+        for dir in ["objects", "chunks", "manifests"] {
+            remove_files(&repo.join(dir), &mut swept, &|name| name.contains('#'));
+        }
         remove_files(&repo.join("refs"), &mut swept, &|name| {
             name.starts_with('.') && name.ends_with(".tmp")
         });
-        let Ok(uploads) = std::fs::read_dir(repo.join("uploads")) else {
-            continue;
-        };
-        for upload in uploads.flatten() {
-            let dir = upload.path();
-            let meta = std::fs::metadata(dir.join("meta.json"));
-            let abandoned = match meta.and_then(|m| m.modified()) {
-                Ok(modified) => newest_mtime(&dir)
-                    .unwrap_or(modified)
-                    .elapsed()
-                    .is_ok_and(|age| age > ABANDONED_UPLOAD),
-                // No meta: a completed or aborted upload's empty directory, or a start cut
-                // before its meta was written.
-                Err(_) => true,
-            };
-            if abandoned && std::fs::remove_dir_all(&dir).is_ok() {
-                swept.uploads += 1;
-            }
-        }
+        sweep_uploads(&repo, &mut swept);
+        chunks::sweep_unreferenced_chunks(&repo, &mut swept);
     }
     swept
+}
+
+/// Removes the upload directories of `repo` that are empty or abandoned.
+fn sweep_uploads(repo: &Path, swept: &mut Swept) {
+    let Ok(uploads) = std::fs::read_dir(repo.join("uploads")) else {
+        return;
+    };
+    for upload in uploads.flatten() {
+        let dir = upload.path();
+        let meta = std::fs::metadata(dir.join("meta.json"));
+        let abandoned = match meta.and_then(|m| m.modified()) {
+            Ok(modified) => newest_mtime(&dir)
+                .unwrap_or(modified)
+                .elapsed()
+                .is_ok_and(|age| age > ABANDONED_UPLOAD),
+            // No meta: a completed or aborted upload's empty directory, or a start cut
+            // before its meta was written.
+            Err(_) => true,
+        };
+        if abandoned && std::fs::remove_dir_all(&dir).is_ok() {
+            swept.uploads += 1;
+        }
+    }
 }
 
 /// Removes the files under `dir` (recursively) whose names match.

@@ -1,21 +1,32 @@
 //! Resumable chunked uploads.
 //!
-//! Each chunk is stored as its own object as soon as it arrives (MD5-checked), so an upload
-//! survives a client disconnect or a server restart; `GET` on the upload tells a client which
-//! chunks to resend. `complete` streams the chunks in order into a new blob, hashing on the way.
+//! Whatever arrives is kept as soon as it arrives, so an upload survives a client disconnect
+//! or a server restart; `GET` on the upload tells a client which upload chunks to resend.
+//! When the upload's chunk size is a multiple of the store's [`CHUNK_SIZE`] (the default is
+//! equal to it), a received upload chunk is stored straight away as content-addressed
+//! chunks, and the upload keeps only a small record of their hashes; an upload chunk may
+//! also name chunks the repository already holds, or the same range of an existing blob,
+//! and then no bytes move at all. `complete` then writes the manifest from the records:
+//! O(number of chunks), not O(bytes). Other chunk sizes keep the raw bytes until `complete`,
+//! which cuts them into chunks (`upload/records.rs` has the records, `upload/assemble.rs`
+//! the assembly).
+
+mod assemble;
+mod records;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use object_store::path::Path;
 
-use super::{object_path, Result, Store, StoreError};
-use crate::api::{BlobInfo, UploadStarted, UploadStatus};
-use crate::base::checksum::md5_hex;
+use super::{Result, Store, StoreError};
+use crate::api::{UploadStarted, UploadStatus};
+use crate::base::checksum::{crc32c_hex, md5_hex};
+use crate::base::manifest::{ChunkHash, CHUNK_SIZE};
 use crate::base::paths::validate_repo_name;
 use crate::base::time::now_unix;
+use records::{ChunkCopy, Record};
 
 /// Chunk size used when the client does not ask for one.
-pub const DEFAULT_UPLOAD_CHUNK: u64 = 4 << 20;
+pub const DEFAULT_UPLOAD_CHUNK: u64 = CHUNK_SIZE;
 /// Bounds of the chunk size a client may ask for.
 pub const MIN_UPLOAD_CHUNK: u64 = 64 << 10;
 pub const MAX_UPLOAD_CHUNK: u64 = 64 << 20;
@@ -26,47 +37,61 @@ struct UploadMeta {
     created: i64,
 }
 
+impl UploadMeta {
+    /// Whether upload chunks line up with store chunks, so each is stored on arrival.
+    fn aligned(&self) -> bool {
+        self.chunk_size.is_multiple_of(CHUNK_SIZE)
+    }
+}
+
+/// The checksums a client sent with an upload chunk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChunkChecks<'a> {
+    /// `X-Checksum-MD5`, hex.
+    pub md5: Option<&'a str>,
+    /// `X-Checksum-CRC32C`, hex (what the mount sends: it costs a tenth of MD5).
+    pub crc32c: Option<&'a str>,
+}
+
 fn upload_prefix(repo: &str, id: &str) -> String {
     format!("repos/{repo}/uploads/{id}")
 }
 
-fn chunk_path(repo: &str, id: &str, index: u64) -> Path {
-    Path::from(format!("{}/{index:010}.chunk", upload_prefix(repo, id)))
-}
-
-/// A chunk copied from the same position of an existing blob: its bytes stay where they are
-/// until `complete` streams them (an append to a huge file sends only the new bytes).
-fn copy_path(repo: &str, id: &str, index: u64) -> Path {
-    Path::from(format!("{}/{index:010}.copy", upload_prefix(repo, id)))
-}
-
-/// What a `.copy` object says.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ChunkCopy {
-    blob: String,
-    len: u64,
-}
-
-/// Where the bytes of one received chunk are.
-enum ChunkSource {
-    Stored(Path),
-    Copied {
-        blob: String,
-        range: std::ops::Range<u64>,
-    },
-}
-
-/// One received chunk.
-struct ReceivedChunk {
-    index: u64,
-    len: u64,
-    source: ChunkSource,
+fn meta_path(repo: &str, id: &str) -> Path {
+    Path::from(format!("{}/meta.json", upload_prefix(repo, id)))
 }
 
 fn validate_upload_id(id: &str) -> Result<()> {
     uuid::Uuid::parse_str(id)
         .map(|_| ())
         .map_err(|_| StoreError::NotFound(format!("upload {id:?}")))
+}
+
+/// Checks a received chunk against the checksums its client sent (on a blocking thread).
+async fn verify_checks(data: &Bytes, checks: ChunkChecks<'_>) -> Result<()> {
+    let wanted: Vec<(String, fn(&[u8]) -> String)> = [
+        checks.md5.map(|m| (m.trim().to_ascii_lowercase(), md5_hex as fn(&[u8]) -> String)),
+        checks.crc32c.map(|c| (c.trim().to_ascii_lowercase(), crc32c_hex as fn(&[u8]) -> String)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let bytes = data.clone();
+    let mismatch = tokio::task::spawn_blocking(move || {
+        wanted.into_iter().find_map(|(expected, hash)| {
+            let actual = hash(&bytes);
+            (actual != expected).then_some((expected, actual))
+        })
+    })
+    .await
+    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+    match mismatch {
+        Some((expected, actual)) => Err(StoreError::ChecksumMismatch { expected, actual }),
+        None => Ok(()),
+    }
 }
 
 impl Store {
@@ -82,12 +107,9 @@ impl Store {
             created: now_unix(),
         })
         .expect("serializes");
-        // Scratch like the chunks: an upload lost in a crash is started again by its client.
+        // Scratch like the records: an upload lost in a crash is started again by its client.
         self.backend
-            .put_scratch(
-                &Path::from(format!("{}/meta.json", upload_prefix(repo, &id))),
-                Bytes::from(meta),
-            )
+            .put_scratch(&meta_path(repo, &id), Bytes::from(meta))
             .await?;
         Ok(UploadStarted {
             upload_id: id,
@@ -100,10 +122,7 @@ impl Store {
         validate_upload_id(id)?;
         let bytes = self
             .backend
-            .get_opt(&Path::from(format!(
-                "{}/meta.json",
-                upload_prefix(repo, id)
-            )))
+            .get_opt(&meta_path(repo, id))
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
         serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
@@ -117,15 +136,15 @@ impl Store {
         Ok(self.upload_meta(repo, id).await?.chunk_size)
     }
 
-    /// Stores chunk `index` of an upload after checking its MD5 (when given), its size and
-    /// the upload's size limit.
+    /// Stores upload chunk `index` after checking its checksums, its size and the upload's
+    /// size limit.
     pub async fn put_upload_chunk(
         &self,
         repo: &str,
         id: &str,
         index: u64,
         data: Bytes,
-        expected_md5: Option<&str>,
+        checks: ChunkChecks<'_>,
         limit: u64,
     ) -> Result<()> {
         let meta = self.upload_meta(repo, id).await?;
@@ -136,36 +155,79 @@ impl Store {
                 meta.chunk_size
             )));
         }
-        let end = index
-            .checked_mul(meta.chunk_size)
-            .and_then(|start| start.checked_add(data.len() as u64))
-            .ok_or(StoreError::TooLarge { limit })?;
-        if end > limit {
-            return Err(StoreError::TooLarge { limit });
+        check_limit(index, meta.chunk_size, data.len() as u64, limit)?;
+        verify_checks(&data, checks).await?;
+        if meta.aligned() {
+            let stored = self.store_pieces(repo, data).await?;
+            return self.put_record(repo, id, index, Record::Chunks(stored)).await;
         }
-        if let Some(expected) = expected_md5 {
-            let bytes = data.clone();
-            let actual = tokio::task::spawn_blocking(move || md5_hex(&bytes))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-            if !actual.eq_ignore_ascii_case(expected.trim()) {
-                return Err(StoreError::ChecksumMismatch {
-                    expected: expected.to_string(),
-                    actual,
-                });
-            }
-        }
-        // Not fsynced: only the assembled blob must be durable. After an OS crash a chunk may
-        // be missing or cut short; `complete` then refuses the layout (every chunk but the last
-        // must be full) and the client resends it. A process crash loses nothing.
-        self.backend.delete(&copy_path(repo, id, index)).await?;
-        self.backend
-            .put_scratch(&chunk_path(repo, id, index), data)
-            .await
+        // Not fsynced: only finished chunks must be durable. After an OS crash a raw chunk
+        // may be missing or cut short; `complete` then refuses the layout (every chunk but
+        // the last must be full) and the client resends it. A process crash loses nothing.
+        self.put_record(repo, id, index, Record::Raw(data)).await
     }
 
-    /// Makes chunk `index` of an upload a copy of the same byte range of blob `source` (the
-    /// whole chunk, or the blob's tail when it ends inside it). Returns the chunk's length.
+    /// Makes upload chunk `index` the chunks `hashes` the repository already holds (no bytes
+    /// are sent). Only for uploads whose chunk size is a multiple of [`CHUNK_SIZE`]; every
+    /// chunk but the last must be a full one. Returns the upload chunk's length.
+    pub async fn reference_upload_chunk(
+        &self,
+        repo: &str,
+        id: &str,
+        index: u64,
+        hashes: &[ChunkHash],
+        limit: u64,
+    ) -> Result<u64> {
+        let meta = self.upload_meta(repo, id).await?;
+        if !meta.aligned() || hashes.is_empty() || hashes.len() as u64 > meta.chunk_size / CHUNK_SIZE {
+            return Err(StoreError::InvalidInput(format!(
+                "an upload chunk of {} bytes cannot be {} stored chunks of {CHUNK_SIZE}",
+                meta.chunk_size,
+                hashes.len()
+            )));
+        }
+        let stored = self.held_chunks(repo, hashes).await?;
+        let len: u64 = stored.iter().map(|c| c.len).sum();
+        check_limit(index, meta.chunk_size, len, limit)?;
+        self.put_record(repo, id, index, Record::Chunks(stored)).await?;
+        Ok(len)
+    }
+
+    /// The given chunks with their lengths; `NotFound` names the first one the repository
+    /// lacks, `InvalidInput` a short one that is not last.
+    async fn held_chunks(&self, repo: &str, hashes: &[ChunkHash]) -> Result<Vec<super::StoredChunk>> {
+        let mut stored = Vec::with_capacity(hashes.len());
+        for (i, hash) in hashes.iter().enumerate() {
+            let len = super::chunks::chunk_len(&self.backend, repo, hash)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("chunk {}", hex::encode(hash))))?;
+            if len != CHUNK_SIZE && i + 1 < hashes.len() {
+                return Err(StoreError::InvalidInput(format!(
+                    "chunk {} has {len} bytes but is not the last",
+                    hex::encode(hash)
+                )));
+            }
+            stored.push(super::StoredChunk { hash: *hash, len });
+        }
+        Ok(stored)
+    }
+
+    /// Which of `hashes` the repository does not hold, in the order given.
+    pub async fn missing_chunks(&self, repo: &str, hashes: &[ChunkHash]) -> Result<Vec<ChunkHash>> {
+        self.ensure_repo(repo).await?;
+        let mut missing = Vec::new();
+        for hash in hashes {
+            if super::chunks::chunk_len(&self.backend, repo, hash).await?.is_none() {
+                missing.push(*hash);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Makes upload chunk `index` the same byte range of blob `source` (the whole chunk, or
+    /// the blob's tail when it ends inside it). When the range is made of whole chunks of
+    /// `source`, they are referenced and no bytes move; otherwise they are read at
+    /// `complete`. Returns the chunk's length.
     pub async fn copy_upload_chunk(
         &self,
         repo: &str,
@@ -185,142 +247,43 @@ impl Store {
                 ))
             })?;
         let len = meta.chunk_size.min(size - start);
-        if start + len > limit {
-            return Err(StoreError::TooLarge { limit });
-        }
-        let copy = serde_json::to_vec(&ChunkCopy {
-            blob: source.to_string(),
-            len,
-        })
-        .expect("serializes");
-        self.backend.delete(&chunk_path(repo, id, index)).await?;
-        self.backend
-            .put_scratch(&copy_path(repo, id, index), Bytes::from(copy))
-            .await?;
+        check_limit(index, meta.chunk_size, len, limit)?;
+        let manifest = self.blob_manifest(repo, source).await?;
+        let record = match manifest.filter(|m| meta.aligned() && m.chunk_size == CHUNK_SIZE) {
+            Some(m) => Record::Chunks(
+                m.pieces(start..start + len)
+                    .into_iter()
+                    .map(|(i, piece)| super::StoredChunk {
+                        hash: m.chunks[i],
+                        len: piece.end - piece.start,
+                    })
+                    .collect(),
+            ),
+            None => Record::Copy(ChunkCopy {
+                blob: source.to_string(),
+                len,
+            }),
+        };
+        self.put_record(repo, id, index, record).await?;
         Ok(len)
     }
 
     /// Received chunk indices and their total size.
     pub async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
-        self.upload_meta(repo, id).await?;
-        let chunks = self.upload_chunks(repo, id).await?;
+        let meta = self.upload_meta(repo, id).await?;
+        let received = self.upload_records(repo, id, &meta).await?;
         Ok(UploadStatus {
-            bytes: chunks.iter().map(|c| c.len).sum(),
-            received: chunks.into_iter().map(|c| c.index).collect(),
+            bytes: received.iter().map(|r| r.len).sum(),
+            received: received.into_iter().map(|r| r.index).collect(),
         })
     }
 
-    async fn upload_chunks(&self, repo: &str, id: &str) -> Result<Vec<ReceivedChunk>> {
-        let listing = self
-            .backend
-            .list(&Path::from(upload_prefix(repo, id)))
-            .await?;
-        let mut chunks = Vec::with_capacity(listing.len());
-        for m in listing {
-            let Some(name) = m.location.filename() else {
-                continue;
-            };
-            if let Some(index) = name.strip_suffix(".chunk").and_then(|i| i.parse().ok()) {
-                chunks.push(ReceivedChunk {
-                    index,
-                    len: m.size,
-                    source: ChunkSource::Stored(m.location.clone()),
-                });
-            } else if let Some(index) = name
-                .strip_suffix(".copy")
-                .and_then(|i| i.parse::<u64>().ok())
-            {
-                let bytes = self.backend.get(&m.location).await?;
-                let copy: ChunkCopy =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                        id: m.location.to_string(),
-                        reason: e.to_string(),
-                    })?;
-                let meta = self.upload_meta(repo, id).await?;
-                let start = index * meta.chunk_size;
-                chunks.push(ReceivedChunk {
-                    index,
-                    len: copy.len,
-                    source: ChunkSource::Copied {
-                        blob: copy.blob,
-                        range: start..start + copy.len,
-                    },
-                });
-            }
-        }
-        chunks.sort_unstable_by_key(|c| c.index);
-        Ok(chunks)
-    }
-
-    /// Assembles the chunks into a blob and removes the upload.
-    pub async fn complete_upload(&self, repo: &str, id: &str, limit: u64) -> Result<BlobInfo> {
-        let meta = self.upload_meta(repo, id).await?;
-        let chunks = self.upload_chunks(repo, id).await?;
-        for (
-            position,
-            ReceivedChunk {
-                index, len: size, ..
-            },
-        ) in chunks.iter().enumerate()
-        {
-            if *index != position as u64 {
-                return Err(StoreError::InvalidInput(format!(
-                    "chunk {position} is missing"
-                )));
-            }
-            if position + 1 < chunks.len() && *size != meta.chunk_size {
-                return Err(StoreError::InvalidInput(format!(
-                    "chunk {index} has {size} bytes; every chunk but the last must have {}",
-                    meta.chunk_size
-                )));
-            }
-        }
-        let total: u64 = chunks.iter().map(|c| c.len).sum();
-        let mut writer = self.begin_blob(repo, Some(total), limit).await?;
-        // Read the next chunk while the current one is hashed and written.
-        let backend = self.backend.clone();
-        let repo_owned = repo.to_string();
-        let mut reads = futures::stream::iter(chunks)
-            .map(move |chunk| {
-                let backend = backend.clone();
-                let path = match &chunk.source {
-                    ChunkSource::Stored(path) => path.clone(),
-                    ChunkSource::Copied { blob, .. } => object_path(&repo_owned, blob),
-                };
-                async move {
-                    match chunk.source {
-                        ChunkSource::Stored(_) => backend.get(&path).await,
-                        ChunkSource::Copied { range, .. } => backend.get_range(&path, range).await,
-                    }
-                }
-            })
-            .buffered(2);
-        while let Some(data) = reads.next().await {
-            let data = match data {
-                Ok(d) => d,
-                Err(e) => {
-                    writer.abort().await?;
-                    return Err(e);
-                }
-            };
-            writer.write(data).await?;
-        }
-        let info = writer.finish().await?;
-        self.abort_upload(repo, id).await?;
-        Ok(info)
-    }
-
-    /// Removes an upload and its chunks. Its meta goes first, so an upload cut halfway through
-    /// this by a crash is gone for clients (not a broken upload missing chunks); the startup
-    /// sweep removes the chunks left behind.
+    /// Removes an upload and its records. Its meta goes first, so an upload cut halfway
+    /// through this by a crash is gone for clients (not a broken upload missing chunks); the
+    /// startup sweep removes what is left behind. Stored chunks stay: a blob may hold them.
     pub async fn abort_upload(&self, repo: &str, id: &str) -> Result<()> {
         self.upload_meta(repo, id).await?;
-        self.backend
-            .delete(&Path::from(format!(
-                "{}/meta.json",
-                upload_prefix(repo, id)
-            )))
-            .await?;
+        self.backend.delete(&meta_path(repo, id)).await?;
         for meta in self
             .backend
             .list(&Path::from(upload_prefix(repo, id)))
@@ -330,4 +293,16 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Refuses an upload chunk that would take the upload past `limit` bytes.
+fn check_limit(index: u64, chunk_size: u64, len: u64, limit: u64) -> Result<()> {
+    let end = index
+        .checked_mul(chunk_size)
+        .and_then(|start| start.checked_add(len))
+        .ok_or(StoreError::TooLarge { limit })?;
+    if end > limit {
+        return Err(StoreError::TooLarge { limit });
+    }
+    Ok(())
 }

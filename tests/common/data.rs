@@ -158,9 +158,35 @@ pub fn md5_hex(data: &[u8]) -> String {
     hex::encode(Md5::digest(data))
 }
 
-/// The blob id of `data` (CONTRACT §3): SHA-256 of `"blob LEN\0"` + content, as
-/// `git hash-object --object-format=sha256` computes it.
-pub fn git_blob_id(data: &[u8]) -> String {
+/// The store's chunk size (CONTRACT §3).
+pub const CHUNK: usize = 4 << 20;
+
+/// The blob id of `data` (CONTRACT §3), written from the contract's text, not the crate's
+/// code: SHA-256 of the manifest `"govcfs-blob 1\nsize N\nchunk-size 4194304\n"` followed
+/// by the hex SHA-256 of each 4 MiB chunk, one per line.
+pub fn blob_id(data: &[u8]) -> String {
+    let hashes: Vec<String> = data.chunks(CHUNK).map(sha256_hex).collect();
+    manifest_id(data.len() as u64, &hashes)
+}
+
+/// Hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
+}
+
+/// The blob id of a blob of `size` bytes whose chunks have these hashes.
+pub fn manifest_id(size: u64, chunk_hashes: &[String]) -> String {
+    let mut text = format!("govcfs-blob 1\nsize {size}\nchunk-size {CHUNK}\n");
+    for hash in chunk_hashes {
+        text.push_str(hash);
+        text.push('\n');
+    }
+    sha256_hex(text.as_bytes())
+}
+
+/// The Git-style id of a blob of a store written before chunking (`"blob LEN\0"` + content).
+pub fn legacy_blob_id(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(format!("blob {}\0", data.len()).as_bytes());
@@ -168,22 +194,27 @@ pub fn git_blob_id(data: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
-/// [`git_blob_id`] of a local file, read 1 MiB at a time.
-pub fn git_blob_id_of_file(path: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let len = std::fs::metadata(path).expect("stat").len();
+/// [`blob_id`] of a local file, read a chunk at a time.
+pub fn blob_id_of_file(path: &Path) -> String {
+    let size = std::fs::metadata(path).expect("stat").len();
     let mut file = File::open(path).expect("open");
-    let mut hasher = Sha256::new();
-    hasher.update(format!("blob {len}\0").as_bytes());
-    let mut buf = vec![0u8; 1 << 20];
+    let mut hashes = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = file.read(&mut buf).expect("read");
-        if n == 0 {
+        let mut filled = 0;
+        while filled < CHUNK {
+            let n = file.read(&mut buf[filled..]).expect("read");
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        hashes.push(sha256_hex(&buf[..filled]));
     }
-    hex::encode(hasher.finalize())
+    manifest_id(size, &hashes)
 }
 
 /// Where two byte strings first differ (`None` if equal; a length mismatch counts as a

@@ -10,9 +10,9 @@ use tokio::io::AsyncRead;
 
 use super::{CancellationToken, Client, ClientError, ProgressFn, Result};
 use crate::api::stream::StreamUploaded;
-use crate::base::ids::BlobHasher;
+use crate::base::manifest::BlobHasher;
 
-/// What the body stream saw go by: the bytes read, and the blob id when the length is known.
+/// What the body stream saw go by: the bytes read, and the blob id they make.
 #[derive(Clone)]
 struct Tally {
     hasher: Arc<Mutex<Option<BlobHasher>>>,
@@ -20,9 +20,9 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(len: Option<u64>) -> Self {
+    fn new() -> Self {
         Tally {
-            hasher: Arc::new(Mutex::new(len.map(BlobHasher::new))),
+            hasher: Arc::new(Mutex::new(Some(BlobHasher::new()))),
             read: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -35,7 +35,7 @@ impl Tally {
         self.read.fetch_add(piece.len() as u64, Ordering::Relaxed) + piece.len() as u64
     }
 
-    /// Checks the server's answer against what was sent: the size, and the id if known.
+    /// Checks the server's answer against what was sent: the size and the id.
     fn check(&self, stored: &StreamUploaded) -> Result<()> {
         let sent = self.read.load(Ordering::Relaxed);
         if stored.size != sent {
@@ -47,9 +47,7 @@ impl Tally {
         let Some(hasher) = self.hasher.lock().expect("hasher lock").take() else {
             return Ok(());
         };
-        let (local, _) = hasher
-            .finish()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let local = hasher.finish().id();
         if stored.hash != local {
             return Err(ClientError::Checksum {
                 expected: local,
@@ -80,9 +78,9 @@ fn tallied_stream<R: AsyncRead + Send + Unpin + 'static>(
 
 impl Client {
     /// Uploads everything `reader` yields as one blob through the streamed-upload route,
-    /// optionally zstd-compressed on the way; `progress` gets the bytes read so far. With
-    /// `len` (the reader's length) the id the server answers is checked against the local one;
-    /// without it, only the size is.
+    /// optionally zstd-compressed on the way; `progress` gets the bytes read so far (of
+    /// `len`, when known). The id and size the server answers are checked against the local
+    /// ones.
     pub async fn upload_stream<R: AsyncRead + Send + Unpin + 'static>(
         &self,
         reader: R,
@@ -91,7 +89,7 @@ impl Client {
         progress: Option<ProgressFn>,
         cancel: &CancellationToken,
     ) -> Result<StreamUploaded> {
-        let tally = Tally::new(len);
+        let tally = Tally::new();
         let counted = tallied_stream(reader, tally.clone(), len, progress);
         let body = if zstd {
             let encoder = async_compression::tokio::bufread::ZstdEncoder::new(

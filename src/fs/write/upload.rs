@@ -309,7 +309,7 @@ impl WriteHandle {
         let blob = BlobInfo {
             hash: base.blob.to_string(),
             size: base.size,
-            md5: String::new(),
+            chunks: base.size.div_ceil(crate::base::manifest::CHUNK_SIZE),
         };
         let change = Change::Put {
             path: path.to_string(),

@@ -94,13 +94,13 @@ pub async fn read_chunk(
         }
         .into());
     }
-    // A chunk that is exactly one block of the blob's index has its MD5 at hand.
+    // A chunk that is exactly one block of a legacy blob's index has its MD5 at hand.
     let known_md5 = match single_block(&range, session.blob_size) {
         Some(block) => state
             .store
             .block_sums(&session.repo, &session.hash, block)
             .await
-            .map(|sums| sums.md5),
+            .and_then(|sums| sums.md5),
         None => None,
     };
     let (md5, compressed) = tokio::task::spawn_blocking(move || {
