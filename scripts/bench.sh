@@ -7,6 +7,7 @@
 #
 #   scripts/bench.sh [--quick] [--runs N]
 #   scripts/bench.sh stream [--quick]     the streaming API alone (scripts/bench-stream.sh)
+#   scripts/bench.sh write [--quick]      writes of the chunked store (scripts/bench-write.sh)
 #
 # Environment:
 #   GOVCFS_BIN=PATH      use this binary instead of `cargo build --release`
@@ -23,6 +24,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ "${1:-}" = stream ]; then shift; exec "$ROOT/scripts/bench-stream.sh" "$@"; fi
+if [ "${1:-}" = write ]; then shift; exec "$ROOT/scripts/bench-write.sh" "$@"; fi
 HELPER="$ROOT/scripts/bench_helper.py"
 MODE=full
 RUNS=""

@@ -31,7 +31,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::{
-    files_under, blob_id, http_request, md5_hex, random_bytes, run_cli_with,
+    blob_id, files_under, http_request, md5_hex, random_bytes, run_cli_with,
     write_fast_random_file, RawResponse, ServerProcess, XorShift, KIB, MIB,
 };
 use md5::Digest;

@@ -32,9 +32,8 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    first_difference, blob_id_of_file as blob_id_of_file, mib_per_s, on_thread_within,
-    random_bytes, run_cli_with, run_status, server_hash, wait_until, write_fast_random_file,
-    ServerProcess, KIB, MIB,
+    blob_id_of_file, first_difference, mib_per_s, on_thread_within, random_bytes, run_cli_with,
+    run_status, server_hash, wait_until, write_fast_random_file, ServerProcess, KIB, MIB,
 };
 use fault_proxy::{Dir, FaultProxy, Scope};
 use mount_support::{MountGuard, MountOptions};

@@ -184,10 +184,17 @@ impl Sandbox {
         );
         let want: BTreeSet<String> = repos.iter().map(|s| s.to_string()).collect();
         assert_eq!(names(&data.join("repos")), want, "the repositories on disk");
-        let repo_entries: BTreeSet<String> = ["config.json", "objects", "refs", "uploads"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let repo_entries: BTreeSet<String> = [
+            "chunks",
+            "config.json",
+            "manifests",
+            "objects",
+            "refs",
+            "uploads",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         for repo in repos {
             let entries = names(&data.join("repos").join(repo));
             assert!(
@@ -795,10 +802,7 @@ fn hostile_repository_names_on_every_route_get_4xx_json() {
     let r = http_request(
         srv.addr,
         "GET",
-        &format!(
-            "/api/v1/repos/default/blobs/{}",
-            blob_id(b"payload for ..")
-        ),
+        &format!("/api/v1/repos/default/blobs/{}", blob_id(b"payload for ..")),
         &[],
         b"",
     )

@@ -30,10 +30,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_files_equal, finish_child, first_diff, blob_id as blob_id,
-    blob_id_of_file as blob_id_of_file, govcfs_command, http_request, mib_per_s,
-    must_finish_within, random_bytes, server_hash, stat_entry, wait_until, CliOutput,
-    ServerProcess, XorShift, GIB, KIB, MIB,
+    assert_files_equal, blob_id, blob_id_of_file, finish_child, first_diff, govcfs_command,
+    http_request, mib_per_s, must_finish_within, random_bytes, server_hash, stat_entry, wait_until,
+    CliOutput, ServerProcess, XorShift, GIB, KIB, MIB,
 };
 use mount_support::{MountGuard, RestartableServer};
 use proptest::prelude::*;

@@ -102,61 +102,35 @@ fn hrefs(html: &str) -> Vec<String> {
 // 1. Blob ids
 // ---------------------------------------------------------------------------------------
 
+/// Blob ids are the manifest ids the contract defines (computed here from its text, not by
+/// the crate), whatever the upload's chunk size, and `govcfs hash` prints the same id.
 #[test]
-fn blob_ids_equal_git_hash_object_sha256() {
-    if !have_program("git") {
-        println!("skipping blob_ids_equal_git_hash_object_sha256: git is not installed");
-        return;
-    }
+fn blob_ids_are_the_manifest_ids_of_the_contract() {
     let work = tempfile::tempdir().unwrap();
-    let git_dir = work.path().join("repo");
-    let init = Command::new("git")
-        .args(["init", "-q", "--object-format=sha256"])
-        .arg(&git_dir)
-        .output()
-        .unwrap();
-    if !init.status.success() {
-        println!(
-            "skipping: this git cannot make sha256 repositories: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        return;
-    }
     let (srv, http) = server_and_client();
-    let contents: Vec<(&str, Vec<u8>)> = vec![
-        ("empty", Vec::new()),
-        ("hello", b"hello\n".to_vec()),
-        ("random", random_bytes(1 << 20, 1)),
+    let contents: Vec<(&str, Vec<u8>, u64)> = vec![
+        ("empty", Vec::new(), 0),
+        ("hello", b"hello\n".to_vec(), 1),
+        ("random", random_bytes(1 << 20, 1), 1),
+        ("two-chunks", random_bytes(CHUNK + 1, 2), 2),
     ];
     block_on(async {
-        for (name, data) in &contents {
+        for (name, data, chunks) in &contents {
+            let id = blob_id(data);
             let file = work.path().join(name);
             std::fs::write(&file, data).unwrap();
-            let out = Command::new("git")
-                .arg("-C")
-                .arg(&git_dir)
-                .arg("hash-object")
-                .arg(&file)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "git hash-object: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let git_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-            assert_eq!(git_id.len(), 64, "not a sha256 id: {git_id}");
-            assert_eq!(git_id, blob_id(data), "local computation of the id");
-
+            let out = run_cli(&["hash", file.to_str().unwrap()]);
+            out.assert_success("govcfs hash");
+            assert_eq!(out.stdout_text(), format!("{id}  {}\n", file.display()));
             // One upload with the default chunk size, one with many small chunks.
             for chunk_size in [None, Some(64 << 10)] {
                 let info = upload(&http, &srv, "default", data, chunk_size).await;
-                assert_eq!(info["hash"], git_id.as_str(), "{name} ({chunk_size:?})");
+                assert_eq!(info["hash"], id.as_str(), "{name} ({chunk_size:?})");
                 assert_eq!(info["size"], data.len() as u64, "{name}");
-                assert_eq!(info["md5"], md5_hex(data).as_str(), "{name}");
+                assert_eq!(info["chunks"], *chunks, "{name}");
             }
             let body = http
-                .get(format!("{}/blobs/{git_id}", srv.api("default")))
+                .get(format!("{}/blobs/{id}", srv.api("default")))
                 .send()
                 .await
                 .unwrap();
@@ -222,22 +196,21 @@ async fn check_range(
         start,
         end
     );
+    // One aligned 1 MiB block (or the blob's tail from a block start) carries the CRC32C of
+    // the store's index; any other range the MD5 of its bytes.
+    let one_block = start % MIB == 0 && last + 1 == (start + MIB).min(len);
+    let (want_md5, want_crc) = match one_block {
+        true => (None, Some(govcfs::base::checksum::crc32c_hex(&body))),
+        false => (Some(md5_hex(&body)), None),
+    };
+    prop_assert_eq!(md5, want_md5, "X-Checksum-MD5 of bytes={}-{}", start, end);
     prop_assert_eq!(
-        md5,
-        Some(md5_hex(&body)),
-        "X-Checksum-MD5 of bytes={}-{}",
+        crc,
+        want_crc,
+        "X-Checksum-CRC32C of bytes={}-{}",
         start,
         end
     );
-    if let Some(crc) = crc {
-        prop_assert_eq!(
-            crc,
-            govcfs::base::checksum::crc32c_hex(&body),
-            "X-Checksum-CRC32C of bytes={}-{}",
-            start,
-            end
-        );
-    }
     Ok(())
 }
 
@@ -326,104 +299,119 @@ fn range_requests_return_exactly_the_requested_slice() {
                 .unwrap();
             assert_eq!(response.status(), 206);
             assert_eq!(response.bytes().await.unwrap().as_ref(), &data[299_000..]);
-            // A whole-body GET carries the MD5 of the whole blob.
+            // A whole-body GET of this one-chunk blob carries the CRC32C of its one block and
+            // the SHA-256 that names its chunk.
             let response = http.get(url).send().await.unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(
-                response.headers()["x-checksum-md5"].to_str().unwrap(),
-                md5_hex(&data)
+                response.headers()["x-checksum-crc32c"].to_str().unwrap(),
+                govcfs::base::checksum::crc32c_hex(&data)
+            );
+            assert_eq!(
+                response.headers()["x-checksum-sha256"].to_str().unwrap(),
+                sha256_hex(&data)
             );
             assert_eq!(response.bytes().await.unwrap().as_ref(), &data[..]);
         }
     });
 }
 
-/// Aligned 1 MiB blocks are answered with the MD5, SHA-256 and CRC32C the block index kept
-/// from the write, each matching the bytes; a blob whose index predates CRC32C (48-byte
-/// entries in `<id>.idx`) is still answered with MD5 and SHA-256 from it.
+/// `(X-Checksum-MD5, X-Checksum-SHA256, X-Checksum-CRC32C)` and the bytes of a ranged GET.
+fn ranged_sums(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    url: &str,
+    range: std::ops::Range<usize>,
+) -> ((Option<String>, Option<String>, Option<String>), Vec<u8>) {
+    rt.block_on(async {
+        let response = http
+            .get(url)
+            .header("Range", format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 206);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let sums = (
+            header("x-checksum-md5"),
+            header("x-checksum-sha256"),
+            header("x-checksum-crc32c"),
+        );
+        (sums, response.bytes().await.unwrap().to_vec())
+    })
+}
+
+/// Aligned 1 MiB blocks are answered with the CRC32C the store indexed when the chunk was
+/// written, a whole chunk with the SHA-256 that names it, any other range with the MD5 of
+/// its bytes.
 #[test]
 fn aligned_blocks_carry_the_checksums_of_the_block_index() {
-    use sha2::Digest;
     let (srv, http) = server_and_client();
     let rt = runtime();
-    let data = random_bytes(2 * MIB as usize + 12_345, 7);
+    let data = random_bytes(CHUNK + 2 * MIB as usize + 12_345, 7);
     let (hash, _) = rt.block_on(put_file(&http, &srv, "default", "blocks.bin", &data));
     let url = format!("{}/blobs/{hash}", srv.api("default"));
-    let get = |start: usize, end: usize| {
-        rt.block_on(async {
-            let response = http
-                .get(&url)
-                .header("Range", format!("bytes={start}-{}", end - 1))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 206);
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .map(|v| v.to_str().unwrap().to_string())
-            };
-            let sums = (
-                header("x-checksum-md5"),
-                header("x-checksum-sha256"),
-                header("x-checksum-crc32c"),
-            );
-            let body = response.bytes().await.unwrap();
-            assert_eq!(body.as_ref(), &data[start..end]);
-            sums
-        })
-    };
-    let blocks = [
-        (0, MIB as usize),
-        (MIB as usize, 2 * MIB as usize),
-        (2 * MIB as usize, data.len()),
-    ];
-    for &(start, end) in &blocks {
-        let block = &data[start..end];
-        let (md5, sha256, crc) = get(start, end);
-        assert_eq!(md5, Some(md5_hex(block)), "block at {start}");
-        assert_eq!(
-            sha256,
-            Some(hex::encode(sha2::Sha256::digest(block))),
-            "block at {start}"
-        );
-        assert_eq!(
-            crc,
-            Some(govcfs::base::checksum::crc32c_hex(block)),
-            "block at {start}"
-        );
+    let m = MIB as usize;
+    for (start, end) in [(0, m), (m, 2 * m), (CHUNK + 2 * m, data.len())] {
+        let (sums, body) = ranged_sums(&rt, &http, &url, start..end);
+        assert!(body == data[start..end], "bytes of block at {start}");
+        let crc = govcfs::base::checksum::crc32c_hex(&data[start..end]);
+        assert_eq!(sums, (None, None, Some(crc)), "block at {start}");
     }
-    // An unaligned range has no index entry: only the MD5, computed from the bytes.
-    let (md5, sha256, crc) = get(10, MIB as usize + 10);
+    let (sums, _) = ranged_sums(&rt, &http, &url, 0..CHUNK);
+    assert_eq!(sums.1, Some(sha256_hex(&data[..CHUNK])), "a whole chunk");
+    let (sums, _) = ranged_sums(&rt, &http, &url, 10..m + 10);
     assert_eq!(
-        (md5, sha256, crc),
-        (Some(md5_hex(&data[10..MIB as usize + 10])), None, None)
+        sums,
+        (Some(md5_hex(&data[10..m + 10])), None, None),
+        "unaligned"
     );
+}
 
-    // Rewrite the index as a store written before CRC32C had it.
+/// A blob of a store written before chunking (one object under its Git-style id, with its
+/// block index beside it) is still served: its blocks with the MD5, SHA-256 and CRC32C of
+/// its `.idx2` index, or MD5 and SHA-256 of the oldest `.idx` one.
+#[test]
+fn a_blob_of_a_store_before_chunking_keeps_its_id_and_block_index() {
+    let (srv, http) = server_and_client();
+    let rt = runtime();
+    let data = random_bytes(2 * MIB as usize + 12_345, 8);
+    let hash = legacy_blob_id(&data);
     let objects = srv
         .data_dir()
         .join(format!("repos/default/objects/{}", &hash[..2]));
-    let index = std::fs::read(objects.join(format!("{hash}.idx2"))).unwrap();
-    assert_eq!(index.len(), 3 * 52);
-    let legacy: Vec<u8> = index
-        .chunks(52)
-        .flat_map(|entry| entry[..48].to_vec())
-        .collect();
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join(&hash), &data).unwrap();
+    let mut indexer = govcfs::store::index::BlockIndexer::default();
+    indexer.update(&data);
+    let index = indexer.finish();
+    std::fs::write(objects.join(format!("{hash}.idx2")), &index).unwrap();
+    let url = format!("{}/blobs/{hash}", srv.api("default"));
+    let m = MIB as usize;
+    let blocks = [(0, m), (m, 2 * m), (2 * m, data.len())];
+    for &(start, end) in &blocks {
+        let block = &data[start..end];
+        let (sums, body) = ranged_sums(&rt, &http, &url, start..end);
+        assert!(body == block, "bytes of block at {start}");
+        let crc = govcfs::base::checksum::crc32c_hex(block);
+        assert_eq!(
+            sums,
+            (Some(md5_hex(block)), Some(sha256_hex(block)), Some(crc))
+        );
+    }
+    // Rewrite the index as a store written before CRC32C had it.
+    let legacy: Vec<u8> = index.chunks(52).flat_map(|e| e[..48].to_vec()).collect();
     std::fs::write(objects.join(format!("{hash}.idx")), legacy).unwrap();
     std::fs::remove_file(objects.join(format!("{hash}.idx2"))).unwrap();
     for &(start, end) in &blocks {
         let block = &data[start..end];
-        let (md5, sha256, crc) = get(start, end);
-        assert_eq!(
-            (md5, sha256, crc),
-            (
-                Some(md5_hex(block)),
-                Some(hex::encode(sha2::Sha256::digest(block))),
-                None
-            )
-        );
+        let (sums, _) = ranged_sums(&rt, &http, &url, start..end);
+        assert_eq!(sums, (Some(md5_hex(block)), Some(sha256_hex(block)), None));
     }
 }
 
@@ -1369,7 +1357,7 @@ fn interrupted_uploads_resume_and_cut_chunks_are_not_kept() {
         assert!(status == 200 || status == 201, "{info}");
         assert_eq!(info["hash"], blob_id(&data).as_str());
         assert_eq!(info["size"], data.len() as u64);
-        assert_eq!(info["md5"], md5_hex(&data).as_str());
+        assert_eq!(info["chunks"], (data.len() as u64).div_ceil(4 << 20));
         let blob = http
             .get(format!("{api}/blobs/{}", info["hash"].as_str().unwrap()))
             .send()

@@ -2971,15 +2971,11 @@ fn websocket_upgrade_requires_the_auth_token() {
             .unwrap();
         assert_eq!(r.status(), 401, "upload without a token");
         let (status, _) = json_of(
-            http.get(format!(
-                "{}/blobs/{}",
-                srv.api("default"),
-                blob_id(b"x")
-            ))
-            .bearer_auth("secret")
-            .send()
-            .await
-            .unwrap(),
+            http.get(format!("{}/blobs/{}", srv.api("default"), blob_id(b"x")))
+                .bearer_auth("secret")
+                .send()
+                .await
+                .unwrap(),
         )
         .await;
         assert_eq!(status, 404, "a refused upload stored nothing");

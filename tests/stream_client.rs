@@ -552,3 +552,52 @@ fn streaming_1_gib_through_a_session_keeps_the_servers_memory_flat() {
         .expect("read");
     assert!(probe.iter().any(|b| *b != 0));
 }
+
+fn received(server: &ServerProcess) -> u64 {
+    server
+        .metric("govcfs_blob_bytes_received_total")
+        .expect("the counter") as u64
+}
+
+#[test]
+fn a_reupload_with_one_changed_chunk_sends_only_that_chunk() {
+    let server = ServerProcess::start();
+    let client = client(&server);
+    let cancel = CancellationToken::new();
+    let chunk = common::CHUNK;
+    let mut data = random_bytes(5 * chunk + 1000, 16);
+    let options = govcfs::client::UploadOptions::default();
+    block_on(async {
+        let first = client
+            .upload(&mut std::io::Cursor::new(data.clone()), &options, &cancel)
+            .await
+            .expect("first upload");
+        assert_eq!(first.hash, common::blob_id(&data));
+        data[2 * chunk + 100] ^= 0xff;
+        let before = received(&server);
+        let second = client
+            .upload(&mut std::io::Cursor::new(data.clone()), &options, &cancel)
+            .await
+            .expect("second upload");
+        let sent = received(&server) - before;
+        assert_eq!(second.hash, common::blob_id(&data));
+        assert_eq!(sent, chunk as u64, "only the changed chunk is sent again");
+        let mut back = Vec::new();
+        let options = govcfs::client::DownloadOptions::default();
+        client
+            .download(&second.hash, &mut back, &options, &cancel)
+            .await
+            .expect("download, checked against the manifest");
+        assert!(back == data, "the download differs");
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("file");
+    std::fs::write(&local, &data).expect("write");
+    let out = run_cli(&["hash", local.to_str().expect("UTF-8")]);
+    out.assert_success("govcfs hash");
+    assert!(
+        out.stdout_text().starts_with(&common::blob_id(&data)),
+        "govcfs hash prints the blob id: {}",
+        out.stdout_text()
+    );
+}

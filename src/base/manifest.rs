@@ -78,7 +78,9 @@ impl Manifest {
     pub fn decode(bytes: &[u8]) -> Result<Manifest, InvalidManifest> {
         let bad = |why: &str| InvalidManifest(why.to_string());
         let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
-        let body = text.strip_suffix('\n').ok_or_else(|| bad("no final newline"))?;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("no final newline"))?;
         let mut lines = body.split('\n');
         if lines.next() != Some(MAGIC) {
             return Err(bad("not a govcfs blob manifest"));
@@ -291,7 +293,11 @@ mod tests {
             b"govcfs-blob 1\nsize 05\nchunk-size 4194304\n",
             b"govcfs-blob 1\nsize 0\nchunk-size 0\n",
         ] {
-            assert!(Manifest::decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                Manifest::decode(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

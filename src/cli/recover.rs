@@ -123,11 +123,7 @@ async fn restore(copy: &std::path::Path, note: &RecoveryNote) -> anyhow::Result<
     };
     let mut file = tokio::fs::File::open(copy).await?;
     let blob = client
-        .upload(
-            &mut file,
-            &UploadOptions::default(),
-            &cancel,
-        )
+        .upload(&mut file, &UploadOptions::default(), &cancel)
         .await?;
     let expect = if target == note.path {
         Some(current)

@@ -119,8 +119,7 @@ impl Client {
             Err(e) => return Err(e),
         };
         let text = response.bytes().await.map_err(ClientError::Transport)?;
-        let manifest =
-            Manifest::decode(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let manifest = Manifest::decode(&text).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if manifest.id() != hash {
             return Err(ClientError::Checksum {
                 expected: hash.to_string(),

@@ -10,8 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{CancellationToken, Client, ClientError, Result};
 use crate::api::{
-    BlobInfo, ChunkList, MissingChunks, StartUpload, UploadStarted, UploadStatus, CHUNK_REFS_HEADER,
-    COPY_FROM_BLOB_HEADER,
+    BlobInfo, ChunkList, MissingChunks, StartUpload, UploadStarted, UploadStatus,
+    CHUNK_REFS_HEADER, COPY_FROM_BLOB_HEADER,
 };
 use crate::base::checksum::{crc32c_hex, CRC32C_HEADER};
 use crate::base::manifest::{chunk_hash, BlobHasher, ChunkHash, Manifest, CHUNK_SIZE};
@@ -130,7 +130,8 @@ impl Client {
         let list = hashes.iter().map(hex::encode).collect::<Vec<_>>().join(",");
         let response = self
             .send(cancel, || {
-                self.request(Method::PUT, &url).header(CHUNK_REFS_HEADER, &list)
+                self.request(Method::PUT, &url)
+                    .header(CHUNK_REFS_HEADER, &list)
             })
             .await?;
         let referenced: ChunkLen = response.json().await.map_err(ClientError::Transport)?;
@@ -326,7 +327,10 @@ impl Client {
         let len = chunk.data.len() as u64;
         if let Some(hashes) = chunk.chunk_hashes.filter(|_| options.skip_held_chunks) {
             if self.missing_chunks(&hashes, cancel).await?.is_empty() {
-                match self.reference_chunks(upload_id, index, &hashes, cancel).await {
+                match self
+                    .reference_chunks(upload_id, index, &hashes, cancel)
+                    .await
+                {
                     Ok(_) => return Ok(len),
                     // Gone in between (a sweep): send the bytes after all.
                     Err(ClientError::Http { status: 404, .. }) => {}

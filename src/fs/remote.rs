@@ -195,6 +195,7 @@ impl Remote for ClientRemote {
 /// How long one read of the mount may take, retries included, before it fails with EIO.
 const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Chunk size the mount asks for when it uploads: large enough for throughput, small enough
-/// that the chunks in flight keep the mount's memory low.
-const UPLOAD_CHUNK: u64 = 4 << 20;
+/// Chunk size the mount asks for when it uploads: the store's chunk size, so every upload
+/// chunk is stored on arrival and an unchanged one is referenced, not sent (and large enough
+/// for throughput, small enough that the chunks in flight keep the mount's memory low).
+const UPLOAD_CHUNK: u64 = crate::base::manifest::CHUNK_SIZE;

@@ -102,7 +102,10 @@ async fn checksummed_body(
     len: u64,
 ) -> ApiResult<(Body, Vec<(&'static str, HeaderValue)>)> {
     let block = single_block(&range, len);
-    let data = state.store.read_blob_range(repo, hash, range.clone()).await?;
+    let data = state
+        .store
+        .read_blob_range(repo, hash, range.clone())
+        .await?;
     let sums = match block {
         Some(b) => state.store.block_sums(repo, hash, b).await,
         None => None,

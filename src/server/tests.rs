@@ -644,3 +644,118 @@ async fn health_and_metrics_pages_answer() {
         "{text}"
     );
 }
+
+/// The `govcfs_blob_bytes_received_total` counter.
+async fn bytes_received(app: &App) -> u64 {
+    let metrics = app.get("/metrics").await.text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("govcfs_blob_bytes_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the counter is exported")
+}
+
+#[tokio::test]
+async fn a_new_version_names_the_chunks_the_server_holds_and_sends_only_the_rest() {
+    use crate::base::manifest::{blob_id, chunk_hash, CHUNK_SIZE};
+    let app = App::new().await;
+    let cs = CHUNK_SIZE as usize;
+    let old: Vec<u8> = (0..cs + 1000).map(|i| (i % 241) as u8).collect();
+    let old_id = app.upload("default", &old).await;
+    let api = "/api/v1/repos/default";
+
+    let manifest = app.get(&format!("{api}/blobs/{old_id}/manifest")).await;
+    assert_eq!(manifest.status, StatusCode::OK, "{}", manifest.text());
+    assert_eq!(hex::encode(sha2::Sha256::digest(&manifest.body)), old_id);
+    assert!(manifest
+        .text()
+        .starts_with("govcfs-blob 1\nsize 4195304\nchunk-size 4194304\n"));
+
+    let first = hex::encode(chunk_hash(&old[..cs]));
+    let absent = hex::encode(chunk_hash(b"absent"));
+    let asked = app
+        .post_json(
+            &format!("{api}/chunks/missing"),
+            json!({ "chunks": [first, absent] }),
+        )
+        .await;
+    assert_eq!(
+        asked.json(),
+        json!({ "missing": [absent] }),
+        "{}",
+        asked.text()
+    );
+
+    let started = app.call(Method::POST, &format!("{api}/uploads"), "").await;
+    let id = started.json()["upload_id"].as_str().unwrap().to_string();
+    let before = bytes_received(&app).await;
+    let by_ref = |hashes: String, body: &'static [u8]| {
+        Request::builder()
+            .method(Method::PUT)
+            .uri(format!("{api}/uploads/{id}/0"))
+            .header("x-chunk-sha256", hashes)
+            .body(Body::from(body))
+            .expect("request")
+    };
+    app.send(by_ref(absent.clone(), b""))
+        .await
+        .assert_error(404, "not_found", "an absent chunk");
+    app.send(by_ref("zz".into(), b""))
+        .await
+        .assert_error(400, "bad_request", "a bad hash");
+    app.send(by_ref(first.clone(), b"bytes"))
+        .await
+        .assert_error(400, "bad_request", "a body");
+    let named = app.send(by_ref(first.clone(), b"")).await;
+    assert_eq!(
+        named.json(),
+        json!({ "len": CHUNK_SIZE }),
+        "{}",
+        named.text()
+    );
+    let tail = b"a different tail";
+    let put = app
+        .call(Method::PUT, &format!("{api}/uploads/{id}/1"), tail.to_vec())
+        .await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "{}", put.text());
+    let done = app
+        .call(Method::POST, &format!("{api}/uploads/{id}/complete"), "")
+        .await;
+    let mut new = old[..cs].to_vec();
+    new.extend_from_slice(tail);
+    assert_eq!(
+        done.json()["hash"],
+        blob_id(&new).as_str(),
+        "{}",
+        done.text()
+    );
+    assert_eq!(done.json()["chunks"], 2);
+    assert_eq!(
+        bytes_received(&app).await - before,
+        tail.len() as u64,
+        "only the tail was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_blob_of_a_store_before_chunking_has_no_manifest_but_reads() {
+    let app = App::new().await;
+    let data = b"written by the previous version".to_vec();
+    let id = crate::base::ids::legacy_blob_id(&data);
+    let objects = app
+        ._dir
+        .path()
+        .join(format!("repos/default/objects/{}", &id[..2]));
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join(&id), &data).unwrap();
+    let mut indexer = crate::store::index::BlockIndexer::default();
+    indexer.update(&data);
+    std::fs::write(objects.join(format!("{id}.idx2")), indexer.finish()).unwrap();
+    let api = "/api/v1/repos/default";
+    app.get(&format!("{api}/blobs/{id}/manifest"))
+        .await
+        .assert_error(404, "not_chunked", "a legacy blob");
+    let read = app.get(&format!("{api}/blobs/{id}")).await;
+    assert_eq!(read.body, data);
+    assert_eq!(read.header(MD5_HEADER), Some(md5_hex(&data).as_str()));
+}

@@ -16,8 +16,8 @@ use crate::api::ErrorCode;
 use crate::api::{
     BlobInfo, StartUpload, UploadStarted, UploadStatus, CHUNK_REFS_HEADER, COPY_FROM_BLOB_HEADER,
 };
-use crate::base::manifest::{parse_chunk_hash, ChunkHash};
 use crate::base::checksum::{CRC32C_HEADER, MD5_HEADER};
+use crate::base::manifest::{parse_chunk_hash, ChunkHash};
 use crate::store::ChunkChecks;
 
 /// `POST /api/v1/repos/:repo/uploads` (the body is optional)
@@ -85,7 +85,14 @@ pub async fn put_chunk(
     let len = data.len() as u64;
     state
         .store
-        .put_upload_chunk(&repo, &id, index, data, checks, state.config.max_upload_size)
+        .put_upload_chunk(
+            &repo,
+            &id,
+            index,
+            data,
+            checks,
+            state.config.max_upload_size,
+        )
         .await?;
     state
         .metrics

@@ -122,7 +122,9 @@ impl Store {
     /// Reads a range of a blob into memory (for bounded ranges only).
     pub async fn read_blob_range(&self, repo: &str, id: &str, range: Range<u64>) -> Result<Bytes> {
         let manifest = match self.layout(repo, id).await? {
-            Layout::Legacy(_) => return self.backend.get_range(&object_path(repo, id), range).await,
+            Layout::Legacy(_) => {
+                return self.backend.get_range(&object_path(repo, id), range).await
+            }
             Layout::Chunked(m) => m,
         };
         let pieces = manifest.pieces(range);
@@ -246,7 +248,12 @@ impl Store {
 
     /// The SHA-256 (hex) of `range` of a blob when the range is exactly one whole chunk: its
     /// name, known without hashing.
-    pub async fn whole_chunk_sha256(&self, repo: &str, id: &str, range: Range<u64>) -> Option<String> {
+    pub async fn whole_chunk_sha256(
+        &self,
+        repo: &str,
+        id: &str,
+        range: Range<u64>,
+    ) -> Option<String> {
         let Layout::Chunked(m) = self.layout(repo, id).await.ok()? else {
             return None;
         };
@@ -286,7 +293,6 @@ impl Store {
         writer.write(data).await?;
         writer.finish().await
     }
-
 }
 
 #[cfg(test)]

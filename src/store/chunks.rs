@@ -73,12 +73,21 @@ pub(crate) async fn store_chunk(backend: &Backend, repo: &str, data: Bytes) -> R
 }
 
 /// The length of chunk `hash` of `repo`, `None` if the repository does not hold it.
-pub(crate) async fn chunk_len(backend: &Backend, repo: &str, hash: &ChunkHash) -> Result<Option<u64>> {
+pub(crate) async fn chunk_len(
+    backend: &Backend,
+    repo: &str,
+    hash: &ChunkHash,
+) -> Result<Option<u64>> {
     backend.size(&chunk_path(repo, hash)).await
 }
 
 /// The CRC32C of block `block` of a chunk, if its CRC file has it.
-pub(crate) async fn block_crc(backend: &Backend, repo: &str, hash: &ChunkHash, block: u64) -> Option<u32> {
+pub(crate) async fn block_crc(
+    backend: &Backend,
+    repo: &str,
+    hash: &ChunkHash,
+    block: u64,
+) -> Option<u32> {
     let start = block * 4;
     let entry = backend
         .get_range(&crc_path(repo, hash), start..start + 4)
@@ -121,7 +130,9 @@ mod tests {
     async fn a_chunk_is_stored_once_under_its_hash_with_its_block_crcs() {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::local(dir.path()).unwrap();
-        let data: Vec<u8> = (0..(INDEX_BLOCK as usize + 10)).map(|i| (i % 253) as u8).collect();
+        let data: Vec<u8> = (0..(INDEX_BLOCK as usize + 10))
+            .map(|i| (i % 253) as u8)
+            .collect();
         let stored = store_chunk(&backend, "r", Bytes::from(data.clone()))
             .await
             .unwrap();
@@ -131,11 +142,17 @@ mod tests {
             Some(data.len() as u64)
         );
         let second = crate::base::checksum::crc32c(&data[INDEX_BLOCK as usize..]);
-        assert_eq!(block_crc(&backend, "r", &stored.hash, 1).await, Some(second));
+        assert_eq!(
+            block_crc(&backend, "r", &stored.hash, 1).await,
+            Some(second)
+        );
         assert_eq!(block_crc(&backend, "r", &stored.hash, 2).await, None);
         let again = store_chunk(&backend, "r", Bytes::from(data)).await.unwrap();
         assert_eq!(again, stored);
-        assert_eq!(chunk_len(&backend, "other", &stored.hash).await.unwrap(), None);
+        assert_eq!(
+            chunk_len(&backend, "other", &stored.hash).await.unwrap(),
+            None
+        );
         let range = read_chunk_range(&backend, "r", "blob", &stored.hash, 5..9)
             .await
             .unwrap();

@@ -6,10 +6,10 @@ use std::collections::HashSet;
 
 use futures::StreamExt;
 
-use super::{object_path, Result, Store};
-use crate::api::EntryType;
 use super::blob::Layout;
 use super::chunks::chunk_path;
+use super::{object_path, Result, Store};
+use crate::api::EntryType;
 use crate::base::ids::LegacyBlobHasher;
 use crate::base::manifest::{chunk_hash, Manifest};
 
@@ -178,7 +178,12 @@ impl Store {
     }
 
     /// Re-hashes a blob of a store written before chunking against its Git-style id.
-    async fn check_legacy_blob(&self, repo: &str, id: &str, size: u64) -> std::result::Result<(), String> {
+    async fn check_legacy_blob(
+        &self,
+        repo: &str,
+        id: &str,
+        size: u64,
+    ) -> std::result::Result<(), String> {
         let mut hasher = LegacyBlobHasher::new(size);
         let mut pieces = self.backend.stream_range(object_path(repo, id), 0..size);
         while let Some(piece) = pieces.next().await {

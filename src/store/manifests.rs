@@ -52,7 +52,11 @@ impl ManifestCache {
 }
 
 /// Writes the manifest of a blob durably; returns the blob id.
-pub(crate) async fn write_manifest(backend: &Backend, repo: &str, manifest: &Manifest) -> Result<String> {
+pub(crate) async fn write_manifest(
+    backend: &Backend,
+    repo: &str,
+    manifest: &Manifest,
+) -> Result<String> {
     let id = manifest.id();
     let path = manifest_path(repo, &id);
     if backend.size(&path).await?.is_none() {
@@ -63,7 +67,11 @@ pub(crate) async fn write_manifest(backend: &Backend, repo: &str, manifest: &Man
 
 /// Reads and checks the manifest of blob `id`; `None` if the repository has none (a legacy
 /// blob, or no blob at all).
-pub(crate) async fn read_manifest(backend: &Backend, repo: &str, id: &str) -> Result<Option<Manifest>> {
+pub(crate) async fn read_manifest(
+    backend: &Backend,
+    repo: &str,
+    id: &str,
+) -> Result<Option<Manifest>> {
     let Some(bytes) = backend.get_opt(&manifest_path(repo, id)).await? else {
         return Ok(None);
     };

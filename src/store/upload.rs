@@ -70,8 +70,18 @@ fn validate_upload_id(id: &str) -> Result<()> {
 /// Checks a received chunk against the checksums its client sent (on a blocking thread).
 async fn verify_checks(data: &Bytes, checks: ChunkChecks<'_>) -> Result<()> {
     let wanted: Vec<(String, fn(&[u8]) -> String)> = [
-        checks.md5.map(|m| (m.trim().to_ascii_lowercase(), md5_hex as fn(&[u8]) -> String)),
-        checks.crc32c.map(|c| (c.trim().to_ascii_lowercase(), crc32c_hex as fn(&[u8]) -> String)),
+        checks.md5.map(|m| {
+            (
+                m.trim().to_ascii_lowercase(),
+                md5_hex as fn(&[u8]) -> String,
+            )
+        }),
+        checks.crc32c.map(|c| {
+            (
+                c.trim().to_ascii_lowercase(),
+                crc32c_hex as fn(&[u8]) -> String,
+            )
+        }),
     ]
     .into_iter()
     .flatten()
@@ -159,7 +169,9 @@ impl Store {
         verify_checks(&data, checks).await?;
         if meta.aligned() {
             let stored = self.store_pieces(repo, data).await?;
-            return self.put_record(repo, id, index, Record::Chunks(stored)).await;
+            return self
+                .put_record(repo, id, index, Record::Chunks(stored))
+                .await;
         }
         // Not fsynced: only finished chunks must be durable. After an OS crash a raw chunk
         // may be missing or cut short; `complete` then refuses the layout (every chunk but
@@ -179,7 +191,10 @@ impl Store {
         limit: u64,
     ) -> Result<u64> {
         let meta = self.upload_meta(repo, id).await?;
-        if !meta.aligned() || hashes.is_empty() || hashes.len() as u64 > meta.chunk_size / CHUNK_SIZE {
+        if !meta.aligned()
+            || hashes.is_empty()
+            || hashes.len() as u64 > meta.chunk_size / CHUNK_SIZE
+        {
             return Err(StoreError::InvalidInput(format!(
                 "an upload chunk of {} bytes cannot be {} stored chunks of {CHUNK_SIZE}",
                 meta.chunk_size,
@@ -189,13 +204,18 @@ impl Store {
         let stored = self.held_chunks(repo, hashes).await?;
         let len: u64 = stored.iter().map(|c| c.len).sum();
         check_limit(index, meta.chunk_size, len, limit)?;
-        self.put_record(repo, id, index, Record::Chunks(stored)).await?;
+        self.put_record(repo, id, index, Record::Chunks(stored))
+            .await?;
         Ok(len)
     }
 
     /// The given chunks with their lengths; `NotFound` names the first one the repository
     /// lacks, `InvalidInput` a short one that is not last.
-    async fn held_chunks(&self, repo: &str, hashes: &[ChunkHash]) -> Result<Vec<super::StoredChunk>> {
+    async fn held_chunks(
+        &self,
+        repo: &str,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<super::StoredChunk>> {
         let mut stored = Vec::with_capacity(hashes.len());
         for (i, hash) in hashes.iter().enumerate() {
             let len = super::chunks::chunk_len(&self.backend, repo, hash)
@@ -217,7 +237,10 @@ impl Store {
         self.ensure_repo(repo).await?;
         let mut missing = Vec::new();
         for hash in hashes {
-            if super::chunks::chunk_len(&self.backend, repo, hash).await?.is_none() {
+            if super::chunks::chunk_len(&self.backend, repo, hash)
+                .await?
+                .is_none()
+            {
                 missing.push(*hash);
             }
         }
@@ -306,3 +329,6 @@ fn check_limit(index: u64, chunk_size: u64, len: u64, limit: u64) -> Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

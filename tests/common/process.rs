@@ -123,8 +123,10 @@ fn run_status_and_output(command: &mut Command, timeout: Duration) -> CliOutput 
 }
 
 /// The one bounded wait for a spawned child (`what` names it in messages): its piped stdout
-/// and stderr are read on threads, and it is reaped with `wait4(2)`, whose `ru_maxrss` gives
-/// its peak RSS. A child still running after `timeout` is killed by its PID and the test
+/// and stderr are read on threads, and it is reaped with `wait4(2)`. Its peak RSS is the
+/// `VmHWM` read from `/proc` while it runs: `ru_maxrss` would count the test process's own
+/// RSS at fork time (Linux carries it across exec), so a test holding big buffers in another
+/// thread made a small child look big. A child still running after `timeout` is killed by its PID and the test
 /// panics with its stderr.
 pub fn finish_child(mut child: Child, what: &str, timeout: Duration) -> CliOutput {
     let started = Instant::now();
@@ -136,7 +138,11 @@ pub fn finish_child(mut child: Child, what: &str, timeout: Duration) -> CliOutpu
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let mut timed_out = false;
+    let mut sampled_hwm: Option<u64> = None;
     loop {
+        if let Some(hwm) = proc_status_kib(pid as u32, "VmHWM:") {
+            sampled_hwm = Some(sampled_hwm.unwrap_or(0).max(hwm));
+        }
         // SAFETY: wait4 on our own child's PID with valid out-pointers.
         let r = unsafe { libc::wait4(pid, &mut raw_status, libc::WNOHANG, &mut usage) };
         if r == pid {
@@ -174,7 +180,7 @@ pub fn finish_child(mut child: Child, what: &str, timeout: Duration) -> CliOutpu
         status: ExitStatus::from_raw(raw_status),
         stdout,
         stderr,
-        peak_rss_kib: usage.ru_maxrss.max(0) as u64,
+        peak_rss_kib: sampled_hwm.unwrap_or(usage.ru_maxrss.max(0) as u64),
         elapsed,
     };
     if timed_out {

@@ -97,7 +97,11 @@ mod tests {
         let manifest = Manifest::new(4, vec![kept]);
         let id = manifest.id();
         std::fs::create_dir_all(repo.join(format!("manifests/{}", &id[..2]))).unwrap();
-        std::fs::write(repo.join(format!("manifests/{}/{id}", &id[..2])), manifest.encode()).unwrap();
+        std::fs::write(
+            repo.join(format!("manifests/{}/{id}", &id[..2])),
+            manifest.encode(),
+        )
+        .unwrap();
         std::fs::create_dir_all(repo.join("uploads/u1")).unwrap();
         let record = format!("[[\"{}\",7]]", hex::encode(pending));
         std::fs::write(repo.join("uploads/u1/0000000000.ref"), record).unwrap();

@@ -15,7 +15,7 @@ use object_store::path::Path;
 use super::{upload_prefix, UploadMeta};
 use crate::base::manifest::{parse_chunk_hash, CHUNK_SIZE};
 use crate::store::chunks::store_chunk;
-use crate::store::{Result, Store, StoredChunk, StoreError};
+use crate::store::{Result, Store, StoreError, StoredChunk};
 
 /// A `.copy` record.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -79,14 +79,25 @@ fn decode_chunks(location: &Path, bytes: &[u8]) -> Result<Vec<StoredChunk>> {
 
 impl Store {
     /// Replaces whatever upload `id` recorded for chunk `index` with `record`.
-    pub(super) async fn put_record(&self, repo: &str, id: &str, index: u64, record: Record) -> Result<()> {
+    pub(super) async fn put_record(
+        &self,
+        repo: &str,
+        id: &str,
+        index: u64,
+        record: Record,
+    ) -> Result<()> {
         let (kind, bytes) = match record {
             Record::Raw(data) => ("chunk", data),
-            Record::Copy(copy) => ("copy", Bytes::from(serde_json::to_vec(&copy).expect("serializes"))),
+            Record::Copy(copy) => (
+                "copy",
+                Bytes::from(serde_json::to_vec(&copy).expect("serializes")),
+            ),
             Record::Chunks(chunks) => ("ref", encode_chunks(&chunks)),
         };
         for other in KINDS.into_iter().filter(|k| *k != kind) {
-            self.backend.delete(&record_path(repo, id, index, other)).await?;
+            self.backend
+                .delete(&record_path(repo, id, index, other))
+                .await?;
         }
         self.backend
             .put_scratch(&record_path(repo, id, index, kind), bytes)
@@ -115,7 +126,12 @@ impl Store {
     }
 
     /// Every upload chunk received, by index.
-    pub(super) async fn upload_records(&self, repo: &str, id: &str, meta: &UploadMeta) -> Result<Vec<Received>> {
+    pub(super) async fn upload_records(
+        &self,
+        repo: &str,
+        id: &str,
+        meta: &UploadMeta,
+    ) -> Result<Vec<Received>> {
         let listing = self
             .backend
             .list(&Path::from(upload_prefix(repo, id)))
@@ -131,7 +147,11 @@ impl Store {
     }
 
     /// Reads one listed object of an upload's directory; `None` if it is not a record.
-    async fn read_record(&self, m: object_store::ObjectMeta, chunk_size: u64) -> Result<Option<Received>> {
+    async fn read_record(
+        &self,
+        m: object_store::ObjectMeta,
+        chunk_size: u64,
+    ) -> Result<Option<Received>> {
         let Some((index, kind)) = m.location.filename().and_then(|n| n.split_once('.')) else {
             return Ok(None);
         };
@@ -146,13 +166,20 @@ impl Store {
             }
             "copy" => {
                 let bytes = self.backend.get(&m.location).await?;
-                let copy: ChunkCopy = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    id: m.location.to_string(),
-                    reason: e.to_string(),
-                })?;
+                let copy: ChunkCopy =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        id: m.location.to_string(),
+                        reason: e.to_string(),
+                    })?;
                 let start = index * chunk_size;
                 let range = start..start + copy.len;
-                (copy.len, Source::Copied { blob: copy.blob, range })
+                (
+                    copy.len,
+                    Source::Copied {
+                        blob: copy.blob,
+                        range,
+                    },
+                )
             }
             _ => return Ok(None),
         };
