@@ -25,6 +25,52 @@ pub struct FsckReport {
     pub damage: Vec<String>,
 }
 
+/// Most uses of one damaged blob a report names.
+const USES_NAMED: usize = 5;
+
+/// What the walk of one repository has seen.
+#[derive(Default)]
+struct Walk {
+    /// Commits and trees already walked.
+    seen: HashSet<String>,
+    /// Blobs already checked.
+    blobs: HashSet<String>,
+    /// Damaged blobs: the problem and where they are used (path, branch, commit), in the
+    /// order found.
+    bad: Vec<(String, String, Vec<String>)>,
+}
+
+impl Walk {
+    /// Notes a use of blob `id` at `place`; returns whether it still needs checking.
+    fn first_use(&mut self, id: &str, place: String) -> bool {
+        if self.blobs.insert(id.to_string()) {
+            return true;
+        }
+        if let Some((_, _, uses)) = self.bad.iter_mut().find(|(b, _, _)| b == id) {
+            uses.push(place);
+        }
+        false
+    }
+
+    /// One damage line per damaged blob, naming the files and versions that use it.
+    fn report_damage(self, repo: &str, report: &mut FsckReport) {
+        for (id, problem, uses) in self.bad {
+            let mut named = uses
+                .iter()
+                .take(USES_NAMED)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ");
+            if uses.len() > USES_NAMED {
+                named.push_str(&format!("; and {} more", uses.len() - USES_NAMED));
+            }
+            report
+                .damage
+                .push(format!("{repo}: blob {id}: {problem}; used by {named}"));
+        }
+    }
+}
+
 impl Store {
     /// Checks every repository.
     pub async fn fsck(&self) -> Result<FsckReport> {
@@ -43,32 +89,34 @@ impl Store {
         }
         for repo in repos {
             report.repos += 1;
-            let mut seen = HashSet::new();
-            let branches = self
-                .backend
-                .list(&object_store::path::Path::from(format!(
-                    "repos/{}/refs/heads",
-                    repo.id
-                )))
+            let mut walk = Walk::default();
+            self.check_branches(&repo.id, &mut walk, &mut report)
                 .await?;
-            for branch in branches {
-                let name = branch.location.filename().unwrap_or_default().to_string();
-                if name.starts_with('.') {
-                    continue;
-                }
-                match self.branch_head(&repo.id, &name).await {
-                    Ok(Some(head)) => {
-                        self.check_history(&repo.id, &name, &head, &mut seen, &mut report)
-                            .await
-                    }
-                    Ok(None) => report
-                        .damage
-                        .push(format!("{}: ref {name} is empty", repo.id)),
-                    Err(e) => report.damage.push(format!("{}: ref {name}: {e}", repo.id)),
-                }
-            }
+            walk.report_damage(&repo.id, &mut report);
         }
         Ok(report)
+    }
+
+    /// Walks the history of every branch of `repo`.
+    async fn check_branches(
+        &self,
+        repo: &str,
+        walk: &mut Walk,
+        report: &mut FsckReport,
+    ) -> Result<()> {
+        let heads = object_store::path::Path::from(format!("repos/{repo}/refs/heads"));
+        for branch in self.backend.list(&heads).await? {
+            let name = branch.location.filename().unwrap_or_default().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            match self.branch_head(repo, &name).await {
+                Ok(Some(head)) => self.check_history(repo, &name, &head, walk, report).await,
+                Ok(None) => report.damage.push(format!("{repo}: ref {name} is empty")),
+                Err(e) => report.damage.push(format!("{repo}: ref {name}: {e}")),
+            }
+        }
+        Ok(())
     }
 
     async fn check_history(
@@ -76,18 +124,20 @@ impl Store {
         repo: &str,
         branch: &str,
         head: &str,
-        seen: &mut HashSet<String>,
+        walk: &mut Walk,
         report: &mut FsckReport,
     ) {
         let mut next = Some(head.to_string());
         while let Some(id) = next.take() {
-            if !seen.insert(id.clone()) {
+            if !walk.seen.insert(id.clone()) {
                 return;
             }
             match self.load_commit(repo, &id).await {
                 Ok(commit) => {
                     report.commits += 1;
-                    self.check_tree(repo, &commit.tree, seen, report).await;
+                    let version = format!("{branch} at commit {}", &id[..12]);
+                    self.check_tree(repo, &version, &commit.tree, walk, report)
+                        .await;
                     next = commit.parent;
                 }
                 Err(e) => report
@@ -97,42 +147,48 @@ impl Store {
         }
     }
 
+    /// Walks the trees under `root` (trees seen before are skipped) and checks each blob once.
     async fn check_tree(
         &self,
         repo: &str,
+        version: &str,
         root: &str,
-        seen: &mut HashSet<String>,
+        walk: &mut Walk,
         report: &mut FsckReport,
     ) {
-        let mut pending = vec![root.to_string()];
-        while let Some(id) = pending.pop() {
-            if !seen.insert(id.clone()) {
+        let mut pending = vec![(root.to_string(), String::new())];
+        while let Some((id, dir)) = pending.pop() {
+            if !walk.seen.insert(id.clone()) {
                 continue;
             }
             let tree = match self.load_tree(repo, &id).await {
                 Ok(t) => t,
                 Err(e) => {
-                    report.damage.push(format!("{repo}: tree {id}: {e}"));
+                    report
+                        .damage
+                        .push(format!("{repo}: tree {id} ({dir}/): {e}"));
                     continue;
                 }
             };
             report.trees += 1;
             for (name, entry) in &tree.entries {
+                let path = crate::base::paths::join(&dir, name);
                 match entry.kind {
-                    EntryType::Directory => pending.push(entry.hash.clone()),
+                    EntryType::Directory => pending.push((entry.hash.clone(), path)),
                     EntryType::File | EntryType::Symlink => {
-                        if seen.insert(entry.hash.clone()) {
-                            if let Err(problem) =
-                                self.check_blob(repo, &entry.hash, entry.size).await
-                            {
-                                report.damage.push(format!(
-                                    "{repo}: blob {} ({name}): {problem}",
-                                    entry.hash
-                                ));
-                            } else {
+                        if !walk.first_use(&entry.hash, format!("{path} ({version})")) {
+                            continue;
+                        }
+                        match self.check_blob(repo, &entry.hash, entry.size).await {
+                            Ok(()) => {
                                 report.blobs += 1;
                                 report.blob_bytes += entry.size;
                             }
+                            Err(problem) => walk.bad.push((
+                                entry.hash.clone(),
+                                problem,
+                                vec![format!("{path} ({version})")],
+                            )),
                         }
                     }
                 }
@@ -241,10 +297,12 @@ mod tests {
         std::fs::write(&file, b"hello w0rld").unwrap();
         let report = store.fsck().await.unwrap();
         assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+        let line = &report.damage[0];
         assert!(
-            report.damage[0].contains(&chunk) && report.damage[0].contains("damaged"),
-            "names the chunk: {:?}",
-            report.damage
+            line.contains(&chunk)
+                && line.contains("damaged")
+                && line.contains("a/b.txt (main at commit"),
+            "names the chunk, the file and the version: {line}"
         );
         std::fs::remove_file(&file).unwrap();
         let report = store.fsck().await.unwrap();

@@ -34,6 +34,8 @@ mod manifests;
 pub mod objects;
 mod repo;
 pub mod sweep;
+#[cfg(test)]
+mod test_support;
 mod upload;
 mod watch;
 

@@ -67,32 +67,23 @@ fn validate_upload_id(id: &str) -> Result<()> {
         .map_err(|_| StoreError::NotFound(format!("upload {id:?}")))
 }
 
+/// A checksum algorithm: hex digest of some bytes.
+type Digest = fn(&[u8]) -> String;
+
 /// Checks a received chunk against the checksums its client sent (on a blocking thread).
 async fn verify_checks(data: &Bytes, checks: ChunkChecks<'_>) -> Result<()> {
-    let wanted: Vec<(String, fn(&[u8]) -> String)> = [
-        checks.md5.map(|m| {
-            (
-                m.trim().to_ascii_lowercase(),
-                md5_hex as fn(&[u8]) -> String,
-            )
-        }),
-        checks.crc32c.map(|c| {
-            (
-                c.trim().to_ascii_lowercase(),
-                crc32c_hex as fn(&[u8]) -> String,
-            )
-        }),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let sent: [(Option<&str>, Digest); 2] = [(checks.md5, md5_hex), (checks.crc32c, crc32c_hex)];
+    let wanted: Vec<(String, Digest)> = sent
+        .into_iter()
+        .filter_map(|(value, digest)| Some((value?.trim().to_ascii_lowercase(), digest)))
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
     let bytes = data.clone();
     let mismatch = tokio::task::spawn_blocking(move || {
-        wanted.into_iter().find_map(|(expected, hash)| {
-            let actual = hash(&bytes);
+        wanted.into_iter().find_map(|(expected, digest)| {
+            let actual = digest(&bytes);
             (actual != expected).then_some((expected, actual))
         })
     })

@@ -22,9 +22,12 @@ use crate::server::error::{ApiError, ApiResult};
 use crate::server::AppState;
 use crate::store::BlobWriter;
 
-/// Bytes gathered before they are handed to the blob writer (each hand-off hashes on two
-/// threads, so it should not happen per network frame).
-const PIECE: usize = 4 << 20;
+/// Bytes gathered before they are handed to the blob writer: one store chunk, so the writer
+/// takes each piece as it is, without copying it again.
+const PIECE: usize = crate::base::manifest::CHUNK_SIZE as usize;
+
+/// Read buffer of a decompressing body (`ReaderStream`'s default is 4 KiB, one poll each).
+const DECODE_BUFFER: usize = 256 << 10;
 
 type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -87,6 +90,7 @@ impl Feeder<'_> {
             return Ok(());
         }
         let data = self.piece.split().freeze();
+        self.piece.reserve(PIECE);
         self.state
             .metrics
             .blob_bytes_received
@@ -100,16 +104,21 @@ impl Feeder<'_> {
 /// The body, decompressed as it streams when it is encoded.
 fn decoded_body(body: SharedBody, encoding: Option<&str>) -> ApiResult<ByteStream> {
     let raw = body.map_err(std::io::Error::other);
+    let Some(encoding) = encoding else {
+        // The frames as they arrive: no buffer in between.
+        return Ok(Box::pin(raw));
+    };
     let reader = StreamReader::new(raw);
     Ok(match encoding {
-        None => Box::pin(ReaderStream::new(reader)),
-        Some("zstd") => Box::pin(ReaderStream::new(
+        "zstd" => Box::pin(ReaderStream::with_capacity(
             async_compression::tokio::bufread::ZstdDecoder::new(reader),
+            DECODE_BUFFER,
         )),
-        Some("gzip") => Box::pin(ReaderStream::new(
+        "gzip" => Box::pin(ReaderStream::with_capacity(
             async_compression::tokio::bufread::GzipDecoder::new(reader),
+            DECODE_BUFFER,
         )),
-        Some(other) => {
+        other => {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedEncoding,
                 format!("Content-Encoding {other:?} is not supported (use zstd or gzip)"),

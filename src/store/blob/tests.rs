@@ -6,21 +6,8 @@ use futures::StreamExt;
 
 use crate::base::manifest::{blob_id, CHUNK_SIZE};
 use crate::store::index::{BlockIndexer, INDEX_BLOCK};
-use crate::store::{Backend, Store, StoreError};
-
-async fn temp_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(Backend::local(dir.path()).unwrap())
-        .await
-        .unwrap();
-    (dir, store)
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect()
-}
+use crate::store::test_support::{pattern, temp_store};
+use crate::store::StoreError;
 
 #[tokio::test]
 async fn a_blob_over_several_chunks_reads_back_by_any_range() {

@@ -58,6 +58,10 @@ impl BlobWriter {
                 self.send_chunk(chunk).await?;
                 continue;
             }
+            if self.filling.capacity() == 0 {
+                // One allocation per chunk, not a doubling series of them.
+                self.filling.reserve(CHUNK_SIZE as usize);
+            }
             let room = CHUNK_SIZE as usize - self.filling.len();
             let take = room.min(data.len());
             self.filling.extend_from_slice(&data.split_to(take));

@@ -6,21 +6,8 @@ use bytes::Bytes;
 
 use super::ChunkChecks;
 use crate::base::manifest::{blob_id, chunk_hash, CHUNK_SIZE};
-use crate::store::{Backend, Store, StoreError};
-
-async fn temp_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(Backend::local(dir.path()).unwrap())
-        .await
-        .unwrap();
-    (dir, store)
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(13) ^ seed)
-        .collect()
-}
+use crate::store::test_support::{pattern, temp_store};
+use crate::store::{Store, StoreError};
 
 async fn put(store: &Store, id: &str, index: u64, data: &[u8]) -> Result<(), StoreError> {
     let bytes = Bytes::copy_from_slice(data);
