@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Read and write MB/s of a govcfs mount through the S3 backend (a single-node Ceph radosgw on
 # loopback, started here) against the local-directory backend, with the release build.
-#   scripts/bench-s3.sh [SIZE_MIB]      (default 1024)
+#   scripts/bench-s3.sh [SIZE_MIB]      (default 1024; GOVCFS_BIN=PATH skips the build)
 # Not a test: it prints a table and asserts nothing. Every mount, server and Ceph daemon it
 # starts is stopped on exit, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
-cargo build --release --quiet --bin govcfs
-bin=$PWD/target/release/govcfs
+if [ -n "${GOVCFS_BIN:-}" ]; then
+  bin=$GOVCFS_BIN
+else
+  cargo build --release --quiet --bin govcfs
+  bin=$PWD/target/release/govcfs
+fi
 work=$(mktemp -d /tmp/govcfs-bench-s3.XXXXXX)
 pids=()
 mounts=()
@@ -25,7 +29,10 @@ now() { date +%s.%N; }
 mbps() { python3 -c "print(f'{$1 / 1e6 / ($3 - $2):.0f}')"; }
 
 s3_port=$(free_port)
-CEPH_MEMSTORE_BYTES=$(( (size_mib * 4 + 1024) << 20 )) bash scripts/ceph-up.sh "$work/ceph" "$s3_port" >/dev/null
+# Chunks are final objects written once (and `put` of the same input stores no new chunk),
+# so the store needs about the file's size, plus room for Ceph itself.
+export CEPH_MEMSTORE_BYTES=${CEPH_MEMSTORE_BYTES:-$(( (size_mib * 2 + 1024) << 20 ))}
+bash scripts/ceph-up.sh "$work/ceph" "$s3_port" >/dev/null
 curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" -u govcfs:govcfs-secret \
   -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
   -X PUT "http://127.0.0.1:$s3_port/bench" >/dev/null
