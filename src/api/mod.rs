@@ -14,6 +14,9 @@ pub const DEFAULT_REPO: &str = "default";
 /// On an upload chunk PUT with an empty body: take the chunk's bytes from the same position
 /// of this blob instead (an append to a huge file then sends only the new bytes).
 pub const COPY_FROM_BLOB_HEADER: &str = "x-copy-from-blob";
+/// With [`COPY_FROM_BLOB_HEADER`]: copy this many consecutive chunks from the index on, in
+/// one request (the unchanged part of an appended file). Default 1.
+pub const COPY_COUNT_HEADER: &str = "x-copy-count";
 /// On an upload chunk PUT with an empty body: the chunk is these stored chunks of the
 /// repository (comma-separated hex SHA-256, in order), so no bytes are sent.
 pub const CHUNK_REFS_HEADER: &str = "x-chunk-sha256";

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::{CancellationToken, Client, ClientError, Result};
 use crate::api::{
     BlobInfo, ChunkList, MissingChunks, StartUpload, UploadStarted, UploadStatus,
-    CHUNK_REFS_HEADER, COPY_FROM_BLOB_HEADER,
+    CHUNK_REFS_HEADER, COPY_COUNT_HEADER, COPY_FROM_BLOB_HEADER,
 };
 use crate::base::checksum::{crc32c_hex, CRC32C_HEADER};
 use crate::base::manifest::{chunk_hash, BlobHasher, ChunkHash, Manifest, CHUNK_SIZE};
@@ -162,20 +162,22 @@ impl Client {
             .collect()
     }
 
-    /// Makes chunk `index` of an upload a server-side copy of the same range of blob `source`;
-    /// returns the chunk's length.
-    pub async fn copy_chunk(
+    /// Makes chunks `index..index + count` of an upload server-side copies of the same
+    /// ranges of blob `source`, in one request; returns their total length.
+    pub async fn copy_chunks(
         &self,
         upload_id: &str,
-        index: u64,
+        (index, count): (u64, u64),
         source: &str,
         cancel: &CancellationToken,
     ) -> Result<u64> {
         let url = self.url(&format!("/uploads/{upload_id}/{index}"));
+        let count = count.to_string();
         let response = self
             .send(cancel, || {
                 self.request(Method::PUT, &url)
                     .header(COPY_FROM_BLOB_HEADER, source)
+                    .header(COPY_COUNT_HEADER, &count)
             })
             .await?;
         let copied: ChunkLen = response.json().await.map_err(ClientError::Transport)?;

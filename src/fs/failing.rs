@@ -164,9 +164,9 @@ impl<R: Remote> Remote for FailingRemote<R> {
         self.inner.put_chunk(upload_id, index, data).await
     }
 
-    async fn copy_chunk(&self, upload_id: &str, index: u64, source: &str) -> Result<u64> {
+    async fn copy_chunks(&self, upload_id: &str, run: (u64, u64), source: &str) -> Result<u64> {
         self.enter(Call::CopyChunk)?;
-        self.inner.copy_chunk(upload_id, index, source).await
+        self.inner.copy_chunks(upload_id, run, source).await
     }
 
     async fn complete_upload(&self, upload_id: &str) -> Result<BlobInfo> {

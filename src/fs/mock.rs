@@ -109,7 +109,7 @@ pub struct MemRemote {
     pub range_reads: AtomicU64,
     /// Bytes returned by `read_range` so far.
     pub bytes_read: AtomicU64,
-    /// `copy_chunk` calls so far.
+    /// `copy_chunks` calls so far (one per run of copied chunks).
     pub copies: AtomicU64,
 }
 
@@ -208,29 +208,39 @@ impl Remote for MemRemote {
         Ok(())
     }
 
-    async fn copy_chunk(&self, upload_id: &str, index: u64, source: &str) -> Result<u64> {
+    async fn copy_chunks(
+        &self,
+        upload_id: &str,
+        (index, count): (u64, u64),
+        source: &str,
+    ) -> Result<u64> {
         self.check_writable()?;
         self.copies.fetch_add(1, Ordering::Relaxed);
-        let start = index * MOCK_UPLOAD_CHUNK;
-        let data = {
-            let blobs = self.blobs.lock().expect("lock");
-            let blob = blobs
-                .get(source)
-                .ok_or_else(|| FsError::NotFound(format!("blob {source}")))?;
+        let blob = self
+            .blobs
+            .lock()
+            .expect("lock")
+            .get(source)
+            .cloned()
+            .ok_or_else(|| FsError::NotFound(format!("blob {source}")))?;
+        let mut total = 0;
+        for i in index..index + count.max(1) {
+            let start = i * MOCK_UPLOAD_CHUNK;
             if start >= blob.len() as u64 {
                 return Err(FsError::Invalid(format!(
-                    "chunk {index} is past the end of {source}"
+                    "chunk {i} is past the end of {source}"
                 )));
             }
-            blob.slice(start as usize..(start + MOCK_UPLOAD_CHUNK).min(blob.len() as u64) as usize)
-        };
-        let len = data.len() as u64;
-        let mut uploads = self.uploads.lock().expect("lock");
-        uploads
-            .get_mut(upload_id)
-            .ok_or_else(|| FsError::NotFound(upload_id.into()))?
-            .insert(index, data);
-        Ok(len)
+            let end = (start + MOCK_UPLOAD_CHUNK).min(blob.len() as u64);
+            let data = blob.slice(start as usize..end as usize);
+            total += data.len() as u64;
+            let mut uploads = self.uploads.lock().expect("lock");
+            uploads
+                .get_mut(upload_id)
+                .ok_or_else(|| FsError::NotFound(upload_id.into()))?
+                .insert(i, data);
+        }
+        Ok(total)
     }
 
     async fn complete_upload(&self, upload_id: &str) -> Result<BlobInfo> {

@@ -33,12 +33,12 @@ pub trait Remote: Send + Sync + 'static {
         index: u64,
         data: Bytes,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Makes chunk `index` of an upload a server-side copy of the same range of blob
-    /// `source`; returns the chunk's length.
-    fn copy_chunk(
+    /// Makes chunks `index..index + count` of an upload server-side copies of the same
+    /// ranges of blob `source`, in one request; returns their total length.
+    fn copy_chunks(
         &self,
         upload_id: &str,
-        index: u64,
+        run: (u64, u64),
         source: &str,
     ) -> impl Future<Output = Result<u64>> + Send;
     /// Assembles an upload into a blob.
@@ -167,10 +167,10 @@ impl Remote for ClientRemote {
             .await?)
     }
 
-    async fn copy_chunk(&self, upload_id: &str, index: u64, source: &str) -> Result<u64> {
+    async fn copy_chunks(&self, upload_id: &str, run: (u64, u64), source: &str) -> Result<u64> {
         Ok(self
             .client
-            .copy_chunk(upload_id, index, source, &self.cancel)
+            .copy_chunks(upload_id, run, source, &self.cancel)
             .await?)
     }
 

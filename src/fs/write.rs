@@ -49,15 +49,16 @@ pub struct WriteConfig {
 /// What one chunk PUT carries.
 enum ChunkBody {
     Data(Bytes),
-    /// The same range of this blob, copied on the server.
-    CopyOf(Arc<str>),
+    /// The same ranges of this blob, copied on the server: this many chunks from the index on.
+    CopyOf(Arc<str>, u64),
 }
 
 struct Upload {
     id: String,
     /// Chunk index → length of what the server holds for it.
     uploaded: BTreeMap<u64, u64>,
-    puts: JoinSet<Result<(u64, u64)>>,
+    /// PUTs in flight; each answers the (index, length) of every chunk it stored.
+    puts: JoinSet<Result<Vec<(u64, u64)>>>,
 }
 
 struct WriteState {

@@ -14,7 +14,8 @@ use axum::response::IntoResponse;
 
 use crate::api::ErrorCode;
 use crate::api::{
-    BlobInfo, StartUpload, UploadStarted, UploadStatus, CHUNK_REFS_HEADER, COPY_FROM_BLOB_HEADER,
+    BlobInfo, StartUpload, UploadStarted, UploadStatus, CHUNK_REFS_HEADER, COPY_COUNT_HEADER,
+    COPY_FROM_BLOB_HEADER,
 };
 use crate::base::checksum::{CRC32C_HEADER, MD5_HEADER};
 use crate::base::manifest::{parse_chunk_hash, ChunkHash};
@@ -63,10 +64,20 @@ pub async fn put_chunk(
         let source = source
             .to_str()
             .map_err(|_| ApiError::bad_request("invalid X-Copy-From-Blob header"))?;
+        let count = match headers.get(COPY_COUNT_HEADER) {
+            None => 1,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ApiError::bad_request("invalid X-Copy-Count header"))?,
+        };
         expect_empty_body(body).await?;
+        let limit = state.config.max_upload_size;
         let len = state
             .store
-            .copy_upload_chunk(&repo, &id, index, source, state.config.max_upload_size)
+            .copy_upload_chunks(&repo, &id, (index, count), source, limit)
             .await?;
         return Ok((StatusCode::OK, Json(serde_json::json!({ "len": len }))).into_response());
     }

@@ -282,6 +282,59 @@ impl Store {
         Ok(len)
     }
 
+    /// Makes upload chunks `index..index + count` the same byte ranges of blob `source`, in
+    /// one record when they are whole chunks of it (the unchanged part of an appended file:
+    /// one request and one file however long it is), else one copy each. Returns their total
+    /// length. Every chunk of the run but the last must lie wholly inside `source`.
+    pub async fn copy_upload_chunks(
+        &self,
+        repo: &str,
+        id: &str,
+        (index, count): (u64, u64),
+        source: &str,
+        limit: u64,
+    ) -> Result<u64> {
+        if count <= 1 {
+            return self.copy_upload_chunk(repo, id, index, source, limit).await;
+        }
+        let meta = self.upload_meta(repo, id).await?;
+        let size = self.blob_size(repo, source).await?;
+        let last = index
+            .checked_add(count - 1)
+            .ok_or(StoreError::TooLarge { limit })?;
+        let start = index
+            .checked_mul(meta.chunk_size)
+            .ok_or(StoreError::TooLarge { limit })?;
+        let last_start = last
+            .checked_mul(meta.chunk_size)
+            .filter(|s| *s < size)
+            .ok_or_else(|| {
+                StoreError::InvalidInput(format!(
+                    "chunks {index}..={last} reach past the end of blob {source} ({size} bytes)"
+                ))
+            })?;
+        let end = (last_start + meta.chunk_size).min(size);
+        check_limit(last, meta.chunk_size, end - last_start, limit)?;
+        let manifest = self.blob_manifest(repo, source).await?;
+        let Some(m) = manifest.filter(|m| meta.aligned() && m.chunk_size == CHUNK_SIZE) else {
+            let mut total = 0;
+            for i in index..=last {
+                total += self.copy_upload_chunk(repo, id, i, source, limit).await?;
+            }
+            return Ok(total);
+        };
+        let chunks: Vec<super::StoredChunk> = m
+            .pieces(start..end)
+            .into_iter()
+            .map(|(i, piece)| super::StoredChunk {
+                hash: m.chunks[i],
+                len: piece.end - piece.start,
+            })
+            .collect();
+        self.put_run(repo, id, (index, last), &chunks).await?;
+        Ok(end - start)
+    }
+
     /// Received chunk indices and their total size.
     pub async fn upload_status(&self, repo: &str, id: &str) -> Result<UploadStatus> {
         let meta = self.upload_meta(repo, id).await?;

@@ -47,13 +47,13 @@ impl WriteHandle {
         let up = s.upload.as_mut().expect("started above");
         // Backpressure: wait for a PUT to finish before starting another.
         while up.puts.len() >= MAX_PUTS_IN_FLIGHT {
-            let (i, len) = up
+            let stored = up
                 .puts
                 .join_next()
                 .await
                 .expect("non-empty")
                 .map_err(|e| FsError::Remote(e.to_string()))??;
-            up.uploaded.insert(i, len);
+            up.uploaded.extend(stored);
         }
         let (remote, id) = (remote.clone(), up.id.clone());
         match body {
@@ -63,19 +63,38 @@ impl WriteHandle {
                     remote
                         .put_chunk(&id, index, data)
                         .await
-                        .map(|_| (index, len))
+                        .map(|_| vec![(index, len)])
                 });
             }
-            ChunkBody::CopyOf(source) => {
+            ChunkBody::CopyOf(source, count) => {
+                let lens: Vec<(u64, u64)> = (index..index + count)
+                    .map(|i| (i, self.chunk_len(i, s.size)))
+                    .collect();
+                let want: u64 = lens.iter().map(|(_, len)| len).sum();
                 up.puts.spawn(async move {
-                    remote
-                        .copy_chunk(&id, index, &source)
-                        .await
-                        .map(|len| (index, len))
+                    let got = remote.copy_chunks(&id, (index, count), &source).await?;
+                    if got != want {
+                        return Err(FsError::Remote(format!(
+                            "the server copied {got} bytes of chunks {index}.. of {source}, not {want}"
+                        )));
+                    }
+                    Ok(lens)
                 });
             }
         }
         Ok(())
+    }
+
+    /// How many of the chunks `pending` starts with are consecutive and unchanged from the base.
+    fn unchanged_run(s: &WriteState, pending: &[u64], cs: u64) -> u64 {
+        let Some(&first) = pending.first() else {
+            return 0;
+        };
+        pending
+            .iter()
+            .zip(first..)
+            .take_while(|(index, want)| **index == *want && Self::unchanged_from_base(s, *want, cs))
+            .count() as u64
     }
 
     /// Whether chunk `index` of the file is, byte for byte, the same range of the base.
@@ -90,8 +109,8 @@ impl WriteHandle {
     async fn drain_puts(s: &mut WriteState) -> Result<()> {
         if let Some(up) = s.upload.as_mut() {
             while let Some(done) = up.puts.join_next().await {
-                let (i, len) = done.map_err(|e| FsError::Remote(e.to_string()))??;
-                up.uploaded.insert(i, len);
+                let stored = done.map_err(|e| FsError::Remote(e.to_string()))??;
+                up.uploaded.extend(stored);
             }
         }
         Ok(())
@@ -215,7 +234,8 @@ impl WriteHandle {
     }
 
     /// Sends every chunk of the file the upload lacks: a server-side copy where the chunk is
-    /// still the base's, else its bytes from the spool.
+    /// still the base's (one request for each run of such chunks), else its bytes from the
+    /// spool.
     async fn send_missing_chunks<R: Remote>(
         &self,
         s: &mut WriteState,
@@ -230,18 +250,23 @@ impl WriteHandle {
                     .is_none_or(|up| up.uploaded.get(i) != Some(&self.chunk_len(*i, size)))
             })
             .collect();
-        for index in pending {
-            if Self::unchanged_from_base(s, index, cs) {
+        let mut i = 0;
+        while i < pending.len() {
+            let index = pending[i];
+            let run = Self::unchanged_run(s, &pending[i..], cs);
+            if run > 0 {
                 let source = s
                     .base
                     .as_ref()
                     .expect("unchanged_from_base checks it")
                     .blob
                     .clone();
-                self.send_chunk(s, remote, index, ChunkBody::CopyOf(source))
+                self.send_chunk(s, remote, index, ChunkBody::CopyOf(source, run))
                     .await?;
+                i += run as usize;
                 continue;
             }
+            i += 1;
             self.fill(s, remote, index).await?;
             let mut buf = vec![0; self.chunk_len(index, size) as usize];
             s.spool.read_exact_at(&mut buf, index * cs)?;

@@ -4,9 +4,13 @@
 //! - `<index>.chunk`: its raw bytes (uploads whose chunk size is not a multiple of the
 //!   store's chunk size);
 //! - `<index>.copy`: the same range of an existing blob, read at `complete` (JSON
-//!   `{"blob","len"}`; for a source that is not chunked alike).
+//!   `{"blob","len"}`; for a source that is not chunked alike);
+//! - `<first>-<last>.ref`: a run of upload chunks copied at once from the same positions of
+//!   an existing blob (one file for the unchanged part of an appended file), as a `.ref`.
 //!
-//! A chunk index has one record; writing one removes the others.
+//! A chunk index has one record of its own; writing one removes the others. A record of its
+//! own also takes precedence over a run covering its index (it was written later: a run is
+//! written only for chunks nobody sends again), and a new run removes what it covers.
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -31,7 +35,30 @@ pub(super) enum Record {
     Chunks(Vec<StoredChunk>),
 }
 
+/// What a record's file name says: one upload chunk, or a run of them, and its kind.
+struct RecordName<'a> {
+    first: u64,
+    last: u64,
+    kind: &'a str,
+}
+
+impl<'a> RecordName<'a> {
+    fn parse(name: &'a str) -> Option<RecordName<'a>> {
+        let (indices, kind) = name.split_once('.')?;
+        let (first, last) = match indices.split_once('-') {
+            Some((a, b)) if kind == "ref" => (a.parse().ok()?, b.parse().ok()?),
+            Some(_) => return None,
+            None => {
+                let i = indices.parse().ok()?;
+                (i, i)
+            }
+        };
+        (first <= last).then_some(RecordName { first, last, kind })
+    }
+}
+
 /// Where the bytes of one received upload chunk are.
+#[derive(Clone)]
 pub(super) enum Source {
     Raw(Path),
     Copied {
@@ -42,6 +69,7 @@ pub(super) enum Source {
 }
 
 /// One received upload chunk.
+#[derive(Clone)]
 pub(super) struct Received {
     pub index: u64,
     pub len: u64,
@@ -52,6 +80,13 @@ const KINDS: [&str; 3] = ["ref", "chunk", "copy"];
 
 fn record_path(repo: &str, id: &str, index: u64, kind: &str) -> Path {
     Path::from(format!("{}/{index:010}.{kind}", upload_prefix(repo, id)))
+}
+
+fn run_path(repo: &str, id: &str, first: u64, last: u64) -> Path {
+    Path::from(format!(
+        "{}/{first:010}-{last:010}.ref",
+        upload_prefix(repo, id)
+    ))
 }
 
 fn encode_chunks(chunks: &[StoredChunk]) -> Bytes {
@@ -104,6 +139,32 @@ impl Store {
             .await
     }
 
+    /// Records upload chunks `first..=last` as the stored `chunks` (in order; every upload
+    /// chunk of the run full but the last), replacing every record those indices had.
+    pub(super) async fn put_run(
+        &self,
+        repo: &str,
+        id: &str,
+        (first, last): (u64, u64),
+        chunks: &[StoredChunk],
+    ) -> Result<()> {
+        for m in self
+            .backend
+            .list(&Path::from(upload_prefix(repo, id)))
+            .await?
+        {
+            let Some(name) = m.location.filename().and_then(RecordName::parse) else {
+                continue;
+            };
+            if name.first <= last && first <= name.last {
+                self.backend.delete(&m.location).await?;
+            }
+        }
+        self.backend
+            .put_scratch(&run_path(repo, id, first, last), encode_chunks(chunks))
+            .await
+    }
+
     /// Stores `data` as chunks of [`CHUNK_SIZE`], two at a time, in order.
     pub(super) async fn store_pieces(&self, repo: &str, data: Bytes) -> Result<Vec<StoredChunk>> {
         let pieces: Vec<Bytes> = (0..data.len())
@@ -125,7 +186,7 @@ impl Store {
             .await
     }
 
-    /// Every upload chunk received, by index.
+    /// Every upload chunk received, by index: its own record, or else the run covering it.
     pub(super) async fn upload_records(
         &self,
         repo: &str,
@@ -136,32 +197,44 @@ impl Store {
             .backend
             .list(&Path::from(upload_prefix(repo, id)))
             .await?;
-        let mut received: Vec<Received> = stream::iter(listing)
+        let read: Vec<(bool, Vec<Received>)> = stream::iter(listing)
             .map(|m| self.read_record(m, meta.chunk_size))
             .buffer_unordered(16)
-            .try_filter_map(|r| async move { Ok(r) })
             .try_collect()
             .await?;
-        received.sort_unstable_by_key(|r| r.index);
-        Ok(received)
+        let mut by_index = std::collections::BTreeMap::new();
+        // Runs first, so that records of their own replace them.
+        for (_, received) in read.iter().filter(|(run, _)| *run) {
+            for r in received {
+                by_index.insert(r.index, r.clone());
+            }
+        }
+        for (_, received) in read.into_iter().filter(|(run, _)| !*run) {
+            for r in received {
+                by_index.insert(r.index, r);
+            }
+        }
+        Ok(by_index.into_values().collect())
     }
 
-    /// Reads one listed object of an upload's directory; `None` if it is not a record.
+    /// Reads one listed object of an upload's directory: whether it is a run, and the upload
+    /// chunks it records (none if it is not a record).
     async fn read_record(
         &self,
         m: object_store::ObjectMeta,
         chunk_size: u64,
-    ) -> Result<Option<Received>> {
-        let Some((index, kind)) = m.location.filename().and_then(|n| n.split_once('.')) else {
-            return Ok(None);
+    ) -> Result<(bool, Vec<Received>)> {
+        let Some(name) = m.location.filename().and_then(RecordName::parse) else {
+            return Ok((false, Vec::new()));
         };
-        let Ok(index) = index.parse::<u64>() else {
-            return Ok(None);
-        };
-        let (len, source) = match kind {
+        let index = name.first;
+        let (len, source) = match name.kind {
             "chunk" => (m.size, Source::Raw(m.location.clone())),
             "ref" => {
                 let chunks = decode_chunks(&m.location, &self.backend.get(&m.location).await?)?;
+                if name.last > name.first {
+                    return Ok((true, split_run(index, chunks, chunk_size)));
+                }
                 (chunks.iter().map(|c| c.len).sum(), Source::Chunks(chunks))
             }
             "copy" => {
@@ -181,8 +254,23 @@ impl Store {
                     },
                 )
             }
-            _ => return Ok(None),
+            _ => return Ok((false, Vec::new())),
         };
-        Ok(Some(Received { index, len, source }))
+        Ok((false, vec![Received { index, len, source }]))
     }
+}
+
+/// The upload chunks of a run starting at `first`: its stored chunks in groups of one upload
+/// chunk each.
+fn split_run(first: u64, chunks: Vec<StoredChunk>, chunk_size: u64) -> Vec<Received> {
+    let per = (chunk_size / CHUNK_SIZE).max(1) as usize;
+    chunks
+        .chunks(per)
+        .enumerate()
+        .map(|(k, group)| Received {
+            index: first + k as u64,
+            len: group.iter().map(|c| c.len).sum(),
+            source: Source::Chunks(group.to_vec()),
+        })
+        .collect()
 }

@@ -165,3 +165,43 @@ async fn a_chunk_whose_checksum_does_not_match_is_refused() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_run_of_copied_chunks_is_one_record_and_a_chunk_sent_later_replaces_its_part() {
+    let (dir, store) = temp_store().await;
+    let cs = CHUNK_SIZE as usize;
+    let old = pattern(3 * cs + 500, 4);
+    let old_blob = store
+        .put_blob_bytes("default", Bytes::from(old.clone()))
+        .await
+        .unwrap();
+    let up = store.start_upload("default", None).await.unwrap();
+    let id = up.upload_id.as_str();
+    let len = store
+        .copy_upload_chunks("default", id, (0, 4), &old_blob.hash, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(len, old.len() as u64);
+    let records = std::fs::read_dir(dir.path().join(format!("repos/default/uploads/{id}")))
+        .unwrap()
+        .count();
+    assert_eq!(records, 2, "meta.json and one record for the run");
+    let status = store.upload_status("default", id).await.unwrap();
+    assert_eq!((status.received, status.bytes), (vec![0, 1, 2, 3], len));
+    // Chunk 1 changes, and the file grows by a new last chunk.
+    let changed = pattern(cs, 9);
+    put(&store, id, 1, &changed).await.unwrap();
+    let tail = pattern(cs, 10);
+    // A run may not reach past the end of its source.
+    let past = store
+        .copy_upload_chunks("default", id, (3, 2), &old_blob.hash, u64::MAX)
+        .await;
+    assert!(matches!(past, Err(StoreError::InvalidInput(_))), "{past:?}");
+    put(&store, id, 3, &tail).await.unwrap();
+    let info = store
+        .complete_upload("default", id, u64::MAX)
+        .await
+        .unwrap();
+    let want = [&old[..cs], &changed[..], &old[2 * cs..3 * cs], &tail[..]].concat();
+    assert_eq!(info.hash, blob_id(&want));
+}
