@@ -162,9 +162,8 @@ fn check_blob(addr: SocketAddr, hash: &str, len: usize, what: &str) {
 /// What a data directory holds besides live objects: files a crash may leave behind.
 #[derive(Debug, Default, Clone)]
 struct Census {
-    /// Chunk files (`chunks/`, published or pending, not their `.crc` side files), and those
-    /// that no manifest and no upload record names, with their bytes: what a cut upload or
-    /// assembly leaves.
+    /// Chunk files (`chunks/`, not their `.crc` side files), and those that no manifest and
+    /// no upload record names, with their bytes: what a cut upload or assembly leaves.
     chunk_files: usize,
     unreferenced_chunks: usize,
     unreferenced_bytes: u64,
@@ -245,7 +244,7 @@ fn census(data: &Path) -> Census {
         }
         if rel.contains("/chunks/") && !is_staging_name(name) && !name.ends_with(".crc") {
             c.chunk_files += 1;
-            if !live.contains(name.strip_suffix(".pending").unwrap_or(name)) {
+            if !live.contains(name) {
                 c.unreferenced_chunks += 1;
                 c.unreferenced_bytes += std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
             }

@@ -219,32 +219,6 @@ impl Backend {
             .collect())
     }
 
-    /// Whether objects should be written as scratch and published with [`publish`] (a local
-    /// directory, where one fsync per object costs more than a batch of them); on object
-    /// storage every put is durable and atomic, so objects are written in place.
-    ///
-    /// [`publish`]: Self::publish
-    pub fn defers_durability(&self) -> bool {
-        self.local_root.is_some()
-    }
-
-    /// Makes scratch objects durable under their final names (`(scratch, final)` pairs), in
-    /// one batch; see [`defers_durability`](Self::defers_durability).
-    pub async fn publish(&self, moves: Vec<(Path, Path)>) -> Result<()> {
-        match &self.local_root {
-            Some(root) => Self::publish_local(root, moves).await,
-            None => {
-                for (from, to) in moves {
-                    if self.size(&to).await?.is_none() {
-                        self.objects.copy(&from, &to).await?;
-                    }
-                    self.delete(&from).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// Reads a ref (the text of a small mutable object).
     pub async fn read_ref(&self, path: &Path) -> Result<Option<String>> {
         Ok(self.read_ref_versioned(path).await?.map(|(text, _)| text))

@@ -4,14 +4,9 @@
 //! (`repos/<repo>/chunks/<h[0..2]>/<h>`), whatever number of blobs and versions hold it.
 //! Beside it, `<h>.crc` has the CRC32C of each aligned 1 MiB block of the chunk (4 bytes,
 //! big-endian, each), so the server answers the mount's block reads with a checksum without
-//! hashing the bytes again. A chunk is visible under its hash only once it is complete and
-//! durable. On object storage every put is both, so chunks are written in place. On a local
-//! directory an fsync per chunk would cap writes at the disk's sync rate, so a chunk is
-//! first written as scratch (`<h>.pending`) and published — fsynced in a batch with the
-//! other chunks of its blob, then renamed into place — just before the blob's manifest is
-//! written ([`publish_chunks`]); a crash before that leaves only scratch, which the sweep
-//! removes. The CRC file is scratch too: one lost or cut short in a crash is detected and the
-//! reader falls back to hashing.
+//! hashing the bytes again. The chunk itself is written durably (fsynced, renamed into
+//! place), so it is visible under its hash only once complete; its CRC file is scratch: one
+//! lost or cut short in a crash is detected and the reader falls back to hashing.
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -24,12 +19,6 @@ use crate::base::manifest::{chunk_hash, ChunkHash, CHUNK_SIZE};
 pub(crate) fn chunk_path(repo: &str, hash: &ChunkHash) -> Path {
     let hex = hex::encode(hash);
     Path::from(format!("repos/{repo}/chunks/{}/{hex}", &hex[..2]))
-}
-
-/// Where chunk `hash` of `repo` waits, as scratch, to be published.
-fn pending_path(repo: &str, hash: &ChunkHash) -> Path {
-    let hex = hex::encode(hash);
-    Path::from(format!("repos/{repo}/chunks/{}/{hex}.pending", &hex[..2]))
 }
 
 /// Where the block CRCs of chunk `hash` are kept.
@@ -62,8 +51,7 @@ async fn hash_chunk(data: Bytes) -> Result<(ChunkHash, Vec<u8>)> {
     .map_err(|e| StoreError::Io(std::io::Error::other(e)))
 }
 
-/// Hashes `data` and stores it as a chunk of `repo` unless the repository has it already; on
-/// a local directory it still has to be published ([`publish_chunks`]).
+/// Hashes `data` and stores it as a chunk of `repo` unless the repository has it already.
 pub(crate) async fn store_chunk(backend: &Backend, repo: &str, data: Bytes) -> Result<StoredChunk> {
     if data.len() as u64 > CHUNK_SIZE {
         return Err(StoreError::InvalidInput(format!(
@@ -79,46 +67,9 @@ pub(crate) async fn store_chunk(backend: &Backend, repo: &str, data: Bytes) -> R
         backend
             .put_scratch(&crc_path(repo, &hash), Bytes::from(crcs))
             .await?;
-        if backend.defers_durability() {
-            backend
-                .put_scratch(&pending_path(repo, &hash), data)
-                .await?;
-        } else {
-            backend.put(&path, data).await?;
-        }
+        backend.put(&path, data).await?;
     }
     Ok(StoredChunk { hash, len })
-}
-
-/// Makes every one of `chunks` that is not yet under its hash durable there, in one batch;
-/// to be called before a manifest naming them is written. A chunk that is neither published
-/// nor pending was lost (a crash of the machine before its upload completed): the error says
-/// to send it again.
-pub(crate) async fn publish_chunks(
-    backend: &Backend,
-    repo: &str,
-    chunks: &[StoredChunk],
-) -> Result<()> {
-    if !backend.defers_durability() {
-        return Ok(());
-    }
-    let mut moves = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for chunk in chunks.iter().filter(|c| seen.insert(c.hash)) {
-        if chunk_len(backend, repo, &chunk.hash).await? != Some(chunk.len) {
-            if backend.size(&pending_path(repo, &chunk.hash)).await? != Some(chunk.len) {
-                return Err(StoreError::InvalidInput(format!(
-                    "chunk {} was lost before its upload completed: send it again",
-                    hex::encode(chunk.hash)
-                )));
-            }
-            moves.push((
-                pending_path(repo, &chunk.hash),
-                chunk_path(repo, &chunk.hash),
-            ));
-        }
-    }
-    backend.publish(moves).await
 }
 
 /// The length of chunk `hash` of `repo`, `None` if the repository does not hold it.
@@ -163,18 +114,6 @@ pub(crate) async fn read_chunk_range(
     }
 }
 
-/// The whole of a chunk an upload stored, published or still pending.
-pub(crate) async fn read_stored_chunk(
-    backend: &Backend,
-    repo: &str,
-    hash: &ChunkHash,
-) -> Result<Bytes> {
-    match backend.get_opt(&chunk_path(repo, hash)).await? {
-        Some(data) => Ok(data),
-        None => backend.get(&pending_path(repo, hash)).await,
-    }
-}
-
 /// The error of a blob whose chunk is gone.
 pub(crate) fn missing_chunk(blob: &str, hash: &ChunkHash) -> StoreError {
     StoreError::Corrupt {
@@ -200,12 +139,6 @@ mod tests {
         assert_eq!(stored.hash, chunk_hash(&data));
         assert_eq!(
             chunk_len(&backend, "r", &stored.hash).await.unwrap(),
-            None,
-            "pending"
-        );
-        publish_chunks(&backend, "r", &[stored]).await.unwrap();
-        assert_eq!(
-            chunk_len(&backend, "r", &stored.hash).await.unwrap(),
             Some(data.len() as u64)
         );
         let second = crate::base::checksum::crc32c(&data[INDEX_BLOCK as usize..]);
@@ -216,15 +149,6 @@ mod tests {
         assert_eq!(block_crc(&backend, "r", &stored.hash, 2).await, None);
         let again = store_chunk(&backend, "r", Bytes::from(data)).await.unwrap();
         assert_eq!(again, stored);
-        publish_chunks(&backend, "r", &[again]).await.unwrap();
-        let lost = StoredChunk {
-            hash: [7; 32],
-            len: 3,
-        };
-        assert!(matches!(
-            publish_chunks(&backend, "r", &[lost]).await,
-            Err(StoreError::InvalidInput(_))
-        ));
         assert_eq!(
             chunk_len(&backend, "other", &stored.hash).await.unwrap(),
             None

@@ -55,33 +55,6 @@ impl Backend {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
-    /// Makes scratch objects durable under their final names, many at once: each is fsynced
-    /// and renamed (16 at a time, so the file system commits their journal entries together),
-    /// then each directory that gained a name is fsynced once. A scratch object that is gone
-    /// is fine if its final name exists (another writer published the same content).
-    pub(super) async fn publish_local(root: &FsPath, moves: Vec<(Path, Path)>) -> Result<()> {
-        use futures::stream::{self, StreamExt, TryStreamExt};
-        let dirs: Vec<PathBuf> = stream::iter(moves)
-            .map(|(from, to)| {
-                let (from, to) = (root.join(from.as_ref()), root.join(to.as_ref()));
-                async move {
-                    tokio::task::spawn_blocking(move || publish_file(&from, &to))
-                        .await
-                        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-                }
-            })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        let unique: std::collections::BTreeSet<PathBuf> = dirs.into_iter().collect();
-        for dir in unique {
-            tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        }
-        Ok(())
-    }
-
     /// Reads a ref of the local store at `root` (a local ref has no version to name).
     pub(super) async fn read_ref_local(
         root: &FsPath,
@@ -115,26 +88,6 @@ impl Backend {
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
-}
-
-/// Fsyncs `from` and renames it to `to`; returns the directory of `to`, to be fsynced.
-fn publish_file(from: &FsPath, to: &FsPath) -> Result<PathBuf> {
-    let dir = to
-        .parent()
-        .expect("an object has a directory")
-        .to_path_buf();
-    match std::fs::File::open(from) {
-        Ok(file) => {
-            file.sync_all()?;
-            match std::fs::rename(from, to) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
-                other => other?,
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(dir)
 }
 
 /// Compare-and-swap of a small file under an exclusive `flock`, which the kernel releases

@@ -1,6 +1,6 @@
 //! Streamed blob writes: bytes are cut into [`CHUNK_SIZE`] chunks as they arrive, each
-//! chunk hashed and stored (two at a time, on both cores), and `finish` publishes the chunks
-//! and then writes the manifest, once every chunk is durable. Nothing holds more than a few chunks in
+//! chunk hashed and stored under its hash (two at a time, on both cores), and `finish`
+//! writes the manifest once every chunk is durable. Nothing holds more than a few chunks in
 //! memory, no byte is read back, and a reader never sees a half-written blob: the blob id
 //! names a manifest, which only appears once all its chunks have.
 
@@ -9,7 +9,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 
 use crate::api::BlobInfo;
 use crate::base::manifest::{BlobHasher, CHUNK_SIZE};
-use crate::store::chunks::{publish_chunks, store_chunk, StoredChunk};
+use crate::store::chunks::{store_chunk, StoredChunk};
 use crate::store::manifests::write_manifest;
 use crate::store::{Backend, Result, StoreError};
 
@@ -27,8 +27,6 @@ pub struct BlobWriter {
     filling: BytesMut,
     in_flight: FuturesOrdered<ChunkTask>,
     manifest: BlobHasher,
-    /// The chunks stored so far, to publish at `finish`.
-    stored: Vec<StoredChunk>,
     written: u64,
     limit: u64,
 }
@@ -41,7 +39,6 @@ impl BlobWriter {
             filling: BytesMut::new(),
             in_flight: FuturesOrdered::new(),
             manifest: BlobHasher::new(),
-            stored: Vec::new(),
             written: 0,
             limit,
         }
@@ -97,7 +94,6 @@ impl BlobWriter {
         };
         let stored = done.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         self.manifest.push_chunk(stored.hash, stored.len);
-        self.stored.push(stored);
         Ok(())
     }
 
@@ -115,7 +111,6 @@ impl BlobWriter {
         while !self.in_flight.is_empty() {
             self.land_oldest().await?;
         }
-        publish_chunks(&self.backend, &self.repo, &self.stored).await?;
         let manifest = self.manifest.finish();
         let hash = write_manifest(&self.backend, &self.repo, &manifest).await?;
         Ok(BlobInfo {

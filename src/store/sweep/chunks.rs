@@ -1,5 +1,5 @@
 //! Unreferenced chunks: what uploads never completed (or aborted, or cut by a crash) leave
-//! in `chunks/`, published or still pending. A chunk is kept if a manifest names it or a live upload's record does;
+//! in `chunks/`. A chunk is kept if a manifest names it or a live upload's record does;
 //! anything the sweep cannot read (a manifest or record that does not parse) stops it, so
 //! damage never turns into deleting a chunk some blob still needs.
 
@@ -26,10 +26,7 @@ pub(super) fn sweep_unreferenced_chunks(repo: &Path, swept: &mut Swept) {
         let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let hash = name
-            .strip_suffix(".crc")
-            .or_else(|| name.strip_suffix(".pending"))
-            .unwrap_or(name);
+        let hash = name.strip_suffix(".crc").unwrap_or(name);
         if hash.contains('#') || live.contains(hash) {
             continue;
         }

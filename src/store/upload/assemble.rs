@@ -1,6 +1,5 @@
 //! `complete`: an upload becomes a blob. When every upload chunk is recorded as stored
-//! chunks, they are published and the manifest is written from the records alone, and no
-//! byte is read; otherwise
+//! chunks, the manifest is written from the records alone and no byte is read; otherwise
 //! the bytes are streamed in order through a [`crate::store::BlobWriter`], which cuts them
 //! into chunks.
 
@@ -10,7 +9,7 @@ use futures::stream::{self, StreamExt};
 use super::records::{Received, Source};
 use crate::api::BlobInfo;
 use crate::base::manifest::BlobHasher;
-use crate::store::chunks::{publish_chunks, read_stored_chunk};
+use crate::store::chunks::chunk_path;
 use crate::store::manifests::write_manifest;
 use crate::store::{Result, Store, StoreError};
 
@@ -56,17 +55,14 @@ impl Store {
     /// The blob of upload chunks that are all stored chunks: only the manifest is written.
     async fn manifest_from_records(&self, repo: &str, received: Vec<Received>) -> Result<BlobInfo> {
         let mut hasher = BlobHasher::new();
-        let mut all = Vec::new();
         for r in received {
             let Source::Chunks(chunks) = r.source else {
                 unreachable!("checked by the caller");
             };
             for chunk in chunks {
                 hasher.push_chunk(chunk.hash, chunk.len);
-                all.push(chunk);
             }
         }
-        publish_chunks(&self.backend, repo, &all).await?;
         let manifest = hasher.finish();
         let hash = write_manifest(&self.backend, repo, &manifest).await?;
         Ok(BlobInfo {
@@ -104,9 +100,7 @@ impl Store {
             Source::Chunks(chunks) => {
                 let mut out = bytes::BytesMut::new();
                 for chunk in chunks {
-                    out.extend_from_slice(
-                        &read_stored_chunk(&self.backend, repo, &chunk.hash).await?,
-                    );
+                    out.extend_from_slice(&self.backend.get(&chunk_path(repo, &chunk.hash)).await?);
                 }
                 Ok(out.freeze())
             }

@@ -23,11 +23,10 @@ async fn put(store: &Store, id: &str, index: u64, data: &[u8]) -> Result<(), Sto
         .await
 }
 
-/// The file of the chunk `data`, published (`suffix` "") or pending (".pending").
-fn chunk_file(dir: &tempfile::TempDir, data: &[u8], suffix: &str) -> std::path::PathBuf {
+fn chunk_file(dir: &tempfile::TempDir, data: &[u8]) -> std::path::PathBuf {
     let hex = hex::encode(chunk_hash(data));
     dir.path()
-        .join(format!("repos/default/chunks/{}/{hex}{suffix}", &hex[..2]))
+        .join(format!("repos/default/chunks/{}/{hex}", &hex[..2]))
 }
 
 #[tokio::test]
@@ -40,14 +39,9 @@ async fn an_aligned_upload_stores_chunks_on_arrival_and_completes_from_records()
     put(&store, &up.upload_id, 1, &data[cs..2 * cs])
         .await
         .unwrap();
-    let second = &data[cs..2 * cs];
     assert!(
-        chunk_file(&dir, second, ".pending").exists(),
+        chunk_file(&dir, &data[cs..2 * cs]).exists(),
         "stored on arrival"
-    );
-    assert!(
-        !chunk_file(&dir, second, "").exists(),
-        "published only at complete"
     );
     put(&store, &up.upload_id, 0, &data[..cs]).await.unwrap();
     put(&store, &up.upload_id, 2, &data[2 * cs..])
@@ -63,9 +57,6 @@ async fn an_aligned_upload_stores_chunks_on_arrival_and_completes_from_records()
         .await
         .unwrap();
     assert_eq!((info.hash.clone(), info.chunks), (blob_id(&data), 3));
-    assert!(
-        chunk_file(&dir, second, "").exists() && !chunk_file(&dir, second, ".pending").exists()
-    );
     let back = store
         .read_blob_range("default", &info.hash, 0..data.len() as u64)
         .await
