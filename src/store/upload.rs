@@ -161,13 +161,14 @@ impl Store {
         if meta.aligned() {
             let stored = self.store_pieces(repo, data).await?;
             return self
-                .put_record(repo, id, index, Record::Chunks(stored))
+                .put_record(repo, id, index, Record::Chunks(stored), true)
                 .await;
         }
         // Not fsynced: only finished chunks must be durable. After an OS crash a raw chunk
         // may be missing or cut short; `complete` then refuses the layout (every chunk but
         // the last must be full) and the client resends it. A process crash loses nothing.
-        self.put_record(repo, id, index, Record::Raw(data)).await
+        self.put_record(repo, id, index, Record::Raw(data), false)
+            .await
     }
 
     /// Makes upload chunk `index` the chunks `hashes` the repository already holds (no bytes
@@ -195,7 +196,7 @@ impl Store {
         let stored = self.held_chunks(repo, hashes).await?;
         let len: u64 = stored.iter().map(|c| c.len).sum();
         check_limit(index, meta.chunk_size, len, limit)?;
-        self.put_record(repo, id, index, Record::Chunks(stored))
+        self.put_record(repo, id, index, Record::Chunks(stored), true)
             .await?;
         Ok(len)
     }
@@ -278,7 +279,8 @@ impl Store {
                 len,
             }),
         };
-        self.put_record(repo, id, index, record).await?;
+        self.put_record(repo, id, index, record, meta.aligned())
+            .await?;
         Ok(len)
     }
 

@@ -1,14 +1,17 @@
 //! What an upload keeps of each upload chunk it received, one object per chunk index in
 //! the upload's directory:
-//! - `<index>.ref`: the stored chunks it is made of (JSON `[["<sha256>", len], …]`);
+//! - `<index>.ref`: the stored chunks it is made of (JSON `[["<sha256>", len], …]`), or the
+//!   same range of an existing blob that is not chunked alike, read at `complete` (JSON
+//!   `{"blob","len"}`);
 //! - `<index>.chunk`: its raw bytes (uploads whose chunk size is not a multiple of the
 //!   store's chunk size);
-//! - `<index>.copy`: the same range of an existing blob, read at `complete` (JSON
-//!   `{"blob","len"}`; for a source that is not chunked alike);
 //! - `<first>-<last>.ref`: a run of upload chunks copied at once from the same positions of
 //!   an existing blob (one file for the unchanged part of an appended file), as a `.ref`.
 //!
-//! A chunk index has one record of its own; writing one removes the others. A record of its
+//! (`<index>.copy` is how a copy was recorded before; it is still read.) An upload whose
+//! chunk size is a multiple of the store's only ever writes `.ref` records, so a new one
+//! simply replaces the old: on S3 every upload chunk costs no more requests than it must. In
+//! other uploads, writing one kind removes the other. A record of its
 //! own also takes precedence over a run covering its index (it was written later: a run is
 //! written only for chunks nobody sends again), and a new run removes what it covers.
 
@@ -76,6 +79,7 @@ pub(super) struct Received {
     pub source: Source,
 }
 
+/// Kinds an upload chunk's own record may have been written as.
 const KINDS: [&str; 3] = ["ref", "chunk", "copy"];
 
 fn record_path(repo: &str, id: &str, index: u64, kind: &str) -> Path {
@@ -97,6 +101,13 @@ fn encode_chunks(chunks: &[StoredChunk]) -> Bytes {
     Bytes::from(serde_json::to_vec(&list).expect("serializes"))
 }
 
+fn decode_copy(location: &Path, bytes: &[u8]) -> Result<ChunkCopy> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        id: location.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 fn decode_chunks(location: &Path, bytes: &[u8]) -> Result<Vec<StoredChunk>> {
     let corrupt = |reason: String| StoreError::Corrupt {
         id: location.to_string(),
@@ -113,26 +124,32 @@ fn decode_chunks(location: &Path, bytes: &[u8]) -> Result<Vec<StoredChunk>> {
 }
 
 impl Store {
-    /// Replaces whatever upload `id` recorded for chunk `index` with `record`.
+    /// Replaces whatever upload `id` recorded for chunk `index` with `record` (`aligned`: the
+    /// upload's chunk size is a multiple of the store's).
     pub(super) async fn put_record(
         &self,
         repo: &str,
         id: &str,
         index: u64,
         record: Record,
+        aligned: bool,
     ) -> Result<()> {
+        let raw = matches!(record, Record::Raw(_));
         let (kind, bytes) = match record {
             Record::Raw(data) => ("chunk", data),
             Record::Copy(copy) => (
-                "copy",
+                "ref",
                 Bytes::from(serde_json::to_vec(&copy).expect("serializes")),
             ),
             Record::Chunks(chunks) => ("ref", encode_chunks(&chunks)),
         };
-        for other in KINDS.into_iter().filter(|k| *k != kind) {
-            self.backend
-                .delete(&record_path(repo, id, index, other))
-                .await?;
+        // Only an upload that has raw chunks can hold another kind for this index.
+        if raw || !aligned {
+            for other in KINDS.into_iter().filter(|k| *k != kind) {
+                self.backend
+                    .delete(&record_path(repo, id, index, other))
+                    .await?;
+            }
         }
         self.backend
             .put_scratch(&record_path(repo, id, index, kind), bytes)
@@ -231,19 +248,32 @@ impl Store {
         let (len, source) = match name.kind {
             "chunk" => (m.size, Source::Raw(m.location.clone())),
             "ref" => {
-                let chunks = decode_chunks(&m.location, &self.backend.get(&m.location).await?)?;
+                let bytes = self.backend.get(&m.location).await?;
+                if bytes.first() == Some(&b'{') {
+                    let copy = decode_copy(&m.location, &bytes)?;
+                    let start = index * chunk_size;
+                    let range = start..start + copy.len;
+                    let source = Source::Copied {
+                        blob: copy.blob,
+                        range,
+                    };
+                    return Ok((
+                        false,
+                        vec![Received {
+                            index,
+                            len: copy.len,
+                            source,
+                        }],
+                    ));
+                }
+                let chunks = decode_chunks(&m.location, &bytes)?;
                 if name.last > name.first {
                     return Ok((true, split_run(index, chunks, chunk_size)));
                 }
                 (chunks.iter().map(|c| c.len).sum(), Source::Chunks(chunks))
             }
             "copy" => {
-                let bytes = self.backend.get(&m.location).await?;
-                let copy: ChunkCopy =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                        id: m.location.to_string(),
-                        reason: e.to_string(),
-                    })?;
+                let copy = decode_copy(&m.location, &self.backend.get(&m.location).await?)?;
                 let start = index * chunk_size;
                 let range = start..start + copy.len;
                 (
