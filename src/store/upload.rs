@@ -265,15 +265,7 @@ impl Store {
         check_limit(index, meta.chunk_size, len, limit)?;
         let manifest = self.blob_manifest(repo, source).await?;
         let record = match manifest.filter(|m| meta.aligned() && m.chunk_size == CHUNK_SIZE) {
-            Some(m) => Record::Chunks(
-                m.pieces(start..start + len)
-                    .into_iter()
-                    .map(|(i, piece)| super::StoredChunk {
-                        hash: m.chunks[i],
-                        len: piece.end - piece.start,
-                    })
-                    .collect(),
-            ),
+            Some(m) => Record::Chunks(stored_chunks_of(&m, start..start + len)),
             None => Record::Copy(ChunkCopy {
                 blob: source.to_string(),
                 len,
@@ -325,14 +317,7 @@ impl Store {
             }
             return Ok(total);
         };
-        let chunks: Vec<super::StoredChunk> = m
-            .pieces(start..end)
-            .into_iter()
-            .map(|(i, piece)| super::StoredChunk {
-                hash: m.chunks[i],
-                len: piece.end - piece.start,
-            })
-            .collect();
+        let chunks = stored_chunks_of(&m, start..end);
         self.put_run(repo, id, (index, last), &chunks).await?;
         Ok(end - start)
     }
@@ -362,6 +347,21 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The chunks of blob `m` that `range` covers, each with the length of its part; `range`
+/// starts at a chunk boundary.
+fn stored_chunks_of(
+    m: &crate::base::manifest::Manifest,
+    range: std::ops::Range<u64>,
+) -> Vec<super::StoredChunk> {
+    m.pieces(range)
+        .into_iter()
+        .map(|(i, piece)| super::StoredChunk {
+            hash: m.chunks[i],
+            len: piece.end - piece.start,
+        })
+        .collect()
 }
 
 /// Refuses an upload chunk that would take the upload past `limit` bytes.
