@@ -126,16 +126,32 @@ impl Client {
         hashes: &[ChunkHash],
         cancel: &CancellationToken,
     ) -> Result<u64> {
-        let url = self.url(&format!("/uploads/{upload_id}/{index}"));
         let list = hashes.iter().map(hex::encode).collect::<Vec<_>>().join(",");
+        self.put_named_chunk(upload_id, index, &[(CHUNK_REFS_HEADER, &list)], cancel)
+            .await
+    }
+
+    /// A chunk PUT with no body whose `headers` name its bytes (chunk hashes, or a blob to
+    /// copy from); returns the length the server made.
+    async fn put_named_chunk(
+        &self,
+        upload_id: &str,
+        index: u64,
+        headers: &[(&str, &str)],
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
+        let url = self.url(&format!("/uploads/{upload_id}/{index}"));
         let response = self
             .send(cancel, || {
-                self.request(Method::PUT, &url)
-                    .header(CHUNK_REFS_HEADER, &list)
+                headers
+                    .iter()
+                    .fold(self.request(Method::PUT, &url), |r, (name, value)| {
+                        r.header(*name, *value)
+                    })
             })
             .await?;
-        let referenced: ChunkLen = response.json().await.map_err(ClientError::Transport)?;
-        Ok(referenced.len)
+        let made: ChunkLen = response.json().await.map_err(ClientError::Transport)?;
+        Ok(made.len)
     }
 
     /// Which of `hashes` the repository does not hold.
@@ -171,17 +187,10 @@ impl Client {
         source: &str,
         cancel: &CancellationToken,
     ) -> Result<u64> {
-        let url = self.url(&format!("/uploads/{upload_id}/{index}"));
         let count = count.to_string();
-        let response = self
-            .send(cancel, || {
-                self.request(Method::PUT, &url)
-                    .header(COPY_FROM_BLOB_HEADER, source)
-                    .header(COPY_COUNT_HEADER, &count)
-            })
-            .await?;
-        let copied: ChunkLen = response.json().await.map_err(ClientError::Transport)?;
-        Ok(copied.len)
+        let headers = [(COPY_FROM_BLOB_HEADER, source), (COPY_COUNT_HEADER, &count)];
+        self.put_named_chunk(upload_id, index, &headers, cancel)
+            .await
     }
 
     /// Which chunks of an upload the server holds.

@@ -239,47 +239,12 @@ impl Store {
         Ok(missing)
     }
 
-    /// Makes upload chunk `index` the same byte range of blob `source` (the whole chunk, or
-    /// the blob's tail when it ends inside it). When the range is made of whole chunks of
-    /// `source`, they are referenced and no bytes move; otherwise they are read at
-    /// `complete`. Returns the chunk's length.
-    pub async fn copy_upload_chunk(
-        &self,
-        repo: &str,
-        id: &str,
-        index: u64,
-        source: &str,
-        limit: u64,
-    ) -> Result<u64> {
-        let meta = self.upload_meta(repo, id).await?;
-        let size = self.blob_size(repo, source).await?;
-        let start = index
-            .checked_mul(meta.chunk_size)
-            .filter(|s| *s < size)
-            .ok_or_else(|| {
-                StoreError::InvalidInput(format!(
-                    "chunk {index} starts past the end of blob {source} ({size} bytes)"
-                ))
-            })?;
-        let len = meta.chunk_size.min(size - start);
-        check_limit(index, meta.chunk_size, len, limit)?;
-        let manifest = self.blob_manifest(repo, source).await?;
-        let record = match manifest.filter(|m| meta.aligned() && m.chunk_size == CHUNK_SIZE) {
-            Some(m) => Record::Chunks(stored_chunks_of(&m, start..start + len)),
-            None => Record::Copy(ChunkCopy {
-                blob: source.to_string(),
-                len,
-            }),
-        };
-        self.put_record(repo, id, index, record, meta.aligned())
-            .await?;
-        Ok(len)
-    }
-
-    /// Makes upload chunks `index..index + count` the same byte ranges of blob `source`, in
-    /// one record when they are whole chunks of it (the unchanged part of an appended file:
-    /// one request and one file however long it is), else one copy each. Returns their total
-    /// length. Every chunk of the run but the last must lie wholly inside `source`.
+    /// Makes upload chunks `index..index + count` the same byte ranges of blob `source` (the
+    /// last one may be the blob's tail). When they are whole chunks of `source`, they are
+    /// referenced and no bytes move: a run of several is one record (the unchanged part of an
+    /// appended file: one request and one file however long it is). Otherwise each is a copy
+    /// read at `complete`. Returns their total length. Every chunk but the last must lie
+    /// wholly inside `source`.
     pub async fn copy_upload_chunks(
         &self,
         repo: &str,
@@ -288,37 +253,41 @@ impl Store {
         source: &str,
         limit: u64,
     ) -> Result<u64> {
-        if count <= 1 {
-            return self.copy_upload_chunk(repo, id, index, source, limit).await;
-        }
         let meta = self.upload_meta(repo, id).await?;
         let size = self.blob_size(repo, source).await?;
+        let cs = meta.chunk_size;
         let last = index
-            .checked_add(count - 1)
+            .checked_add(count.max(1) - 1)
             .ok_or(StoreError::TooLarge { limit })?;
-        let start = index
-            .checked_mul(meta.chunk_size)
-            .ok_or(StoreError::TooLarge { limit })?;
-        let last_start = last
-            .checked_mul(meta.chunk_size)
-            .filter(|s| *s < size)
-            .ok_or_else(|| {
-                StoreError::InvalidInput(format!(
-                    "chunks {index}..={last} reach past the end of blob {source} ({size} bytes)"
-                ))
-            })?;
-        let end = (last_start + meta.chunk_size).min(size);
-        check_limit(last, meta.chunk_size, end - last_start, limit)?;
+        let last_start = last.checked_mul(cs).filter(|s| *s < size).ok_or_else(|| {
+            StoreError::InvalidInput(format!(
+                "chunks {index}..={last} reach past the end of blob {source} ({size} bytes)"
+            ))
+        })?;
+        let (start, end) = (index * cs, (last_start + cs).min(size));
+        check_limit(last, cs, end - last_start, limit)?;
         let manifest = self.blob_manifest(repo, source).await?;
-        let Some(m) = manifest.filter(|m| meta.aligned() && m.chunk_size == CHUNK_SIZE) else {
-            let mut total = 0;
-            for i in index..=last {
-                total += self.copy_upload_chunk(repo, id, i, source, limit).await?;
+        match manifest.filter(|m| meta.aligned() && m.chunk_size == CHUNK_SIZE) {
+            Some(m) if last == index => {
+                let record = Record::Chunks(stored_chunks_of(&m, start..end));
+                self.put_record(repo, id, index, record, true).await?
             }
-            return Ok(total);
-        };
-        let chunks = stored_chunks_of(&m, start..end);
-        self.put_run(repo, id, (index, last), &chunks).await?;
+            Some(m) => {
+                let chunks = stored_chunks_of(&m, start..end);
+                self.put_run(repo, id, (index, last), &chunks).await?
+            }
+            None => {
+                for i in index..=last {
+                    let len = cs.min(size - i * cs);
+                    let copy = ChunkCopy {
+                        blob: source.to_string(),
+                        len,
+                    };
+                    self.put_record(repo, id, i, Record::Copy(copy), meta.aligned())
+                        .await?;
+                }
+            }
+        }
         Ok(end - start)
     }
 

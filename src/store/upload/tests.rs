@@ -98,7 +98,7 @@ async fn chunks_named_by_hash_or_copied_from_a_blob_move_no_bytes() {
         "{missing:?}"
     );
     let copied = store
-        .copy_upload_chunk("default", id, 1, &old_blob.hash, u64::MAX)
+        .copy_upload_chunks("default", id, (1, 1), &old_blob.hash, u64::MAX)
         .await
         .unwrap();
     assert_eq!(copied, CHUNK_SIZE);
