@@ -1,12 +1,13 @@
 //! Resumable chunked uploads from any `AsyncRead`, with bounded memory: at most
 //! `max_concurrent` chunks are in flight, and a slow server slows the reader.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::{FuturesUnordered, StreamExt};
 use reqwest::Method;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinSet;
 
 use super::{CancellationToken, Client, ClientError, Result};
 use crate::api::{
@@ -281,6 +282,9 @@ impl Client {
         }
     }
 
+    /// Reads, hashes and sends the chunks of `reader`, each chunk's hashing and sending a
+    /// task of its own (so reading the next chunk, hashing and sending overlap), at most
+    /// `max_concurrent` at once; then completes the upload and checks its id.
     async fn upload_chunks<R: AsyncRead + Unpin>(
         &self,
         started: &UploadStarted,
@@ -291,34 +295,39 @@ impl Client {
         let chunk_size = started.chunk_size as usize;
         let aligned = started.chunk_size.is_multiple_of(CHUNK_SIZE);
         let mut whole = BlobHasher::new();
-        let mut acknowledged = 0u64;
-        let mut in_flight = FuturesUnordered::new();
-        let mut index = 0u64;
-        loop {
+        let mut sent = SentChunks::default();
+        let mut tasks = JoinSet::new();
+        for index in 0.. {
             let data = read_chunk(reader, chunk_size).await?;
             if data.is_empty() {
                 break;
             }
-            let chunk = hash_upload_chunk(data, aligned).await?;
-            add_to_whole(&mut whole, &chunk).await?;
-            let id = started.upload_id.as_str();
-            in_flight.push(self.send_upload_chunk(id, index, chunk, options, cancel));
-            index += 1;
-            while in_flight.len() >= options.max_concurrent.max(1) {
-                acknowledged += in_flight.next().await.expect("non-empty")?;
-                if let Some(p) = &options.progress {
-                    p(acknowledged);
-                }
+            if !aligned {
+                // Its store chunks straddle upload chunks: the id needs the bytes in order.
+                add_bytes_to_whole(&mut whole, data.clone()).await?;
+            }
+            let (client, id) = (self.clone(), started.upload_id.clone());
+            let (skip_held, token) = (options.skip_held_chunks, cancel.clone());
+            tasks.spawn(async move {
+                let chunk = hash_upload_chunk(data, aligned).await?;
+                let hashes = chunk.chunk_hashes.clone();
+                let len = client
+                    .send_upload_chunk(&id, index, chunk, skip_held, &token)
+                    .await?;
+                Ok((index, hashes, len))
+            });
+            while tasks.len() >= options.max_concurrent.max(1) {
+                sent.record(tasks.join_next().await.expect("non-empty"), options)?;
             }
             if cancel.is_cancelled() {
                 return Err(ClientError::Cancelled);
             }
         }
-        while let Some(done) = in_flight.next().await {
-            acknowledged += done?;
-            if let Some(p) = &options.progress {
-                p(acknowledged);
-            }
+        while let Some(done) = tasks.join_next().await {
+            sent.record(done, options)?;
+        }
+        if aligned {
+            sent.add_to_whole(&mut whole);
         }
         let info = self.complete_upload(&started.upload_id, cancel).await?;
         verify_stored(&whole.finish(), &info)?;
@@ -326,17 +335,17 @@ impl Client {
     }
 
     /// Sends one upload chunk: by reference when the server holds all its store chunks (and
-    /// `options` allow asking), else its bytes. Returns its length.
+    /// `skip_held` allows asking), else its bytes. Returns its length.
     async fn send_upload_chunk(
         &self,
         upload_id: &str,
         index: u64,
         chunk: HashedChunk,
-        options: &UploadOptions,
+        skip_held: bool,
         cancel: &CancellationToken,
     ) -> Result<u64> {
         let len = chunk.data.len() as u64;
-        if let Some(hashes) = chunk.chunk_hashes.filter(|_| options.skip_held_chunks) {
+        if let Some(hashes) = chunk.chunk_hashes.filter(|_| skip_held) {
             if self.missing_chunks(&hashes, cancel).await?.is_empty() {
                 match self
                     .reference_chunks(upload_id, index, &hashes, cancel)
@@ -355,23 +364,58 @@ impl Client {
     }
 }
 
+/// What one chunk task answers: its index, its store chunks' hashes (aligned uploads) and
+/// its length.
+type SentChunk = (u64, Option<Vec<ChunkHash>>, u64);
+
+/// The chunks sent so far, whatever order their tasks finish in.
+#[derive(Default)]
+struct SentChunks {
+    acknowledged: u64,
+    hashes: BTreeMap<u64, Vec<(ChunkHash, u64)>>,
+}
+
+impl SentChunks {
+    /// Records a finished chunk task (and reports progress), or passes on its failure.
+    fn record(
+        &mut self,
+        done: std::result::Result<Result<SentChunk>, tokio::task::JoinError>,
+        options: &UploadOptions,
+    ) -> Result<()> {
+        let (index, hashes, len) = done.map_err(|e| ClientError::Io(std::io::Error::other(e)))??;
+        if let Some(hashes) = hashes {
+            let lens = chunk_lens(len);
+            self.hashes.insert(index, hashes.into_iter().zip(lens).collect());
+        }
+        self.acknowledged += len;
+        if let Some(p) = &options.progress {
+            p(self.acknowledged);
+        }
+        Ok(())
+    }
+
+    /// Adds every store chunk, in order, to the blob id.
+    fn add_to_whole(self, whole: &mut BlobHasher) {
+        for (hash, len) in self.hashes.into_values().flatten() {
+            whole.push_chunk(hash, len);
+        }
+    }
+}
+
+/// The lengths of the store chunks an aligned upload chunk of `len` bytes is made of.
+fn chunk_lens(len: u64) -> impl Iterator<Item = u64> {
+    (0..len.div_ceil(CHUNK_SIZE)).map(move |i| (len - i * CHUNK_SIZE).min(CHUNK_SIZE))
+}
+
 /// The answer of a PUT that sent no bytes: the chunk's length.
 #[derive(serde::Deserialize)]
 struct ChunkLen {
     len: u64,
 }
 
-/// Adds an upload chunk to the running blob id: its store chunks' hashes when known (no
-/// second pass), else its bytes, hashed on a blocking thread.
-async fn add_to_whole(whole: &mut BlobHasher, chunk: &HashedChunk) -> Result<()> {
-    if let Some(hashes) = &chunk.chunk_hashes {
-        for (hash, piece) in hashes.iter().zip(chunk.data.chunks(CHUNK_SIZE as usize)) {
-            whole.push_chunk(*hash, piece.len() as u64);
-        }
-        return Ok(());
-    }
+/// Adds the bytes of an upload chunk to the running blob id, hashed on a blocking thread.
+async fn add_bytes_to_whole(whole: &mut BlobHasher, data: Bytes) -> Result<()> {
     let mut hasher = std::mem::take(whole);
-    let data = chunk.data.clone();
     *whole = tokio::task::spawn_blocking(move || {
         hasher.update(&data);
         hasher

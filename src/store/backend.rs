@@ -9,6 +9,7 @@
 //! This file has the [`Backend`] type, its constructors from a URL, and the operations both
 //! kinds share; [`local`] and [`s3`] have what differs.
 
+mod direct;
 mod local;
 mod s3;
 
@@ -89,6 +90,19 @@ impl Backend {
     /// Writes a small object durably.
     pub async fn put(&self, path: &Path, data: Bytes) -> Result<()> {
         self.objects.put(path, PutPayload::from(data)).await?;
+        Ok(())
+    }
+
+    /// Writes a large immutable object (a chunk) durably; on a local directory past the page
+    /// cache (see [`direct`]).
+    pub async fn put_immutable(&self, path: &Path, data: Bytes) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            return self.put(path, data).await;
+        };
+        let file = root.join(path.as_ref());
+        tokio::task::spawn_blocking(move || direct::write_durably(&file, &data))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         Ok(())
     }
 

@@ -69,7 +69,7 @@ pub(crate) async fn store_chunk(backend: &Backend, repo: &str, data: Bytes) -> R
         backend
             .put_scratch(&crc_path(repo, &hash), Bytes::from(crcs))
             .await?;
-        backend.put(&path, data).await?;
+        backend.put_immutable(&path, data).await?;
     }
     Ok(StoredChunk { hash, len })
 }
