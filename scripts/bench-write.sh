@@ -5,8 +5,12 @@
 #   scripts/bench.sh write [--quick] [--runs N]
 #
 # Rows (each run: fresh random data, so nothing is deduplicated unless the row is about that):
-#   cp        local `cp` + `sync` of the file on the same disk, and `cp` into the mount (the
-#             time includes close, which commits); their ratio
+#   cp        local `cp` + `sync` of the file on the same disk, local `dd oflag=direct` (the
+#             disk without the page cache: on a VM whose fresh page-cache pages are slow to
+#             fault in, cp + sync swings from 0.3 to 1.5 GB/s with the page cache's state),
+#             and `cp` into the mount (the time includes close, which commits); the ratios
+#   recp      `cp` of the same file again, to another path: its speed, and the blob bytes the
+#             server received (the mount names chunks the repository holds)
 #   put       `govcfs put` of the file
 #   raw       one `curl -T` of the file to POST …/stream/blob/upload
 #   append    `echo line >> big.log` through the mount on a file of APPEND_SIZE: wall time of
@@ -99,7 +103,12 @@ for run in $(seq 1 "$RUNS"); do
   sync
   timed bash -c "cp '$WORK/src' '$WORK/local/copy' && sync"; rec local_cp_sync_mbps "$(rate)"
   rm -f "$WORK/local/copy"; sync
+  timed dd if="$WORK/src" of="$WORK/local/copy" bs=4M oflag=direct conv=fsync; rec local_dd_direct_mbps "$(rate)"
+  rm -f "$WORK/local/copy"; sync
   timed cp "$WORK/src" "$MNT/cp-$run.bin"; rec mount_cp_mbps "$(rate)"
+  before=$(received)
+  timed cp "$WORK/src" "$MNT/cp-$run-again.bin"; rec recp_mbps "$(rate)"
+  rec recp_received_bytes "$(calc "$(received) - $before")"
   head -c "$SIZE" /dev/urandom > "$WORK/src"
   timed "$BIN" put "$WORK/src" "$URL/default/put-$run.bin" -m "bench put"; rec put_mbps "$(rate)"
   head -c "$SIZE" /dev/urandom > "$WORK/src"
@@ -152,11 +161,13 @@ print("|---|---|---|")
 for name in rows:
     m = med(name)
     print(f"| {name} | {'n/a' if m is None else f'{m:.1f}'} | {span(name)} |")
-cp, local = med("mount_cp_mbps"), med("local_cp_sync_mbps")
+cp, local, direct = med("mount_cp_mbps"), med("local_cp_sync_mbps"), med("local_dd_direct_mbps")
 ratio = cp / local if cp and local else None
+direct_ratio = cp / direct if cp and direct else None
 print(f"\nmount cp / local cp+sync: {'n/a' if ratio is None else f'{ratio:.2f}x'}")
+print(f"mount cp / local dd oflag=direct: {'n/a' if direct_ratio is None else f'{direct_ratio:.2f}x'}")
 json.dump({"commit": commit, "size": int(size), "append_size": int(append_size),
-           "samples": rows, "median": {k: med(k) for k in rows}, "cp_ratio": ratio},
+           "samples": rows, "median": {k: med(k) for k in rows}, "cp_ratio": ratio, "cp_direct_ratio": direct_ratio},
           open(out, "w"), indent=1)
 print(f"(JSON: {out})")
 EOF

@@ -929,6 +929,46 @@ fn appending_to_a_big_file_sends_only_the_new_bytes() {
     unmount(mnt);
 }
 
+/// `cp` of a file the repository already holds, to a new path and over the existing one
+/// (`O_TRUNC`): the mount names the chunks instead of sending them.
+#[test]
+fn cp_of_a_file_the_repository_holds_sends_no_chunk_bytes() {
+    let server = start_server();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let work = tempfile::tempdir().expect("work dir");
+    let repo_url = server.repo_url("default");
+    let content = random_bytes((6 * MIB + 1000) as usize, 43);
+    let local = work.path().join("data.bin");
+    std::fs::write(&local, &content).expect("write the local file");
+    cli(&[
+        "put",
+        local.to_str().expect("UTF-8"),
+        &format!("{repo_url}/data.bin"),
+    ])
+    .assert_success("govcfs put");
+    let mnt = mount(&repo_url, cache.path());
+    for name in ["copy.bin", "data.bin"] {
+        let received_before = server
+            .metric("govcfs_blob_bytes_received_total")
+            .unwrap_or(0.0);
+        run_ok(
+            Command::new("cp").arg(&local).arg(mnt.path().join(name)),
+            SMALL_TIMEOUT,
+        );
+        let received = server
+            .metric("govcfs_blob_bytes_received_total")
+            .unwrap_or(0.0)
+            - received_before;
+        assert_eq!(
+            server_hash(server.addr, name),
+            Some(blob_id(&content)),
+            "{name} on the server"
+        );
+        assert_eq!(received, 0.0, "cp to {name} sent {received} chunk bytes");
+    }
+    unmount(mnt);
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. SQLite on the mount
 // ---------------------------------------------------------------------------------------

@@ -382,10 +382,12 @@ impl SentChunks {
         done: std::result::Result<Result<SentChunk>, tokio::task::JoinError>,
         options: &UploadOptions,
     ) -> Result<()> {
-        let (index, hashes, len) = done.map_err(|e| ClientError::Io(std::io::Error::other(e)))??;
+        let (index, hashes, len) =
+            done.map_err(|e| ClientError::Io(std::io::Error::other(e)))??;
         if let Some(hashes) = hashes {
             let lens = chunk_lens(len);
-            self.hashes.insert(index, hashes.into_iter().zip(lens).collect());
+            self.hashes
+                .insert(index, hashes.into_iter().zip(lens).collect());
         }
         self.acknowledged += len;
         if let Some(p) = &options.progress {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::error::{FsError, Result};
 use super::remote::Remote;
 use crate::api::{BlobInfo, Change, CommitCreated, ErrorCode, TreeListing, UploadStarted};
+use crate::base::manifest::ChunkHash;
 use crate::client::ClientError;
 
 /// A kind of call to the remote.
@@ -23,6 +24,8 @@ pub enum Call {
     StartUpload,
     UploadSmall,
     PutChunk,
+    MissingChunks,
+    ReferenceChunks,
     CopyChunk,
     CompleteUpload,
     AbortUpload,
@@ -162,6 +165,21 @@ impl<R: Remote> Remote for FailingRemote<R> {
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {
         self.enter(Call::PutChunk)?;
         self.inner.put_chunk(upload_id, index, data).await
+    }
+
+    async fn missing_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<ChunkHash>> {
+        self.enter(Call::MissingChunks)?;
+        self.inner.missing_chunks(hashes).await
+    }
+
+    async fn reference_chunks(
+        &self,
+        upload_id: &str,
+        index: u64,
+        hashes: &[ChunkHash],
+    ) -> Result<u64> {
+        self.enter(Call::ReferenceChunks)?;
+        self.inner.reference_chunks(upload_id, index, hashes).await
     }
 
     async fn copy_chunks(&self, upload_id: &str, run: (u64, u64), source: &str) -> Result<u64> {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::error::{FsError, Result};
 use super::remote::Remote;
 use crate::api::{BlobInfo, Change, CommitCreated, Entry, EntryType, TreeListing, UploadStarted};
-use crate::base::manifest::blob_id;
+use crate::base::manifest::{blob_id, chunk_hash, ChunkHash, CHUNK_SIZE};
 use crate::base::modes::{MODE_DIR, MODE_FILE};
 use crate::base::paths::parent_and_name;
 
@@ -111,12 +111,43 @@ pub struct MemRemote {
     pub bytes_read: AtomicU64,
     /// `copy_chunks` calls so far (one per run of copied chunks).
     pub copies: AtomicU64,
+    /// Upload chunk size; `None`: [`MOCK_UPLOAD_CHUNK`].
+    upload_chunk: Option<u64>,
+    /// Store chunks held, by hash: the pieces of every blob and upload chunk received.
+    held: Mutex<HashMap<ChunkHash, Bytes>>,
+    /// Bytes received by chunk PUTs and small uploads so far.
+    pub bytes_received: AtomicU64,
+    /// `reference_chunks` calls so far.
+    pub references: AtomicU64,
 }
 
 impl MemRemote {
+    /// A mock whose uploads have chunks of `size` bytes (a multiple of [`CHUNK_SIZE`] lets
+    /// chunks be sent by name, as on the server).
+    pub fn with_upload_chunk(size: u64) -> Self {
+        MemRemote {
+            upload_chunk: Some(size),
+            ..MemRemote::default()
+        }
+    }
+
+    fn chunk_size(&self) -> u64 {
+        self.upload_chunk.unwrap_or(MOCK_UPLOAD_CHUNK)
+    }
+
+    /// Keeps the store chunks of `data` (received bytes, as the server does).
+    fn hold(&self, data: &Bytes) {
+        let mut held = self.held.lock().expect("lock");
+        for start in (0..data.len()).step_by(CHUNK_SIZE as usize) {
+            let piece = data.slice(start..(start + CHUNK_SIZE as usize).min(data.len()));
+            held.insert(chunk_hash(&piece), piece);
+        }
+    }
+
     /// Adds or replaces a file (parents are implied).
     pub fn put(&self, path: &str, data: impl Into<Bytes>) {
         let data = data.into();
+        self.hold(&data);
         self.blobs
             .lock()
             .expect("lock")
@@ -170,7 +201,7 @@ impl Remote for MemRemote {
     }
 
     fn upload_chunk_size(&self) -> u64 {
-        MOCK_UPLOAD_CHUNK
+        self.chunk_size()
     }
 
     async fn start_upload(&self) -> Result<UploadStarted> {
@@ -182,12 +213,15 @@ impl Remote for MemRemote {
             .insert(id.clone(), BTreeMap::new());
         Ok(UploadStarted {
             upload_id: id,
-            chunk_size: MOCK_UPLOAD_CHUNK,
+            chunk_size: self.chunk_size(),
         })
     }
 
     async fn upload_small(&self, data: Bytes) -> Result<BlobInfo> {
         self.check_writable()?;
+        self.bytes_received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.hold(&data);
         let hash = blob_id(&data);
         let info = BlobInfo {
             hash: hash.clone(),
@@ -200,12 +234,53 @@ impl Remote for MemRemote {
 
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {
         self.check_writable()?;
+        self.bytes_received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.hold(&data);
         let mut uploads = self.uploads.lock().expect("lock");
         let chunks = uploads
             .get_mut(upload_id)
             .ok_or_else(|| FsError::NotFound(upload_id.into()))?;
         chunks.insert(index, data);
         Ok(())
+    }
+
+    async fn missing_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<ChunkHash>> {
+        let held = self.held.lock().expect("lock");
+        Ok(hashes
+            .iter()
+            .filter(|h| !held.contains_key(*h))
+            .copied()
+            .collect())
+    }
+
+    async fn reference_chunks(
+        &self,
+        upload_id: &str,
+        index: u64,
+        hashes: &[ChunkHash],
+    ) -> Result<u64> {
+        self.check_writable()?;
+        self.references.fetch_add(1, Ordering::Relaxed);
+        if !self.chunk_size().is_multiple_of(CHUNK_SIZE) {
+            return Err(FsError::Invalid("the upload is not aligned".into()));
+        }
+        let mut data = Vec::new();
+        for hash in hashes {
+            let held = self.held.lock().expect("lock");
+            let piece = held
+                .get(hash)
+                .ok_or_else(|| FsError::NotFound(format!("chunk {}", hex::encode(hash))))?;
+            data.extend_from_slice(piece);
+        }
+        let len = data.len() as u64;
+        self.uploads
+            .lock()
+            .expect("lock")
+            .get_mut(upload_id)
+            .ok_or_else(|| FsError::NotFound(upload_id.into()))?
+            .insert(index, Bytes::from(data));
+        Ok(len)
     }
 
     async fn copy_chunks(
@@ -225,13 +300,13 @@ impl Remote for MemRemote {
             .ok_or_else(|| FsError::NotFound(format!("blob {source}")))?;
         let mut total = 0;
         for i in index..index + count.max(1) {
-            let start = i * MOCK_UPLOAD_CHUNK;
+            let start = i * self.chunk_size();
             if start >= blob.len() as u64 {
                 return Err(FsError::Invalid(format!(
                     "chunk {i} is past the end of {source}"
                 )));
             }
-            let end = (start + MOCK_UPLOAD_CHUNK).min(blob.len() as u64);
+            let end = (start + self.chunk_size()).min(blob.len() as u64);
             let data = blob.slice(start as usize..end as usize);
             total += data.len() as u64;
             let mut uploads = self.uploads.lock().expect("lock");
@@ -254,7 +329,7 @@ impl Remote for MemRemote {
         let mut data = Vec::new();
         for (position, (index, chunk)) in chunks.iter().enumerate() {
             if *index != position as u64
-                || (position + 1 < chunks.len() && chunk.len() as u64 != MOCK_UPLOAD_CHUNK)
+                || (position + 1 < chunks.len() && chunk.len() as u64 != self.chunk_size())
             {
                 return Err(FsError::Remote(format!("bad chunk layout at {index}")));
             }
@@ -266,10 +341,9 @@ impl Remote for MemRemote {
             size: data.len() as u64,
             chunks: (data.len() as u64).div_ceil(crate::base::manifest::CHUNK_SIZE),
         };
-        self.blobs
-            .lock()
-            .expect("lock")
-            .insert(hash, Bytes::from(data));
+        let data = Bytes::from(data);
+        self.hold(&data);
+        self.blobs.lock().expect("lock").insert(hash, data);
         Ok(info)
     }
 

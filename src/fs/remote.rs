@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::error::{FsError, Result};
 use crate::api::{BlobInfo, Change, CommitCreated, CommitRequest, TreeListing, UploadStarted};
+use crate::base::manifest::ChunkHash;
 use crate::client::{CancellationToken, Client};
 
 /// The server as the filesystem sees it.
@@ -33,6 +34,19 @@ pub trait Remote: Send + Sync + 'static {
         index: u64,
         data: Bytes,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Which of the store chunks `hashes` the repository does not hold.
+    fn missing_chunks(
+        &self,
+        hashes: &[ChunkHash],
+    ) -> impl Future<Output = Result<Vec<ChunkHash>>> + Send;
+    /// Makes chunk `index` of an upload the held store chunks `hashes` (no bytes are sent);
+    /// returns its length.
+    fn reference_chunks(
+        &self,
+        upload_id: &str,
+        index: u64,
+        hashes: &[ChunkHash],
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Makes chunks `index..index + count` of an upload server-side copies of the same
     /// ranges of blob `source`, in one request; returns their total length.
     fn copy_chunks(
@@ -164,6 +178,22 @@ impl Remote for ClientRemote {
         Ok(self
             .client
             .put_chunk(upload_id, index, data, None, &self.cancel)
+            .await?)
+    }
+
+    async fn missing_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<ChunkHash>> {
+        Ok(self.client.missing_chunks(hashes, &self.cancel).await?)
+    }
+
+    async fn reference_chunks(
+        &self,
+        upload_id: &str,
+        index: u64,
+        hashes: &[ChunkHash],
+    ) -> Result<u64> {
+        Ok(self
+            .client
+            .reference_chunks(upload_id, index, hashes, &self.cancel)
             .await?)
     }
 

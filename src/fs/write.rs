@@ -27,8 +27,11 @@ use super::error::{FsError, Result};
 use super::read::Pinned;
 use super::spool::{SpoolJournal, SpoolNote};
 use crate::api::BlobInfo;
+use crate::base::direct_io;
+use std::os::unix::fs::FileExt;
 
 mod buffer;
+mod held;
 mod upload;
 
 /// Where write handles keep their bytes.
@@ -57,12 +60,50 @@ struct Upload {
     id: String,
     /// Chunk index → length of what the server holds for it.
     uploaded: BTreeMap<u64, u64>,
-    /// PUTs in flight; each answers the (index, length) of every chunk it stored.
-    puts: JoinSet<Result<Vec<(u64, u64)>>>,
+    /// PUTs in flight.
+    puts: JoinSet<Result<Sent>>,
+}
+
+/// What one chunk PUT stored.
+struct Sent {
+    /// The (index, length) of every upload chunk it stored.
+    chunks: Vec<(u64, u64)>,
+    /// Whether the server held the chunk already, when it was asked.
+    held: Option<bool>,
+}
+
+/// A handle's spool file, read and written through the page cache, and open a second time
+/// with `O_DIRECT` (where the file system allows it) for writes of whole blocks: the bytes of
+/// a big `cp` are read back at most once, so caching them costs more than it saves (see
+/// [`direct_io`]).
+struct SpoolFile {
+    file: std::fs::File,
+    direct: Option<std::fs::File>,
+}
+
+impl SpoolFile {
+    /// Writes `data` at `offset`, past the page cache when both are block-aligned.
+    fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        if let Some(direct) = &self.direct {
+            if direct_io::is_aligned(offset, data.len())
+                && direct_io::write_padded_at(direct, data, offset)?
+            {
+                return Ok(());
+            }
+        }
+        self.file.write_all_at(data, offset)
+    }
+}
+
+impl std::ops::Deref for SpoolFile {
+    type Target = std::fs::File;
+    fn deref(&self) -> &std::fs::File {
+        &self.file
+    }
 }
 
 struct WriteState {
-    spool: std::fs::File,
+    spool: SpoolFile,
     /// Says where the spool's bytes belong, for a rescue after a crash.
     journal: SpoolJournal,
     size: u64,
@@ -81,6 +122,8 @@ struct WriteState {
     /// Bytes of the current partial chunk while streaming.
     tail: BytesMut,
     upload: Option<Upload>,
+    /// When to ask the server whether it holds a chunk before sending it.
+    probe: held::HeldProbe,
     /// The bytes differ from the last committed version (or there is none yet).
     dirty: bool,
     /// Only the mode or the modification time changed: a commit needs no upload.
@@ -122,7 +165,7 @@ fn chunks_of(size: u64, cs: u64) -> u64 {
 }
 
 /// A fresh spool file in the spool directory.
-fn create_spool(config: &WriteConfig) -> Result<(PathBuf, std::fs::File)> {
+fn create_spool(config: &WriteConfig) -> Result<(PathBuf, SpoolFile)> {
     std::fs::create_dir_all(&config.spool_dir)?;
     let spool_path = config
         .spool_dir
@@ -132,13 +175,18 @@ fn create_spool(config: &WriteConfig) -> Result<(PathBuf, std::fs::File)> {
         .write(true)
         .create_new(true)
         .open(&spool_path)?;
+    let direct = direct_io::open(&spool_path, std::fs::OpenOptions::new().write(true))?;
+    let spool = SpoolFile {
+        file: spool,
+        direct,
+    };
     Ok((spool_path, spool))
 }
 
 impl WriteState {
     /// The state of a handle whose spool holds `size` bytes (not yet filled from `base`).
     fn new(
-        spool: std::fs::File,
+        spool: SpoolFile,
         journal: SpoolJournal,
         size: u64,
         base: Option<Pinned>,
@@ -158,6 +206,7 @@ impl WriteState {
             streaming: size == 0,
             tail: BytesMut::new(),
             upload: None,
+            probe: held::HeldProbe::default(),
             dirty: changed,
             meta_dirty: false,
             mode,

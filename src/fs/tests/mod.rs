@@ -9,6 +9,7 @@ use super::remote::Remote;
 use super::{Fs, FsConfig};
 
 mod faults;
+mod held;
 mod reftests;
 
 /// Settings with a long TTL (the tests see the core's own cache) and `dir` for spools.

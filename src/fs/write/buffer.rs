@@ -38,7 +38,7 @@ impl WriteHandle {
         data: &[u8],
     ) -> Result<()> {
         let cs = self.config.chunk_size;
-        s.spool.write_all_at(data, s.size)?;
+        s.spool.write_at(data, s.size)?;
         s.size += data.len() as u64;
         s.tail.extend_from_slice(data);
         while s.tail.len() as u64 >= cs {
@@ -82,7 +82,7 @@ impl WriteHandle {
                 up.uploaded.remove(&index);
             }
         }
-        s.spool.write_all_at(data, offset)?;
+        s.spool.write_at(data, offset)?;
         s.size = s.size.max(end);
         Ok(())
     }
@@ -155,7 +155,7 @@ impl WriteHandle {
                 end - start
             )));
         }
-        s.spool.write_all_at(&data, start)?;
+        s.spool.write_at(&data, start)?;
         s.present.insert(index);
         s.journal.present(index)?;
         Ok(())

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
-use super::{chunks_of, ChunkBody, Committed, Upload, WriteHandle, WriteState};
+use super::held::send_unless_held;
+use super::{chunks_of, ChunkBody, Committed, Sent, Upload, WriteHandle, WriteState};
 use crate::api::{BlobInfo, Change};
+use crate::base::manifest::CHUNK_SIZE;
 use crate::fs::error::{FsError, Result};
 use crate::fs::read::Pinned;
 use crate::fs::recovery::{keep_for_recovery, now_rfc3339, RecoveryNote};
@@ -47,23 +49,25 @@ impl WriteHandle {
         let up = s.upload.as_mut().expect("started above");
         // Backpressure: wait for a PUT to finish before starting another.
         while up.puts.len() >= MAX_PUTS_IN_FLIGHT {
-            let stored = up
-                .puts
-                .join_next()
-                .await
-                .expect("non-empty")
-                .map_err(|e| FsError::Remote(e.to_string()))??;
-            up.uploaded.extend(stored);
+            let sent = up.puts.join_next().await.expect("non-empty");
+            Self::record_sent(&mut up.uploaded, &mut s.probe, sent)?;
         }
         let (remote, id) = (remote.clone(), up.id.clone());
         match body {
             ChunkBody::Data(data) => {
                 let len = data.len() as u64;
+                let ask = self.config.chunk_size.is_multiple_of(CHUNK_SIZE) && s.probe.should_ask();
                 up.puts.spawn(async move {
-                    remote
-                        .put_chunk(&id, index, data)
-                        .await
-                        .map(|_| vec![(index, len)])
+                    let held = if ask {
+                        Some(send_unless_held(&*remote, &id, index, data).await?)
+                    } else {
+                        remote.put_chunk(&id, index, data).await?;
+                        None
+                    };
+                    Ok(Sent {
+                        chunks: vec![(index, len)],
+                        held,
+                    })
                 });
             }
             ChunkBody::CopyOf(source, count) => {
@@ -78,7 +82,10 @@ impl WriteHandle {
                             "the server copied {got} bytes of chunks {index}.. of {source}, not {want}"
                         )));
                     }
-                    Ok(lens)
+                    Ok(Sent {
+                        chunks: lens,
+                        held: None,
+                    })
                 });
             }
         }
@@ -109,9 +116,22 @@ impl WriteHandle {
     async fn drain_puts(s: &mut WriteState) -> Result<()> {
         if let Some(up) = s.upload.as_mut() {
             while let Some(done) = up.puts.join_next().await {
-                let stored = done.map_err(|e| FsError::Remote(e.to_string()))??;
-                up.uploaded.extend(stored);
+                Self::record_sent(&mut up.uploaded, &mut s.probe, done)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Takes in a finished PUT: what it stored, and the server's answer about held chunks.
+    fn record_sent(
+        uploaded: &mut BTreeMap<u64, u64>,
+        probe: &mut super::held::HeldProbe,
+        done: std::result::Result<Result<Sent>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let sent = done.map_err(|e| FsError::Remote(e.to_string()))??;
+        uploaded.extend(sent.chunks);
+        if let Some(held) = sent.held {
+            probe.answered(held);
         }
         Ok(())
     }
