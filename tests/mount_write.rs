@@ -929,6 +929,45 @@ fn appending_to_a_big_file_sends_only_the_new_bytes() {
     unmount(mnt);
 }
 
+/// The mount records its own commits, and recognises their change events: files written one
+/// after another into a directory do not make it list that directory again for each (with
+/// a TTL long enough that expiry plays no part).
+#[test]
+fn files_written_one_after_another_do_not_relist_their_directory() {
+    let server = start_server();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let repo_url = server.repo_url("default");
+    let mnt = {
+        let cache = cache.path().to_str().expect("UTF-8 cache dir");
+        let _gate = spawning();
+        MountGuard::start(&repo_url, &["--cache-dir", cache, "--attr-ttl", "600"])
+    };
+    std::fs::create_dir(mnt.path().join("d")).expect("mkdir d");
+    let before = server.requests_on("/api/v1/repos/{repo}/tree");
+    for i in 0..40 {
+        write_through(
+            &mnt.path().join(format!("d/f{i}")),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let listings = server.requests_on("/api/v1/repos/{repo}/tree") - before;
+    let names = std::fs::read_dir(mnt.path().join("d"))
+        .expect("list d")
+        .count();
+    assert_eq!(names, 40, "files listed through the mount");
+    for i in [0, 39] {
+        assert!(
+            stat_entry(server.addr, &format!("d/f{i}")).is_some(),
+            "d/f{i} on the server"
+        );
+    }
+    assert!(
+        listings <= 5.0,
+        "{listings} listings of d for 40 files written"
+    );
+    unmount(mnt);
+}
+
 /// `cp` of a file the repository already holds, to a new path and over the existing one
 /// (`O_TRUNC`): the mount names the chunks instead of sending them.
 #[test]

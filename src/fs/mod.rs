@@ -21,6 +21,7 @@ pub mod inodes;
 #[cfg(test)]
 pub mod mock;
 mod namespace;
+pub mod own_commits;
 pub mod prefetch;
 pub mod read;
 pub mod recovery;

@@ -7,6 +7,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::error::{FsError, Result};
+use super::own_commits::OwnCommits;
 use crate::api::{BlobInfo, Change, CommitCreated, CommitRequest, TreeListing, UploadStarted};
 use crate::base::manifest::ChunkHash;
 use crate::client::{CancellationToken, Client};
@@ -75,6 +76,7 @@ pub struct ClientRemote {
     client: Client,
     reference: Option<String>,
     cancel: CancellationToken,
+    own: OwnCommits,
 }
 
 impl ClientRemote {
@@ -84,6 +86,7 @@ impl ClientRemote {
             client,
             reference,
             cancel: CancellationToken::new(),
+            own: OwnCommits::default(),
         }
     }
 
@@ -92,7 +95,8 @@ impl ClientRemote {
         self.cancel.cancel();
     }
 
-    /// Calls `on_change` whenever the server announces a commit on the mounted branch, until
+    /// Calls `on_change` whenever the server announces a commit on the mounted branch (other
+    /// than this mount's own file writes, which it has recorded already), until
     /// [`cancel`](Self::cancel). Reconnects after failures. A commit-id mount never changes.
     pub async fn watch(&self, on_change: impl Fn() + Send) {
         let branch = match self.reference.as_deref() {
@@ -114,7 +118,9 @@ impl ClientRemote {
                             Some(Ok(event))
                                 if event.branch == branch || event.branch.is_empty() =>
                             {
-                                on_change()
+                                if !self.own.is_own(&event).await {
+                                    on_change()
+                                }
                             }
                             Some(Ok(_)) => {}
                             Some(Err(e)) => {
@@ -218,7 +224,11 @@ impl Remote for ClientRemote {
             message,
             changes,
         };
-        Ok(self.client.commit(&request, &self.cancel).await?)
+        let in_flight = self.own.sending();
+        let created = self.client.commit(&request, &self.cancel).await;
+        let commit = created.as_ref().ok().map(|c| c.commit.as_str());
+        in_flight.answered(&request.changes, commit);
+        Ok(created?)
     }
 }
 

@@ -185,6 +185,17 @@ impl ServerProcess {
         metric_value(&self.metrics(), name)
     }
 
+    /// Requests the server answered so far on routes starting with `route` (as the router
+    /// names them, e.g. `/api/v1/repos/{repo}/tree`), whatever their status.
+    pub fn requests_on(&self, route: &str) -> f64 {
+        let prefix = format!("govcfs_http_requests_total{{route=\"{route}");
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Sends a signal (e.g. `libc::SIGTERM`) to the server, by its PID.
     pub fn signal(&self, signal: i32) {
         if self.exited.is_none() {
