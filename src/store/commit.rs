@@ -102,13 +102,16 @@ impl Store {
         for change in &request.changes {
             editor.apply(change, sizes).await?;
         }
+        let (tree, mut objects) = editor.write();
         let commit = Commit {
-            tree: editor.write().await?,
+            tree,
             parent: head.clone(),
             message: request.message.clone(),
             timestamp: now,
         };
-        let id = self.write_commit(repo, &commit).await?;
+        let (id, bytes) = commit.encode();
+        objects.push((id.clone(), bytes));
+        self.write_objects(repo, objects).await?;
         let moved = self
             .backend
             .cas_ref(&ref_path(repo, branch), head.as_deref(), &id)

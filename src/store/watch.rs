@@ -30,6 +30,10 @@ impl Store {
         for repo in self.backend.list_dirs(&Path::from("repos")).await? {
             let heads = Path::from(format!("repos/{repo}/refs/heads"));
             for meta in self.backend.list(&heads).await? {
+                // Dot files are not branches (a local ref's `.<name>.alt` companion).
+                if meta.location.filename().is_none_or(|n| n.starts_with('.')) {
+                    continue;
+                }
                 let etag = meta
                     .e_tag
                     .clone()

@@ -296,10 +296,13 @@ impl<'a> TreeEditor<'a> {
         Ok(own)
     }
 
-    /// Stores every dirty directory, deepest first, and returns the new root tree id.
-    pub(super) async fn write(mut self) -> Result<String> {
+    /// Encodes every dirty directory, deepest first (a parent names its children's ids), and
+    /// returns the new root tree id with the tree objects to store; the caller stores them
+    /// together, so their fsyncs overlap.
+    pub(super) fn write(mut self) -> (String, Vec<(String, Vec<u8>)>) {
+        let mut objects = Vec::new();
         if self.dirty.is_empty() {
-            return Ok(self.root.clone());
+            return (self.root.clone(), objects);
         }
         let mut order: Vec<String> = self.dirty.iter().cloned().collect();
         order.sort_by_key(|d| {
@@ -314,7 +317,8 @@ impl<'a> TreeEditor<'a> {
             let Some(tree) = self.dirs.get(&d) else {
                 continue;
             };
-            let id = self.store.write_tree(self.repo, tree).await?;
+            let (id, bytes) = tree.encode();
+            objects.push((id.clone(), bytes));
             if d.is_empty() {
                 root = Some(id);
             } else {
@@ -330,7 +334,8 @@ impl<'a> TreeEditor<'a> {
                 }
             }
         }
-        Ok(root.expect("the root is always dirty when anything is"))
+        let root = root.expect("the root is always dirty when anything is");
+        (root, objects)
     }
 }
 
