@@ -8,6 +8,7 @@
 #   scripts/bench.sh [--quick] [--runs N]
 #   scripts/bench.sh stream [--quick]     the streaming API alone (scripts/bench-stream.sh)
 #   scripts/bench.sh write [--quick]      writes of the chunked store (scripts/bench-write.sh)
+#   scripts/bench.sh small [--quick]      tar -x of many small files (scripts/bench-small.sh)
 #
 # Environment:
 #   GOVCFS_BIN=PATH      use this binary instead of `cargo build --release`
@@ -25,6 +26,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ "${1:-}" = stream ]; then shift; exec "$ROOT/scripts/bench-stream.sh" "$@"; fi
 if [ "${1:-}" = write ]; then shift; exec "$ROOT/scripts/bench-write.sh" "$@"; fi
+if [ "${1:-}" = small ]; then shift; exec "$ROOT/scripts/bench-small.sh" "$@"; fi
 HELPER="$ROOT/scripts/bench_helper.py"
 MODE=full
 RUNS=""

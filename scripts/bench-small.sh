@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Small-file benchmark (issue 17), govcfs alone, beside the same work on the local disk. Not a
+# test: it asserts nothing and prints what it measured.
+#
+#   scripts/bench.sh small [--quick]
+#
+# Rows: `tar -x` of N files of 4 KiB into one directory of a fresh mount (N = 2,000, and 20,000
+# unless --quick), and into a local directory on the same disk; files/s, and the requests the
+# server answered per file, by route (from /metrics). Each N gets a fresh server and mount.
+#
+# ext4 makes each file creation skip the inodes freed in the last minutes, one lookup each, so
+# a run right after deleting many files (a previous run, a test suite) is slower: compare rows
+# of one run, and repeat.
+#
+# Environment: GOVCFS_BIN (default: cargo build --release), BENCH_TMP (default /tmp),
+# BENCH_OUT (default bench-results/).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+COUNTS="2000 20000"
+case "${1:-}" in
+  --quick) COUNTS="2000" ;;
+  -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+  "") ;;
+  *) echo "bench-small.sh: unknown argument $1" >&2; exit 2 ;;
+esac
+T=900   # seconds one tar may take
+
+log() { printf '[bench-small %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.2f\", $* }"; }
+
+if [ -n "${GOVCFS_BIN:-}" ]; then
+  BIN=$GOVCFS_BIN
+else
+  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+  BIN="$ROOT/target/release/govcfs"
+fi
+WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/govcfs-bench-small.XXXXXX")
+SERVER_PID=""; MOUNT_PID=""; MNT=""
+
+stop_pid() {
+  [ -n "$1" ] || return 0
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null
+}
+stop_all() {
+  if [ -n "$MNT" ] && grep -qs " $MNT " /proc/mounts; then
+    fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null
+  fi
+  stop_pid "$MOUNT_PID"; stop_pid "$SERVER_PID"; MOUNT_PID=""; SERVER_PID=""
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+# start_pair DIR: a fresh server on DIR/store and a mount of it on DIR/mnt; sets URL and MNT
+start_pair() {
+  mkdir -p "$1/mnt" "$1/cache"
+  "$BIN" serve --data "$1/store" --listen 127.0.0.1:0 > "$1/serve.out" 2> "$1/serve.log" &
+  SERVER_PID=$!
+  for _ in $(seq 1 300); do grep -q '^govcfs: listening on ' "$1/serve.out" && break; sleep 0.1; done
+  URL=$(sed -n 's/^govcfs: listening on //p' "$1/serve.out" | head -1)
+  [ -n "$URL" ] || die "the server did not start: $(tail -3 "$1/serve.log")"
+  MNT="$1/mnt"
+  "$BIN" mount "$URL/default" "$MNT" -f --cache-dir "$1/cache" > "$1/mount.log" 2>&1 &
+  MOUNT_PID=$!
+  for _ in $(seq 1 100); do grep -qs " $MNT " /proc/mounts && break; sleep 0.1; done
+  grep -qs " $MNT " /proc/mounts || die "the mount did not come up: $(tail -3 "$1/mount.log")"
+}
+
+# requests ROUTE_PREFIX: requests the server answered on routes starting with it
+requests() {
+  curl -sf --max-time 10 "$URL/metrics" | awk -v p="govcfs_http_requests_total{route=\"$1" \
+    'index($0, p) == 1 { n += $NF } END { print n + 0 }'
+}
+
+RES="$WORK/results.tsv"; : > "$RES"
+for n in $COUNTS; do
+  dir="$WORK/n$n"; mkdir -p "$dir/src/d" "$dir/local"
+  python3 - "$dir/src/d" "$n" <<'EOF'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(f"{d}/f{i:06d}", "wb") as f:
+        f.write(os.urandom(4096))
+EOF
+  (cd "$dir/src" && tar -cf "$dir/files.tar" d) && rm -rf "$dir/src"; sync
+  t0=$(now); timeout "$T" tar -xf "$dir/files.tar" -C "$dir/local" && sync; t1=$(now)
+  printf 'local_tar_x_%s_files_per_s\t%s\n' "$n" "$(calc "$n / ($t1 - $t0)")" >> "$RES"
+  start_pair "$dir"
+  log "tar -x of $n files into $MNT"
+  t0=$(now)
+  if timeout "$T" tar -xf "$dir/files.tar" -C "$MNT"; then
+    t1=$(now); rate=$(calc "$n / ($t1 - $t0)")
+  else
+    rate=""; log "tar -x of $n files failed or passed $T s"
+  fi
+  printf 'mount_tar_x_%s_files_per_s\t%s\n' "$n" "$rate" >> "$RES"
+  for route in uploads stream/blob/upload commits tree; do
+    printf 'requests_per_file_%s_%s\t%s\n' "$n" "${route//\//_}" \
+      "$(calc "$(requests "/api/v1/repos/{repo}/$route") / $n")" >> "$RES"
+  done
+  stop_all
+  rm -rf "$dir"
+done
+
+OUT="${BENCH_OUT:-$ROOT/bench-results}"; mkdir -p "$OUT"
+python3 - "$RES" "$OUT/$(date +%F)-small.json" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" <<'EOF'
+import json, sys
+tsv, out, commit = sys.argv[1:]
+rows = {}
+for line in open(tsv):
+    name, _, value = line.rstrip("\n").partition("\t")
+    rows[name] = float(value) if value else None
+print("| small files | value |\n|---|---|")
+for name, value in rows.items():
+    print(f"| {name} | {'n/a' if value is None else value} |")
+json.dump({"commit": commit, "rows": rows}, open(out, "w"), indent=1)
+print(f"(JSON: {out})")
+EOF
