@@ -17,6 +17,9 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOG_TAG=bench-small
+# shellcheck source=bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 COUNTS="2000 20000"
 case "${1:-}" in
   --quick) COUNTS="2000" ;;
@@ -26,26 +29,12 @@ case "${1:-}" in
 esac
 T=900   # seconds one tar may take
 
-log() { printf '[bench-small %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.2f\", $* }"; }
 
-if [ -n "${GOVCFS_BIN:-}" ]; then
-  BIN=$GOVCFS_BIN
-else
-  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-  BIN="$ROOT/target/release/govcfs"
-fi
+govcfs_binary "$ROOT"
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/govcfs-bench-small.XXXXXX")
 SERVER_PID=""; MOUNT_PID=""; MNT=""
 
-stop_pid() {
-  [ -n "$1" ] || return 0
-  kill "$1" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  kill -9 "$1" 2>/dev/null
-}
 stop_all() {
   if [ -n "$MNT" ] && grep -qs " $MNT " /proc/mounts; then
     fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null

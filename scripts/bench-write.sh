@@ -24,6 +24,9 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOG_TAG=bench-write
+# shellcheck source=bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 MODE=full
 RUNS=""
 while [ $# -gt 0 ]; do
@@ -43,27 +46,13 @@ else
 fi
 T=300   # seconds any one command may take
 
-log() { printf '[bench-write %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
 calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
-now() { date +%s.%N; }
 
-if [ -n "${GOVCFS_BIN:-}" ]; then
-  BIN=$GOVCFS_BIN
-else
-  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-  BIN="$ROOT/target/release/govcfs"
-fi
+govcfs_binary "$ROOT"
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/govcfs-bench-write.XXXXXX")
 MNT="$WORK/mnt"; mkdir -p "$MNT" "$WORK/store" "$WORK/local"
 SERVER_PID=""; MOUNT_PID=""
 
-stop_pid() {
-  [ -n "$1" ] || return 0
-  kill "$1" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  kill -9 "$1" 2>/dev/null
-}
 cleanup() {
   if grep -qs " $MNT " /proc/mounts; then fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null; fi
   stop_pid "$MOUNT_PID"; stop_pid "$SERVER_PID"
