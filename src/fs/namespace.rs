@@ -21,6 +21,16 @@ impl<R: Remote> Fs<R> {
         self.remote.commit(changes, message).await.map(|_| ())
     }
 
+    /// After a delete of `name` met a conflict: ENOENT if the server no longer has it
+    /// (deleted elsewhere: what `rm` of a missing file reports), else the conflict.
+    async fn gone_or_conflict(&self, parent: u64, name: &str, conflict: FsError) -> FsError {
+        self.inodes.lock().expect("inodes lock").expire_dir(parent);
+        match self.lookup(parent, name).await {
+            Err(FsError::NotFound(why)) => FsError::NotFound(format!("deleted elsewhere: {why}")),
+            _ => conflict,
+        }
+    }
+
     fn child_path(&self, parent: u64, name: &str) -> Result<String> {
         let path = join(&self.dir_path(parent)?, name);
         crate::base::paths::split_path(&path).map_err(|e| FsError::Invalid(e.to_string()))?;
@@ -81,7 +91,12 @@ impl<R: Remote> Fs<R> {
             .commit_changes(vec![change], format!("rmdir {path}"))
             .await
         {
-            Err(FsError::Conflict(_)) => Err(FsError::NotEmpty),
+            Err(conflict @ FsError::Conflict(_)) => {
+                match self.gone_or_conflict(parent, name, conflict).await {
+                    FsError::Conflict(_) => Err(FsError::NotEmpty),
+                    gone => Err(gone),
+                }
+            }
             other => other,
         }?;
         self.inodes
@@ -109,8 +124,15 @@ impl<R: Remote> Fs<R> {
             path: path.clone(),
             expect: Some(Some(attr.hash.clone())),
         };
-        self.commit_changes(vec![change], format!("delete {path}"))
-            .await?;
+        match self
+            .commit_changes(vec![change], format!("delete {path}"))
+            .await
+        {
+            Err(conflict @ FsError::Conflict(_)) => {
+                return Err(self.gone_or_conflict(parent, name, conflict).await)
+            }
+            other => other?,
+        }
         self.inodes
             .lock()
             .expect("inodes lock")

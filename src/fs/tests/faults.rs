@@ -194,3 +194,41 @@ async fn a_failed_truncate_by_path_is_eio_and_keeps_the_old_version() {
     assert_eq!(remote.inner().get("f").unwrap(), b"0123456789".to_vec());
     assert_eq!(fs.getattr(ino).await.unwrap().size, 10);
 }
+
+/// `rm` and `rmdir` of a path another client deleted meanwhile get ENOENT (what `rm` of a
+/// missing file reports), not EIO; a file changed elsewhere is still a conflict (EIO).
+#[tokio::test]
+async fn deleting_a_path_deleted_elsewhere_is_enoent_and_one_changed_elsewhere_a_conflict() {
+    use crate::api::Change;
+    use crate::fs::remote::Remote as _;
+    let delete = |path: &str| Change::Delete {
+        path: path.into(),
+        expect: None,
+    };
+    // Each case on a fresh mount: it still knows the first version (within the TTL).
+    for case in ["gone", "d", "changed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, fs) = setup(dir.path());
+        remote.inner().put("gone", b"1".to_vec());
+        remote.inner().put("changed", b"1".to_vec());
+        remote.inner().put("d/x", b"1".to_vec());
+        fs.lookup(ROOT_INO, case).await.unwrap();
+        let elsewhere = vec![delete("gone"), delete("d/x"), delete("d")];
+        remote
+            .inner()
+            .commit(elsewhere, "elsewhere".into())
+            .await
+            .unwrap();
+        remote.inner().put("changed", b"2".to_vec());
+        let err = match case {
+            "d" => fs.rmdir(ROOT_INO, case).await.unwrap_err(),
+            _ => fs.unlink(ROOT_INO, case).await.unwrap_err(),
+        };
+        if case == "changed" {
+            assert!(matches!(err, FsError::Conflict(_)), "{case}: {err}");
+            assert_eq!(remote.inner().get("changed").unwrap(), b"2".to_vec());
+        } else {
+            assert_eq!(err.errno(), libc::ENOENT, "{case}: {err}");
+        }
+    }
+}
