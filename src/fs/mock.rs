@@ -266,13 +266,14 @@ impl Remote for MemRemote {
             return Err(FsError::Invalid("the upload is not aligned".into()));
         }
         let mut data = Vec::new();
+        let held = self.held.lock().expect("lock");
         for hash in hashes {
-            let held = self.held.lock().expect("lock");
             let piece = held
                 .get(hash)
                 .ok_or_else(|| FsError::NotFound(format!("chunk {}", hex::encode(hash))))?;
             data.extend_from_slice(piece);
         }
+        drop(held);
         let len = data.len() as u64;
         self.uploads
             .lock()

@@ -271,10 +271,7 @@ impl Store {
     /// Writes a tree object and returns its id.
     pub(super) async fn write_tree(&self, repo: &str, tree: &Tree) -> Result<String> {
         let (id, bytes) = tree.encode();
-        let path = object_path(repo, &id);
-        if self.backend.size(&path).await?.is_none() {
-            self.backend.put(&path, Bytes::from(bytes)).await?;
-        }
+        self.write_objects(repo, vec![(id.clone(), bytes)]).await?;
         Ok(id)
     }
 
@@ -305,9 +302,7 @@ impl Store {
     /// Writes a commit object and returns its id.
     pub(super) async fn write_commit(&self, repo: &str, commit: &Commit) -> Result<String> {
         let (id, bytes) = commit.encode();
-        self.backend
-            .put(&object_path(repo, &id), Bytes::from(bytes))
-            .await?;
+        self.write_objects(repo, vec![(id.clone(), bytes)]).await?;
         Ok(id)
     }
 
