@@ -933,7 +933,7 @@ fn appending_to_a_big_file_sends_only_the_new_bytes() {
 /// after another into a directory do not make it list that directory again for each (with
 /// a TTL long enough that expiry plays no part).
 #[test]
-fn files_written_one_after_another_do_not_relist_their_directory() {
+fn small_files_written_one_after_another_cost_one_request_each_and_no_relisting() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let repo_url = server.repo_url("default");
@@ -944,6 +944,7 @@ fn files_written_one_after_another_do_not_relist_their_directory() {
     };
     std::fs::create_dir(mnt.path().join("d")).expect("mkdir d");
     let before = server.requests_on("/api/v1/repos/{repo}/tree");
+    let all_before = server.requests_on("");
     for i in 0..40 {
         write_through(
             &mnt.path().join(format!("d/f{i}")),
@@ -951,6 +952,9 @@ fn files_written_one_after_another_do_not_relist_their_directory() {
         );
     }
     let listings = server.requests_on("/api/v1/repos/{repo}/tree") - before;
+    // Every route, the metrics pages read here included.
+    let requests = server.requests_on("") - all_before;
+    let puts = server.requests_on("/{repo}/{*path}");
     let names = std::fs::read_dir(mnt.path().join("d"))
         .expect("list d")
         .count();
@@ -964,6 +968,11 @@ fn files_written_one_after_another_do_not_relist_their_directory() {
     assert!(
         listings <= 5.0,
         "{listings} listings of d for 40 files written"
+    );
+    assert_eq!(puts, 40.0, "one file PUT per small file");
+    assert!(
+        requests <= 40.0 + listings + 3.0,
+        "{requests} requests for 40 small files"
     );
     unmount(mnt);
 }

@@ -20,6 +20,15 @@ pub const COPY_COUNT_HEADER: &str = "x-copy-count";
 /// On an upload chunk PUT with an empty body: the chunk is these stored chunks of the
 /// repository (comma-separated hex SHA-256, in order), so no bytes are sent.
 pub const CHUNK_REFS_HEADER: &str = "x-chunk-sha256";
+/// On a file PUT (`PUT /<repo>/<path>`): the blob id the client computed for the body; the
+/// server refuses (422) to commit anything else.
+pub const BLOB_ID_HEADER: &str = "x-blob-id";
+/// On a file PUT: the Git mode of the entry (octal, `100644`, `100755` or `120000`).
+pub const FILE_MODE_HEADER: &str = "x-file-mode";
+/// On a file PUT: the entry's modification time, in Unix seconds.
+pub const MTIME_HEADER: &str = "x-mtime";
+/// On a file PUT: the commit message (UTF-8).
+pub const COMMIT_MESSAGE_HEADER: &str = "x-commit-message";
 /// Hashes a `POST …/chunks/missing` may ask about at once.
 pub const MAX_CHUNKS_ASKED: usize = 4096;
 
@@ -192,6 +201,17 @@ pub struct CommitCreated {
     pub commit: String,
     #[serde(rename = "ref")]
     pub branch: String,
+}
+
+/// `PUT /<repo>/<path>` answer: the blob stored and the commit that put it there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileCommitted {
+    pub commit: String,
+    #[serde(rename = "ref")]
+    pub branch: String,
+    pub hash: String,
+    pub size: u64,
+    pub chunks: u64,
 }
 
 /// One commit in `GET …/log`.

@@ -7,6 +7,7 @@
 
 mod blobs;
 mod download;
+mod file_put;
 mod repo;
 pub mod retry;
 pub mod stream;
@@ -16,6 +17,7 @@ pub mod ws;
 use std::time::Duration;
 
 pub use blobs::DownloadOptions;
+pub use file_put::FilePutOptions;
 pub use retry::RetryPolicy;
 pub use stream::{StreamOptions, StreamReader};
 pub use tokio_util::sync::CancellationToken;

@@ -22,7 +22,7 @@ pub enum Call {
     List,
     Read,
     StartUpload,
-    UploadSmall,
+    PutFile,
     PutChunk,
     MissingChunks,
     ReferenceChunks,
@@ -157,9 +157,16 @@ impl<R: Remote> Remote for FailingRemote<R> {
         self.inner.start_upload().await
     }
 
-    async fn upload_small(&self, data: Bytes) -> Result<BlobInfo> {
-        self.enter(Call::UploadSmall)?;
-        self.inner.upload_small(data).await
+    /// A file put is an upload and a commit in one: failures injected at either apply.
+    async fn put_file(
+        &self,
+        data: Bytes,
+        change: Change,
+        message: String,
+    ) -> Result<CommitCreated> {
+        self.enter(Call::PutFile)?;
+        self.enter(Call::Commit)?;
+        self.inner.put_file(data, change, message).await
     }
 
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {

@@ -217,19 +217,31 @@ impl Remote for MemRemote {
         })
     }
 
-    async fn upload_small(&self, data: Bytes) -> Result<BlobInfo> {
+    async fn put_file(
+        &self,
+        data: Bytes,
+        change: Change,
+        message: String,
+    ) -> Result<CommitCreated> {
         self.check_writable()?;
+        let hash = blob_id(&data);
+        if !matches!(&change, Change::Put { hash: h, .. } if *h == hash) {
+            return Err(FsError::Remote(format!(
+                "the put names another blob than {hash}"
+            )));
+        }
         self.bytes_received
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.hold(&data);
-        let hash = blob_id(&data);
-        let info = BlobInfo {
-            hash: hash.clone(),
-            size: data.len() as u64,
-            chunks: (data.len() as u64).div_ceil(crate::base::manifest::CHUNK_SIZE),
-        };
-        self.blobs.lock().expect("lock").insert(hash, data);
-        Ok(info)
+        self.blobs
+            .lock()
+            .expect("lock")
+            .insert(hash.clone(), data.clone());
+        let committed = self.commit(vec![change], message).await;
+        if committed.is_err() {
+            self.blobs.lock().expect("lock").remove(&hash);
+        }
+        committed
     }
 
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {

@@ -26,8 +26,14 @@ pub trait Remote: Send + Sync + 'static {
     fn upload_chunk_size(&self) -> u64;
     /// Starts a resumable upload; returns its id and chunk size.
     fn start_upload(&self) -> impl Future<Output = Result<UploadStarted>> + Send;
-    /// Stores a small blob in one request.
-    fn upload_small(&self, data: Bytes) -> impl Future<Output = Result<BlobInfo>> + Send;
+    /// Stores a small file and commits it in one request: `change` is the `Change::Put` of
+    /// the blob `data` (its `hash` the blob id of `data`).
+    fn put_file(
+        &self,
+        data: Bytes,
+        change: Change,
+        message: String,
+    ) -> impl Future<Output = Result<CommitCreated>> + Send;
     /// Stores chunk `index` of an upload (checksummed, retried by the implementation).
     fn put_chunk(
         &self,
@@ -176,8 +182,41 @@ impl Remote for ClientRemote {
             .await?)
     }
 
-    async fn upload_small(&self, data: Bytes) -> Result<BlobInfo> {
-        Ok(self.client.upload_small(data, &self.cancel).await?)
+    async fn put_file(
+        &self,
+        data: Bytes,
+        change: Change,
+        message: String,
+    ) -> Result<CommitCreated> {
+        let Change::Put {
+            path,
+            mode,
+            mtime,
+            expect,
+            ..
+        } = &change
+        else {
+            return Err(FsError::Invalid("a file put needs a put change".into()));
+        };
+        let options = crate::client::FilePutOptions {
+            branch: self.reference.clone(),
+            mode: *mode,
+            mtime: *mtime,
+            expect: expect.clone(),
+            message,
+        };
+        let in_flight = self.own.sending();
+        let put = self
+            .client
+            .put_file(path, data, &options, &self.cancel)
+            .await;
+        let commit = put.as_ref().ok().map(|c| c.commit.as_str());
+        in_flight.answered(std::slice::from_ref(&change), commit);
+        let put = put?;
+        Ok(CommitCreated {
+            commit: put.commit,
+            branch: put.branch,
+        })
     }
 
     async fn put_chunk(&self, upload_id: &str, index: u64, data: Bytes) -> Result<()> {

@@ -15,6 +15,7 @@ mod blobs;
 mod browse;
 mod chunks;
 pub mod error;
+mod files;
 mod limits;
 pub mod listen;
 pub mod metrics;
@@ -122,7 +123,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/{repo}", get(browse::repo_redirect))
         .route("/{repo}/", get(browse::browse_root))
-        .route("/{repo}/{*path}", get(browse::browse))
+        .route(
+            "/{repo}/{*path}",
+            get(browse::browse)
+                .put(files::put_file)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

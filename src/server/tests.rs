@@ -15,6 +15,8 @@ use super::{router, AppState, ServerConfig};
 use crate::base::checksum::{crc32c_hex, md5_hex, CRC32C_HEADER, MD5_HEADER, SHA256_HEADER};
 use crate::store::{Backend, Store};
 
+mod files;
+
 /// The router on a fresh store in a temporary directory (removed when dropped).
 struct App {
     router: Router,

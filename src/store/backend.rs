@@ -10,6 +10,7 @@
 //! kinds share; [`local`] and [`s3`] have what differs.
 
 mod direct;
+mod journal;
 mod local;
 mod s3;
 
@@ -17,7 +18,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
@@ -26,6 +27,9 @@ use super::{Result, StoreError};
 /// Size of the pieces a long range is read in: large enough for throughput, small enough
 /// that a streamed response holds little memory.
 const READ_PIECE: u64 = 1 << 20;
+
+/// Object writes in flight at once (each a blocking fsync on a local disk, a request on S3).
+const OBJECTS_AT_ONCE: usize = 16;
 
 /// Where the objects live.
 #[derive(Clone)]
@@ -250,9 +254,45 @@ impl Backend {
     /// Returns false when another writer got there first.
     pub async fn cas_ref(&self, path: &Path, expected: Option<&str>, new: &str) -> Result<bool> {
         match &self.local_root {
-            Some(root) => Self::cas_ref_local(root, path, expected, new).await,
+            Some(root) => Self::commit_local(root, Vec::new(), path, expected, new).await,
             None => self.cas_ref_conditional(path, expected, new).await,
         }
+    }
+
+    /// Stores `objects` (small, immutable, content-addressed) and moves a ref as
+    /// [`cas_ref`](Self::cas_ref) does; returns false, having stored nothing on a local
+    /// directory, when another writer moved the ref first. On a local directory the whole
+    /// commit is made durable by one journal record (see [`journal`]).
+    pub async fn commit(
+        &self,
+        objects: Vec<(Path, Bytes)>,
+        path: &Path,
+        expected: Option<&str>,
+        new: &str,
+    ) -> Result<bool> {
+        match &self.local_root {
+            Some(root) => Self::commit_local(root, objects, path, expected, new).await,
+            None => {
+                self.put_objects(objects).await?;
+                self.cas_ref_conditional(path, expected, new).await
+            }
+        }
+    }
+
+    /// Writes small immutable objects durably, [`OBJECTS_AT_ONCE`] at a time (their fsyncs
+    /// or requests overlap). One already stored with the same length is left alone; a
+    /// shorter one (cut by a crash) is written again.
+    pub async fn put_objects(&self, objects: Vec<(Path, Bytes)>) -> Result<()> {
+        let writes = objects.into_iter().map(|(path, bytes)| async move {
+            if self.size(&path).await? != Some(bytes.len() as u64) {
+                self.put(&path, bytes).await?;
+            }
+            Ok::<_, StoreError>(())
+        });
+        stream::iter(writes)
+            .buffer_unordered(OBJECTS_AT_ONCE)
+            .try_collect::<()>()
+            .await
     }
 }
 

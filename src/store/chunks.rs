@@ -74,6 +74,22 @@ pub(crate) async fn store_chunk(backend: &Backend, repo: &str, data: Bytes) -> R
     Ok(StoredChunk { hash, len })
 }
 
+/// A small chunk ready to be stored with a commit (see [`Backend::commit`]): its hash, and
+/// the object to write. Its block CRCs are written now, as scratch, so a visible chunk has
+/// them.
+pub(crate) async fn prepare_chunk(
+    backend: &Backend,
+    repo: &str,
+    data: Bytes,
+) -> Result<(StoredChunk, (Path, Bytes))> {
+    let len = data.len() as u64;
+    let (hash, crcs) = hash_chunk(data.clone()).await?;
+    backend
+        .put_scratch(&crc_path(repo, &hash), Bytes::from(crcs))
+        .await?;
+    Ok((StoredChunk { hash, len }, (chunk_path(repo, &hash), data)))
+}
+
 /// The length of chunk `hash` of `repo`, `None` if the repository does not hold it.
 pub(crate) async fn chunk_len(
     backend: &Backend,

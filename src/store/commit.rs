@@ -9,8 +9,11 @@ mod editor;
 
 use std::collections::{BTreeSet, HashMap};
 
+use bytes::Bytes;
+use object_store::path::Path;
+
 use super::objects::{Commit, Tree};
-use super::repo::ref_path;
+use super::repo::{object_paths, ref_path};
 use super::{RefUpdate, Result, Store, StoreError};
 use crate::api::{Change, CommitCreated, CommitRequest, DEFAULT_BRANCH};
 use crate::base::paths::{normalize_path, validate_branch};
@@ -20,21 +23,45 @@ use editor::TreeEditor;
 /// How often a commit is re-applied after losing a compare-and-swap race.
 const MAX_CAS_ATTEMPTS: usize = 32;
 
+/// What a commit stores besides its trees and commit object: the objects of a blob that
+/// arrived with it (see [`Store::put_small_file`]), and that blob's id and size.
+#[derive(Debug, Default)]
+pub(super) struct Inline {
+    pub objects: Vec<(Path, Bytes)>,
+    pub blob: Option<(String, u64)>,
+}
+
 impl Store {
     /// Applies all the changes of `request` in one commit, or none of them.
     pub async fn commit(&self, repo: &str, request: &CommitRequest) -> Result<CommitCreated> {
+        self.commit_with(repo, request, Inline::default()).await
+    }
+
+    /// [`commit`](Self::commit), storing `inline`'s objects with it.
+    pub(super) async fn commit_with(
+        &self,
+        repo: &str,
+        request: &CommitRequest,
+        inline: Inline,
+    ) -> Result<CommitCreated> {
         self.ensure_repo(repo).await?;
         let branch = request.branch.as_deref().unwrap_or(DEFAULT_BRANCH);
         validate_branch(branch)?;
         let changed = changed_paths(&request.changes)?;
-        let sizes = self.put_sizes(repo, &request.changes).await?;
+        let sizes = self
+            .put_sizes(repo, &request.changes, inline.blob.as_ref())
+            .await?;
         // Commits to one branch from this server queue here instead of racing: a lost race
         // costs a whole tree rewrite with fsyncs, and under load most attempts would lose.
         // The compare-and-swap below still guards against other processes.
         let queue = self.branch_queue(repo, branch);
         let _turn = queue.lock().await;
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            if let Some(id) = self.try_commit(repo, branch, request, &sizes).await? {
+            let attempt_objects = inline.objects.clone();
+            if let Some(id) = self
+                .try_commit(repo, (branch, request), &sizes, attempt_objects)
+                .await?
+            {
                 self.note_ref(repo, branch, &id);
                 let _ = self.events.send(RefUpdate {
                     repo: repo.to_string(),
@@ -57,8 +84,13 @@ impl Store {
 
     /// Checks the puts' mtimes and looks up the size of each blob they name, once: sizes do
     /// not change between attempts. An unknown blob is a bad request, not a missing route.
-    async fn put_sizes(&self, repo: &str, changes: &[Change]) -> Result<HashMap<String, u64>> {
-        let mut sizes = HashMap::new();
+    async fn put_sizes(
+        &self,
+        repo: &str,
+        changes: &[Change],
+        inline: Option<&(String, u64)>,
+    ) -> Result<HashMap<String, u64>> {
+        let mut sizes: HashMap<String, u64> = inline.into_iter().cloned().collect();
         for change in changes {
             let Change::Put {
                 path, hash, mtime, ..
@@ -88,9 +120,9 @@ impl Store {
     async fn try_commit(
         &self,
         repo: &str,
-        branch: &str,
-        request: &CommitRequest,
+        (branch, request): (&str, &CommitRequest),
         sizes: &HashMap<String, u64>,
+        inline: Vec<(Path, Bytes)>,
     ) -> Result<Option<String>> {
         let head = self.branch_head(repo, branch).await?;
         let root = match &head {
@@ -111,10 +143,11 @@ impl Store {
         };
         let (id, bytes) = commit.encode();
         objects.push((id.clone(), bytes));
-        self.write_objects(repo, objects).await?;
+        let mut objects = object_paths(repo, objects);
+        objects.extend(inline);
         let moved = self
             .backend
-            .cas_ref(&ref_path(repo, branch), head.as_deref(), &id)
+            .commit(objects, &ref_path(repo, branch), head.as_deref(), &id)
             .await?;
         Ok(moved.then_some(id))
     }

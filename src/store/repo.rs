@@ -12,9 +12,6 @@ use crate::base::modes::MODE_DIR;
 use crate::base::paths::{split_path, validate_branch, validate_object_id, validate_repo_name};
 use crate::base::time::now_unix;
 
-/// Object writes of one commit in flight at once (each is a blocking fsync on a local disk).
-const OBJECT_WRITES_AT_ONCE: usize = 16;
-
 /// A ref moved: sent to event subscribers after every commit.
 #[derive(Debug, Clone)]
 pub struct RefUpdate {
@@ -275,28 +272,14 @@ impl Store {
         Ok(id)
     }
 
-    /// Writes encoded objects (`(id, bytes)`, at most [`OBJECT_WRITES_AT_ONCE`] at a time) that are not stored yet, all at once: their
-    /// fsyncs overlap, and the file system commits them together, where one after another
-    /// each waited for a flush of its own. Nothing names them until a ref moves.
+    /// Writes encoded objects (`(id, bytes)`) that are not stored yet, durably and at once.
+    /// Nothing names them until a ref moves.
     pub(super) async fn write_objects(
         &self,
         repo: &str,
         objects: Vec<(String, Vec<u8>)>,
     ) -> Result<()> {
-        let writes = objects.into_iter().map(|(id, bytes)| async move {
-            let path = object_path(repo, &id);
-            // A held object of the same id has the same bytes; a shorter one (cut by a crash
-            // of a store without fsync) is written again.
-            if self.backend.size(&path).await? != Some(bytes.len() as u64) {
-                self.backend.put(&path, Bytes::from(bytes)).await?;
-            }
-            Ok::<_, StoreError>(())
-        });
-        use futures::{StreamExt, TryStreamExt};
-        futures::stream::iter(writes)
-            .buffer_unordered(OBJECT_WRITES_AT_ONCE)
-            .try_collect::<()>()
-            .await
+        self.backend.put_objects(object_paths(repo, objects)).await
     }
 
     /// Writes a commit object and returns its id.
@@ -403,6 +386,14 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Encoded objects `(id, bytes)` of `repo` by their store paths.
+pub(super) fn object_paths(repo: &str, objects: Vec<(String, Vec<u8>)>) -> Vec<(Path, Bytes)> {
+    objects
+        .into_iter()
+        .map(|(id, bytes)| (object_path(repo, &id), Bytes::from(bytes)))
+        .collect()
 }
 
 fn to_entry(name: String, path: String, e: &TreeEntry) -> Entry {

@@ -32,7 +32,7 @@ async fn write_file(fs: &Fs<Remote>, name: &str, content: &[u8]) -> Result<(), F
 /// new file as an empty, never-committed entry and took it as the version to replace).
 #[tokio::test]
 async fn a_failed_close_is_eio_keeps_the_bytes_and_the_mount_recovers() {
-    for call in [Call::Commit, Call::UploadSmall] {
+    for call in [Call::Commit, Call::PutFile] {
         let dir = tempfile::tempdir().unwrap();
         let (remote, fs) = setup(dir.path());
         remote.fail_nth(call, 1, Injected::Transport);

@@ -211,8 +211,9 @@ impl WriteHandle {
             self.fill(s, remote, 0).await?;
             let mut buf = vec![0; s.size as usize];
             s.spool.read_exact_at(&mut buf, 0)?;
-            let blob = remote.upload_small(Bytes::from(buf)).await?;
-            return self.commit_blob(s, remote, path, blob, count).await;
+            return self
+                .put_small(s, remote, (path, count), Bytes::from(buf))
+                .await;
         }
         if s.streaming && !s.tail.is_empty() {
             let index = (s.size - s.tail.len() as u64) / cs;
@@ -310,14 +311,51 @@ impl WriteHandle {
                 blob.size, s.size
             )));
         }
-        let change = Change::Put {
+        let change = self.put_change(s, path, &blob.hash);
+        remote.commit(vec![change], format!("write {path}")).await?;
+        self.committed(s, path, blob, count)
+    }
+
+    /// Stores and commits a small file in one request.
+    async fn put_small<R: Remote>(
+        &self,
+        s: &mut WriteState,
+        remote: &Arc<R>,
+        (path, count): (&str, u64),
+        data: Bytes,
+    ) -> Result<Committed> {
+        let blob = BlobInfo {
+            hash: crate::base::manifest::blob_id(&data),
+            size: data.len() as u64,
+            chunks: (data.len() as u64).div_ceil(CHUNK_SIZE),
+        };
+        let change = self.put_change(s, path, &blob.hash);
+        remote
+            .put_file(data, change, format!("write {path}"))
+            .await?;
+        self.committed(s, path, blob, count)
+    }
+
+    /// The change that puts blob `hash` at `path` with the handle's attributes, on the
+    /// condition that the path still holds the version this handle started from.
+    fn put_change(&self, s: &WriteState, path: &str, hash: &str) -> Change {
+        Change::Put {
             path: path.to_string(),
-            hash: blob.hash.clone(),
+            hash: hash.to_string(),
             mode: Some(s.mode),
             mtime: s.mtime,
             expect: Some(s.expect.clone()),
-        };
-        remote.commit(vec![change], format!("write {path}")).await?;
+        }
+    }
+
+    /// Records a landed commit of `blob` (of `count` chunks) in the handle's state.
+    fn committed(
+        &self,
+        s: &mut WriteState,
+        path: &str,
+        blob: BlobInfo,
+        count: u64,
+    ) -> Result<Committed> {
         log::debug!(
             "committed {path:?}: {} bytes, blob {}",
             blob.size,

@@ -134,8 +134,20 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<StreamUploaded>)> {
+    let uploaded = store_upload_body(&state, &repo, &headers, body).await?;
+    Ok((StatusCode::CREATED, Json(uploaded)))
+}
+
+/// Stores a streamed upload's body as a blob (raw or multipart, decoded by its
+/// `Content-Encoding`); a refused body is read to its end, so the client sees the answer.
+pub(crate) async fn store_upload_body(
+    state: &AppState,
+    repo: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<StreamUploaded> {
     let body = SharedBody(Arc::new(std::sync::Mutex::new(body.into_data_stream())));
-    let outcome = store_body(&state, &repo, &headers, body.clone()).await;
+    let outcome = store_body(state, repo, headers, body.clone()).await;
     if outcome.is_err() {
         body.drain().await;
     }
@@ -193,7 +205,7 @@ async fn store_body(
     repo: &str,
     headers: &HeaderMap,
     body: SharedBody,
-) -> ApiResult<(StatusCode, Json<StreamUploaded>)> {
+) -> ApiResult<StreamUploaded> {
     state.store.ensure_repo(repo).await?;
     let Framing {
         encoding,
@@ -226,15 +238,12 @@ async fn store_body(
         return Err(e);
     }
     let info = writer.finish().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(StreamUploaded {
-            hash: info.hash,
-            size: info.size,
-            chunks,
-            compressed: encoding.is_some(),
-        }),
-    ))
+    Ok(StreamUploaded {
+        hash: info.hash,
+        size: info.size,
+        chunks,
+        compressed: encoding.is_some(),
+    })
 }
 
 fn body_error(e: std::io::Error) -> ApiError {
