@@ -51,7 +51,9 @@ pub async fn put_file(
                 expected_id.as_deref(),
                 &crate::base::manifest::blob_id(&data),
             )?;
-            state.store.put_small_file(&repo, &put, data).await?
+            let task = state.clone();
+            super::detached(async move { task.store.put_small_file(&repo, &put, data).await })
+                .await?
         }
         None => {
             let uploaded = store_upload_body(&state, &repo, &headers, body).await?;
@@ -61,7 +63,11 @@ pub async fn put_file(
                 size: uploaded.size,
                 chunks: uploaded.size.div_ceil(crate::base::manifest::CHUNK_SIZE),
             };
-            let created = state.store.put_stored_file(&repo, &put, &blob).await?;
+            let (task, task_blob) = (state.clone(), blob.clone());
+            let created = super::detached(async move {
+                task.store.put_stored_file(&repo, &put, &task_blob).await
+            })
+            .await?;
             (blob, created)
         }
     };

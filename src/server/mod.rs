@@ -239,6 +239,17 @@ fn stream_routes() -> Routes {
         )
 }
 
+/// Runs store work in a task of its own, so that a client hanging up does not cut it short: a
+/// commit may be writing the commit of a whole group of requests.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = crate::store::Result<T>> + Send + 'static,
+) -> error::ApiResult<T> {
+    let outcome = tokio::spawn(work)
+        .await
+        .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e)))?;
+    Ok(outcome?)
+}
+
 async fn render_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(

@@ -127,7 +127,8 @@ pub async fn commit(
     body: Result<Json<CommitRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CommitCreated>)> {
     let Json(request) = body.map_err(super::error::json_rejection)?;
-    let created = state.store.commit(&repo, &request).await?;
+    let task = state.clone();
+    let created = super::detached(async move { task.store.commit(&repo, &request).await }).await?;
     state.metrics.commits.fetch_add(1, Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(created)))
 }

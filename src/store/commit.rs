@@ -4,8 +4,11 @@
 //! O(depth × changes), not O(repository). The ref moves by compare-and-swap; when another
 //! commit landed first, the changes are re-applied to the new head (their `expect` checks run
 //! again), so concurrent writers to different paths both succeed and a real conflict is a 409.
+//! Requests that arrive while a commit of their branch is being written wait and are then
+//! committed together ([`group`]).
 
 mod editor;
+mod group;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -14,18 +17,17 @@ use object_store::path::Path;
 
 use super::objects::{Commit, Tree};
 use super::repo::{object_paths, ref_path};
-use super::{RefUpdate, Result, Store, StoreError};
+use super::{Result, Store, StoreError};
 use crate::api::{Change, CommitCreated, CommitRequest, DEFAULT_BRANCH};
 use crate::base::paths::{normalize_path, validate_branch};
 use crate::base::time::{now_unix, MAX_MTIME};
 use editor::TreeEditor;
-
-/// How often a commit is re-applied after losing a compare-and-swap race.
-const MAX_CAS_ATTEMPTS: usize = 32;
+pub(crate) use group::BranchQueue;
+use group::{group_message, is_the_requests_fault, Attempt, Pending};
 
 /// What a commit stores besides its trees and commit object: the objects of a blob that
 /// arrived with it (see [`Store::put_small_file`]), and that blob's id and size.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Inline {
     pub objects: Vec<(Path, Bytes)>,
     pub blob: Option<(String, u64)>,
@@ -51,34 +53,20 @@ impl Store {
         let sizes = self
             .put_sizes(repo, &request.changes, inline.blob.as_ref())
             .await?;
-        // Commits to one branch from this server queue here instead of racing: a lost race
-        // costs a whole tree rewrite with fsyncs, and under load most attempts would lose.
-        // The compare-and-swap below still guards against other processes.
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let queue = self.branch_queue(repo, branch);
-        let _turn = queue.lock().await;
-        for attempt in 0..MAX_CAS_ATTEMPTS {
-            let attempt_objects = inline.objects.clone();
-            if let Some(id) = self
-                .try_commit(repo, (branch, request), &sizes, attempt_objects)
-                .await?
-            {
-                self.note_ref(repo, branch, &id);
-                let _ = self.events.send(RefUpdate {
-                    repo: repo.to_string(),
-                    branch: branch.to_string(),
-                    commit: id.clone(),
-                    changed: changed.clone(),
-                });
-                return Ok(CommitCreated {
-                    commit: id,
-                    branch: branch.to_string(),
-                });
-            }
-            log::debug!("commit on {repo}/{branch} lost a race (attempt {attempt}), re-applying");
-        }
-        Err(StoreError::Conflict {
-            path: String::new(),
-            reason: "the branch is too busy; try again".into(),
+        queue.push(Pending {
+            request: request.clone(),
+            inline,
+            sizes,
+            changed,
+            reply,
+        });
+        queue.take_turn(self, repo, branch).await;
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Io(std::io::Error::other(
+                "the commit was interrupted",
+            )))
         })
     }
 
@@ -115,41 +103,78 @@ impl Store {
         Ok(sizes)
     }
 
-    /// One attempt: the changes applied to the current head, written as a commit, and the
-    /// branch moved to it. `None` when another commit moved the branch first.
-    async fn try_commit(
+    /// One attempt at committing `group` together: every request's changes applied in turn
+    /// to the current head (a request whose changes fail there is answered with its error
+    /// and left out), one commit written, and the branch moved to it.
+    async fn try_group(
         &self,
         repo: &str,
-        (branch, request): (&str, &CommitRequest),
-        sizes: &HashMap<String, u64>,
-        inline: Vec<(Path, Bytes)>,
-    ) -> Result<Option<String>> {
+        branch: &str,
+        group: &mut Vec<Pending>,
+    ) -> Result<Attempt> {
         let head = self.branch_head(repo, branch).await?;
         let root = match &head {
             Some(commit) => self.load_commit(repo, commit).await?.tree,
             None => self.write_tree(repo, &Tree::default()).await?,
         };
         let now = now_unix();
-        let mut editor = TreeEditor::new(self, repo, root, now);
-        for change in &request.changes {
-            editor.apply(change, sizes).await?;
-        }
+        let Some(editor) = self.apply_group(repo, (&root, now), group).await? else {
+            return Ok(Attempt::Empty);
+        };
         let (tree, mut objects) = editor.write();
         let commit = Commit {
             tree,
             parent: head.clone(),
-            message: request.message.clone(),
+            message: group_message(group),
             timestamp: now,
         };
         let (id, bytes) = commit.encode();
         objects.push((id.clone(), bytes));
         let mut objects = object_paths(repo, objects);
-        objects.extend(inline);
+        for pending in group.iter() {
+            objects.extend(pending.inline.objects.iter().cloned());
+        }
         let moved = self
             .backend
             .commit(objects, &ref_path(repo, branch), head.as_deref(), &id)
             .await?;
-        Ok(moved.then_some(id))
+        Ok(if moved {
+            Attempt::Moved(id)
+        } else {
+            Attempt::Lost
+        })
+    }
+
+    /// Applies the changes of every request of `group` to the tree `root`, in order. A
+    /// request whose changes do not apply is answered with its error, removed, and the rest
+    /// applied again from `root` (its changes may have been applied in part). `None` when
+    /// no request is left.
+    async fn apply_group<'a>(
+        &'a self,
+        repo: &'a str,
+        (root, now): (&str, i64),
+        group: &mut Vec<Pending>,
+    ) -> Result<Option<TreeEditor<'a>>> {
+        'rebuild: loop {
+            if group.is_empty() {
+                return Ok(None);
+            }
+            let mut editor = TreeEditor::new(self, repo, root.to_string(), now);
+            for i in 0..group.len() {
+                for change in &group[i].request.changes {
+                    match editor.apply(change, &group[i].sizes).await {
+                        Ok(()) => {}
+                        Err(e) if is_the_requests_fault(&e) => {
+                            let refused = group.remove(i);
+                            let _ = refused.reply.send(Err(e));
+                            continue 'rebuild;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            return Ok(Some(editor));
+        }
     }
 }
 

@@ -137,7 +137,7 @@ impl TreeCache {
 pub struct Store {
     backend: Backend,
     /// One queue per `repo/branch` for the commits of this process.
-    branch_queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    branch_queues: Mutex<HashMap<String, Arc<commit::BranchQueue>>>,
     trees: Mutex<TreeCache>,
     events: tokio::sync::broadcast::Sender<RefUpdate>,
     /// The last commit of each `repo/branch` this process made or announced.
@@ -177,7 +177,7 @@ impl Store {
     }
 
     /// The commit queue of a branch.
-    fn branch_queue(&self, repo: &str, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn branch_queue(&self, repo: &str, branch: &str) -> Arc<commit::BranchQueue> {
         let mut queues = self.branch_queues.lock().expect("branch queues lock");
         queues
             .entry(format!("{repo}/{branch}"))
