@@ -75,23 +75,40 @@ struct Sent {
 /// A handle's spool file, read and written through the page cache, and open a second time
 /// with `O_DIRECT` (where the file system allows it) for writes of whole blocks: the bytes of
 /// a big `cp` are read back at most once, so caching them costs more than it saves (see
-/// [`direct_io`]).
+/// [`direct_io`]). The second descriptor is opened at the first such write: a small file
+/// never needs it.
 struct SpoolFile {
     file: std::fs::File,
-    direct: Option<std::fs::File>,
+    path: PathBuf,
+    direct: std::sync::OnceLock<Option<std::fs::File>>,
 }
 
+/// Writes shorter than this go through the page cache even when aligned: a direct write
+/// waits for the disk, which a small file's close would then wait for too.
+const DIRECT_WRITE_MIN: usize = 64 << 10;
+
 impl SpoolFile {
-    /// Writes `data` at `offset`, past the page cache when both are block-aligned.
+    /// Writes `data` at `offset`, past the page cache when both are block-aligned and the
+    /// write is large.
     fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        if let Some(direct) = &self.direct {
-            if direct_io::is_aligned(offset, data.len())
-                && direct_io::write_padded_at(direct, data, offset)?
-            {
-                return Ok(());
+        if data.len() >= DIRECT_WRITE_MIN && direct_io::is_aligned(offset, data.len()) {
+            if let Some(direct) = self.direct()? {
+                if direct_io::write_padded_at(direct, data, offset)? {
+                    return Ok(());
+                }
             }
         }
         self.file.write_all_at(data, offset)
+    }
+
+    /// The `O_DIRECT` descriptor, opened on first use (`None` where the file system
+    /// refuses it).
+    fn direct(&self) -> std::io::Result<Option<&std::fs::File>> {
+        if let Some(direct) = self.direct.get() {
+            return Ok(direct.as_ref());
+        }
+        let opened = direct_io::open(&self.path, std::fs::OpenOptions::new().write(true))?;
+        Ok(self.direct.get_or_init(|| opened).as_ref())
     }
 }
 
@@ -175,10 +192,10 @@ fn create_spool(config: &WriteConfig) -> Result<(PathBuf, SpoolFile)> {
         .write(true)
         .create_new(true)
         .open(&spool_path)?;
-    let direct = direct_io::open(&spool_path, std::fs::OpenOptions::new().write(true))?;
     let spool = SpoolFile {
         file: spool,
-        direct,
+        path: spool_path.clone(),
+        direct: std::sync::OnceLock::new(),
     };
     Ok((spool_path, spool))
 }

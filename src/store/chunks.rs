@@ -39,16 +39,18 @@ pub struct StoredChunk {
 /// The SHA-256 of a chunk and the CRC32C of each of its 1 MiB blocks, computed in one pass
 /// over the bytes (on a blocking thread: 4 MiB takes milliseconds).
 async fn hash_chunk(data: Bytes) -> Result<(ChunkHash, Vec<u8>)> {
-    tokio::task::spawn_blocking(move || {
-        let hash = chunk_hash(&data);
-        let crcs = data
-            .chunks(INDEX_BLOCK as usize)
-            .flat_map(|block| crate::base::checksum::crc32c(block).to_be_bytes())
-            .collect();
-        (hash, crcs)
-    })
-    .await
-    .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    tokio::task::spawn_blocking(move || hash_and_crc(&data))
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+}
+
+fn hash_and_crc(data: &[u8]) -> (ChunkHash, Vec<u8>) {
+    let hash = chunk_hash(data);
+    let crcs = data
+        .chunks(INDEX_BLOCK as usize)
+        .flat_map(|block| crate::base::checksum::crc32c(block).to_be_bytes())
+        .collect();
+    (hash, crcs)
 }
 
 /// Hashes `data` and stores it as a chunk of `repo` unless the repository has it already.
@@ -74,20 +76,27 @@ pub(crate) async fn store_chunk(backend: &Backend, repo: &str, data: Bytes) -> R
     Ok(StoredChunk { hash, len })
 }
 
+/// Chunks up to this size are hashed on the calling thread: a hop to a blocking thread
+/// costs more than hashing them.
+const HASH_IN_PLACE: usize = 256 << 10;
+
 /// A small chunk ready to be stored with a commit (see [`Backend::commit`]): its hash, and
-/// the object to write. Its block CRCs are written now, as scratch, so a visible chunk has
-/// them.
+/// the objects to write (its block CRCs first, so a visible chunk has them).
 pub(crate) async fn prepare_chunk(
-    backend: &Backend,
     repo: &str,
     data: Bytes,
-) -> Result<(StoredChunk, (Path, Bytes))> {
+) -> Result<(StoredChunk, [(Path, Bytes); 2])> {
     let len = data.len() as u64;
-    let (hash, crcs) = hash_chunk(data.clone()).await?;
-    backend
-        .put_scratch(&crc_path(repo, &hash), Bytes::from(crcs))
-        .await?;
-    Ok((StoredChunk { hash, len }, (chunk_path(repo, &hash), data)))
+    let (hash, crcs) = if data.len() <= HASH_IN_PLACE {
+        hash_and_crc(&data)
+    } else {
+        hash_chunk(data.clone()).await?
+    };
+    let objects = [
+        (crc_path(repo, &hash), Bytes::from(crcs)),
+        (chunk_path(repo, &hash), data),
+    ];
+    Ok((StoredChunk { hash, len }, objects))
 }
 
 /// The length of chunk `hash` of `repo`, `None` if the repository does not hold it.

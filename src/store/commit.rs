@@ -23,7 +23,7 @@ use crate::base::paths::{normalize_path, validate_branch};
 use crate::base::time::{now_unix, MAX_MTIME};
 use editor::TreeEditor;
 pub(crate) use group::BranchQueue;
-use group::{group_message, is_the_requests_fault, Attempt, Pending};
+use group::{group_message, is_the_requests_fault, Attempt, KnownHead, Pending};
 
 /// What a commit stores besides its trees and commit object: the objects of a blob that
 /// arrived with it (see [`Store::put_small_file`]), and that blob's id and size.
@@ -110,12 +110,15 @@ impl Store {
         &self,
         repo: &str,
         branch: &str,
+        known: Option<KnownHead>,
         group: &mut Vec<Pending>,
     ) -> Result<Attempt> {
-        let head = self.branch_head(repo, branch).await?;
-        let root = match &head {
-            Some(commit) => self.load_commit(repo, commit).await?.tree,
-            None => self.write_tree(repo, &Tree::default()).await?,
+        let KnownHead {
+            commit: head,
+            tree: root,
+        } = match known {
+            Some(known) => known,
+            None => self.read_head(repo, branch).await?,
         };
         let now = now_unix();
         let Some(editor) = self.apply_group(repo, (&root, now), group).await? else {
@@ -123,7 +126,7 @@ impl Store {
         };
         let (tree, mut objects) = editor.write();
         let commit = Commit {
-            tree,
+            tree: tree.clone(),
             parent: head.clone(),
             message: group_message(group),
             timestamp: now,
@@ -139,10 +142,24 @@ impl Store {
             .commit(objects, &ref_path(repo, branch), head.as_deref(), &id)
             .await?;
         Ok(if moved {
-            Attempt::Moved(id)
+            Attempt::Moved(KnownHead {
+                commit: Some(id),
+                tree,
+            })
         } else {
             Attempt::Lost
         })
+    }
+
+    /// The branch's head as the store holds it, and its root tree (an empty one for a
+    /// branch without commits).
+    async fn read_head(&self, repo: &str, branch: &str) -> Result<KnownHead> {
+        let commit = self.branch_head(repo, branch).await?;
+        let tree = match &commit {
+            Some(commit) => self.load_commit(repo, commit).await?.tree,
+            None => self.write_tree(repo, &Tree::default()).await?,
+        };
+        Ok(KnownHead { commit, tree })
     }
 
     /// Applies the changes of every request of `group` to the tree `root`, in order. A

@@ -64,9 +64,9 @@ impl Store {
         let mut objects = Vec::new();
         let mut chunks = Vec::new();
         if !data.is_empty() {
-            let (chunk, object) = prepare_chunk(&self.backend, repo, data).await?;
+            let (chunk, chunk_objects) = prepare_chunk(repo, data).await?;
             chunks.push(chunk.hash);
-            objects.push(object);
+            objects.extend(chunk_objects);
         }
         let manifest = Manifest::new(size, chunks);
         let hash = manifest.id();

@@ -36,8 +36,8 @@ pub(in crate::store) struct Pending {
 
 /// The outcome of one attempt at a group.
 pub(super) enum Attempt {
-    /// The branch moved to this commit.
-    Moved(String),
+    /// The branch moved to this commit, of this root tree.
+    Moved(KnownHead),
     /// Another writer moved the branch first.
     Lost,
     /// Every request of the group was refused.
@@ -49,9 +49,29 @@ pub(super) enum Attempt {
 pub(crate) struct BranchQueue {
     waiting: Mutex<Vec<Pending>>,
     turn: tokio::sync::Mutex<()>,
+    /// The head this process last moved the branch to, so the next commit need not read
+    /// the ref and the commit back. Another writer may have moved it since: then the
+    /// compare-and-swap fails, this is forgotten, and the attempt is made again from the ref.
+    known: Mutex<Option<KnownHead>>,
+}
+
+/// A branch head and its root tree.
+#[derive(Debug, Clone)]
+pub(super) struct KnownHead {
+    pub commit: Option<String>,
+    pub tree: String,
 }
 
 impl BranchQueue {
+    /// The head this process last moved the branch to, if it still knows it.
+    pub(super) fn known(&self) -> Option<KnownHead> {
+        self.known.lock().expect("known head").clone()
+    }
+
+    fn set_known(&self, head: Option<KnownHead>) {
+        *self.known.lock().expect("known head") = head;
+    }
+
     pub(super) fn push(&self, pending: Pending) {
         self.waiting.lock().expect("commit queue").push(pending);
     }
@@ -62,26 +82,42 @@ impl BranchQueue {
         let _turn = self.turn.lock().await;
         let group = std::mem::take(&mut *self.waiting.lock().expect("commit queue"));
         if !group.is_empty() {
-            store.commit_group(repo, branch, group).await;
+            store.commit_group((repo, branch), self, group).await;
         }
     }
 }
 
 impl Store {
     /// Commits `group` together and answers each request.
-    async fn commit_group(&self, repo: &str, branch: &str, mut group: Vec<Pending>) {
+    async fn commit_group(
+        &self,
+        (repo, branch): (&str, &str),
+        queue: &BranchQueue,
+        mut group: Vec<Pending>,
+    ) {
         if group.len() > 1 {
             log::debug!("{repo}/{branch}: {} commits as one", group.len());
         }
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            match self.try_group(repo, branch, &mut group).await {
-                Ok(Attempt::Moved(id)) => return self.announce(repo, branch, &id, group),
+            let outcome = self
+                .try_group(repo, branch, queue.known(), &mut group)
+                .await;
+            match outcome {
+                Ok(Attempt::Moved(head)) => {
+                    let id = head.commit.clone().expect("a moved branch has a head");
+                    queue.set_known(Some(head));
+                    return self.announce(repo, branch, &id, group);
+                }
                 Ok(Attempt::Empty) => return,
                 Ok(Attempt::Lost) => log::debug!(
                     "commit on {repo}/{branch} lost a race (attempt {attempt}), re-applying"
                 ),
-                Err(e) => return answer_all(group, &e),
+                Err(e) => {
+                    queue.set_known(None);
+                    return answer_all(group, &e);
+                }
             }
+            queue.set_known(None);
         }
         let busy = StoreError::Conflict {
             path: String::new(),
