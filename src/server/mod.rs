@@ -151,6 +151,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 type Routes = Router<Arc<AppState>>;
 
+/// The largest commit request body: room for about 300,000 changes (an import or a bulk
+/// move), where axum's default of 2 MB refused 20,000.
+pub const MAX_COMMIT_BODY: usize = 64 << 20;
+
 /// `/api/v1/…`: repositories, trees, commits, blobs, uploads and the stream API; an unknown
 /// route or method there is a JSON error.
 fn api_routes() -> Routes {
@@ -172,7 +176,10 @@ fn api_routes() -> Routes {
         .route("/api/v1/repos/{repo}/stat", get(repos::stat_root))
         .route("/api/v1/repos/{repo}/stat/{*path}", get(repos::stat))
         .route("/api/v1/repos/{repo}/log", get(repos::log))
-        .route("/api/v1/repos/{repo}/commits", post(repos::commit))
+        .route(
+            "/api/v1/repos/{repo}/commits",
+            post(repos::commit).layer(DefaultBodyLimit::max(MAX_COMMIT_BODY)),
+        )
         .route("/api/v1/repos/{repo}/events", get(repos::events))
         .merge(upload_routes())
         .merge(stream_routes())

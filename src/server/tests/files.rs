@@ -106,3 +106,21 @@ async fn a_large_put_file_is_streamed_and_reads_back_whole() {
     assert_eq!(got.body.len(), data.len());
     assert!(got.body[..] == data[..]);
 }
+
+/// A commit of 20,000 changes (a 3 MB body, over axum's default 2 MB limit) is accepted.
+#[tokio::test]
+async fn a_commit_of_twenty_thousand_changes_is_accepted() {
+    let app = App::new().await;
+    app.post_json("/api/v1/repos", json!({ "id": "r" })).await;
+    let put = app.put_file("/r/seed", b"seed".to_vec(), &[]).await;
+    let hash = put.json()["hash"].as_str().unwrap().to_string();
+    let changes: Vec<_> = (0..20_000)
+        .map(|i| json!({ "op": "put", "path": format!("import/d{}/f{i:05}", i % 7), "hash": hash }))
+        .collect();
+    let body = json!({ "message": "import", "changes": changes });
+    assert!(body.to_string().len() > 2 << 20, "the body is over 2 MB");
+    let reply = app.post_json("/api/v1/repos/r/commits", body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let listing = app.get("/api/v1/repos/r/tree/import/d3").await.json();
+    assert_eq!(listing["entries"].as_array().unwrap().len(), 2857);
+}
