@@ -5,8 +5,11 @@
 #   scripts/bench.sh small [--quick]
 #
 # Rows: `tar -x` of N files of 4 KiB into one directory of a fresh mount (N = 2,000, and 20,000
-# unless --quick), and into a local directory on the same disk; files/s, and the requests the
-# server answered per file, by route (from /metrics). Each N gets a fresh server and mount.
+# unless --quick), and into a local directory on the same disk; files/s, the requests the
+# server answered per file, by route and in all (from /metrics), the bytes of tree and commit
+# objects the store grew by per file, and `rm -r` of the directory. Then `git clone` of a
+# repository of GIT_FILES (3,000) files into the mount beside a local clone, `git status`
+# and `git fsck` on it. Each N, and the clone, get a fresh server and mount.
 #
 # ext4 makes each file creation skip the inodes freed in the last minutes, one lookup each, so
 # a run right after deleting many files (a previous run, a test suite) is slower: compare rows
@@ -28,6 +31,7 @@ case "${1:-}" in
   *) echo "bench-small.sh: unknown argument $1" >&2; exit 2 ;;
 esac
 T=900   # seconds one tar may take
+GIT_FILES=${GIT_FILES:-3000}
 
 calc() { awk "BEGIN { printf \"%.2f\", $* }"; }
 
@@ -90,9 +94,52 @@ EOF
     printf 'requests_per_file_%s_%s\t%s\n' "$n" "${route//\//_}" \
       "$(calc "$(requests "/api/v1/repos/{repo}/$route") / $n")" >> "$RES"
   done
+  printf 'requests_per_file_%s_file_put\t%s\n' "$n" \
+    "$(calc "$(requests "/{repo}/{*path}") / $n")" >> "$RES"
+  printf 'requests_per_file_%s_all_but_metrics\t%s\n' "$n" \
+    "$(calc "($(requests "") - $(requests "/metrics")) / $n")" >> "$RES"
+  printf 'tree_and_commit_bytes_per_file_%s\t%s\n' "$n" \
+    "$(calc "$(du -sb "$dir/store/repos/default/objects" | cut -f1) / $n")" >> "$RES"
+  t0=$(now)
+  if timeout "$T" rm -r "$MNT/d"; then
+    printf 'mount_rm_r_%s_files_per_s\t%s\n' "$n" "$(calc "$n / ($(now) - $t0)")" >> "$RES"
+  fi
   stop_all
   rm -rf "$dir"
 done
+
+# git_row NAME CMD...: the seconds CMD took, as row NAME (empty if it failed)
+git_row() {
+  local name=$1; shift
+  local t0; t0=$(now)
+  if timeout "$T" "$@" > "$WORK/git.out" 2>&1; then
+    printf '%s\t%s\n' "$name" "$(calc "$(now) - $t0")" >> "$RES"
+  else
+    printf '%s\t\n' "$name" >> "$RES"; log "$name failed: $(tail -3 "$WORK/git.out")"
+  fi
+}
+
+dir="$WORK/git"; mkdir -p "$dir/origin"
+python3 - "$dir/origin" "$GIT_FILES" <<'EOF'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(17)
+for i in range(n):
+    sub = os.path.join(root, f"pkg{i % 40:02d}", f"mod{i % 7}")
+    os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, f"file{i:05d}.txt"), "w") as f:
+        f.write("".join(rng.choice("abcdefgh \n") for _ in range(rng.randint(200, 6000))))
+EOF
+git -C "$dir/origin" init -q && git -C "$dir/origin" add -A \
+  && git -C "$dir/origin" -c user.name=bench -c user.email=bench@localhost commit -qm import
+git_row local_git_clone_s git clone -q "file://$dir/origin" "$dir/local-clone"
+start_pair "$dir"
+log "git clone of $GIT_FILES files into $MNT"
+git_row mount_git_clone_s git clone -q "file://$dir/origin" "$MNT/clone"
+git_row mount_git_status_s git -C "$MNT/clone" status --porcelain
+[ -s "$WORK/git.out" ] && log "git status printed: $(head -3 "$WORK/git.out")"
+git_row mount_git_fsck_s git -C "$MNT/clone" fsck --no-progress
+stop_all
 
 OUT="${BENCH_OUT:-$ROOT/bench-results}"; mkdir -p "$OUT"
 python3 - "$RES" "$OUT/$(date +%F)-small.json" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" <<'EOF'
