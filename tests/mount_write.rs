@@ -1392,6 +1392,28 @@ fn namespace_operations_are_committed_at_once_and_match_on_the_server() {
         e == libc::ENOTSUP || e == libc::EPERM,
         "link(2) answered errno {e}, expected ENOTSUP or EPERM"
     );
+    // Extended attributes are not stored: EOPNOTSUPP, every time (the mount answers the
+    // first ENOSYS so that the kernel stops asking before every write).
+    let file = c_path(&m.join("x.txt"));
+    let name = c"user.note";
+    for attempt in 0..2 {
+        let mut buf = [0u8; 64];
+        // SAFETY: getxattr with valid NUL-terminated strings and a buffer of its length.
+        let r = unsafe {
+            libc::getxattr(
+                file.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let e = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!(
+            (r, e),
+            (-1, Some(libc::EOPNOTSUPP)),
+            "getxattr, attempt {attempt}"
+        );
+    }
     let fifo = c_path(&m.join("fifo"));
     // SAFETY: mkfifo with a valid NUL-terminated path.
     let r = unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };

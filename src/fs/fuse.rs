@@ -318,11 +318,14 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        // ENOSYS (not ENOTSUP): the kernel then stops asking, where it asked before every
+        // write (for `security.capability`), one round trip per small file. Programs see
+        // EOPNOTSUPP either way.
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn link(
