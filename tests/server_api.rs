@@ -2264,3 +2264,43 @@ fn cli_errors_are_one_line_and_non_zero() {
         bad_url.stderr
     );
 }
+
+/// `Client::put_file` against the real server: one request; a conditional put refused
+/// because the path holds these very bytes already (what a retry sees when the answer to its
+/// first attempt was lost) succeeds, and one over other bytes is a conflict.
+#[test]
+fn a_file_put_whose_path_holds_its_bytes_already_succeeds_and_other_bytes_conflict() {
+    use govcfs::client::{Client, ClientError, ClientOptions, FilePutOptions};
+    let server = ServerProcess::start();
+    let client = Client::new(&server.url(), "default", ClientOptions::default()).expect("client");
+    let must_be_new = FilePutOptions {
+        expect: Some(None),
+        message: "new file".into(),
+        ..FilePutOptions::default()
+    };
+    let cancel = govcfs::client::CancellationToken::new();
+    block_on(async {
+        let first = client
+            .put_file("d/a.txt", "hello".into(), &must_be_new, &cancel)
+            .await
+            .expect("first put");
+        let again = client
+            .put_file("d/a.txt", "hello".into(), &must_be_new, &cancel)
+            .await
+            .expect("the same bytes again");
+        assert_eq!(again.hash, first.hash);
+        assert_eq!(again.commit, first.commit, "nothing new was committed");
+        let other = client
+            .put_file("d/a.txt", "other".into(), &must_be_new, &cancel)
+            .await
+            .expect_err("other bytes over an existing file");
+        assert!(
+            matches!(other, ClientError::Http { status: 409, .. }),
+            "{other}"
+        );
+    });
+    assert_eq!(
+        server_hash(server.addr, "d/a.txt"),
+        Some(govcfs::base::manifest::blob_id(b"hello"))
+    );
+}

@@ -5,10 +5,10 @@ use reqwest::Method;
 
 use super::{CancellationToken, Client, ClientError, Result};
 use crate::api::{
-    FileCommitted, BLOB_ID_HEADER, COMMIT_MESSAGE_HEADER, FILE_MODE_HEADER, MTIME_HEADER,
+    ErrorCode, FileCommitted, BLOB_ID_HEADER, COMMIT_MESSAGE_HEADER, FILE_MODE_HEADER, MTIME_HEADER,
 };
-use crate::base::manifest::blob_id;
-use crate::base::paths::encode_path;
+use crate::base::manifest::{blob_id, CHUNK_SIZE};
+use crate::base::paths::{encode_path, encode_segment, parent_and_name};
 
 /// How a file is put: its attributes, the condition on what the path holds now, the commit.
 #[derive(Debug, Clone, Default)]
@@ -26,7 +26,9 @@ pub struct FilePutOptions {
 
 impl Client {
     /// Stores `data` at `path` and commits it, in one request; the server checks the bytes
-    /// against the blob id computed here before it commits.
+    /// against the blob id computed here before it commits. A conditional put refused
+    /// because the path holds exactly these bytes already succeeds: that is what a retry sees
+    /// when the answer to its first attempt was lost.
     pub async fn put_file(
         &self,
         path: &str,
@@ -34,14 +36,34 @@ impl Client {
         options: &FilePutOptions,
         cancel: &CancellationToken,
     ) -> Result<FileCommitted> {
+        let id = blob_id(&data);
+        let size = data.len() as u64;
+        match self.put_file_once(path, data, &id, options, cancel).await {
+            Err(
+                e @ ClientError::Http {
+                    code: ErrorCode::Conflict,
+                    ..
+                },
+            ) => match self.holds(path, options, (&id, size), cancel).await {
+                Some(done) => Ok(done),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    async fn put_file_once(
+        &self,
+        path: &str,
+        data: Bytes,
+        id: &str,
+        options: &FilePutOptions,
+        cancel: &CancellationToken,
+    ) -> Result<FileCommitted> {
         let mut url = format!("{}/{}/{}", self.server, self.repo, encode_path(path));
         if let Some(branch) = &options.branch {
-            url.push_str(&format!(
-                "?ref={}",
-                crate::base::paths::encode_segment(branch)
-            ));
+            url.push_str(&format!("?ref={}", encode_segment(branch)));
         }
-        let id = blob_id(&data);
         // A header cannot hold a line break.
         let message: String = options
             .message
@@ -52,7 +74,7 @@ impl Client {
             .send(cancel, || {
                 let mut request = self
                     .request(Method::PUT, &url)
-                    .header(BLOB_ID_HEADER, &id)
+                    .header(BLOB_ID_HEADER, id)
                     .header(COMMIT_MESSAGE_HEADER, message.as_bytes())
                     .body(data.clone());
                 if let Some(mode) = options.mode {
@@ -71,10 +93,36 @@ impl Client {
         let committed: FileCommitted = response.json().await.map_err(ClientError::Transport)?;
         if committed.hash != id {
             return Err(ClientError::Checksum {
-                expected: id,
+                expected: id.to_string(),
                 actual: committed.hash,
             });
         }
         Ok(committed)
+    }
+
+    /// The put of blob `id` at `path` as already done, if the branch holds it there now.
+    async fn holds(
+        &self,
+        path: &str,
+        options: &FilePutOptions,
+        (id, size): (&str, u64),
+        cancel: &CancellationToken,
+    ) -> Option<FileCommitted> {
+        let (dir, name) = parent_and_name(path.trim_matches('/'));
+        let listing = self
+            .list_dir(dir, options.branch.as_deref(), cancel)
+            .await
+            .ok()?;
+        let entry = listing.entries.iter().find(|e| e.name == name)?;
+        (entry.hash == id).then(|| FileCommitted {
+            commit: listing.commit.clone(),
+            branch: options
+                .branch
+                .clone()
+                .unwrap_or_else(|| crate::api::DEFAULT_BRANCH.to_string()),
+            hash: id.to_string(),
+            size,
+            chunks: size.div_ceil(CHUNK_SIZE),
+        })
     }
 }
