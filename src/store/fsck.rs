@@ -186,7 +186,11 @@ impl Store {
             report.trees += 1;
             match &*node {
                 Node::Buckets(b) => pending.extend(b.children.iter().map(|(n, child)| {
-                    (child.tree.clone(), dir.clone(), place.child(*n, child.count))
+                    (
+                        child.tree.clone(),
+                        dir.clone(),
+                        place.child(*n, child.count),
+                    )
                 })),
                 Node::Leaf(leaf) => {
                     for (name, entry) in &leaf.tree.entries {

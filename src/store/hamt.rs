@@ -4,7 +4,7 @@
 //! The rules:
 //!
 //! - A directory with at most [`FLAT_MAX`] = 256 entries is stored exactly as before: one
-//!   flat tree object, canonical JSON `{"entries":{...}}` ([`Tree`]). Every tree written
+//!   flat tree object, canonical JSON `{"entries":{...}}` ([`Tree`](super::Tree)). Every tree written
 //!   before this layout keeps its id and bytes.
 //! - A directory with more entries is stored as a *bucket node*: canonical JSON
 //!   `{"level":L,"buckets":{"<hex nibble>":{"tree":"<id>","count":N},...}}` with only the
@@ -27,15 +27,18 @@
 //! depth and its total count is over 256; the count a parent gives a child is the number of
 //! entries the child holds (a flat tree for counts up to 256, a bucket node above); every
 //! entry of a flat tree under the bucket path P hashes into P; entry names are checked as in
-//! any tree. A node that breaks a rule is [`StoreError::Corrupt`](super::StoreError).
+//! any tree. A node that breaks a rule is
+//! [`StoreError::Corrupt`](super::StoreError::Corrupt).
 //! A flat top-level tree of more than 256 entries (written before this layout) still reads;
 //! the next commit that changes it stores it in this layout.
 //!
 //! Code: `hamt/node.rs` (the node encodings and their checks), `hamt/read.rs` (loading
 //! nodes, looking up one entry, assembling a whole directory), `hamt/edit.rs` (the editable
-//! view of a directory a commit changes, and writing it back).
+//! view of a directory a commit changes) and `hamt/edit_node.rs` (its nodes, built
+//! canonically and written back).
 
 mod edit;
+mod edit_node;
 mod node;
 mod read;
 #[cfg(test)]
@@ -46,11 +49,11 @@ pub(crate) use node::Node;
 
 use sha2::{Digest, Sha256};
 
-#[cfg(doc)]
-use super::objects::Tree;
-
 /// Most entries a directory (or a subtree of a bucket node) stored as one flat tree holds.
 pub const FLAT_MAX: usize = 256;
+
+/// Encoded tree objects to store, as `(id, bytes)`.
+pub(crate) type Objects = Vec<(String, Vec<u8>)>;
 
 /// Nibbles of a SHA-256: the deepest a node can be is level `NIBBLES - 1`.
 const NIBBLES: usize = 64;
@@ -63,7 +66,7 @@ pub(crate) fn name_hash(name: &str) -> [u8; 32] {
 /// Nibble `level` of `hash`: the bucket an entry goes to in a node of that level.
 pub(crate) fn nibble(hash: &[u8; 32], level: usize) -> u8 {
     let byte = hash[level / 2];
-    if level % 2 == 0 {
+    if level.is_multiple_of(2) {
         byte >> 4
     } else {
         byte & 0x0f

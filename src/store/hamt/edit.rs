@@ -10,128 +10,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::node::{Bucket, Buckets, Node};
-use super::{name_hash, nibble, Place, FLAT_MAX, NIBBLES};
+use super::edit_node::{gather, EditNode};
+use super::node::Node;
+use super::{name_hash, nibble, Objects, Place, FLAT_MAX};
 use crate::store::objects::{Tree, TreeEntry};
 use crate::store::{Result, Store, StoreError};
-
-/// One node of the view.
-enum EditNode {
-    /// A child not read yet: its id and count, as its parent gives them.
-    Stored { id: String, count: u64 },
-    /// A flat tree; `id` is `None` once edited (it may then hold more than [`FLAT_MAX`]
-    /// entries until written).
-    Leaf { tree: Arc<Tree>, id: Option<String> },
-    /// A bucket node; `id` is `None` once anything below it was edited.
-    Buckets {
-        children: BTreeMap<u8, EditNode>,
-        count: u64,
-        id: Option<String>,
-    },
-}
 
 /// A directory being edited.
 pub(crate) struct DirView {
     /// Never [`EditNode::Stored`].
     top: EditNode,
-}
-
-impl EditNode {
-    fn loaded(id: &str, node: &Node) -> EditNode {
-        match node {
-            Node::Leaf(leaf) => EditNode::Leaf {
-                tree: leaf.tree.clone(),
-                id: Some(id.to_string()),
-            },
-            Node::Buckets(b) => EditNode::Buckets {
-                children: b
-                    .children
-                    .iter()
-                    .map(|(n, child)| {
-                        let stored = EditNode::Stored {
-                            id: child.tree.clone(),
-                            count: child.count,
-                        };
-                        (*n, stored)
-                    })
-                    .collect(),
-                count: b.total,
-                id: Some(id.to_string()),
-            },
-        }
-    }
-
-    fn count(&self) -> u64 {
-        match self {
-            EditNode::Stored { count, .. } | EditNode::Buckets { count, .. } => *count,
-            EditNode::Leaf { tree, .. } => tree.entries.len() as u64,
-        }
-    }
-
-    /// The canonical form of `entries` in a node of `level`.
-    fn build(entries: BTreeMap<String, TreeEntry>, level: usize) -> EditNode {
-        if entries.len() <= FLAT_MAX || level >= NIBBLES {
-            return EditNode::Leaf {
-                tree: Arc::new(Tree { entries }),
-                id: None,
-            };
-        }
-        let count = entries.len() as u64;
-        let mut groups: BTreeMap<u8, BTreeMap<String, TreeEntry>> = BTreeMap::new();
-        for (name, entry) in entries {
-            let n = nibble(&name_hash(&name), level);
-            groups.entry(n).or_default().insert(name, entry);
-        }
-        EditNode::Buckets {
-            children: groups
-                .into_iter()
-                .map(|(n, group)| (n, EditNode::build(group, level + 1)))
-                .collect(),
-            count,
-            id: None,
-        }
-    }
-
-    /// The loaded child on the way to `hash` below this node of depth `depth`, if any.
-    fn step(&self, hash: &[u8; 32], depth: usize) -> Option<&EditNode> {
-        match self {
-            EditNode::Buckets { children, .. } => children.get(&nibble(hash, depth)),
-            _ => None,
-        }
-    }
-
-    /// Encodes this node and the changed ones below it (into `out`) and returns its id.
-    fn write(&mut self, depth: usize, out: &mut Vec<(String, Vec<u8>)>) -> String {
-        match self {
-            EditNode::Stored { id, .. }
-            | EditNode::Leaf { id: Some(id), .. }
-            | EditNode::Buckets { id: Some(id), .. } => id.clone(),
-            EditNode::Leaf { tree, id } if tree.entries.len() <= FLAT_MAX || depth >= NIBBLES => {
-                let (new, bytes) = tree.encode();
-                out.push((new.clone(), bytes));
-                *id = Some(new.clone());
-                new
-            }
-            EditNode::Leaf { tree, .. } => {
-                let entries = std::mem::take(&mut Arc::make_mut(tree).entries);
-                *self = EditNode::build(entries, depth);
-                self.write(depth, out)
-            }
-            EditNode::Buckets { children, id, .. } => {
-                children.retain(|_, child| child.count() > 0);
-                let mut buckets = BTreeMap::new();
-                for (n, child) in children.iter_mut() {
-                    let tree = child.write(depth + 1, out);
-                    let count = child.count();
-                    buckets.insert(*n, Bucket { tree, count });
-                }
-                let (new, bytes) = Buckets::encode(depth, &buckets);
-                out.push((new.clone(), bytes));
-                *id = Some(new.clone());
-                new
-            }
-        }
-    }
 }
 
 impl DirView {
@@ -159,6 +47,7 @@ impl DirView {
     }
 
     /// The number of entries.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> u64 {
         self.top.count()
     }
@@ -175,13 +64,15 @@ impl DirView {
                 *node = EditNode::loaded(&id, &loaded);
             }
             match node {
-                EditNode::Buckets { children, .. } => match children.get_mut(&nibble(hash, depth)) {
-                    Some(child) => {
-                        node = child;
-                        depth += 1;
+                EditNode::Buckets { children, .. } => {
+                    match children.get_mut(&nibble(hash, depth)) {
+                        Some(child) => {
+                            node = child;
+                            depth += 1;
+                        }
+                        None => return Ok(()),
                     }
-                    None => return Ok(()),
-                },
+                }
                 _ => return Ok(()),
             }
         }
@@ -225,7 +116,11 @@ impl DirView {
                     return Arc::make_mut(tree);
                 }
                 EditNode::Stored { .. } => unreachable!("an edit of a path not loaded"),
-                EditNode::Buckets { children, count, id } => {
+                EditNode::Buckets {
+                    children,
+                    count,
+                    id,
+                } => {
                     *id = None;
                     *count += added;
                     node = children
@@ -259,7 +154,11 @@ impl DirView {
 
     /// Changes the entry `name` of a loaded path in place (after [`DirView::get`] found it);
     /// `false` if it is not there.
-    pub(crate) fn update_loaded(&mut self, name: &str, change: impl FnOnce(&mut TreeEntry)) -> bool {
+    pub(crate) fn update_loaded(
+        &mut self,
+        name: &str,
+        change: impl FnOnce(&mut TreeEntry),
+    ) -> bool {
         let hash = name_hash(name);
         if self.find(name, &hash).is_none() {
             return false;
@@ -338,10 +237,12 @@ impl DirView {
                         .map(|(name, e)| (name.clone(), e.clone())),
                 ),
                 // A child of at most FLAT_MAX entries is a leaf (load_node checked it).
-                Node::Buckets(_) => return Err(StoreError::Corrupt {
-                    id,
-                    reason: "a small bucket node".into(),
-                }),
+                Node::Buckets(_) => {
+                    return Err(StoreError::Corrupt {
+                        id,
+                        reason: "a small bucket node".into(),
+                    })
+                }
             }
         }
         *self.node_mut(hash, depth) = EditNode::Leaf {
@@ -367,38 +268,7 @@ impl DirView {
 
     /// Encodes the changed nodes (into `out`, children before parents) and returns the
     /// directory's id.
-    pub(crate) fn write(&mut self, out: &mut Vec<(String, Vec<u8>)>) -> String {
+    pub(crate) fn write(&mut self, out: &mut Objects) -> String {
         self.top.write(0, out)
-    }
-}
-
-/// The entries of the loaded leaves at and below `node` (at bucket path `path`), and the
-/// children not loaded yet with their places.
-fn gather(
-    node: &EditNode,
-    path: Vec<u8>,
-    entries: &mut BTreeMap<String, TreeEntry>,
-    stored: &mut Vec<(String, Place)>,
-) {
-    match node {
-        EditNode::Stored { id, count } => stored.push((
-            id.clone(),
-            Place {
-                path,
-                count: Some(*count),
-            },
-        )),
-        EditNode::Leaf { tree, .. } => entries.extend(
-            tree.entries
-                .iter()
-                .map(|(name, e)| (name.clone(), e.clone())),
-        ),
-        EditNode::Buckets { children, .. } => {
-            for (n, child) in children {
-                let mut below = path.clone();
-                below.push(*n);
-                gather(child, below, entries, stored);
-            }
-        }
     }
 }

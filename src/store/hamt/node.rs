@@ -100,7 +100,7 @@ impl Node {
                 id,
                 format!("holds {} entries, its parent says {n}", node.count()),
             )),
-            (Node::Leaf(leaf), Some(n)) if n as usize > FLAT_MAX => Err(corrupt(
+            (Node::Leaf(_), Some(n)) if n as usize > FLAT_MAX => Err(corrupt(
                 id,
                 format!("a flat tree of {n} entries under a bucket node"),
             )),
@@ -109,14 +109,12 @@ impl Node {
                 format!("holds entries outside its bucket path {}", hex(&place.path)),
             )),
             (Node::Leaf(_), Some(_)) => Ok(()),
-            (Node::Buckets(_), Some(n)) if n as usize <= FLAT_MAX => Err(corrupt(
-                id,
-                format!("a bucket node of only {n} entries"),
-            )),
-            (Node::Buckets(b), Some(_)) if b.level != depth => Err(corrupt(
-                id,
-                format!("level {} at depth {depth}", b.level),
-            )),
+            (Node::Buckets(_), Some(n)) if n as usize <= FLAT_MAX => {
+                Err(corrupt(id, format!("a bucket node of only {n} entries")))
+            }
+            (Node::Buckets(b), Some(_)) if b.level != depth => {
+                Err(corrupt(id, format!("level {} at depth {depth}", b.level)))
+            }
             (Node::Buckets(_), Some(_)) => Ok(()),
         }
     }
@@ -189,7 +187,10 @@ impl Buckets {
             children.insert(nibble, bucket);
         }
         if total as usize <= FLAT_MAX {
-            return Err(corrupt(id, format!("a bucket node of only {total} entries")));
+            return Err(corrupt(
+                id,
+                format!("a bucket node of only {total} entries"),
+            ));
         }
         Ok(Buckets {
             level: wire.level,

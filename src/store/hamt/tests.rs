@@ -32,7 +32,7 @@ fn names(range: std::ops::Range<usize>) -> Vec<String> {
 }
 
 /// The id and objects of a directory built from scratch.
-fn built(tree: &Tree) -> (String, Vec<(String, Vec<u8>)>) {
+fn built(tree: &Tree) -> (String, Objects) {
     let mut objects = Vec::new();
     let id = DirView::from_tree(tree.clone()).write(&mut objects);
     (id, objects)
@@ -52,7 +52,11 @@ fn the_bucket_is_a_nibble_of_the_sha256_of_the_name() {
 fn small_directories_stay_flat_and_large_ones_become_bucket_nodes() {
     let flat = tree_of(names(0..FLAT_MAX));
     let (id, objects) = built(&flat);
-    assert_eq!(objects, vec![flat.encode()], "256 entries: the flat tree as before");
+    assert_eq!(
+        objects,
+        vec![flat.encode()],
+        "256 entries: the flat tree as before"
+    );
     assert_eq!(id, flat.encode().0);
 
     let large = tree_of(names(0..1000));
@@ -89,12 +93,18 @@ async fn lookups_read_one_path_and_listings_are_whole_and_sorted() {
     let (_dir, store) = temp_store().await;
     let hash = blob(&store, b"x").await;
     let all = names(0..1000);
-    let changes = all.iter().map(|n| put(&format!("big/{n}"), &hash)).collect();
+    let changes = all
+        .iter()
+        .map(|n| put(&format!("big/{n}"), &hash))
+        .collect();
     commit(&store, changes).await;
     store.trees.lock().unwrap().lru.clear();
     store.nodes.lock().unwrap().lru.clear();
     let (_, e) = store.stat("default", None, "big/f00500").await.unwrap();
-    assert_eq!((e.name.as_str(), e.hash.as_str()), ("f00500", hash.as_str()));
+    assert_eq!(
+        (e.name.as_str(), e.hash.as_str()),
+        ("f00500", hash.as_str())
+    );
     assert!(
         store.stat("default", None, "big/nope").await.is_err(),
         "a missing name"
@@ -147,21 +157,20 @@ async fn the_same_entries_have_the_same_id_however_they_were_committed() {
 }
 
 /// Stores `objects` and returns what loading the directory `id` says.
-async fn load(store: &Store, id: &str, objects: Vec<(String, Vec<u8>)>) -> Result<usize, String> {
+async fn load(store: &Store, id: &str, objects: Objects) -> Result<usize, String> {
     store.write_objects("default", objects).await.unwrap();
     let listed = store.load_tree("default", id).await;
     let looked_up = store.dir_entry("default", id, "f00001").await;
     match (listed, looked_up) {
         (Ok(tree), Ok(_)) => Ok(tree.entries.len()),
-        (Err(StoreError::Corrupt { reason, .. }), _) | (_, Err(StoreError::Corrupt { reason, .. })) => {
-            Err(reason)
-        }
+        (Err(StoreError::Corrupt { reason, .. }), _)
+        | (_, Err(StoreError::Corrupt { reason, .. })) => Err(reason),
         (Err(e), _) | (_, Err(e)) => panic!("not a corrupt object: {e}"),
     }
 }
 
 /// The children of the top node of a 1,000-entry directory, and its objects.
-fn children_of_1000() -> (BTreeMap<u8, Bucket>, Vec<(String, Vec<u8>)>) {
+fn children_of_1000() -> (BTreeMap<u8, Bucket>, Objects) {
     let (id, objects) = built(&tree_of(names(0..1000)));
     let top = objects.iter().find(|(oid, _)| *oid == id).unwrap();
     match Node::decode(&id, &top.1).unwrap() {
@@ -178,7 +187,9 @@ async fn damaged_nodes_are_corrupt() {
     assert_eq!(load(&store, &good, objects).await, Ok(1000));
 
     let (id, bytes1) = Buckets::encode(1, &children);
-    let reason = load(&store, &id, vec![(id.clone(), bytes1)]).await.unwrap_err();
+    let reason = load(&store, &id, vec![(id.clone(), bytes1)])
+        .await
+        .unwrap_err();
     assert!(reason.contains("top node has level 1"), "{reason}");
 
     let mut wrong_count = children.clone();
@@ -196,7 +207,11 @@ async fn damaged_nodes_are_corrupt() {
     let reason = load(&store, &id, vec![(id.clone(), b)]).await.unwrap_err();
     assert!(reason.contains("outside its bucket path"), "{reason}");
 
-    let few: BTreeMap<u8, Bucket> = children.iter().take(2).map(|(n, b)| (*n, b.clone())).collect();
+    let few: BTreeMap<u8, Bucket> = children
+        .iter()
+        .take(2)
+        .map(|(n, b)| (*n, b.clone()))
+        .collect();
     let (id, b) = Buckets::encode(0, &few);
     let reason = load(&store, &id, vec![(id.clone(), b)]).await.unwrap_err();
     assert!(reason.contains("only"), "{reason}");
@@ -219,9 +234,19 @@ async fn fsck_counts_every_node_and_reports_a_damaged_leaf() {
     let (dir, store) = temp_store().await;
     let hash = blob(&store, b"x").await;
     let all = names(0..1000);
-    commit(&store, all.iter().map(|n| put(&format!("big/{n}"), &hash)).collect()).await;
+    commit(
+        &store,
+        all.iter()
+            .map(|n| put(&format!("big/{n}"), &hash))
+            .collect(),
+    )
+    .await;
     let root = store.resolve("default", None).await.unwrap().tree;
-    let big = store.lookup("default", &root, "big").await.unwrap().unwrap();
+    let big = store
+        .lookup("default", &root, "big")
+        .await
+        .unwrap()
+        .unwrap();
     let (_, objects) = built(&store.load_tree("default", &big.hash).await.unwrap());
     let report = store.fsck().await.unwrap();
     assert!(report.damage.is_empty(), "{:?}", report.damage);
@@ -361,6 +386,9 @@ mod model {
             })
             .unwrap();
         let crossed = CROSSED.each_ref().map(|c| c.load(Ordering::Relaxed));
-        assert!(crossed[0] > 0 && crossed[1] > 0, "crossed 256 {crossed:?} times");
+        assert!(
+            crossed[0] > 0 && crossed[1] > 0,
+            "crossed 256 {crossed:?} times"
+        );
     }
 }
