@@ -392,3 +392,20 @@ mod model {
         );
     }
 }
+
+#[tokio::test]
+async fn a_bucket_node_is_not_a_blob() {
+    let (_dir, store) = temp_store().await;
+    let (id, objects) = built(&tree_of(names(0..300)));
+    store.write_objects("default", objects).await.unwrap();
+    let request = crate::api::CommitRequest {
+        branch: None,
+        message: "m".into(),
+        changes: vec![put("f", &id)],
+    };
+    let refused = store.commit("default", &request).await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidInput(_))),
+        "{refused:?}"
+    );
+}
