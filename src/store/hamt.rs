@@ -4,13 +4,14 @@
 //! The rules:
 //!
 //! - A directory with at most [`FLAT_MAX`] = 256 entries is stored exactly as before: one
-//!   flat tree object, canonical JSON `{"entries":{...}}` ([`Tree`](super::Tree)). Every tree written
-//!   before this layout keeps its id and bytes.
+//!   flat tree object, canonical JSON `{"entries":{...}}` ([`Tree`](super::Tree)). Every
+//!   tree written before this layout keeps its id and bytes.
 //! - A directory with more entries is stored as a *bucket node*: canonical JSON
 //!   `{"level":L,"buckets":{"<hex nibble>":{"tree":"<id>","count":N},...}}` with only the
-//!   non-empty buckets, keys `"0"`..`"f"` in that order, where `count` is the number of
-//!   directory entries below that child. It is named like a flat tree: `object_id("tree",
-//!   bytes)`.
+//!   non-empty buckets, keys `"0"`..`"f"` in that order, where `count` (at least 1) is the
+//!   number of directory entries below that child. Canonical means byte for byte: compact,
+//!   these fields in this order, nothing else. It is named like a flat tree:
+//!   `object_id("tree", bytes)`.
 //! - An entry named `name` goes to the bucket given by nibble L of `sha256(name)` (nibble 0
 //!   is the high 4 bits of byte 0, nibble 1 the low 4 bits of byte 0, and so on).
 //! - Each child of a level-L node is, by the same rule applied to the entries it holds, a
