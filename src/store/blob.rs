@@ -112,7 +112,7 @@ impl Store {
         }
         let bytes = self.backend.get(&object_path(repo, id)).await?;
         if crate::store::Commit::decode(id, &bytes).is_ok()
-            || crate::store::Tree::decode(id, &bytes).is_ok()
+            || crate::store::hamt::Node::decode(id, &bytes).is_ok()
         {
             return Err(not_found());
         }

@@ -216,3 +216,6 @@ fn changed_paths(changes: &[Change]) -> Result<Vec<String>> {
     }
     Ok(out.into_iter().collect())
 }
+
+#[cfg(test)]
+mod tests;

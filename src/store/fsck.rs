@@ -1,5 +1,6 @@
 //! Verification of a whole store: every ref points at a commit that decodes and matches its
-//! id, every tree and commit reachable from it does too, and every chunk of every blob hashes
+//! id, every tree object (flat trees and bucket nodes, each at its place) and commit
+//! reachable from it does too, and every chunk of every blob hashes
 //! to its name (a blob of an older store: its content to its id). Used by `govcfs fsck`.
 
 use std::collections::HashSet;
@@ -8,6 +9,8 @@ use futures::StreamExt;
 
 use super::blob::Layout;
 use super::chunks::chunk_path;
+use super::hamt::{Node, Place};
+use super::objects::TreeEntry;
 use super::{object_path, Result, Store};
 use crate::api::EntryType;
 use crate::base::ids::LegacyBlobHasher;
@@ -31,7 +34,7 @@ const USES_NAMED: usize = 5;
 /// What the walk of one repository has seen.
 #[derive(Default)]
 struct Walk {
-    /// Commits and trees already walked.
+    /// Commits and tree objects already walked.
     seen: HashSet<String>,
     /// Blobs already checked.
     blobs: HashSet<String>,
@@ -147,7 +150,8 @@ impl Store {
         }
     }
 
-    /// Walks the trees under `root` (trees seen before are skipped) and checks each blob once.
+    /// Walks the tree objects under `root` (each checked at the place it is found at; those
+    /// seen before are not walked again) and checks each blob once.
     async fn check_tree(
         &self,
         repo: &str,
@@ -156,13 +160,22 @@ impl Store {
         walk: &mut Walk,
         report: &mut FsckReport,
     ) {
-        let mut pending = vec![(root.to_string(), String::new())];
-        while let Some((id, dir)) = pending.pop() {
-            if !walk.seen.insert(id.clone()) {
+        let mut pending = vec![(root.to_string(), String::new(), Place::top())];
+        while let Some((id, dir, place)) = pending.pop() {
+            let fresh = walk.seen.insert(id.clone());
+            // A directory seen before was checked whole. A child node seen before is checked
+            // again at its new place (its parent's count may be wrong), but not walked.
+            if !fresh && place.count.is_none() {
                 continue;
             }
-            let tree = match self.load_tree(repo, &id).await {
-                Ok(t) => t,
+            let checked = match self.read_node(repo, &id).await {
+                Ok(node) => node.check_place(&id, &place).map(|()| node),
+                Err(e) if fresh => Err(e),
+                Err(_) => continue,
+            };
+            let node = match checked {
+                Ok(node) if fresh => node,
+                Ok(_) => continue,
                 Err(e) => {
                     report
                         .damage
@@ -171,28 +184,52 @@ impl Store {
                 }
             };
             report.trees += 1;
-            for (name, entry) in &tree.entries {
-                let path = crate::base::paths::join(&dir, name);
-                match entry.kind {
-                    EntryType::Directory => pending.push((entry.hash.clone(), path)),
-                    EntryType::File | EntryType::Symlink => {
-                        if !walk.first_use(&entry.hash, format!("{path} ({version})")) {
-                            continue;
-                        }
-                        match self.check_blob(repo, &entry.hash, entry.size).await {
-                            Ok(()) => {
-                                report.blobs += 1;
-                                report.blob_bytes += entry.size;
-                            }
-                            Err(problem) => walk.bad.push((
-                                entry.hash.clone(),
-                                problem,
-                                vec![format!("{path} ({version})")],
-                            )),
+            match &*node {
+                Node::Buckets(b) => pending.extend(b.children.iter().map(|(n, child)| {
+                    (
+                        child.tree.clone(),
+                        dir.clone(),
+                        place.child(*n, child.count),
+                    )
+                })),
+                Node::Leaf(leaf) => {
+                    for (name, entry) in &leaf.tree.entries {
+                        let path = crate::base::paths::join(&dir, name);
+                        if entry.kind == EntryType::Directory {
+                            pending.push((entry.hash.clone(), path, Place::top()));
+                        } else {
+                            self.check_entry_blob(repo, version, &path, entry, walk, report)
+                                .await;
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Checks the blob of a file or symlink entry, once per blob.
+    async fn check_entry_blob(
+        &self,
+        repo: &str,
+        version: &str,
+        path: &str,
+        entry: &TreeEntry,
+        walk: &mut Walk,
+        report: &mut FsckReport,
+    ) {
+        if !walk.first_use(&entry.hash, format!("{path} ({version})")) {
+            return;
+        }
+        match self.check_blob(repo, &entry.hash, entry.size).await {
+            Ok(()) => {
+                report.blobs += 1;
+                report.blob_bytes += entry.size;
+            }
+            Err(problem) => walk.bad.push((
+                entry.hash.clone(),
+                problem,
+                vec![format!("{path} ({version})")],
+            )),
         }
     }
 

@@ -20,7 +20,8 @@
 //! Code: [`backend`] (the object storage; `backend/local.rs` and `backend/s3.rs` for what
 //! differs, refs' compare-and-swap above all), `chunks` (chunk objects), `manifests` (blob
 //! manifests and their cache), `blob` (reading blobs; `blob/writer.rs` writes them), [`index`]
-//! (per-block checksums), [`objects`] (tree and commit encodings), `repo` (repositories, refs,
+//! (per-block checksums), [`objects`] (tree and commit encodings), [`hamt`] (the layout
+//! of large directories), `repo` (repositories, refs,
 //! lookups), `commit` (atomic commits; `commit/editor.rs` edits the trees), `upload`
 //! (resumable uploads), `watch` (ref updates made by other instances), [`fsck`], [`sweep`].
 
@@ -30,6 +31,7 @@ mod chunks;
 mod commit;
 mod file_put;
 pub mod fsck;
+pub mod hamt;
 pub mod index;
 mod manifests;
 pub mod objects;
@@ -92,22 +94,41 @@ impl From<crate::base::ids::LengthMismatch> for StoreError {
 /// Result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Directory entries kept in decoded trees (about 200 bytes each). Bounded by entries, not
-/// trees: every commit to a large directory makes a new version of it, and a few thousand
-/// versions of a 2,000-entry directory would otherwise hold hundreds of MiB.
+/// Directory entries kept in decoded trees (about 200 bytes each), in each of the two tree
+/// caches. Bounded by entries, not trees: every commit to a large directory makes a new
+/// version of it, and a few thousand versions of a 2,000-entry directory would otherwise hold
+/// hundreds of MiB.
 const TREE_CACHE_ENTRIES: usize = 100_000;
 
 /// Blob sizes, and commits' root trees, kept (about 150 bytes each).
 const BLOB_SIZE_CACHE_ENTRIES: std::num::NonZeroUsize =
     std::num::NonZeroUsize::new(16_384).expect("non-zero");
 
-/// Decoded trees by (repository, id); they are immutable, so this cache never goes stale.
-pub(crate) struct TreeCache {
-    lru: lru::LruCache<(String, String), std::sync::Arc<Tree>>,
+/// What a cached tree weighs: the directory entries (or buckets) it holds, plus one.
+pub(crate) trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for Arc<Tree> {
+    fn weight(&self) -> usize {
+        self.entries.len() + 1
+    }
+}
+
+impl Weigh for Arc<hamt::Node> {
+    fn weight(&self) -> usize {
+        hamt::Node::weight(self)
+    }
+}
+
+/// Decoded trees by (repository, id), bounded by their weight in entries; they are
+/// immutable, so this cache never goes stale.
+pub(crate) struct TreeCache<V> {
+    lru: lru::LruCache<(String, String), V>,
     entries: usize,
 }
 
-impl TreeCache {
+impl<V: Weigh + Clone> TreeCache<V> {
     fn new() -> Self {
         TreeCache {
             lru: lru::LruCache::unbounded(),
@@ -115,20 +136,20 @@ impl TreeCache {
         }
     }
 
-    pub(crate) fn get(&mut self, key: &(String, String)) -> Option<std::sync::Arc<Tree>> {
+    pub(crate) fn get(&mut self, key: &(String, String)) -> Option<V> {
         self.lru.get(key).cloned()
     }
 
-    pub(crate) fn put(&mut self, key: (String, String), tree: std::sync::Arc<Tree>) {
-        self.entries += tree.entries.len() + 1;
-        if let Some(old) = self.lru.put(key, tree) {
-            self.entries -= old.entries.len() + 1;
+    pub(crate) fn put(&mut self, key: (String, String), value: V) {
+        self.entries += value.weight();
+        if let Some(old) = self.lru.put(key, value) {
+            self.entries -= old.weight();
         }
         while self.entries > TREE_CACHE_ENTRIES {
             let Some((_, evicted)) = self.lru.pop_lru() else {
                 break;
             };
-            self.entries -= evicted.entries.len() + 1;
+            self.entries -= evicted.weight();
         }
     }
 }
@@ -138,7 +159,10 @@ pub struct Store {
     backend: Backend,
     /// One queue per `repo/branch` for the commits of this process.
     branch_queues: Mutex<HashMap<String, Arc<commit::BranchQueue>>>,
-    trees: Mutex<TreeCache>,
+    /// Whole directories assembled from the leaves of their bucket nodes.
+    trees: Mutex<TreeCache<Arc<Tree>>>,
+    /// Decoded tree objects of either kind (a small directory is one of them).
+    nodes: Mutex<TreeCache<Arc<hamt::Node>>>,
     events: tokio::sync::broadcast::Sender<RefUpdate>,
     /// The last commit of each `repo/branch` this process made or announced.
     seen_refs: Mutex<HashMap<String, String>>,
@@ -162,6 +186,7 @@ impl Store {
             backend,
             branch_queues: Mutex::new(HashMap::new()),
             trees: Mutex::new(TreeCache::new()),
+            nodes: Mutex::new(TreeCache::new()),
             events,
             seen_refs: Mutex::new(HashMap::new()),
             known_repos: Mutex::new(std::collections::HashSet::new()),

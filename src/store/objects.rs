@@ -74,7 +74,7 @@ impl Commit {
     }
 }
 
-fn check_id(kind: &str, id: &str, bytes: &[u8]) -> Result<()> {
+pub(crate) fn check_id(kind: &str, id: &str, bytes: &[u8]) -> Result<()> {
     let actual = object_id(kind, bytes);
     if actual != id {
         return Err(corrupt(id, format!("content hashes to {actual}")));
@@ -82,7 +82,7 @@ fn check_id(kind: &str, id: &str, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn corrupt(id: &str, reason: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(id: &str, reason: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         id: id.to_string(),
         reason: reason.to_string(),

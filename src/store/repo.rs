@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::path::Path;
 
+use super::hamt::DirView;
 use super::objects::{Commit, Tree, TreeEntry};
 use super::{object_path, Result, Store, StoreError};
 use crate::api::{Entry, EntryType, LogEntry, RepoInfo, DEFAULT_BRANCH};
@@ -242,33 +243,17 @@ impl Store {
         Commit::decode(id, &bytes)
     }
 
-    /// Loads and verifies a tree, through the in-memory cache.
+    /// Loads and verifies a whole directory (of a bucket node: the entries of all its
+    /// leaves), through the in-memory caches.
     pub async fn load_tree(&self, repo: &str, id: &str) -> Result<Arc<Tree>> {
-        let key = (repo.to_string(), id.to_string());
-        if let Some(tree) = self.trees.lock().expect("tree cache lock").get(&key) {
-            return Ok(tree);
-        }
-        validate_object_id(id)?;
-        let bytes = self
-            .backend
-            .get_opt(&object_path(repo, id))
-            .await?
-            .ok_or_else(|| StoreError::Corrupt {
-                id: id.to_string(),
-                reason: "missing tree".into(),
-            })?;
-        let tree = Arc::new(Tree::decode(id, &bytes)?);
-        self.trees
-            .lock()
-            .expect("tree cache lock")
-            .put(key, tree.clone());
-        Ok(tree)
+        self.assemble_dir(repo, id).await
     }
 
-    /// Writes a tree object and returns its id.
+    /// Writes the tree objects of a directory of the entries of `tree` and returns its id.
     pub(super) async fn write_tree(&self, repo: &str, tree: &Tree) -> Result<String> {
-        let (id, bytes) = tree.encode();
-        self.write_objects(repo, vec![(id.clone(), bytes)]).await?;
+        let mut objects = Vec::new();
+        let id = DirView::from_tree(tree.clone()).write(&mut objects);
+        self.write_objects(repo, objects).await?;
         Ok(id)
     }
 
@@ -304,9 +289,8 @@ impl Store {
             if current.kind != EntryType::Directory {
                 return Ok(None);
             }
-            let tree = self.load_tree(repo, &current.hash).await?;
-            match tree.entries.get(segment) {
-                Some(entry) => current = entry.clone(),
+            match self.dir_entry(repo, &current.hash, segment).await? {
+                Some(entry) => current = entry,
                 None => return Ok(None),
             }
         }

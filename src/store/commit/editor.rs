@@ -1,12 +1,15 @@
 //! The tree editor of a commit: a working set of the directories on changed paths, edited
-//! in memory and written bottom-up, so a commit costs O(depth × changes).
+//! in memory and written bottom-up, so a commit costs O(depth × changes). A large
+//! directory is a view of its trie ([`DirView`]): only the nodes on the way to the entries
+//! read or changed are loaded and rewritten.
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::api::{Change, EntryType};
 use crate::base::modes::{normalize_file_mode, MODE_DIR};
 use crate::base::paths::{join, normalize_path, parent_and_name, split_path};
-use crate::store::objects::{Tree, TreeEntry};
+use crate::store::hamt::DirView;
+use crate::store::objects::TreeEntry;
 use crate::store::{Result, Store, StoreError};
 
 /// A change's `expect`: `None` checks nothing, `Some(None)` means "must not exist".
@@ -19,7 +22,7 @@ pub(super) struct TreeEditor<'a> {
     repo: &'a str,
     now: i64,
     /// Loaded directories by path ("" is the root).
-    dirs: HashMap<String, Tree>,
+    dirs: HashMap<String, DirView>,
     dirty: BTreeSet<String>,
     root: String,
 }
@@ -38,21 +41,22 @@ impl<'a> TreeEditor<'a> {
 
     /// Loads the directory at `path`. With `create`, missing directories are made on the way;
     /// otherwise a missing one is `None`. A file in the way is a conflict.
-    async fn dir(&mut self, path: &str, create: bool) -> Result<Option<&mut Tree>> {
+    async fn dir(&mut self, path: &str, create: bool) -> Result<Option<&mut DirView>> {
+        let (store, repo) = (self.store, self.repo);
         let segments = split_path(path)?;
         if !self.dirs.contains_key("") {
-            let root = self.store.load_tree(self.repo, &self.root).await?;
-            self.dirs.insert(String::new(), (*root).clone());
+            let root = DirView::load(store, repo, &self.root).await?;
+            self.dirs.insert(String::new(), root);
         }
         let mut current = String::new();
         for segment in segments {
             let child = join(&current, segment);
             if !self.dirs.contains_key(&child) {
-                let parent = self.dirs.get(&current).expect("parent loaded");
+                let parent = self.dirs.get_mut(&current).expect("parent loaded");
                 let mut created = false;
-                let tree = match parent.entries.get(segment) {
+                let view = match parent.get(store, repo, segment).await? {
                     Some(e) if e.kind == EntryType::Directory => {
-                        (*self.store.load_tree(self.repo, &e.hash).await?).clone()
+                        DirView::load(store, repo, &e.hash).await?
                     }
                     Some(_) => {
                         return Err(StoreError::Conflict {
@@ -61,13 +65,14 @@ impl<'a> TreeEditor<'a> {
                         })
                     }
                     None if create => {
-                        self.insert_entry(&current, segment, dir_entry(self.now));
+                        self.insert_entry(&current, segment, dir_entry(self.now))
+                            .await?;
                         created = true;
-                        Tree::default()
+                        DirView::new()
                     }
                     None => return Ok(None),
                 };
-                self.dirs.insert(child.clone(), tree);
+                self.dirs.insert(child.clone(), view);
                 if created {
                     self.mark_dirty(&child);
                 }
@@ -77,13 +82,15 @@ impl<'a> TreeEditor<'a> {
         Ok(self.dirs.get_mut(&current))
     }
 
-    fn insert_entry(&mut self, dir: &str, name: &str, entry: TreeEntry) {
+    async fn insert_entry(&mut self, dir: &str, name: &str, entry: TreeEntry) -> Result<()> {
+        let (store, repo) = (self.store, self.repo);
         self.dirs
             .get_mut(dir)
             .expect("loaded")
-            .entries
-            .insert(name.to_string(), entry);
+            .insert(store, repo, name, entry)
+            .await?;
         self.mark_dirty(dir);
+        Ok(())
     }
 
     fn mark_dirty(&mut self, dir: &str) {
@@ -98,11 +105,12 @@ impl<'a> TreeEditor<'a> {
     }
 
     async fn current(&mut self, path: &str) -> Result<Option<TreeEntry>> {
+        let (store, repo) = (self.store, self.repo);
         let (dir, name) = parent_and_name(path);
-        Ok(self
-            .dir(dir, false)
-            .await?
-            .and_then(|t| t.entries.get(name).cloned()))
+        match self.dir(dir, false).await? {
+            Some(view) => view.get(store, repo, name).await,
+            None => Ok(None),
+        }
     }
 
     /// Checks a change's `expect`: the id now at `path` (`Some(None)`: nothing there).
@@ -167,16 +175,16 @@ impl<'a> TreeEditor<'a> {
         }
         let (dir, name) = parent_and_name(path);
         self.dir(dir, true).await?;
-        self.insert_entry(dir, name, entry);
-        Ok(())
+        self.insert_entry(dir, name, entry).await
     }
 
     /// Removes the entry at `path` (a directory with all it holds).
     async fn delete(&mut self, path: &str, expect: &Expect) -> Result<()> {
         self.check_expect(path, expect).await?;
+        let (store, repo) = (self.store, self.repo);
         let (dir, name) = parent_and_name(path);
         let removed = match self.dir(dir, false).await? {
-            Some(tree) => tree.entries.remove(name),
+            Some(view) => view.remove(store, repo, name).await?,
             None => None,
         };
         if removed.is_none() {
@@ -198,9 +206,10 @@ impl<'a> TreeEditor<'a> {
                 "cannot move {from:?} into itself"
             )));
         }
+        let (store, repo) = (self.store, self.repo);
         let (from_dir, from_name) = parent_and_name(from);
         let entry = match self.dir(from_dir, false).await? {
-            Some(tree) => tree.entries.remove(from_name),
+            Some(view) => view.remove(store, repo, from_name).await?,
             None => None,
         }
         .ok_or_else(|| StoreError::NotFound(format!("path {from:?}")))?;
@@ -218,8 +227,7 @@ impl<'a> TreeEditor<'a> {
         };
         let (to_dir, to_name) = parent_and_name(to);
         self.dir(to_dir, true).await?;
-        self.insert_entry(to_dir, to_name, entry);
-        Ok(())
+        self.insert_entry(to_dir, to_name, entry).await
     }
 
     /// Whether `entry` may land on `to`: nothing there, a file over a file, or a directory
@@ -229,12 +237,9 @@ impl<'a> TreeEditor<'a> {
             return Ok(());
         };
         let replaceable = match (target.kind, entry.kind) {
-            (EntryType::Directory, EntryType::Directory) => self
-                .store
-                .load_tree(self.repo, &target.hash)
-                .await?
-                .entries
-                .is_empty(),
+            (EntryType::Directory, EntryType::Directory) => {
+                self.store.dir_len(self.repo, &target.hash).await? == 0
+            }
             (EntryType::Directory, _) | (_, EntryType::Directory) => false,
             _ => true,
         };
@@ -278,21 +283,21 @@ impl<'a> TreeEditor<'a> {
         let mut pending: Vec<String> = self.dirs.keys().filter(|d| inside(d)).cloned().collect();
         pending.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
         let mut own = None;
+        let mut objects = Vec::new();
         for d in pending {
-            let tree = self.dirs.remove(&d).expect("present");
-            let id = self.store.write_tree(self.repo, &tree).await?;
+            let mut view = self.dirs.remove(&d).expect("present");
+            let id = view.write(&mut objects);
             self.dirty.remove(&d);
             if d == prefix {
                 own = Some(id);
             } else {
                 let (parent, name) = parent_and_name(&d);
                 if let Some(p) = self.dirs.get_mut(parent) {
-                    if let Some(e) = p.entries.get_mut(name) {
-                        e.hash = id;
-                    }
+                    p.update_loaded(name, |e| e.hash = id);
                 }
             }
         }
+        self.store.write_objects(self.repo, objects).await?;
         Ok(own)
     }
 
@@ -314,23 +319,20 @@ impl<'a> TreeEditor<'a> {
         });
         let mut root = None;
         for d in order {
-            let Some(tree) = self.dirs.get(&d) else {
+            let Some(view) = self.dirs.get_mut(&d) else {
                 continue;
             };
-            let (id, bytes) = tree.encode();
-            objects.push((id.clone(), bytes));
+            let id = view.write(&mut objects);
             if d.is_empty() {
                 root = Some(id);
             } else {
                 let (parent, name) = parent_and_name(&d);
                 let now = self.now;
-                if let Some(e) = self
-                    .dirs
-                    .get_mut(parent)
-                    .and_then(|p| p.entries.get_mut(name))
-                {
-                    e.hash = id;
-                    e.mtime = now;
+                if let Some(p) = self.dirs.get_mut(parent) {
+                    p.update_loaded(name, |e| {
+                        e.hash = id;
+                        e.mtime = now;
+                    });
                 }
             }
         }
