@@ -89,11 +89,12 @@ pub(super) fn try_lock(file: &File) -> std::io::Result<bool> {
     }
 }
 
-/// The journal of one spool file.
+/// The journal of one spool file. Its log is created at its first line: most small files
+/// never need one (a missing log reads as empty).
 pub struct SpoolJournal {
     note_path: PathBuf,
     log_path: PathBuf,
-    log: File,
+    log: Option<File>,
     note: SpoolNote,
 }
 
@@ -102,11 +103,10 @@ impl SpoolJournal {
     pub fn create(spool: &Path, note: SpoolNote) -> std::io::Result<SpoolJournal> {
         let note_path = spool.with_extension("json");
         let log_path = spool.with_extension("log");
-        let log = File::create(&log_path)?;
         let journal = SpoolJournal {
             note_path,
             log_path,
-            log,
+            log: None,
             note,
         };
         journal.write_note()?;
@@ -120,14 +120,21 @@ impl SpoolJournal {
         )
     }
 
+    fn log(&mut self) -> std::io::Result<&mut File> {
+        if self.log.is_none() {
+            self.log = Some(File::create(&self.log_path)?);
+        }
+        Ok(self.log.as_mut().expect("created above"))
+    }
+
     /// Chunk `index` of the spool now holds the file's bytes.
     pub fn present(&mut self, index: u64) -> std::io::Result<()> {
-        writeln!(self.log, "p {index}")
+        writeln!(self.log()?, "p {index}")
     }
 
     /// Only the first `base_valid` bytes of the base still belong to the file.
     pub fn base_valid(&mut self, base_valid: u64) -> std::io::Result<()> {
-        writeln!(self.log, "v {base_valid}")
+        writeln!(self.log()?, "v {base_valid}")
     }
 
     /// The file was renamed while open.
@@ -141,13 +148,18 @@ impl SpoolJournal {
         self.note.expect = Some(expect.to_string());
         self.note.fill_from = None;
         self.write_note()?;
-        self.log.set_len(0)
+        match &self.log {
+            Some(log) => log.set_len(0),
+            None => Ok(()),
+        }
     }
 
     /// Removes the journal (with the spool).
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.note_path);
-        let _ = std::fs::remove_file(&self.log_path);
+        if self.log.is_some() {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
     }
 }
 

@@ -81,21 +81,24 @@ pub(crate) async fn store_chunk(backend: &Backend, repo: &str, data: Bytes) -> R
 const HASH_IN_PLACE: usize = 256 << 10;
 
 /// A small chunk ready to be stored with a commit (see [`Backend::commit`]): its hash, and
-/// the objects to write (its block CRCs first, so a visible chunk has them).
+/// the objects to write. A chunk of more than one block has its block CRCs written first, so
+/// a visible chunk has them; a chunk of one block needs none: a read of it is answered with
+/// its SHA-256 (its name), or the MD5 of the bytes, hashed in microseconds.
 pub(crate) async fn prepare_chunk(
     repo: &str,
     data: Bytes,
-) -> Result<(StoredChunk, [(Path, Bytes); 2])> {
+) -> Result<(StoredChunk, Vec<(Path, Bytes)>)> {
     let len = data.len() as u64;
     let (hash, crcs) = if data.len() <= HASH_IN_PLACE {
         hash_and_crc(&data)
     } else {
         hash_chunk(data.clone()).await?
     };
-    let objects = [
-        (crc_path(repo, &hash), Bytes::from(crcs)),
-        (chunk_path(repo, &hash), data),
-    ];
+    let mut objects = Vec::with_capacity(2);
+    if len > INDEX_BLOCK {
+        objects.push((crc_path(repo, &hash), Bytes::from(crcs)));
+    }
+    objects.push((chunk_path(repo, &hash), data));
     Ok((StoredChunk { hash, len }, objects))
 }
 
