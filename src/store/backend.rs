@@ -2,8 +2,9 @@
 //!
 //! Immutable objects go through `object_store` alone. Refs, the only mutable state, need
 //! compare-and-swap:
-//! - on a local directory, an `flock`ed lock file and an atomic, fsynced rename
-//!   (`LocalFileSystem` does not implement `PutMode::Update`);
+//! - on a local directory, an `flock`ed lock file and an atomic rename
+//!   (`LocalFileSystem` does not implement `PutMode::Update`), made durable with the
+//!   commit's objects by one record of the store's [`journal`];
 //! - on S3, conditional puts: `If-None-Match: *` to create, `If-Match: <etag>` to move.
 //!
 //! This file has the [`Backend`] type, its constructors from a URL, and the operations both

@@ -10,9 +10,11 @@
 //! repos/<repo>/config.json             creation time
 //! repos/<repo>/chunks/<h[0..2]>/<h>    chunks, by the SHA-256 of their bytes (<h>.crc: block CRCs)
 //! repos/<repo>/manifests/<id[0..2]>/<id> blob manifests, by blob id
-//! repos/<repo>/objects/<id[0..2]>/<id> trees and commits (and blobs of stores before chunking)
+//! repos/<repo>/objects/<id[0..2]>/<id> trees (flat, or trie nodes: [`hamt`]) and commits
+//!                                      (and blobs of stores before chunking)
 //! repos/<repo>/refs/heads/<branch>     the commit id a branch points to
 //! repos/<repo>/uploads/<id>/meta.json  a resumable upload and what it received (<index>.ref…)
+//! journal.log                          local stores: commits not yet made durable as files
 //! streams/session-key                  shared stores: the key stream session ids are signed with
 //! streams/cancelled/<nonce>            shared stores: a stream session cancelled by any instance
 //! ```
@@ -22,7 +24,8 @@
 //! manifests and their cache), `blob` (reading blobs; `blob/writer.rs` writes them), [`index`]
 //! (per-block checksums), [`objects`] (tree and commit encodings), [`hamt`] (the layout
 //! of large directories), `repo` (repositories, refs,
-//! lookups), `commit` (atomic commits; `commit/editor.rs` edits the trees), `upload`
+//! lookups), `commit` (atomic commits; `commit/editor.rs` edits the trees, `commit/group.rs` commits
+//! concurrent requests together), `file_put` (a file and its commit in one request), `upload`
 //! (resumable uploads), `watch` (ref updates made by other instances), [`fsck`], [`sweep`].
 
 pub mod backend;
