@@ -125,6 +125,7 @@ impl Store {
             return Ok(Attempt::Empty);
         };
         let (tree, mut objects) = editor.write();
+        self.remember_trees(repo, &objects);
         let commit = Commit {
             tree: tree.clone(),
             parent: head.clone(),

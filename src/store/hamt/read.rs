@@ -41,6 +41,19 @@ impl Store {
         Ok(node)
     }
 
+    /// Puts tree objects a commit is about to store into the node cache, so the next commit
+    /// of the branch finds the directories it changed without reading them back.
+    pub(crate) fn remember_trees(&self, repo: &str, trees: &[(String, Vec<u8>)]) {
+        let decoded: Vec<_> = trees
+            .iter()
+            .filter_map(|(id, bytes)| Some((id.clone(), Arc::new(Node::decode(id, bytes).ok()?))))
+            .collect();
+        let mut cache = self.nodes.lock().expect("node cache lock");
+        for (id, node) in decoded {
+            cache.put((repo.to_string(), id), node);
+        }
+    }
+
     /// The entry `name` of the directory `dir`, reading only the nodes on its way.
     pub(crate) async fn dir_entry(
         &self,
