@@ -933,7 +933,7 @@ fn appending_to_a_big_file_sends_only_the_new_bytes() {
 /// after another into a directory do not make it list that directory again for each (with
 /// a TTL long enough that expiry plays no part).
 #[test]
-fn small_files_written_one_after_another_cost_one_request_each_and_no_relisting() {
+fn small_files_written_or_deleted_one_after_another_cost_one_request_each_and_no_relisting() {
     let server = start_server();
     let cache = tempfile::tempdir().expect("cache dir");
     let repo_url = server.repo_url("default");
@@ -973,6 +973,20 @@ fn small_files_written_one_after_another_cost_one_request_each_and_no_relisting(
     assert!(
         requests <= 40.0 + listings + 3.0,
         "{requests} requests for 40 small files"
+    );
+    // Deleting them one by one (`rm -r`) does not list the directory again either.
+    let before = server.requests_on("/api/v1/repos/{repo}/tree");
+    for i in 0..40 {
+        std::fs::remove_file(mnt.path().join(format!("d/f{i}"))).expect("rm");
+    }
+    let listings = server.requests_on("/api/v1/repos/{repo}/tree") - before;
+    assert!(
+        listings <= 5.0,
+        "{listings} listings of d for 40 files deleted"
+    );
+    assert!(
+        stat_entry(server.addr, "d/f7").is_none(),
+        "d/f7 deleted on the server"
     );
     unmount(mnt);
 }

@@ -4,9 +4,9 @@
 //! After a write's commit the mount records the new version in its inode table itself; the
 //! server then announces the same commit to every watcher, this mount included. Expiring every
 //! listing for it would make the next `open` or `create` in that directory list it again:
-//! `tar -x` of n files would list a growing directory n times. So the commits of file writes
-//! are remembered (a bounded number), and an event is ignored when it names one of them and
-//! changed only the paths that commit put. An event that arrives before its commit's answer
+//! `tar -x` of n files would list a growing directory n times (and `rm -r` a shrinking one).
+//! So the commits of file writes and of deletes of a known version are remembered (a bounded
+//! number), and an event is ignored when it names one of them and changed only their paths. An event that arrives before its commit's answer
 //! waits (briefly) for the answers in flight.
 
 use std::collections::HashSet;
@@ -67,7 +67,13 @@ impl OwnCommits {
         let mut state = self.state.lock().expect("own commits");
         state.in_flight -= 1;
         if let Some((commit, paths)) = remember {
-            state.recent.put(commit, paths);
+            // Two closes of this mount may land in one group commit: its event names both.
+            match state.recent.get_mut(&commit) {
+                Some(known) => known.extend(paths),
+                None => {
+                    state.recent.put(commit, paths);
+                }
+            }
         }
         drop(state);
         self.answered.notify_waiters();
@@ -105,10 +111,10 @@ pub struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
-    /// Notes the answer: `commit` is its id if it succeeded. A commit of file puts alone is
+    /// Notes the answer: `commit` is its id if it succeeded. A commit of file puts and exact deletes alone is
     /// remembered (the mount records those itself); any other kind is not.
     pub fn answered(mut self, changes: &[Change], commit: Option<&str>) {
-        let remember = commit.zip(put_paths(changes));
+        let remember = commit.zip(own_paths(changes));
         self.own
             .finish(remember.map(|(c, paths)| (c.to_string(), paths)));
         self.answered = true;
@@ -123,12 +129,18 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The paths of `changes` if they are all puts.
-fn put_paths(changes: &[Change]) -> Option<HashSet<String>> {
+/// The paths of `changes` if the mount records each of them itself: puts, and deletes of the
+/// exact version it knew (`unlink`, `rmdir`). Moves and deletes of whatever is there are
+/// not: their events refresh the mount.
+fn own_paths(changes: &[Change]) -> Option<HashSet<String>> {
     changes
         .iter()
         .map(|c| match c {
-            Change::Put { path, .. } => Some(path.clone()),
+            Change::Put { path, .. }
+            | Change::Delete {
+                path,
+                expect: Some(Some(_)),
+            } => Some(path.clone()),
             _ => None,
         })
         .collect()
@@ -166,13 +178,24 @@ mod tests {
         assert!(!own.is_own(&event("c1", &["d/a", "d/b"])).await);
         assert!(!own.is_own(&event("c1", &[])).await);
         assert!(!own.is_own(&event("c2", &["d/a"])).await);
-        // A namespace change is not remembered: its event refreshes the mount.
-        let delete = Change::Delete {
+        // A delete of the version the mount knew is remembered (`rm -r` of a large directory
+        // would otherwise list it again after every file); one of whatever is there, or a
+        // move, is not: its event refreshes the mount.
+        let delete = |expect| Change::Delete {
             path: "d/a".into(),
-            expect: None,
+            expect,
         };
-        own.sending().answered(&[delete], Some("c3"));
+        own.sending()
+            .answered(&[delete(Some(Some("h".into())))], Some("c5"));
+        assert!(own.is_own(&event("c5", &["d/a"])).await);
+        own.sending().answered(&[delete(None)], Some("c3"));
         assert!(!own.is_own(&event("c3", &["d/a"])).await);
+        let moved = Change::Move {
+            from: "d/a".into(),
+            to: "d/b".into(),
+        };
+        own.sending().answered(&[moved], Some("c6"));
+        assert!(!own.is_own(&event("c6", &["d/a", "d/b"])).await);
         // A failed commit is not remembered either.
         own.sending().answered(&[put("d/x")], None);
         assert!(!own.is_own(&event("c4", &["d/x"])).await);
