@@ -7,7 +7,8 @@
 # Rows: `tar -x` of N files of 4 KiB into one directory of a fresh mount (N = 2,000, and 20,000
 # unless --quick), and into a local directory on the same disk; files/s, the requests the
 # server answered per file, by route and in all (from /metrics), the bytes of tree and commit
-# objects the store grew by per file, and `rm -r` of the directory. Then `git clone` of a
+# objects the store grew by per file, `ls -l` of the directory from a fresh mount (cold), and
+# `rm -r` of it. Then `git clone` of a
 # repository of GIT_FILES (3,000) files into the mount beside a local clone, `git status`
 # and `git fsck` on it. Each N, and the clone, get a fresh server and mount.
 #
@@ -62,6 +63,16 @@ start_pair() {
   grep -qs " $MNT " /proc/mounts || die "the mount did not come up: $(tail -3 "$1/mount.log")"
 }
 
+# remount DIR: a new mount process (cold caches) of the same server on DIR/mnt
+remount() {
+  fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null
+  stop_pid "$MOUNT_PID"; rm -rf "$1/cache"; mkdir -p "$1/cache"
+  "$BIN" mount "$URL/default" "$MNT" -f --cache-dir "$1/cache" > "$1/mount.log" 2>&1 &
+  MOUNT_PID=$!
+  for _ in $(seq 1 100); do grep -qs " $MNT " /proc/mounts && break; sleep 0.1; done
+  grep -qs " $MNT " /proc/mounts || die "the mount did not come up again"
+}
+
 # requests ROUTE_PREFIX: requests the server answered on routes starting with it
 requests() {
   curl -sf --max-time 10 "$URL/metrics" | awk -v p="govcfs_http_requests_total{route=\"$1" \
@@ -100,6 +111,10 @@ EOF
     "$(calc "($(requests "") - $(requests "/metrics")) / $n")" >> "$RES"
   printf 'tree_and_commit_bytes_per_file_%s\t%s\n' "$n" \
     "$(calc "$(du -sb "$dir/store/repos/default/objects" | cut -f1) / $n")" >> "$RES"
+  remount "$dir"
+  t0=$(now); listed=$(timeout "$T" ls -l "$MNT/d" | wc -l); t1=$(now)
+  printf 'mount_ls_l_cold_%s_s\t%s\n' "$n" "$(calc "$t1 - $t0")" >> "$RES"
+  [ "$listed" -gt "$n" ] || log "ls -l listed $listed lines for $n files"
   t0=$(now)
   if timeout "$T" rm -r "$MNT/d"; then
     printf 'mount_rm_r_%s_files_per_s\t%s\n' "$n" "$(calc "$n / ($(now) - $t0)")" >> "$RES"
