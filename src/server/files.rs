@@ -23,7 +23,7 @@ use super::AppState;
 use crate::api::{
     BlobInfo, FileCommitted, BLOB_ID_HEADER, COMMIT_MESSAGE_HEADER, FILE_MODE_HEADER, MTIME_HEADER,
 };
-use crate::store::{FilePut, StoreError, INLINE_FILE_MAX};
+use crate::store::{FilePut, INLINE_FILE_MAX};
 
 /// `PUT /:repo/*path`
 pub async fn put_file(
@@ -40,24 +40,24 @@ pub async fn put_file(
         mtime: parse_number(&headers, MTIME_HEADER)?,
         expect: parse_condition(&headers)?,
         message: text_header(&headers, COMMIT_MESSAGE_HEADER).unwrap_or_default(),
+        blob_id: text_header(&headers, BLOB_ID_HEADER),
     };
-    let expected_id = text_header(&headers, BLOB_ID_HEADER);
     let (blob, created) = match small_body_len(&headers) {
         Some(len) => {
             let data = to_bytes(body, len as usize)
                 .await
                 .map_err(|e| ApiError::bad_request(format!("file body: {e}")))?;
-            check_blob_id(
-                expected_id.as_deref(),
-                &crate::base::manifest::blob_id(&data),
-            )?;
+            // The streamed path counts its bytes as they arrive.
+            state
+                .metrics
+                .blob_bytes_received
+                .fetch_add(len, Ordering::Relaxed);
             let task = state.clone();
             super::detached(async move { task.store.put_small_file(&repo, &put, data).await })
                 .await?
         }
         None => {
             let uploaded = store_upload_body(&state, &repo, &headers, body).await?;
-            check_blob_id(expected_id.as_deref(), &uploaded.hash)?;
             let blob = BlobInfo {
                 hash: uploaded.hash,
                 size: uploaded.size,
@@ -71,10 +71,6 @@ pub async fn put_file(
             (blob, created)
         }
     };
-    state
-        .metrics
-        .blob_bytes_received
-        .fetch_add(blob.size, Ordering::Relaxed);
     state.metrics.commits.fetch_add(1, Ordering::Relaxed);
     Ok((
         StatusCode::CREATED,
@@ -146,18 +142,5 @@ fn parse_condition(headers: &HeaderMap) -> ApiResult<Option<Option<String>>> {
             })?;
             Ok(Some(Some(id)))
         }
-    }
-}
-
-fn check_blob_id(expected: Option<&str>, actual: &str) -> ApiResult<()> {
-    match expected {
-        Some(expected) if !expected.eq_ignore_ascii_case(actual) => {
-            Err(StoreError::ChecksumMismatch {
-                expected: expected.to_string(),
-                actual: actual.to_string(),
-            }
-            .into())
-        }
-        _ => Ok(()),
     }
 }

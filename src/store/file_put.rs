@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::chunks::prepare_chunk;
 use super::commit::Inline;
 use super::manifests::manifest_path;
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 use crate::api::{BlobInfo, Change, CommitCreated, CommitRequest};
 use crate::base::manifest::{Manifest, CHUNK_SIZE};
 
@@ -26,9 +26,25 @@ pub struct FilePut {
     /// As a commit change's `expect`: `Some(None)` means "must not exist".
     pub expect: Option<Option<String>>,
     pub message: String,
+    /// The blob id the client computed: a body whose id differs is refused
+    /// ([`StoreError::ChecksumMismatch`]) and nothing is committed.
+    pub blob_id: Option<String>,
 }
 
 impl FilePut {
+    /// Refuses a blob other than the one the client named.
+    fn check_blob_id(&self, actual: &str) -> Result<()> {
+        match self.blob_id.as_deref() {
+            Some(expected) if !expected.eq_ignore_ascii_case(actual) => {
+                Err(StoreError::ChecksumMismatch {
+                    expected: expected.to_string(),
+                    actual: actual.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The commit request that puts blob `hash` at the path.
     fn request(&self, hash: &str) -> CommitRequest {
         CommitRequest {
@@ -70,6 +86,7 @@ impl Store {
         }
         let manifest = Manifest::new(size, chunks);
         let hash = manifest.id();
+        put.check_blob_id(&hash)?;
         objects.push((manifest_path(repo, &hash), Bytes::from(manifest.encode())));
         let blob = BlobInfo {
             hash,
@@ -86,13 +103,14 @@ impl Store {
         Ok((blob, created))
     }
 
-    /// Commits blob `blob` (stored already) at `put.path`.
+    /// Commits blob `blob` (stored already) at `put.path`, if it is the one the client named.
     pub async fn put_stored_file(
         &self,
         repo: &str,
         put: &FilePut,
         blob: &BlobInfo,
     ) -> Result<CommitCreated> {
+        put.check_blob_id(&blob.hash)?;
         self.commit(repo, &put.request(&blob.hash)).await
     }
 }

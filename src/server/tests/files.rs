@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use serde_json::json;
 
-use super::{App, Reply};
+use super::{bytes_received, App, Reply};
 use crate::base::manifest::blob_id;
 
 impl App {
@@ -42,6 +42,7 @@ async fn a_put_file_is_stored_and_committed_in_one_request_with_its_conditions()
     assert_eq!(first.json()["hash"], hash);
     assert_eq!(first.json()["size"], 5);
     assert_eq!(first.json()["ref"], "main");
+    assert_eq!(bytes_received(&app).await, 5);
     assert_eq!(&app.get("/r/d/a.txt").await.body[..], b"hello");
     let stat = app.get("/api/v1/repos/r/stat/d/a.txt").await.json();
     assert_eq!(
@@ -102,6 +103,11 @@ async fn a_large_put_file_is_streamed_and_reads_back_whole() {
         .await;
     assert_eq!(put.status, StatusCode::CREATED, "{}", put.text());
     assert_eq!(put.json()["chunks"], 2);
+    assert_eq!(
+        bytes_received(&app).await,
+        data.len() as u64,
+        "counted once"
+    );
     let got = app.get("/r/big.bin").await;
     assert_eq!(got.body.len(), data.len());
     assert!(got.body[..] == data[..]);
