@@ -22,6 +22,9 @@ pub struct FilePutOptions {
     /// `Some(Some(id))`: the path must hold blob `id`; `Some(None)`: it must not exist.
     pub expect: Option<Option<String>>,
     pub message: String,
+    /// The blob id of the data when the caller has computed it already (it is computed from
+    /// the data otherwise). The server refuses a body of another id.
+    pub blob_id: Option<String>,
 }
 
 impl Client {
@@ -36,7 +39,10 @@ impl Client {
         options: &FilePutOptions,
         cancel: &CancellationToken,
     ) -> Result<FileCommitted> {
-        let id = blob_id(&data);
+        let id = match &options.blob_id {
+            Some(id) => id.clone(),
+            None => blob_id(&data),
+        };
         let size = data.len() as u64;
         match self.put_file_once(path, data, &id, options, cancel).await {
             Err(

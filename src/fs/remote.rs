@@ -190,10 +190,10 @@ impl Remote for ClientRemote {
     ) -> Result<CommitCreated> {
         let Change::Put {
             path,
+            hash,
             mode,
             mtime,
             expect,
-            ..
         } = &change
         else {
             return Err(FsError::Invalid("a file put needs a put change".into()));
@@ -204,6 +204,7 @@ impl Remote for ClientRemote {
             mtime: *mtime,
             expect: expect.clone(),
             message,
+            blob_id: Some(hash.clone()),
         };
         let in_flight = self.own.sending();
         let put = self

@@ -27,7 +27,7 @@ use group::{group_message, is_the_requests_fault, Attempt, KnownHead, Pending};
 
 /// What a commit stores besides its trees and commit object: the objects of a blob that
 /// arrived with it (see [`Store::put_small_file`]), and that blob's id and size.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(super) struct Inline {
     pub objects: Vec<(Path, Bytes)>,
     pub blob: Option<(String, u64)>,

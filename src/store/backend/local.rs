@@ -222,14 +222,23 @@ fn replace(file: &FsPath, new: &str, durable: bool) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
 
     let dir = file.parent().expect("ref has a parent directory");
-    std::fs::create_dir_all(dir)?;
     let name = file.file_name().expect("ref has a name").to_string_lossy();
     let alt = dir.join(format!(".{name}.alt"));
-    let out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&alt)?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&alt)
+    };
+    // The directory exists but for a branch's first commit: no mkdir on every update.
+    let out = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            open()?
+        }
+        other => other?,
+    };
     out.write_all_at(new.as_bytes(), 0)?;
     out.set_len(new.len() as u64)?;
     if durable {
