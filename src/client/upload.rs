@@ -220,37 +220,6 @@ impl Client {
         response.json().await.map_err(ClientError::Transport)
     }
 
-    /// Stores a small in-memory blob in one request (the streamed-upload route) and checks the
-    /// id the server computed against the local one.
-    pub async fn upload_small(&self, data: Bytes, cancel: &CancellationToken) -> Result<BlobInfo> {
-        #[derive(serde::Deserialize)]
-        struct Stored {
-            hash: String,
-            size: u64,
-        }
-        let url = self.url("/stream/blob/upload");
-        let response = self
-            .send(cancel, || {
-                self.request(Method::POST, &url)
-                    .header("content-type", "application/octet-stream")
-                    .body(data.clone())
-            })
-            .await?;
-        let stored: Stored = response.json().await.map_err(ClientError::Transport)?;
-        let local = crate::base::manifest::blob_id(&data);
-        if stored.hash != local || stored.size != data.len() as u64 {
-            return Err(ClientError::Checksum {
-                expected: local,
-                actual: stored.hash,
-            });
-        }
-        Ok(BlobInfo {
-            hash: stored.hash,
-            size: stored.size,
-            chunks: stored.size.div_ceil(CHUNK_SIZE),
-        })
-    }
-
     /// Abandons an upload.
     pub async fn abort_upload(&self, upload_id: &str) -> Result<()> {
         let url = self.url(&format!("/uploads/{upload_id}"));
